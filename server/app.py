@@ -1,0 +1,145 @@
+"""FastAPI app: the OpenAI Completions, Copilot and FauxPilot routes, thin over server.serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from server import serving
+from server.backends.embedded import EmbeddedBackend
+from server.errors import APIError, InvalidRequest, handle_api_error
+from server.protocol import CompletionRequest, CompletionResponse, ErrorBody, ErrorResponse, ModelCard, ModelList
+from server.settings import Settings
+
+log = logging.getLogger("slipstream.app")
+
+_COMPLETION_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}},
+    },
+    "responses": {"200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionResponse"}}, "text/event-stream": {}}}},
+}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    backend = EmbeddedBackend(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(backend.load())
+        yield
+        loading.cancel()
+        backend.close()
+
+    app = FastAPI(title="slipstream", version="0.1.0", lifespan=lifespan)
+    app.state.backend = backend
+    app.add_exception_handler(APIError, handle_api_error)
+    app.add_exception_handler(Exception, _handle_unexpected)
+    _document_schemas(app)
+
+    async def completion(request: Request) -> JSONResponse | StreamingResponse:
+        body = await _parse_body(request)
+        job = serving.prepare(backend, settings, body)
+        headers = {"X-Slipstream-Ignored": ",".join(job.ignored)} if job.ignored else None
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                serving.stream(backend, job, include_usage), media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", **(headers or {})},
+            )
+        response = await serving.complete(backend, job)
+        return JSONResponse(response.model_dump(), headers=headers)
+
+    @app.post("/v1/completions", openapi_extra=_COMPLETION_DOC, response_model=None)
+    async def completions(request: Request) -> JSONResponse | StreamingResponse:
+        return await completion(request)
+
+    @app.post("/v1/engines/{engine}/completions", openapi_extra=_COMPLETION_DOC, response_model=None)
+    async def engine_completions(engine: str, request: Request) -> JSONResponse | StreamingResponse:
+        """The Copilot plugin's route; the engine in the path (`codegen`, `copilot-codex`) is not a model name."""
+        return await completion(request)
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        cards = []
+        for name in backend.names:
+            manifest = backend.manifest(name)
+            cards.append(
+                ModelCard(
+                    id=name,
+                    architecture=manifest.architecture if manifest else "unknown",
+                    parameters=manifest.parameters if manifest else 0,
+                    precision=manifest.precision if manifest else "unknown",
+                    context_length=manifest.context_length if manifest else 0,
+                    ready=backend.status(name) == "ready",
+                )
+            )
+        return ModelList(data=cards)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers. Readiness is /ready."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        status = {name: backend.status(name) for name in backend.names}
+        return JSONResponse({"ready": backend.ready, "models": status}, status_code=200 if backend.ready else 503)
+
+    return app
+
+
+async def _parse_body(request: Request) -> CompletionRequest:
+    """JSON whatever the Content-Type says: curl's default form type with a JSON body is still JSON."""
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    try:
+        return CompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or None
+        # a union (prompt, stop) reports each branch; name the field once with the first reason
+        raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from exc
+
+
+async def _handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    body = ErrorResponse(error=ErrorBody(message=f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
+    return JSONResponse(body.model_dump(), status_code=500)
+
+
+def _document_schemas(app: FastAPI) -> None:
+    """The completion routes parse their own body (see _parse_body), so FastAPI does not see the
+    models; add them to the OpenAPI document by hand."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (CompletionRequest, CompletionResponse):
+            definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(definition.pop("$defs", {}))
+            components[model.__name__] = definition
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+__all__ = ["create_app"]

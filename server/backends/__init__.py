@@ -1,0 +1,1 @@
+"""How the API reaches an engine: in process (embedded) now, over Triton later."""

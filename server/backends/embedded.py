@@ -1,0 +1,96 @@
+"""The engine in this process: one Engine and Scheduler per served model, loaded in the background so
+that the server answers liveness (and says "loading" on readiness) while a model loads or exports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from server.engine.engine import Delta, Engine, Prompt, SamplingParams, Usage
+from server.engine.scheduler import Scheduler
+from server.models import catalog, store
+from server.settings import Settings
+
+log = logging.getLogger("slipstream.backend")
+
+# Requests queued per model beyond the one running; past it the API answers 429.
+_MAX_WAITING = 64
+
+
+class ModelLoading(RuntimeError):
+    pass
+
+
+class ModelFailed(RuntimeError):
+    pass
+
+
+class EmbeddedBackend:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names: list[str] = list(dict.fromkeys(settings.model))
+        self._schedulers: dict[str, Scheduler] = {}
+        self._failures: dict[str, str] = {}
+
+    async def load(self) -> None:
+        """Export (when allowed and needed) and load every model, one after the other."""
+        for name in self.names:
+            try:
+                engine = await asyncio.to_thread(self._load_engine, name)
+            except Exception as exc:  # reported by readiness and by every request for this model
+                log.exception("model %s failed to load", name)
+                self._failures[name] = f"{type(exc).__name__}: {exc}"
+                continue
+            self._schedulers[name] = Scheduler(engine, _MAX_WAITING)
+            log.info("model %s ready (%s, %s)", name, engine.manifest.precision, engine.manifest.graph)
+
+    def _load_engine(self, name: str) -> Engine:
+        repository = self.settings.model_repository
+        try:
+            store.read_manifest(repository, name)
+        except store.ModelNotExported:
+            if not (self.settings.export_missing and name in catalog.CATALOG):
+                raise
+            from server.models.export import export_bundled
+
+            export_bundled(name, repository, log=lambda line: log.info("%s", line))
+        return Engine(repository, name, self.settings.intra_op_threads())
+
+    def status(self, name: str) -> str:
+        if name in self._schedulers:
+            return "ready"
+        return "failed" if name in self._failures else "loading"
+
+    @property
+    def ready(self) -> bool:
+        return all(self.status(n) == "ready" for n in self.names)
+
+    def engine(self, name: str) -> Engine:
+        """The loaded engine; ModelLoading / ModelFailed say why there is none yet."""
+        if name in self._schedulers:
+            return self._schedulers[name].engine
+        if name in self._failures:
+            raise ModelFailed(f"model {name!r} failed to load: {self._failures[name]}")
+        raise ModelLoading(f"model {name!r} is still loading")
+
+    def manifest(self, name: str) -> store.Manifest | None:
+        if name in self._schedulers:
+            return self._schedulers[name].engine.manifest
+        try:
+            return store.read_manifest(self.settings.model_repository, name)
+        except store.ModelNotExported:
+            return None
+
+    def queue_full(self, name: str) -> bool:
+        scheduler = self._schedulers.get(name)
+        return scheduler is not None and scheduler.pending >= _MAX_WAITING
+
+    async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
+        self.engine(name)
+        async for event in self._schedulers[name].submit(prompt, params):
+            yield event
+
+    def close(self) -> None:
+        for scheduler in self._schedulers.values():
+            scheduler.close()

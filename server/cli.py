@@ -1,0 +1,129 @@
+"""`slipstream`: one command, with subcommands defined beside the part they belong to (serve, export
+and models here; complete in client/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from server.settings import Settings
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, so the CLI and the settings never drift apart. Flags default to
+    unset, so that only what is given overrides the SLIPSTREAM_* environment."""
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = typing.get_origin(field.annotation) or field.annotation
+        help_text = field.description
+        if kind is list:
+            parser.add_argument(flag, dest=name, action="append", default=None, help=f"{help_text} (repeatable)")
+        elif field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is typing.Literal:
+            parser.add_argument(flag, dest=name, choices=typing.get_args(field.annotation), default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=field.annotation, default=None, help=help_text)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name, None) is not None}
+    return Settings(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.models import catalog, store
+    from server.models.export import export_bundled
+
+    settings = settings_from(args)
+    for name in settings.model:
+        try:
+            store.read_manifest(settings.model_repository, name)
+        except store.ModelNotExported:
+            if not (settings.export_missing and name in catalog.CATALOG):
+                raise SystemExit(f"model {name!r} is not exported in {settings.model_repository}: run `slipstream export {name}`")
+            print(f"{name} is not exported yet: exporting it first (about a minute)", flush=True)
+            export_bundled(name, settings.model_repository)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from server.models.export import ExportError, export_bundled, export_checkpoint
+
+    repository = args.model_repository or Settings().model_repository
+    try:
+        if args.from_hf:
+            export_checkpoint(Path(args.from_hf), repository, args.name, precision=args.precision, force=args.force)
+        elif args.model:
+            if args.precision != "int8":
+                raise ExportError("the bundled models are exported in int8; --precision applies to --from-hf")
+            export_bundled(args.model, repository, force=args.force)
+        else:
+            raise ExportError("name a bundled model (gemma3-270m, smollm2-135m) or give --from-hf DIR")
+    except (ExportError, LookupError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from server.models import catalog, store
+
+    repository = args.model_repository or Settings().model_repository
+    exported = {m.name: m for m in store.exported_models(repository)}
+    print(f"exported in {repository}:")
+    for name, m in exported.items():
+        size = store.size_on_disk(store.model_dir(repository, name)) / 1e6
+        print(f"  {name:<16} {m.architecture:<12} {m.parameters / 1e6:7.1f}M params  {m.precision:<5} {size:6.0f} MB  ctx {m.context_length}")
+    if not exported:
+        print("  (none)")
+    print("bundled (slipstream export NAME):")
+    for entry in catalog.CATALOG.values():
+        mark = "exported" if entry.name in exported else "not exported"
+        print(f"  {entry.name:<16} {mark:<13} {entry.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from client.cli import add_complete_command
+
+    parser = argparse.ArgumentParser(prog="slipstream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve completions over HTTP (exports the model first if needed)")
+    add_settings_flags(serve)
+    serve.set_defaults(run=_serve)
+
+    export = commands.add_parser("export", help="build a model into the model repository")
+    export.add_argument("model", nargs="?", help="bundled model name: gemma3-270m or smollm2-135m")
+    export.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face causal-LM checkpoint folder")
+    export.add_argument("--name", help="store name for --from-hf (default: the folder's name)")
+    export.add_argument("--precision", choices=["int8", "int4"], default="int8")
+    export.add_argument("--force", action="store_true", help="export again even if already exported")
+    export.add_argument("--model-repository", type=Path, default=None)
+    export.set_defaults(run=_export)
+
+    models = commands.add_parser("models", help="list exported and bundled models")
+    models.add_argument("--model-repository", type=Path, default=None)
+    models.set_defaults(run=_models)
+
+    add_complete_command(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args: Any = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The decode loop: prompt ids in, a stream of text deltas out, one per choice per step.
+
+n samples (or best_of) share one prefill: the one-row KV cache is copied into n rows, then every live
+row decodes one token per step. A finished row leaves the batch at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from server.engine.runner import KVCache, Runner
+from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample
+from server.engine.text import IncrementalDetokenizer, StopMatcher
+from server.models.store import Manifest, model_dir, read_manifest
+
+
+class InvalidInput(ValueError):
+    """A request the engine cannot run as given; `param` names the request field at fault."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float | None  # None for a first prompt token that nothing precedes
+    top: dict[str, float] | None
+
+
+@dataclass
+class Delta:
+    """New text for one choice; the last delta of a choice carries its finish_reason."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_tokens_trimmed: int = 0  # left-trimmed to fit the context window
+
+
+@dataclass
+class Prompt:
+    ids: list[int]  # model input, prompt prefix included
+    text: str  # what echo returns
+    trimmed: int = 0
+
+
+@dataclass
+class _Choice:
+    index: int
+    rng: np.random.Generator
+    detok: IncrementalDetokenizer
+    stops: StopMatcher
+    counts: dict[int, int] = field(default_factory=dict)
+    generated: int = 0
+    logprob_sum: float = 0.0
+    deltas: list[Delta] = field(default_factory=list)  # kept only when best_of buffers
+    finish_reason: str | None = None
+
+
+class Engine:
+    def __init__(self, repository: Path, name: str, threads: int) -> None:
+        self.manifest: Manifest = read_manifest(repository, name)
+        folder = model_dir(repository, name)
+        self.tokenizer = Tokenizer.from_file(str(folder / self.manifest.tokenizer_file))
+        self.runner = Runner(folder / self.manifest.onnx_file, threads)
+        self._eos = frozenset(self.manifest.eos_token_ids)
+        self._vocab = self.manifest.vocab_size
+
+    # --- prompt ---
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def prepare(self, prompt: str | list[int], max_tokens: int) -> Prompt:
+        """Prefix the prompt as the model needs and trim it from the left (editor prompts are long, and
+        their end, next to the cursor, matters most) so that prompt + max_tokens fits the context."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        bad = [t for t in ids if not 0 <= t < self._vocab]
+        if bad:
+            raise InvalidInput(f"token ids {bad[:5]} are outside the vocabulary [0, {self._vocab})", "prompt")
+        prefix = self.manifest.prompt_prefix_ids
+        room = self.manifest.context_length - len(prefix) - max_tokens
+        if room < 1:
+            raise InvalidInput(
+                f"max_tokens={max_tokens} leaves no room for the prompt in the model's context of "
+                f"{self.manifest.context_length} tokens",
+                "max_tokens",
+            )
+        if not ids:
+            raise InvalidInput("prompt is empty", "prompt")
+        trimmed = max(0, len(ids) - room)
+        if trimmed:
+            ids = ids[trimmed:]
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        else:
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=False)
+        return Prompt(ids=prefix + ids, text=text, trimmed=trimmed)
+
+    # --- generation ---
+
+    def generate(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event | None = None
+    ) -> Iterator[Delta | Usage]:
+        """Yield Deltas as tokens are decided, then one Usage. Stops early, yielding nothing more, when
+        `cancel` is set (the client went away)."""
+        cancel = cancel or threading.Event()
+        rows = params.best_of or params.n
+        buffer = rows > params.n  # best_of: rank all, return the best n, so nothing streams early
+        logits, cache = self.runner.prefill(prompt.ids)  # logits: [T, V]
+        if params.echo:
+            echoed = self._echo(prompt, logits, params)
+            for i in range(params.n):
+                yield Delta(i, prompt.text, echoed)
+        choices = [self._new_choice(i, prompt, params) for i in range(rows)]
+        next_logits = np.repeat(logits[-1:], rows, axis=0)  # [rows, V]
+        cache = cache.repeat(rows) if rows > 1 else cache
+        live = list(range(rows))
+        for step in range(params.max_tokens + 1):
+            if cancel.is_set():
+                return
+            if step == params.max_tokens:
+                for i in live:
+                    yield from self._finish(choices[i], "length", buffer)
+                break
+            tokens, still = [], []
+            for row, i in enumerate(live):
+                choice = choices[i]
+                token, delta = self._step(choice, next_logits[row], params)
+                if delta.finish_reason is None:
+                    tokens.append(token)
+                    still.append(row)
+                yield from self._emit(choice, delta, buffer)
+            if not still:
+                break
+            if len(still) < len(live):
+                cache, live = cache.select(still), [live[r] for r in still]
+            next_logits, cache = self.runner.decode(tokens, cache)
+        if buffer:
+            best = sorted(choices, key=lambda c: -c.logprob_sum / max(c.generated, 1))[: params.n]
+            for new_index, choice in enumerate(best):
+                for delta in choice.deltas:
+                    yield Delta(new_index, delta.text, delta.logprobs, delta.finish_reason)
+        yield Usage(
+            prompt_tokens=len(prompt.ids),
+            completion_tokens=sum(c.generated for c in choices),
+            prompt_tokens_trimmed=prompt.trimmed,
+        )
+
+    def _new_choice(self, index: int, prompt: Prompt, params: SamplingParams) -> _Choice:
+        # each row its own generator: a sample's text does not depend on the others in the batch
+        rng = np.random.default_rng(None if params.seed is None else [params.seed, index])
+        return _Choice(index, rng, IncrementalDetokenizer(self.tokenizer, prompt.ids), StopMatcher(list(params.stop)))
+
+    def _step(self, choice: _Choice, logits: np.ndarray, params: SamplingParams) -> tuple[int, Delta]:
+        # logits: [V] for this row
+        token = sample(adjust_logits(logits, params, choice.counts), params, choice.rng)
+        choice.generated += 1
+        choice.counts[token] = choice.counts.get(token, 0) + 1
+        info = None
+        if params.logprobs is not None or (params.best_of or 0) > params.n:
+            logprobs = log_softmax(logits)
+            choice.logprob_sum += float(logprobs[token])
+            if params.logprobs is not None:
+                info = [self._token_logprob(token, logprobs, params.logprobs)]
+        if token in self._eos:
+            return token, Delta(choice.index, choice.stops.flush(), info, "stop")
+        text = choice.stops.push(choice.detok.add(token))
+        return token, Delta(choice.index, text, info, "stop" if choice.stops.stopped else None)
+
+    def _finish(self, choice: _Choice, reason: str, buffer: bool) -> Iterator[Delta]:
+        yield from self._emit(choice, Delta(choice.index, choice.stops.flush(), None, reason), buffer)
+
+    def _emit(self, choice: _Choice, delta: Delta, buffer: bool) -> Iterator[Delta]:
+        if delta.finish_reason:
+            choice.finish_reason = delta.finish_reason
+        if not (delta.text or delta.logprobs or delta.finish_reason):
+            return
+        if buffer:
+            choice.deltas.append(delta)
+        else:
+            yield delta
+
+    def _token_logprob(self, token: int, logprobs: np.ndarray, top_n: int) -> TokenLogprob:
+        top = None
+        if top_n > 0:
+            best = np.argpartition(-logprobs, top_n - 1)[:top_n]
+            best = best[np.argsort(-logprobs[best])]
+            top = {self.tokenizer.decode([int(t)], skip_special_tokens=False): float(logprobs[t]) for t in best}
+        return TokenLogprob(self.tokenizer.decode([token], skip_special_tokens=False), float(logprobs[token]), top)
+
+    def _echo(self, prompt: Prompt, logits: np.ndarray, params: SamplingParams) -> list[TokenLogprob] | None:
+        """Logprobs of the prompt's own tokens (prefix excluded): token i is scored by position i-1."""
+        if params.logprobs is None:
+            return None
+        start = len(self.manifest.prompt_prefix_ids)
+        out = []
+        for pos in range(start, len(prompt.ids)):
+            token = prompt.ids[pos]
+            if pos == 0:
+                out.append(TokenLogprob(self.tokenizer.decode([token], skip_special_tokens=False), None, None))
+            else:
+                out.append(self._token_logprob(token, log_softmax(logits[pos - 1]), params.logprobs))
+        return out
+
+
+__all__ = ["Delta", "Engine", "InvalidInput", "KVCache", "Prompt", "SamplingParams", "TokenLogprob", "Usage"]

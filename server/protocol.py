@@ -1,0 +1,173 @@
+"""Wire models of the completion API (shared/reference/api-contract.md), and nothing else.
+
+Fields follow the OpenAI legacy Completions reference in its order, then a marked block of our
+extensions. Unknown fields (the Copilot plugin's `nwo`, `extra`, ...) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from server.engine.sampling import SamplingParams
+
+_MAX_STOPS = 4
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None  # the Copilot plugin sends none: the server's first model answers
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(None, ge=1)
+    echo: bool = False
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(None, ge=0)
+    n: int = Field(1, ge=1)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    suffix: str | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    user: str | None = None
+
+    # --- slipstream extensions ---
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off (llama.cpp, vLLM).")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, prompt: str | list) -> str | list:
+        if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
+            raise ValueError("prompt must not be empty")
+        return prompt
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > _MAX_STOPS:
+            raise ValueError(f"at most {_MAX_STOPS} stop sequences are allowed, got {len(stop)}")
+        return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, bias: dict[int, float] | None) -> dict[int, float] | None:
+        for token, value in (bias or {}).items():
+            if not -100 <= value <= 100:
+                raise ValueError(f"bias for token {token} is {value}; it must be between -100 and 100")
+        return bias
+
+    @model_validator(mode="after")
+    def _best_of_at_least_n(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.stream and self.best_of is not None and self.best_of > self.n:
+            raise ValueError("best_of > n cannot be streamed: the best samples are known only at the end")
+        return self
+
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompt as a list of prompts, each text or token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(p, int) for p in self.prompt):
+            return [self.prompt]  # type: ignore[list-item]
+        return self.prompt  # type: ignore[return-value]
+
+    def stops(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    def to_sampling_params(self, *, default_max_tokens: int, default_temperature: float) -> SamplingParams:
+        """request value -> server default -> spec default."""
+        return SamplingParams(
+            max_tokens=default_max_tokens if self.max_tokens is None else self.max_tokens,
+            temperature=default_temperature if self.temperature is None else self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            n=self.n,
+            best_of=self.best_of,
+            stop=self.stops(),
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=dict(self.logit_bias or {}),
+            logprobs=self.logprobs,
+            echo=self.echo,
+        )
+
+
+class Logprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class Choice(BaseModel):
+    text: str
+    index: int
+    logprobs: Logprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    # --- slipstream extension: how many prompt tokens were cut from the left to fit the context ---
+    prompt_tokens_trimmed: int = 0
+
+
+def completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "slipstream"
+    # --- slipstream extensions: what eval needs to know about the model ---
+    architecture: str
+    parameters: int
+    precision: str
+    context_length: int
+    ready: bool
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

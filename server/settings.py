@@ -1,0 +1,53 @@
+"""The one settings object: defaults here, `SLIPSTREAM_*` environment variables over them, CLI flags
+over those. The CLI builds its flags from these fields, so there is no second list to keep in step."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "gemma3-270m"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLIPSTREAM_", extra="ignore")
+
+    # --- network ---
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server to the network.")
+    port: int = Field(5000, ge=1, le=65535, description="Port to listen on (the Copilot/FauxPilot default).")
+
+    # --- models ---
+    model: list[str] = Field(
+        default_factory=lambda: [DEFAULT_MODEL],
+        min_length=1,
+        description="Model(s) to serve, by store name; the first answers requests without `model`.",
+    )
+    model_repository: Path = Field(
+        Path("model_repository"), description="Folder of exported models (Triton model repository layout)."
+    )
+    export_missing: bool = Field(True, description="Export a bundled model on start-up if it is not in the store yet.")
+    backend: Literal["embedded"] = Field("embedded", description="How the API reaches the engine.")
+
+    # --- engine ---
+    threads: int = Field(
+        0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 means one per core of this machine."
+    )
+
+    # --- request limits and defaults ---
+    default_max_tokens: int = Field(16, ge=1, description="max_tokens when a request gives none (OpenAI's default).")
+    default_temperature: float = Field(
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description="temperature when a request gives none: greedy by default, the best single completion for "
+        "an editor (OpenAI's own default is 1.0).",
+    )
+    max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    max_n: int = Field(32, ge=1, le=1024, description="Largest n (and best_of) a request may ask for.")
+
+    def intra_op_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)

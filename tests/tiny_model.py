@@ -1,0 +1,81 @@
+"""Build a tiny, random, but real CodeGen checkpoint for tests.
+
+The test machines cannot reach the Hugging Face hub, so tests cannot download a
+pretrained model.  Instead they build a genuine ``CodeGenForCausalLM`` (two layers,
+64-dim embeddings, random weights) together with a byte-level BPE tokenizer trained
+locally on a few Python standard-library sources.  The result is an ordinary
+checkpoint directory that every loader (transformers, optimum, ONNX export) accepts,
+and it builds in a few seconds.  Generations are gibberish, but deterministic for a
+given seed, which is all the tests need.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sysconfig
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import CodeGenConfig, CodeGenForCausalLM, PreTrainedTokenizerFast
+
+EOS = "<|endoftext|>"
+VOCAB_SIZE = 1000
+# Fixed, sorted list so the training corpus (and thus the vocab) never changes.
+_STDLIB_FILES = ("abc.py", "bisect.py", "colorsys.py", "heapq.py", "keyword.py", "textwrap.py")
+
+
+def _corpus() -> list[str]:
+    stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+    files = [stdlib / name for name in _STDLIB_FILES if (stdlib / name).is_file()]
+    if not files:  # unusual layout: fall back to the first few modules, sorted
+        files = sorted(stdlib.glob("*.py"))[:6]
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    if not texts:
+        raise FileNotFoundError(f"no Python sources found under {stdlib}")
+    return texts
+
+
+def _train_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        special_tokens=[EOS],  # first special token -> id 0
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    assert tok.token_to_id(EOS) == 0
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=EOS,
+        model_input_names=["input_ids", "attention_mask"],  # no token_type_ids
+    )
+
+
+def build_tiny_codegen(out_dir: pathlib.Path, n_positions: int = 256, seed: int = 0) -> pathlib.Path:
+    """Write a tiny random CodeGen model + tokenizer to ``out_dir`` and return it."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer()
+    config = CodeGenConfig(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_ctx=n_positions,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        rotary_dim=8,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = CodeGenForCausalLM(config).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
