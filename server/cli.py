@@ -40,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
     from server.models import catalog, store
-    from server.models.export import export_bundled
+    from server.models.export import ExportError, export_bundled
 
     settings = settings_from(args)
     for name in settings.model:
@@ -50,7 +50,10 @@ def _serve(args: argparse.Namespace) -> int:
             if not (settings.export_missing and name in catalog.CATALOG):
                 raise SystemExit(f"model {name!r} is not exported in {settings.model_repository}: run `slipstream export {name}`")
             print(f"{name} is not exported yet: exporting it first (about a minute)", flush=True)
-            export_bundled(name, settings.model_repository)
+            try:
+                export_bundled(name, settings.model_repository)
+            except ExportError as exc:
+                raise SystemExit(f"error: {exc}") from exc
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
     return 0
 

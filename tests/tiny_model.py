@@ -16,7 +16,7 @@ import sysconfig
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import CodeGenConfig, CodeGenForCausalLM, PreTrainedTokenizerFast
+from transformers import CodeGenConfig, CodeGenForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 1000
@@ -76,6 +76,32 @@ def build_tiny_codegen(out_dir: pathlib.Path, n_positions: int = 256, seed: int 
     )
     torch.manual_seed(seed)
     model = CodeGenForCausalLM(config).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_tiny_llama(out_dir: pathlib.Path, n_positions: int = 256, seed: int = 0) -> pathlib.Path:
+    """A tiny random Llama with the same tokenizer: it takes the other export path, onnxruntime-genai's
+    fused graph with 8-bit MatMulNBits, which the bundled models use."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=n_positions,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir

