@@ -68,6 +68,14 @@ def test_batched_rows_decode_like_single_rows(engine: Engine) -> None:
     np.testing.assert_allclose(row_logits, np.repeat(one_logits, 3, axis=0), atol=1e-4)
 
 
+def test_fused_graph_skips_the_head_for_unread_positions(fused_engine: Engine) -> None:
+    ids = fused_engine.encode(PROMPT)
+    last, _ = fused_engine.runner.prefill(ids)
+    every, _ = fused_engine.runner.prefill(ids, all_logits=True)
+    assert last.shape[0] == 1 and every.shape[0] == len(ids)
+    np.testing.assert_allclose(last[-1], every[-1], atol=1e-5)
+
+
 def test_same_seed_same_text_and_choices_independent_of_batch(fused_engine: Engine) -> None:
     # On the fused graph (MatMulNBits quantises activations per row and block) a row's logits do not
     # depend on the other rows. optimum's INT8 graph quantises activations per tensor, over the whole

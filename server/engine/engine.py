@@ -121,7 +121,8 @@ class Engine:
         cancel = cancel or threading.Event()
         rows = params.best_of or params.n
         buffer = rows > params.n  # best_of: rank all, return the best n, so nothing streams early
-        logits, cache = self.runner.prefill(prompt.ids)  # logits: [T, V]
+        scored = params.echo and params.logprobs is not None
+        logits, cache = self.runner.prefill(prompt.ids, all_logits=scored)  # logits: [T or fewer, V]
         if params.echo:
             echoed = self._echo(prompt, logits, params)
             for i in range(params.n):

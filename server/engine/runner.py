@@ -59,6 +59,8 @@ class Runner:
             raise GraphError(f"{onnx_path}: KV cache shape {first.shape} has no fixed heads/head_dim")
         self._kv_dtype = _ORT_TO_NUMPY[first.type]
         self._position_ids = "position_ids" in inputs
+        # graphs that can skip the LM head for positions nobody reads (server/models/last_logits.py)
+        self._logits_to_keep = "logits_to_keep" in inputs
         self._output_names = [o.name for o in self.session.get_outputs()]
         if self._output_names[0] != "logits":
             raise GraphError(f"{onnx_path}: first output is {self._output_names[0]!r}, expected logits")
@@ -70,8 +72,9 @@ class Runner:
         shape = (batch, self._kv_heads, 0, self._head_dim)
         return KVCache({name: np.zeros(shape, self._kv_dtype) for name in self._past_names}, 0)
 
-    def forward(self, ids: np.ndarray, cache: KVCache) -> tuple[np.ndarray, KVCache]:
-        # ids: [B, T] int64 -> logits: [B, T, V] float32, cache grown by T
+    def forward(self, ids: np.ndarray, cache: KVCache, keep: int | None = None) -> tuple[np.ndarray, KVCache]:
+        # ids: [B, T] int64 -> logits: [B, T', V] float32 for the last T' = keep (default all) positions
+        # where the graph can skip the others, else [B, T, V]; cache grown by T
         batch, new = ids.shape
         total = cache.length + new
         feed: dict[str, np.ndarray] = {
@@ -81,18 +84,22 @@ class Runner:
         }
         if self._position_ids:
             feed["position_ids"] = np.broadcast_to(np.arange(cache.length, total, dtype=np.int64), (batch, new))
+        if self._logits_to_keep:
+            feed["logits_to_keep"] = np.array([keep or new], dtype=np.int64)
         outputs = self.session.run(self._output_names, feed)
         present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:])}
         return outputs[0].astype(np.float32, copy=False), KVCache(present, total)
 
-    def prefill(self, ids: list[int]) -> tuple[np.ndarray, KVCache]:
-        # ids: T prompt tokens -> logits [T, V] for every prompt position, one-row cache
-        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), self.empty_cache(1))
+    def prefill(self, ids: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCache]:
+        # ids: T prompt tokens -> logits [T, V] (all_logits, to score the prompt) or [>=1, V] whose last
+        # row is the last position's; one-row cache
+        keep = None if all_logits else 1
+        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), self.empty_cache(1), keep)
         return logits[0], cache
 
     def decode(self, tokens: list[int], cache: KVCache) -> tuple[np.ndarray, KVCache]:
         # tokens: one per row -> logits [B, V]
-        logits, cache = self.forward(np.asarray(tokens, dtype=np.int64)[:, None], cache)
+        logits, cache = self.forward(np.asarray(tokens, dtype=np.int64)[:, None], cache, 1)
         return logits[:, -1], cache
 
 

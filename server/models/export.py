@@ -176,9 +176,13 @@ def _build_fused(hf_dir: Path, version: Path, work: Path, precision: str, log: L
     if precision == "int4":
         for f in built.glob("model.onnx*"):
             shutil.move(str(f), version / f.name)
-        return
-    log("  quantising MatMuls to 8 bits (MatMulNBits, block 32, symmetric)")
-    _quantise_matmul_8bit(built / "model.onnx", version / "model.onnx")
+    else:
+        log("  quantising MatMuls to 8 bits (MatMulNBits, block 32, symmetric)")
+        _quantise_matmul_8bit(built / "model.onnx", version / "model.onnx")
+    from server.models.last_logits import add_logits_to_keep
+
+    if not add_logits_to_keep(version / "model.onnx"):
+        log("  note: the LM head is not a plain MatMul: prefill computes logits for every position")
 
 
 def _quantise_matmul_8bit(src: Path, dst: Path) -> None:

@@ -1,0 +1,53 @@
+"""Let the graph compute logits for the last positions only.
+
+The exported graphs compute the LM head for every prompt position. For Gemma-3 (vocabulary 262,144)
+that head is most of the prefill's work and a [T, 262144] float32 output: a 1,000-token editor prompt
+costs ~170 GMAC and 1 GB for logits nobody reads, since only the last position picks the next token.
+We add an input `logits_to_keep` (as transformers' models have) and slice the hidden states before
+the head; echo with logprobs, which scores every prompt token, asks for all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto, helper
+
+INPUT = "logits_to_keep"
+_HEAD_OPS = frozenset({"MatMul", "MatMulNBits", "Gemm"})
+
+
+def add_logits_to_keep(onnx_path: Path) -> bool:
+    """Rewrite the graph in place (weights in external data stay untouched). Returns False, changing
+    nothing, when the logits do not come straight from a MatMul head on the hidden states."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    graph = model.graph
+    if any(i.name == INPUT for i in graph.input):
+        return True
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    if head is None or head.op_type not in _HEAD_OPS:
+        return False
+    hidden = head.input[0]  # [B, T, H]
+    graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.INT64, [1]))
+    graph.initializer.extend(
+        [
+            helper.make_tensor("logits_to_keep/ends", TensorProto.INT64, [1], [2**62]),
+            helper.make_tensor("logits_to_keep/axes", TensorProto.INT64, [1], [1]),
+        ]
+    )
+    sliced = f"{hidden}/last"
+    nodes = [
+        helper.make_node("Neg", [INPUT], ["logits_to_keep/starts"], name="logits_to_keep/Neg"),
+        helper.make_node(
+            "Slice", [hidden, "logits_to_keep/starts", "logits_to_keep/ends", "logits_to_keep/axes"], [sliced],
+            name="logits_to_keep/Slice",
+        ),
+    ]
+    head.input[0] = sliced
+    # keep the node list topologically sorted: the slice goes right before the head
+    position = list(graph.node).index(head)
+    for offset, node in enumerate(nodes):
+        graph.node.insert(position + offset, node)
+    onnx.save(model, str(onnx_path))
+    return True
