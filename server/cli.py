@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
             store.read_manifest(settings.model_repository, name)
         except store.ModelNotExported:
             if not (settings.export_missing and name in catalog.CATALOG):
-                raise SystemExit(f"model {name!r} is not exported in {settings.model_repository}: run `slipstream export {name}`")
+                raise SystemExit(f"model {name!r} is not exported in {settings.model_repository}: run `slipstream export {name}`") from None
             print(f"{name} is not exported yet: exporting it first (about a minute)", flush=True)
             try:
                 export_bundled(name, settings.model_repository)

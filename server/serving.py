@@ -21,9 +21,9 @@ from server.protocol import (
     ErrorBody,
     ErrorResponse,
     Logprobs,
+    completion_id,
 )
 from server.protocol import Usage as WireUsage
-from server.protocol import completion_id
 from server.settings import Settings
 
 

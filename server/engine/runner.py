@@ -87,7 +87,7 @@ class Runner:
         if self._logits_to_keep:
             feed["logits_to_keep"] = np.array([keep or new], dtype=np.int64)
         outputs = self.session.run(self._output_names, feed)
-        present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:])}
+        present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:], strict=False)}
         return outputs[0].astype(np.float32, copy=False), KVCache(present, total)
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCache]:

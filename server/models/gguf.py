@@ -88,7 +88,7 @@ def _sentencepiece_bpe(
     proto.normalizer_spec.name = "identity"
     proto.normalizer_spec.add_dummy_prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", False))
     proto.normalizer_spec.remove_extra_whitespaces = False
-    for piece, score, kind in zip(tokens, scores, types):
+    for piece, score, kind in zip(tokens, scores, types, strict=False):
         # GGUF token types use SentencePiece's numbering (normal, unknown, control, user-defined, unused, byte).
         entry = proto.pieces.add()
         entry.piece, entry.score, entry.type = piece, score, kind
