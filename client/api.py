@@ -5,6 +5,7 @@ One implementation: the sync Client drives the AsyncClient on a private event lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any, AsyncIterator, Iterator
 
@@ -61,13 +62,14 @@ class AsyncClient:
                 if response.status_code >= 400:
                     await response.aread()
                     raise _error(response)
-                async for data in _sse_data(response):
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise APIError(response.status_code, chunk["error"])
-                    yield chunk
+                async with contextlib.aclosing(_sse_data(response)) as events:
+                    async for data in events:
+                        if data == "[DONE]":
+                            return
+                        chunk = json.loads(data)
+                        if "error" in chunk:
+                            raise APIError(response.status_code, chunk["error"])
+                        yield chunk
                 return
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -124,6 +126,7 @@ class Client:
 
     def close(self) -> None:
         self._loop.run_until_complete(self._async.aclose())
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
 
     def models(self) -> list[dict[str, Any]]:

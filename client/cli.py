@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import httpx
+
 from client.api import APIError, Client
 
 
@@ -30,7 +32,7 @@ def _complete(args: argparse.Namespace) -> int:
     except APIError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (httpx.TransportError, OSError) as exc:
         print(f"\nerror: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -112,9 +112,12 @@ async def _parse_body(request: Request) -> CompletionRequest:
         return CompletionRequest.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"] if not isinstance(p, int)) or None
-        # a union (prompt, stop) reports each branch; name the field once with the first reason
-        raise InvalidRequest(f"{param or 'body'}: {first['msg']}", param) from exc
+        # the top-level field: deeper parts of the location are union branches (prompt.str) or keys
+        # (logit_bias.abc.[key]); a cross-field rule names its parameter on the error it raises
+        cause = first.get("ctx", {}).get("error")
+        param = getattr(cause, "param", None) or (str(first["loc"][0]) if first["loc"] else None)
+        message = str(cause) if cause is not None else first["msg"]
+        raise InvalidRequest(f"{param or 'body'}: {message}", param) from exc
 
 
 async def _handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.models import catalog, store
     from server.models.export import ExportError, export_bundled
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from(args)
     for name in settings.model:
         try:
@@ -123,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args: Any = build_parser().parse_args(argv)
     return int(args.run(args) or 0)
 

@@ -17,6 +17,14 @@ from server.engine.sampling import SamplingParams
 _MAX_STOPS = 4
 
 
+class FieldError(ValueError):
+    """A cross-field rule broken: names the request parameter to blame."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
@@ -72,9 +80,13 @@ class CompletionRequest(BaseModel):
     @model_validator(mode="after")
     def _best_of_at_least_n(self) -> CompletionRequest:
         if self.best_of is not None and self.best_of < self.n:
-            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+            raise FieldError(f"best_of ({self.best_of}) must be at least n ({self.n})", "best_of")
+        return self
+
+    @model_validator(mode="after")
+    def _best_of_not_streamed(self) -> CompletionRequest:
         if self.stream and self.best_of is not None and self.best_of > self.n:
-            raise ValueError("best_of > n cannot be streamed: the best samples are known only at the end")
+            raise FieldError("best_of > n cannot be streamed: the best samples are known only at the end", "best_of")
         return self
 
     def prompts(self) -> list[str] | list[list[int]]:

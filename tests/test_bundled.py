@@ -88,3 +88,21 @@ def test_smollm2_streams_a_completion(bundled_server) -> None:
             if line.startswith("data: {"):
                 texts.append(json.loads(line[6:])["choices"][0]["text"])
     assert len(texts) > 3 and "".join(texts).strip()
+
+
+def test_stream_arrives_as_it_is_generated(bundled_server) -> None:
+    """Real streaming, not all tokens generated first: the first text arrives long before the last."""
+    import time
+
+    arrivals = []
+    started = time.perf_counter()
+    with httpx.stream(
+        "POST", f"{bundled_server.url}/v1/completions",
+        json={"prompt": HUMANEVAL_STYLE, "max_tokens": 96, "stream": True, "logit_bias": {"1": -100}},
+        timeout=120,
+    ) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                arrivals.append(time.perf_counter() - started)
+    assert len(arrivals) > 20
+    assert arrivals[0] < 0.5 * arrivals[-1], (arrivals[0], arrivals[-1])

@@ -179,12 +179,18 @@ class Engine:
             if params.logprobs is not None:
                 info = [self._token_logprob(token, logprobs, params.logprobs)]
         if token in self._eos:
-            return token, Delta(choice.index, choice.stops.flush(), info, "stop")
+            return token, Delta(choice.index, self._drain(choice), info, "stop")
         text = choice.stops.push(choice.detok.add(token))
         return token, Delta(choice.index, text, info, "stop" if choice.stops.stopped else None)
 
     def _finish(self, choice: _Choice, reason: str, buffer: bool) -> Iterator[Delta]:
-        yield from self._emit(choice, Delta(choice.index, choice.stops.flush(), None, reason), buffer)
+        yield from self._emit(choice, Delta(choice.index, self._drain(choice), None, reason), buffer)
+
+    @staticmethod
+    def _drain(choice: _Choice) -> str:
+        """What generation leaves held back at its end: an unfinished character, a possible stop's start."""
+        text = choice.stops.push(choice.detok.flush())
+        return text + choice.stops.flush()
 
     def _emit(self, choice: _Choice, delta: Delta, buffer: bool) -> Iterator[Delta]:
         if delta.finish_reason:
@@ -201,7 +207,9 @@ class Engine:
         if top_n > 0:
             best = np.argpartition(-logprobs, top_n - 1)[:top_n]
             best = best[np.argsort(-logprobs[best])]
-            top = {self.tokenizer.decode([int(t)], skip_special_tokens=False): float(logprobs[t]) for t in best}
+            top = {}
+            for t in best:  # best first: tokens that decode alike (byte pieces) keep the higher value
+                top.setdefault(self.tokenizer.decode([int(t)], skip_special_tokens=False), float(logprobs[t]))
         return TokenLogprob(self.tokenizer.decode([token], skip_special_tokens=False), float(logprobs[token]), top)
 
     def _echo(self, prompt: Prompt, logits: np.ndarray, params: SamplingParams) -> list[TokenLogprob] | None:

@@ -30,6 +30,13 @@ class IncrementalDetokenizer:
         self._prefix, self._read = self._read, len(self._ids)
         return after[len(before) :]
 
+    def flush(self) -> str:
+        """Text still held back (an unfinished character) when generation ends: sent as it decodes."""
+        before = self._tokenizer.decode(self._ids[self._prefix : self._read], skip_special_tokens=True)
+        after = self._tokenizer.decode(self._ids[self._prefix :], skip_special_tokens=True)
+        self._prefix = self._read = len(self._ids)
+        return after[len(before) :]
+
 
 class StopMatcher:
     """Finds the earliest stop string in the generated text and holds back a tail that may be the start
