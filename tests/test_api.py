@@ -241,7 +241,7 @@ def _aligned_tokens(body: dict) -> list[tuple[str, int]]:
     lp = choice["logprobs"]
     return [
         (token, offset)
-        for token, offset in zip(lp["tokens"], lp["text_offset"])
+        for token, offset in zip(lp["tokens"], lp["text_offset"], strict=False)
         if token.isascii() and token.isprintable() and token.strip() and choice["text"][offset:offset + len(token)] == token
     ]
 
@@ -264,7 +264,7 @@ def _stop_across_tokens(reference: dict) -> str:
     """Two chars of one token and the first of the next: a stop no single token holds."""
     text = reference["choices"][0]["text"]
     aligned = _aligned_tokens(reference)
-    for (left, at), (right, next_at) in zip(aligned[1:], aligned[2:]):
+    for (left, at), (right, next_at) in zip(aligned[1:], aligned[2:], strict=False):
         stop = left[-2:] + right[:1]
         if next_at == at + len(left) and text.find(stop) == next_at - len(left[-2:]) and len(stop) == 3:
             return stop
