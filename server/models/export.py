@@ -113,6 +113,11 @@ def _export_checkpoint(
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
     config = json.loads((hf_dir / "config.json").read_text())
     arch = config.get("model_type", "")
+    fused = arch in BUILDER_ARCHITECTURES
+    if not fused and precision != "int8":
+        raise ExportError(f"{arch} goes through optimum, which exports int8 only (asked for {precision})")
+    if not (hf_dir / "tokenizer.json").is_file():
+        raise ExportError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)")
     total = step + 1
     out = store.model_dir(repository, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -120,13 +125,11 @@ def _export_checkpoint(
     version.mkdir(parents=True)
 
     started = time.perf_counter()
-    if arch in BUILDER_ARCHITECTURES:
+    if fused:
         graph = "genai-builder"
         log(f"[{step}/{total}] {name}: fused ONNX graph ({arch}) with onnxruntime-genai's builder, {precision}")
         _build_fused(hf_dir, version, work, precision, log)
     else:
-        if precision != "int8":
-            raise ExportError(f"{arch} goes through optimum, which exports int8 only")
         graph = "optimum"
         log(f"[{step}/{total}] {name}: ONNX graph ({arch}) with optimum, INT8 dynamic quantisation")
         from server.models.optimum_export import export_optimum_int8
@@ -136,8 +139,6 @@ def _export_checkpoint(
 
     log(f"[{total}/{total}] {name}: tokenizer and manifest")
     tokenizer_src = hf_dir / "tokenizer.json"
-    if not tokenizer_src.is_file():
-        raise ExportError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)")
     shutil.copyfile(tokenizer_src, version / "tokenizer.json")
     tokenizer = Tokenizer.from_file(str(tokenizer_src))
     tok_config = _read_json(hf_dir / "tokenizer_config.json")

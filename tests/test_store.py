@@ -1,0 +1,87 @@
+"""The model store: manifests, idempotent exports, clear errors, the CLI's export and models."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.models import store
+from server.models.export import ExportError, export_checkpoint
+from tests.conftest import ROOT, TINY, TINY_CONTEXT, TINY_LLAMA
+
+
+def slipstream(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_manifest_of_the_optimum_export(tiny_repo: Path, tiny_checkpoint: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    manifest = store.read_manifest(tiny_repo, TINY)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_checkpoint)
+    assert manifest.architecture == "codegen" and manifest.graph == "optimum" and manifest.precision == "int8"
+    assert manifest.parameters == sum(p.numel() for p in reference.parameters())
+    assert manifest.context_length == TINY_CONTEXT and manifest.eos_token_ids == [0] and manifest.prompt_prefix_ids == []
+    assert (tiny_repo / TINY / manifest.onnx_file).is_file() and (tiny_repo / TINY / manifest.tokenizer_file).is_file()
+
+
+def test_fused_export_of_a_llama_checkpoint(tiny_llama_repo: Path) -> None:
+    manifest = store.read_manifest(tiny_llama_repo, TINY_LLAMA)
+    assert (manifest.architecture, manifest.graph, manifest.precision) == ("llama", "genai-builder", "int8")
+    import onnx
+
+    graph = onnx.load(str(tiny_llama_repo / TINY_LLAMA / manifest.onnx_file), load_external_data=False).graph
+    ops = {node.op_type for node in graph.node}
+    assert "MatMulNBits" in ops and "GroupQueryAttention" in ops and "MatMul" not in ops
+
+
+def test_export_is_idempotent_and_rebuilds_an_incomplete_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    export_checkpoint(tiny_checkpoint, tmp_path, "m", log=lines.append)
+    onnx_file = tmp_path / "m" / "1" / "model.onnx"
+    stamp = onnx_file.stat().st_mtime_ns
+    lines.clear()
+    export_checkpoint(tiny_checkpoint, tmp_path, "m", log=lines.append)
+    assert onnx_file.stat().st_mtime_ns == stamp and any("already exported" in line for line in lines)
+
+    onnx_file.unlink()  # an interrupted export
+    with pytest.raises(store.ModelNotExported, match="incomplete"):
+        store.read_manifest(tmp_path, "m")
+    export_checkpoint(tiny_checkpoint, tmp_path, "m", log=lines.append)
+    assert store.read_manifest(tmp_path, "m").name == "m"
+    assert not (tmp_path / ".build" / "m").exists()  # intermediates are cleaned up
+
+
+def test_export_errors_are_clear(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="no config.json"):
+        export_checkpoint(tmp_path / "nowhere", tmp_path)
+    with pytest.raises(ExportError, match="int4"):
+        export_checkpoint(tiny_checkpoint, tmp_path, "q", precision="int4")  # CodeGen goes through optimum
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(tiny_checkpoint, no_tokenizer)
+    (no_tokenizer / "tokenizer.json").unlink()
+    with pytest.raises(ExportError, match="tokenizer.json"):
+        export_checkpoint(no_tokenizer, tmp_path / "repo")
+
+
+def test_cli_export_and_models(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = slipstream("export", "--from-hf", str(tiny_checkpoint), "--name", "cli-tiny", "--model-repository", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "[1/2]" in result.stdout and "exported to" in result.stdout
+    listed = slipstream("models", "--model-repository", str(tmp_path))
+    assert listed.returncode == 0 and "cli-tiny" in listed.stdout and "codegen" in listed.stdout
+    assert "gemma3-270m" in listed.stdout  # what the catalog can build
+
+    for args, message in [((), "name a bundled model"), (("no-such-model",), "unknown model"),
+                          (("--from-hf", str(tmp_path / "missing")), "no config.json")]:
+        bad = slipstream("export", *args, "--model-repository", str(tmp_path))
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_serve_refuses_a_model_that_is_not_exported(tmp_path: Path) -> None:
+    result = slipstream("serve", "--model", "nothing-here", "--model-repository", str(tmp_path), "--port", "1")
+    assert result.returncode != 0 and "not exported" in result.stderr
