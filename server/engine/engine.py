@@ -131,13 +131,12 @@ class Engine:
         next_logits = np.repeat(logits[-1:], rows, axis=0)  # [rows, V]
         cache = cache.repeat(rows) if rows > 1 else cache
         live = list(range(rows))
-        for step in range(params.max_tokens + 1):
+        if params.max_tokens == 0:  # echo-only scoring: nothing to generate
+            for i in live:
+                yield from self._finish(choices[i], "length", buffer)
+        for step in range(params.max_tokens):
             if cancel.is_set():
                 return
-            if step == params.max_tokens:
-                for i in live:
-                    yield from self._finish(choices[i], "length", buffer)
-                break
             tokens, still = [], []
             for row, i in enumerate(live):
                 choice = choices[i]
@@ -146,6 +145,10 @@ class Engine:
                     tokens.append(token)
                     still.append(row)
                 yield from self._emit(choice, delta, buffer)
+            if step + 1 == params.max_tokens:  # the last token is decided: no forward pass after it
+                for row in still:
+                    yield from self._finish(choices[live[row]], "length", buffer)
+                break
             if not still:
                 break
             if len(still) < len(live):
