@@ -25,6 +25,10 @@ BUILDER_ARCHITECTURES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "gemma3_text", "granite", "olmo"}
 )
 PRECISIONS = ("int8", "int4")
+# Weights per scale in the 8-bit MatMuls. Measured on both bundled models (same run, this CPU):
+# block 128 decodes 15-23% faster than block 32 and costs +0.013 nats/token of teacher-forced NLL
+# against the fp32 graph (block 32: +0.006); optimum's per-tensor INT8 costs +1.1 to +1.5.
+INT8_BLOCK = 128
 
 
 class ExportError(RuntimeError):
@@ -178,7 +182,7 @@ def _build_fused(hf_dir: Path, version: Path, work: Path, precision: str, log: L
         for f in built.glob("model.onnx*"):
             shutil.move(str(f), version / f.name)
     else:
-        log("  quantising MatMuls to 8 bits (MatMulNBits, block 32, symmetric)")
+        log(f"  quantising MatMuls to 8 bits (MatMulNBits, block {INT8_BLOCK}, symmetric)")
         _quantise_matmul_8bit(built / "model.onnx", version / "model.onnx")
     from server.models.last_logits import add_logits_to_keep
 
@@ -194,7 +198,7 @@ def _quantise_matmul_8bit(src: Path, dst: Path) -> None:
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     model = onnx.load(str(src))
-    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.decode` (see bench/README.md)."""
