@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from server.engine.sampling import SamplingParams
 
-_MAX_STOPS = 4
-
 
 class FieldError(ValueError):
     """A cross-field rule broken: names the request parameter to blame."""
@@ -61,13 +59,6 @@ class CompletionRequest(BaseModel):
         if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
             raise ValueError("prompt must not be empty")
         return prompt
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_at_most_four(cls, stop: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(stop, list) and len(stop) > _MAX_STOPS:
-            raise ValueError(f"at most {_MAX_STOPS} stop sequences are allowed, got {len(stop)}")
-        return stop
 
     @field_validator("logit_bias")
     @classmethod

@@ -52,6 +52,10 @@ def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionReq
         raise InvalidRequest(
             f"max_tokens={params.max_tokens} is above this server's limit of {settings.max_tokens_limit}", "max_tokens"
         )
+    if len(params.stop) > settings.max_stop_sequences:
+        raise InvalidRequest(
+            f"{len(params.stop)} stop sequences given; this server allows {settings.max_stop_sequences}", "stop"
+        )
     for name, value in (("n", request.n), ("best_of", request.best_of or 0)):
         if value > settings.max_n:
             raise InvalidRequest(f"{name}={value} is above this server's limit of {settings.max_n}", name)

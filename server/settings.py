@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     )
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
     max_n: int = Field(32, ge=1, le=1024, description="Largest n (and best_of) a request may ask for.")
+    max_stop_sequences: int = Field(
+        4, ge=1, le=64, description="Most stop strings a request may give (OpenAI allows 4; Codex's HumanEval set is 5)."
+    )
 
     def intra_op_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)

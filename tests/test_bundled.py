@@ -30,7 +30,7 @@ def below_zero(operations: List[int]) -> bool:
     True
     """
 '''
-CODEX_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+CODEX_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint("]  # OpenAI's limit is 4 stops
 
 
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
