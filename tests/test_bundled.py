@@ -51,16 +51,37 @@ def test_manifests_say_how_to_prompt(bundled_repo: Path) -> None:
     assert 130e6 < smol.parameters < 140e6
 
 
-def test_gemma_completes_a_function_body_that_parses(bundled_server) -> None:
+# HumanEval/53 and HumanEval/55, verbatim
+HUMANEVAL_53 = 'def add(x: int, y: int):\n    """Add two numbers x and y\n    >>> add(2, 3)\n    5\n    >>> add(5, 7)\n    12\n    """\n'
+HUMANEVAL_55 = (
+    'def fib(n: int):\n    """Return n-th Fibonacci number.\n    >>> fib(10)\n    55\n    >>> fib(1)\n    1\n'
+    '    >>> fib(8)\n    21\n    """\n'
+)
+
+
+def gemma_greedy(server, prompt: str) -> dict:
     response = httpx.post(
-        f"{bundled_server.url}/v1/completions",
-        json={"model": "gemma3-270m", "prompt": HUMANEVAL_STYLE, "max_tokens": 128, "temperature": 0, "stop": CODEX_STOPS},
+        f"{server.url}/v1/completions",
+        json={"model": "gemma3-270m", "prompt": prompt, "max_tokens": 128, "temperature": 0, "stop": CODEX_STOPS},
         timeout=120,
     )
     assert response.status_code == 200, response.text
-    text = response.json()["choices"][0]["text"]
-    assert text.strip(), "empty completion"
-    ast.parse(HUMANEVAL_STYLE + text)  # a syntax error fails the test with the code in the message
+    return response.json()["choices"][0]
+
+
+@pytest.mark.parametrize("prompt", [HUMANEVAL_53, HUMANEVAL_55], ids=["HumanEval/53", "HumanEval/55"])
+def test_gemma_completes_a_function_body_that_parses(bundled_server, prompt: str) -> None:
+    choice = gemma_greedy(bundled_server, prompt)
+    assert choice["text"].strip(), "empty completion"
+    assert choice["finish_reason"] == "stop", choice  # it ended the function itself
+    ast.parse(prompt + choice["text"])  # a syntax error fails the test with the code in the message
+
+
+def test_gemma_writes_a_function_that_works(bundled_server) -> None:
+    choice = gemma_greedy(bundled_server, HUMANEVAL_53)
+    namespace: dict = {}
+    exec(HUMANEVAL_53 + choice["text"], namespace)  # the model's own code, run for real
+    assert namespace["add"](2, 3) == 5 and namespace["add"](5, 7) == 12
 
 
 def test_default_model_answers_curl_style_request(bundled_server) -> None:
