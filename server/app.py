@@ -6,27 +6,45 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from typing import AsyncIterator, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from server import serving
 from server.backends.embedded import EmbeddedBackend
 from server.errors import APIError, InvalidRequest, handle_api_error
-from server.protocol import CompletionRequest, CompletionResponse, ErrorBody, ErrorResponse, ModelCard, ModelList
+from server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorBody,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
 from server.settings import Settings
 
 log = logging.getLogger("slipstream.app")
+Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
 
-_COMPLETION_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionRequest"}}},
-    },
-    "responses": {"200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/CompletionResponse"}}, "text/event-stream": {}}}},
-}
+
+
+def _doc(request: type[BaseModel], response: type[BaseModel]) -> dict:
+    """OpenAPI for a route that parses its own body (see _parse_body)."""
+    ref = "#/components/schemas/{}".format
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": ref(request.__name__)}}}},
+        "responses": {
+            "200": {"content": {"application/json": {"schema": {"$ref": ref(response.__name__)}}, "text/event-stream": {}}}
+        },
+    }
+
+
+_COMPLETION_DOC = _doc(CompletionRequest, CompletionResponse)
+_CHAT_DOC = _doc(ChatCompletionRequest, ChatCompletionResponse)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -46,17 +64,11 @@ def create_app(settings: Settings) -> FastAPI:
     _document_schemas(app)
 
     async def completion(request: Request) -> JSONResponse | StreamingResponse:
-        body = await _parse_body(request)
+        body = await _parse_body(request, CompletionRequest)
         job = serving.prepare(backend, settings, body)
-        headers = {"X-Slipstream-Ignored": ",".join(job.ignored)} if job.ignored else None
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(
-                serving.stream(backend, job, include_usage), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", **(headers or {})},
-            )
-        response = await serving.complete(backend, job)
-        return JSONResponse(response.model_dump(), headers=headers)
+            return _sse(serving.stream(backend, job, _include_usage(body)), job)
+        return _json(await serving.complete(backend, job), job)
 
     @app.post("/v1/completions", openapi_extra=_COMPLETION_DOC, response_model=None)
     async def completions(request: Request) -> JSONResponse | StreamingResponse:
@@ -66,6 +78,15 @@ def create_app(settings: Settings) -> FastAPI:
     async def engine_completions(engine: str, request: Request) -> JSONResponse | StreamingResponse:
         """The Copilot plugin's route; the engine in the path (`codegen`, `copilot-codex`) is not a model name."""
         return await completion(request)
+
+    @app.post("/v1/chat/completions", openapi_extra=_CHAT_DOC, response_model=None)
+    async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
+        """Chat, through the model's own chat template; /v1/models says which models chat."""
+        body = await _parse_body(request, ChatCompletionRequest)
+        job = serving.prepare_chat(backend, settings, body)
+        if body.stream:
+            return _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
+        return _json(await serving.chat_complete(backend, job), job)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
@@ -79,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
                     parameters=manifest.parameters if manifest else 0,
                     precision=manifest.precision if manifest else "unknown",
                     context_length=manifest.context_length if manifest else 0,
+                    chat=bool(manifest and manifest.chat_template),
                     ready=backend.status(name) == "ready",
                 )
             )
@@ -97,7 +119,24 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-async def _parse_body(request: Request) -> CompletionRequest:
+def _include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _ignored_header(job: serving.Job) -> dict[str, str]:
+    return {"X-Slipstream-Ignored": ",".join(job.ignored)} if job.ignored else {}
+
+
+def _sse(events: AsyncIterator[str], job: serving.Job) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", **_ignored_header(job)}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
+def _json(response: BaseModel, job: serving.Job) -> JSONResponse:
+    return JSONResponse(response.model_dump(), headers=_ignored_header(job))
+
+
+async def _parse_body(request: Request, model: type[Body]) -> Body:
     """JSON whatever the Content-Type says: curl's default form type with a JSON body is still JSON."""
     raw = await request.body()
     if not raw.strip():
@@ -109,7 +148,7 @@ async def _parse_body(request: Request) -> CompletionRequest:
     if not isinstance(data, dict):
         raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
     try:
-        return CompletionRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         # the top-level field: deeper parts of the location are union branches (prompt.str) or keys
@@ -136,7 +175,7 @@ def _document_schemas(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (CompletionRequest, CompletionResponse):
+        for model in (CompletionRequest, CompletionResponse, ChatCompletionRequest, ChatCompletionResponse):
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition

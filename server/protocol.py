@@ -23,6 +23,13 @@ class FieldError(ValueError):
         self.param = param
 
 
+def _bias_in_range(bias: dict[int, float] | None) -> dict[int, float] | None:
+    for token, value in (bias or {}).items():
+        if not -100 <= value <= 100:
+            raise ValueError(f"bias for token {token} is {value}; it must be between -100 and 100")
+    return bias
+
+
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
     include_usage: bool = False
@@ -60,13 +67,7 @@ class CompletionRequest(BaseModel):
             raise ValueError("prompt must not be empty")
         return prompt
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _bias_in_range(cls, bias: dict[int, float] | None) -> dict[int, float] | None:
-        for token, value in (bias or {}).items():
-            if not -100 <= value <= 100:
-                raise ValueError(f"bias for token {token} is {value}; it must be between -100 and 100")
-        return bias
+    _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
 
     @model_validator(mode="after")
     def _best_of_at_least_n(self) -> CompletionRequest:
@@ -157,6 +158,7 @@ class ModelCard(BaseModel):
     parameters: int
     precision: str
     context_length: int
+    chat: bool = Field(description="Whether /v1/chat/completions serves this model (it has a chat template)")
     ready: bool
 
 
@@ -174,3 +176,136 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- chat completions (OpenAI /v1/chat/completions) ---
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = None
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[int, float] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=5)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1)  # the older name of max_completion_tokens
+    n: int = Field(1, ge=1)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    user: str | None = None
+
+    # --- slipstream extensions ---
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off.")
+
+    _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise FieldError("top_logprobs requires logprobs: true", "top_logprobs")
+        return self
+
+    def as_completion(self) -> CompletionRequest:
+        """The same sampling request in the completion shape: one validated path to SamplingParams."""
+        return CompletionRequest(
+            prompt="-",  # replaced by the rendered conversation
+            model=self.model,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=self.logit_bias,
+            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            n=self.n,
+            presence_penalty=self.presence_penalty,
+            seed=self.seed,
+            stop=self.stop,
+            stream=self.stream,
+            stream_options=self.stream_options,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+        )
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobEntry(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprobEntry]
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+def chat_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"

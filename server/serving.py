@@ -1,4 +1,4 @@
-"""A CompletionRequest in, a CompletionResponse or a stream of SSE events out.
+"""A completion or chat request in, a response or a stream of SSE events out.
 
 Everything that can reject a request (model, limits, prompt encoding and trimming) happens in
 `prepare`, before the first byte is sent, so a bad request gets a proper 4xx status even when it
@@ -7,20 +7,32 @@ asked to stream. Choices of several prompts are numbered prompt by prompt: index
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from server.backends.embedded import EmbeddedBackend, ModelFailed, ModelLoading
-from server.engine.engine import Delta, InvalidInput, Prompt, SamplingParams, Usage
+from server.engine.engine import Delta, Engine, InvalidInput, Prompt, SamplingParams, TokenLogprob, Usage
 from server.engine.scheduler import QueueFull
 from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded
 from server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatLogprobs,
     Choice,
     CompletionRequest,
     CompletionResponse,
     ErrorBody,
     ErrorResponse,
     Logprobs,
+    TokenLogprobEntry,
+    TopLogprob,
+    chat_completion_id,
     completion_id,
 )
 from server.protocol import Usage as WireUsage
@@ -35,8 +47,11 @@ class Job:
     ignored: list[str] = field(default_factory=list)  # request fields this model cannot honour
 
 
-def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionRequest) -> Job:
-    model = request.model or backend.names[0]
+# --- checks, before anything is sent ---
+
+
+def _resolve(backend: EmbeddedBackend, requested: str | None) -> tuple[str, Engine]:
+    model = requested or backend.names[0]
     if model not in backend.names:
         raise ModelNotFound(f"model {model!r} is not served here; available: {', '.join(backend.names)}")
     try:
@@ -45,6 +60,10 @@ def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionReq
         raise ModelUnavailable(str(exc)) from exc
     if backend.queue_full(model):
         raise Overloaded(f"model {model!r} has too many requests waiting; retry shortly")
+    return model, engine
+
+
+def _sampling(settings: Settings, request: CompletionRequest, engine: Engine) -> SamplingParams:
     params = request.to_sampling_params(
         default_max_tokens=settings.default_max_tokens, default_temperature=settings.default_temperature
     )
@@ -63,6 +82,12 @@ def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionReq
     for token in params.logit_bias:
         if not 0 <= token < vocab:
             raise InvalidRequest(f"logit_bias names token {token}, outside the vocabulary [0, {vocab})", "logit_bias")
+    return params
+
+
+def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionRequest) -> Job:
+    model, engine = _resolve(backend, request.model)
+    params = _sampling(settings, request, engine)
     try:
         prompts = [engine.prepare(p, params.max_tokens) for p in request.prompts()]
     except InvalidInput as exc:
@@ -72,6 +97,27 @@ def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionReq
     return Job(model, prompts, params, ignored)
 
 
+def prepare_chat(backend: EmbeddedBackend, settings: Settings, request: ChatCompletionRequest) -> Job:
+    model, engine = _resolve(backend, request.model)
+    if not engine.chats:
+        chatty = [n for n in backend.names if backend.status(n) == "ready" and backend.engine(n).chats]
+        raise InvalidRequest(
+            f"model {model!r} has no chat template (a base model): use /v1/completions"
+            + (f", or chat with {', '.join(chatty)}" if chatty else ""),
+            "model",
+        )
+    params = _sampling(settings, request.as_completion(), engine)
+    messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+    try:
+        prompt = engine.prepare(engine.chat_prompt(messages), params.max_tokens, raw=False)
+    except InvalidInput as exc:
+        raise InvalidRequest(str(exc), exc.param) from exc
+    return Job(model, [prompt], params)
+
+
+# --- generation events ---
+
+
 async def _events(backend: EmbeddedBackend, job: Job) -> AsyncIterator[tuple[int, Delta | Usage]]:
     for number, prompt in enumerate(job.prompts):
         try:
@@ -79,27 +125,6 @@ async def _events(backend: EmbeddedBackend, job: Job) -> AsyncIterator[tuple[int
                 yield number * job.params.n, event
         except QueueFull as exc:
             raise Overloaded(str(exc)) from exc
-
-
-class _Offsets:
-    """text_offset per choice: where each token starts in the choice's text (echoed prompt included)."""
-
-    def __init__(self) -> None:
-        self._at: dict[int, int] = {}
-
-    def logprobs(self, index: int, delta: Delta) -> Logprobs | None:
-        if delta.logprobs is None:
-            return None
-        out = Logprobs()
-        at = self._at.get(index, 0)
-        for item in delta.logprobs:
-            out.tokens.append(item.token)
-            out.token_logprobs.append(item.logprob)
-            out.top_logprobs.append(item.top)
-            out.text_offset.append(at)
-            at += len(item.token)
-        self._at[index] = at
-        return out
 
 
 def _wire_usage(usages: list[Usage]) -> WireUsage:
@@ -113,53 +138,144 @@ def _wire_usage(usages: list[Usage]) -> WireUsage:
     )
 
 
-async def complete(backend: EmbeddedBackend, job: Job) -> CompletionResponse:
+@dataclass
+class _Collected:
+    texts: list[str]
+    logprobs: list[list[TokenLogprob] | None]
+    finish: list[str | None]
+    usage: WireUsage
+
+
+async def _collect(backend: EmbeddedBackend, job: Job) -> _Collected:
     count = len(job.prompts) * job.params.n
     texts: list[list[str]] = [[] for _ in range(count)]
-    logprobs: list[Logprobs | None] = [None] * count
+    logprobs: list[list[TokenLogprob] | None] = [None] * count
     finish: list[str | None] = [None] * count
     usages: list[Usage] = []
-    offsets = _Offsets()
     async for base, event in _events(backend, job):
         if isinstance(event, Usage):
             usages.append(event)
             continue
         index = base + event.index
         texts[index].append(event.text)
-        if (lp := offsets.logprobs(index, event)) is not None:
-            merged = logprobs[index] or Logprobs()
-            for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
-                getattr(merged, key).extend(getattr(lp, key))
-            logprobs[index] = merged
+        if event.logprobs is not None:
+            logprobs[index] = (logprobs[index] or []) + event.logprobs
         finish[index] = event.finish_reason or finish[index]
+    return _Collected(["".join(t) for t in texts], logprobs, finish, _wire_usage(usages))
+
+
+# --- logprobs in the two wire layouts ---
+
+
+def _legacy_logprobs(items: list[TokenLogprob] | None, offset: int) -> tuple[Logprobs | None, int]:
+    """The legacy parallel arrays; text_offset: where each token starts in the choice's text (echoed
+    prompt included), counted on from `offset`."""
+    if items is None:
+        return None, offset
+    out = Logprobs()
+    for item in items:
+        out.tokens.append(item.token)
+        out.token_logprobs.append(item.logprob)
+        out.top_logprobs.append(item.top)
+        out.text_offset.append(offset)
+        offset += len(item.token)
+    return out, offset
+
+
+def _chat_logprobs(items: list[TokenLogprob] | None) -> ChatLogprobs | None:
+    if items is None:
+        return None
+
+    def entry(token: str, logprob: float) -> TopLogprob:
+        return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))
+
+    return ChatLogprobs(
+        content=[
+            TokenLogprobEntry(
+                **entry(i.token, i.logprob or 0.0).model_dump(),
+                top_logprobs=[entry(t, v) for t, v in (i.top or {}).items()],
+            )
+            for i in items
+        ]
+    )
+
+
+# --- responses ---
+
+
+async def complete(backend: EmbeddedBackend, job: Job) -> CompletionResponse:
+    got = await _collect(backend, job)
     choices = [
-        Choice(text="".join(texts[i]), index=i, logprobs=logprobs[i], finish_reason=finish[i])  # type: ignore[arg-type]
-        for i in range(count)
+        Choice(text=text, index=i, logprobs=_legacy_logprobs(got.logprobs[i], 0)[0], finish_reason=got.finish[i])  # type: ignore[arg-type]
+        for i, text in enumerate(got.texts)
     ]
-    return CompletionResponse(id=completion_id(), model=job.model, choices=choices, usage=_wire_usage(usages))
+    return CompletionResponse(id=completion_id(), model=job.model, choices=choices, usage=got.usage)
 
 
-async def stream(backend: EmbeddedBackend, job: Job, include_usage: bool) -> AsyncIterator[str]:
+async def chat_complete(backend: EmbeddedBackend, job: Job) -> ChatCompletionResponse:
+    got = await _collect(backend, job)
+    choices = [
+        ChatChoice(
+            index=i, message=AssistantMessage(content=text), logprobs=_chat_logprobs(got.logprobs[i]),
+            finish_reason=got.finish[i],  # type: ignore[arg-type]
+        )
+        for i, text in enumerate(got.texts)
+    ]
+    return ChatCompletionResponse(id=chat_completion_id(), model=job.model, choices=choices, usage=got.usage)
+
+
+def stream(backend: EmbeddedBackend, job: Job, include_usage: bool) -> AsyncIterator[str]:
+    response_id = completion_id()
+    offsets: dict[int, int] = {}
+
+    def chunk(index: int, delta: Delta) -> str:
+        logprobs, offsets[index] = _legacy_logprobs(delta.logprobs, offsets.get(index, 0))
+        choice = Choice(text=delta.text, index=index, logprobs=logprobs, finish_reason=delta.finish_reason)  # type: ignore[arg-type]
+        return CompletionResponse(id=response_id, model=job.model, choices=[choice]).model_dump_json(exclude={"usage"})
+
+    def usage_chunk(usage: WireUsage) -> str:
+        return CompletionResponse(id=response_id, model=job.model, choices=[], usage=usage).model_dump_json()
+
+    return _sse_stream(backend, job, chunk, usage_chunk if include_usage else None)
+
+
+def chat_stream(backend: EmbeddedBackend, job: Job, include_usage: bool) -> AsyncIterator[str]:
+    response_id = chat_completion_id()
+    started: set[int] = set()
+
+    def chunk(index: int, delta: Delta) -> str:
+        # the first chunk of a choice names the role; a delta carries only the fields it has
+        role = None if index in started else "assistant"
+        started.add(index)
+        choice = ChatChunkChoice(
+            index=index, delta=ChatDelta(role=role, content=delta.text if delta.text or role else None),
+            logprobs=_chat_logprobs(delta.logprobs), finish_reason=delta.finish_reason,  # type: ignore[arg-type]
+        )
+        data = ChatCompletionChunk(id=response_id, model=job.model, choices=[choice]).model_dump(exclude={"usage"})
+        data["choices"][0]["delta"] = {k: v for k, v in data["choices"][0]["delta"].items() if v is not None}
+        return json.dumps(data)
+
+    def usage_chunk(usage: WireUsage) -> str:
+        return ChatCompletionChunk(id=response_id, model=job.model, choices=[], usage=usage).model_dump_json()
+
+    return _sse_stream(backend, job, chunk, usage_chunk if include_usage else None)
+
+
+async def _sse_stream(
+    backend: EmbeddedBackend, job: Job, chunk: Callable[[int, Delta], str],
+    usage_chunk: Callable[[WireUsage], str] | None,
+) -> AsyncIterator[str]:
     """SSE events: one chunk per delta, an optional usage chunk, then [DONE] (always last). An error
     after the stream started can no longer change the status: it is sent as an error event."""
-    response_id = completion_id()
-    offsets = _Offsets()
     usages: list[Usage] = []
     try:
         async for base, event in _events(backend, job):
             if isinstance(event, Usage):
                 usages.append(event)
-                continue
-            index = base + event.index
-            choice = Choice(
-                text=event.text, index=index, logprobs=offsets.logprobs(index, event),
-                finish_reason=event.finish_reason,  # type: ignore[arg-type]
-            )
-            chunk = CompletionResponse(id=response_id, model=job.model, choices=[choice])
-            yield _sse(chunk.model_dump_json(exclude={"usage"}))
-        if include_usage:
-            chunk = CompletionResponse(id=response_id, model=job.model, choices=[], usage=_wire_usage(usages))
-            yield _sse(chunk.model_dump_json())
+            else:
+                yield _sse(chunk(base + event.index, event))
+        if usage_chunk is not None:
+            yield _sse(usage_chunk(_wire_usage(usages)))
     except Exception as exc:  # the status line is gone: report in band, then end the stream properly
         status_type = getattr(exc, "type", "server_error")
         body = ErrorResponse(error=ErrorBody(message=str(exc) or type(exc).__name__, type=status_type))

@@ -4,6 +4,7 @@ on 127.0.0.1 that tests talk to over HTTP."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ from typing import Iterator
 import httpx
 import pytest
 
+from server.models import store
 from server.models.export import export_bundled, export_checkpoint
 from tests.tiny_model import build_tiny_codegen, build_tiny_llama
 
@@ -43,6 +45,25 @@ def tiny_llama_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository = tmp_path_factory.mktemp("model_repository")
     export_checkpoint(checkpoint, repository, TINY_LLAMA, log=lambda _line: None)
     return repository
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_checkpoint(tiny_llama_repo: Path) -> Path:
+    return Path(store.read_manifest(tiny_llama_repo, TINY_LLAMA).source)
+
+
+@pytest.fixture(scope="session")
+def duo_server(tiny_repo: Path, tiny_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server, two models: the tiny Llama (first, so the default; it chats) and the tiny CodeGen."""
+    repository = tmp_path_factory.mktemp("duo_repository")
+    for source, name in ((tiny_llama_repo, TINY_LLAMA), (tiny_repo, TINY)):
+        shutil.copytree(source / name, repository / name)
+    server = ServerProcess(repository, [TINY_LLAMA, TINY])
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -127,3 +127,19 @@ def test_stream_arrives_as_it_is_generated(bundled_server) -> None:
                 arrivals.append(time.perf_counter() - started)
     assert len(arrivals) > 20
     assert arrivals[0] < 0.5 * arrivals[-1], (arrivals[0], arrivals[-1])
+
+
+def test_smollm2_chats_through_its_own_template(bundled_server) -> None:
+    cards = {c["id"]: c for c in httpx.get(f"{bundled_server.url}/v1/models").json()["data"]}
+    assert cards["smollm2-135m"]["chat"] is True and cards["gemma3-270m"]["chat"] is False  # Gemma-3-270M is a base model
+    response = httpx.post(
+        f"{bundled_server.url}/v1/chat/completions",
+        json={"model": "smollm2-135m", "max_tokens": 96, "temperature": 0,
+              "messages": [{"role": "user", "content": "Write a Python function that returns the sum of a list."}]},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["message"]["role"] == "assistant" and "def " in choice["message"]["content"]
+    # the template's end-of-turn token ends the answer, and is not part of it
+    assert "<|im_end|>" not in choice["message"]["content"]

@@ -21,6 +21,11 @@ from transformers import CodeGenConfig, CodeGenForCausalLM, LlamaConfig, LlamaFo
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 1000
 # Fixed, sorted list so the training corpus (and thus the vocab) never changes.
+# ChatML, as SmolLM2 and Qwen use: the tiny Llama is a chat model, the tiny CodeGen a base model.
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 _STDLIB_FILES = ("abc.py", "bisect.py", "colorsys.py", "heapq.py", "keyword.py", "textwrap.py")
 
 
@@ -103,5 +108,6 @@ def build_tiny_llama(out_dir: pathlib.Path, n_positions: int = 256, seed: int = 
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.chat_template = CHATML
     tokenizer.save_pretrained(out_dir)
     return out_dir

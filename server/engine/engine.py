@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
+from server.engine.chat import ChatTemplateError, render
 from server.engine.runner import KVCache, Runner
 from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample
 from server.engine.text import IncrementalDetokenizer, StopMatcher
@@ -57,6 +58,7 @@ class Prompt:
     ids: list[int]  # model input, prompt prefix included
     text: str  # what echo returns
     trimmed: int = 0
+    prefix: int = 0  # how many of ids are the prefix
 
 
 @dataclass
@@ -86,14 +88,34 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def prepare(self, prompt: str | list[int], max_tokens: int) -> Prompt:
-        """Prefix the prompt as the model needs and trim it from the left (editor prompts are long, and
-        their end, next to the cursor, matters most) so that prompt + max_tokens fits the context."""
+    @property
+    def chats(self) -> bool:
+        return self.manifest.chat_template is not None
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The conversation as prompt text, rendered by the model's own chat template. The template's
+        bos_token is the model's raw-prompt prefix token, its eos_token the first EOS token."""
+        if self.manifest.chat_template is None:
+            raise InvalidInput(f"model {self.manifest.name!r} has no chat template: use /v1/completions", "model")
+        decode = self.tokenizer.id_to_token
+        prefix = self.manifest.prompt_prefix_ids
+        try:
+            return render(
+                self.manifest.chat_template, messages,
+                bos_token=decode(prefix[0]) if prefix else "", eos_token=decode(self.manifest.eos_token_ids[0]),
+            )
+        except ChatTemplateError as exc:
+            raise InvalidInput(str(exc), "messages") from exc
+
+    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True) -> Prompt:
+        """Prefix the prompt as the model needs (raw text; a rendered chat template brings its own start)
+        and trim it from the left (editor prompts are long, and their end, next to the cursor, matters
+        most) so that prompt + max_tokens fits the context."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         bad = [t for t in ids if not 0 <= t < self._vocab]
         if bad:
             raise InvalidInput(f"token ids {bad[:5]} are outside the vocabulary [0, {self._vocab})", "prompt")
-        prefix = self.manifest.prompt_prefix_ids
+        prefix = self.manifest.prompt_prefix_ids if raw else []
         room = self.manifest.context_length - len(prefix) - max_tokens
         if room < 1:
             raise InvalidInput(
@@ -109,7 +131,7 @@ class Engine:
             text = self.tokenizer.decode(ids, skip_special_tokens=False)
         else:
             text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=False)
-        return Prompt(ids=prefix + ids, text=text, trimmed=trimmed)
+        return Prompt(ids=prefix + ids, text=text, trimmed=trimmed, prefix=len(prefix))
 
     # --- generation ---
 
@@ -219,7 +241,7 @@ class Engine:
         """Logprobs of the prompt's own tokens (prefix excluded): token i is scored by position i-1."""
         if params.logprobs is None:
             return None
-        start = len(self.manifest.prompt_prefix_ids)
+        start = prompt.prefix
         out = []
         for pos in range(start, len(prompt.ids)):
             token = prompt.ids[pos]

@@ -53,7 +53,7 @@ def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log
     if (existing := _existing(repository, name, force, log)) is not None:
         return existing
     with _workspace(repository, name) as work:
-        from server.models.gguf import import_gguf
+        from server.models.gguf import gguf_chat_template, import_gguf
 
         log(f"[1/4] {name}: locating the GGUF shipped by {entry.package}")
         try:
@@ -63,8 +63,8 @@ def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log
         log(f"[2/4] {name}: GGUF -> Hugging Face checkpoint")
         hf_dir = import_gguf(gguf_path, work / "hf", log=log)
         return _export_checkpoint(
-            hf_dir, repository, name, work, prefix_tokens=entry.prompt_prefix,
-            eos_tokens=entry.eos_tokens, source=f"{entry.package}:{gguf_path.name}", step=3, log=log,
+            hf_dir, repository, name, work, prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
+            chat_template=gguf_chat_template(gguf_path), source=f"{entry.package}:{gguf_path.name}", step=3, log=log,
         )
 
 
@@ -111,7 +111,7 @@ def _workspace(repository: Path, name: str) -> Iterator[Path]:
 def _export_checkpoint(
     hf_dir: Path, repository: Path, name: str, work: Path, *, source: str, step: int, log: Log,
     prefix_tokens: tuple[str, ...] | None = None, eos_tokens: tuple[str, ...] | None = None,
-    precision: str = "int8",
+    chat_template: str | None = None, precision: str = "int8",
 ) -> Manifest:
     from tokenizers import Tokenizer
 
@@ -159,6 +159,8 @@ def _export_checkpoint(
         eos_token_ids=_eos_ids(config, hf_dir, tokenizer, eos_tokens),
         prompt_prefix_ids=_prefix_ids(tokenizer, tok_config, prefix_tokens),
         source=source,
+        chat_template=chat_template or _checkpoint_chat_template(hf_dir, tok_config),
+        format_version=store.FORMAT_VERSION,
     )
     out = store.model_dir(repository, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -259,6 +261,19 @@ def _prefix_ids(tokenizer, tok_config: dict, prefix_tokens: tuple[str, ...] | No
     if None in ids:
         raise ExportError(f"prompt prefix tokens {prefix_tokens} not all in the vocabulary")
     return ids
+
+
+def _checkpoint_chat_template(hf_dir: Path, tok_config: dict) -> str | None:
+    """tokenizer_config.json's chat_template (a string, or named templates: take "default"), or the
+    chat_template.jinja file newer checkpoints carry."""
+    template = tok_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if isinstance(template, str) and template.strip():
+        return template
+    jinja = hf_dir / "chat_template.jinja"
+    return jinja.read_text() if jinja.is_file() else None
 
 
 def _read_json(path: Path) -> dict:

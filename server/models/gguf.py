@@ -100,6 +100,11 @@ def _sentencepiece_bpe(
         return cls(vocab_file=str(model_file), bos_token=bos, eos_token=eos, pad_token=pad, add_bos_token=add_bos)
 
 
+def gguf_chat_template(gguf_path: Path) -> str | None:
+    """The chat template the GGUF carries (tokenizer.chat_template); base models have none."""
+    return _field(GGUFReader(gguf_path), "tokenizer.chat_template")
+
+
 def import_gguf(gguf_path: Path, out_dir: Path, log: Callable[[str], None] = print) -> Path:
     """Write a Hugging Face checkpoint folder (fp32 weights + repaired tokenizer) for a GGUF file."""
     from transformers import AutoModelForCausalLM

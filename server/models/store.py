@@ -16,6 +16,9 @@ from pydantic import BaseModel, Field
 
 MANIFEST = "manifest.json"
 VERSION_DIR = "1"
+# Bumped when an export gains something the server relies on; older exports are rebuilt.
+# 2: logits_to_keep in fused graphs, chat_template.
+FORMAT_VERSION = 2
 
 
 class ModelNotExported(LookupError):
@@ -33,8 +36,10 @@ class Manifest(BaseModel):
     eos_token_ids: list[int]
     prompt_prefix_ids: list[int] = Field(description="Token ids put before raw code (BOS, <|endoftext|>, ...)")
     source: str = Field(description="Where the weights came from: a GGUF file or a checkpoint folder")
+    chat_template: str | None = Field(None, description="Jinja chat template, for models that chat")
     onnx_file: str = f"{VERSION_DIR}/model.onnx"
     tokenizer_file: str = f"{VERSION_DIR}/tokenizer.json"
+    format_version: int = 1  # exports before the field existed are version 1
 
 
 def model_dir(repository: Path, name: str) -> Path:
@@ -55,6 +60,11 @@ def read_manifest(repository: Path, name: str) -> Manifest:
     if not path.is_file():
         raise ModelNotExported(f"no exported model {name!r} in {repository} (run `slipstream export {name}`)")
     manifest = Manifest.model_validate(json.loads(path.read_text()))
+    if manifest.format_version < FORMAT_VERSION:
+        raise ModelNotExported(
+            f"export of {name!r} is from an older slipstream (format {manifest.format_version}, now "
+            f"{FORMAT_VERSION}): export it again (`slipstream export {name} --force`)"
+        )
     for rel in (manifest.onnx_file, manifest.tokenizer_file):
         if not (path.parent / rel).is_file():
             raise ModelNotExported(f"export of {name!r} is incomplete: {rel} is missing (export it again)")
