@@ -67,9 +67,7 @@ def _export(args: argparse.Namespace) -> int:
         if args.from_hf:
             export_checkpoint(Path(args.from_hf), repository, args.name, precision=args.precision, force=args.force)
         elif args.model:
-            if args.precision != "int8":
-                raise ExportError("the bundled models are exported in int8; --precision applies to --from-hf")
-            export_bundled(args.model, repository, force=args.force)
+            export_bundled(args.model, repository, precision=args.precision, name=args.name, force=args.force)
         else:
             raise ExportError("name a bundled model (gemma3-270m, smollm2-135m) or give --from-hf DIR")
     except (ExportError, LookupError) as exc:
@@ -109,8 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="build a model into the model repository")
     export.add_argument("model", nargs="?", help="bundled model name: gemma3-270m or smollm2-135m")
     export.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face causal-LM checkpoint folder")
-    export.add_argument("--name", help="store name for --from-hf (default: the folder's name)")
-    export.add_argument("--precision", choices=["int8", "int4"], default="int8")
+    export.add_argument("--name", help="store name (default: the model's, or the folder's for --from-hf; "
+                        "-fp32 / -int4 appended for those precisions of a bundled model)")
+    export.add_argument("--precision", choices=["fp32", "int8", "int4"], default="int8",
+                        help="int8 (default): 8-bit MatMuls; int4: 4-bit (fused graphs only); fp32: unquantised")
     export.add_argument("--force", action="store_true", help="export again even if already exported")
     export.add_argument("--model-repository", type=Path, default=None)
     export.set_defaults(run=_export)

