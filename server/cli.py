@@ -94,6 +94,20 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from server.models.store import ModelNotExported
+    from server.models.verify import verify
+
+    repository = args.model_repository or Settings().model_repository
+    try:
+        report = verify(repository, args.name, args.reference)
+    except (ModelNotExported, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(report.lines()))
+    return 0 if report.passed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     from client.cli import add_complete_command
 
@@ -115,9 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model-repository", type=Path, default=None)
     export.set_defaults(run=_export)
 
-    models = commands.add_parser("models", help="list exported and bundled models")
+    models = commands.add_parser("models", help="list exported and bundled models; `models verify NAME` checks one")
     models.add_argument("--model-repository", type=Path, default=None)
     models.set_defaults(run=_models)
+    checks = models.add_subparsers(dest="models_command")
+    verify = checks.add_parser("verify", help="check an export against its source checkpoint (transformers, fp32)")
+    verify.add_argument("name")
+    verify.add_argument("--reference", type=Path, default=None,
+                        help="the source checkpoint folder, when the manifest's is not on this machine")
+    verify.add_argument("--model-repository", type=Path, default=None)
+    verify.set_defaults(run=_verify)
 
     add_complete_command(commands)
     return parser

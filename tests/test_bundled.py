@@ -12,11 +12,13 @@ import pytest
 from tokenizers import Tokenizer
 
 from server.models import store
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.bundled
 
-# Token ids from llama.cpp's tokenizer on the original GGUF files (shared/reference/golden-token-ids.json).
-GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_token_ids.json").read_text())["models"]
+# Token ids from llama.cpp's tokenizer on the original GGUF files (a copy of the project's reference
+# golden-token-ids.json, kept beside the store for `slipstream models verify`).
+GOLDEN = json.loads((ROOT / "server" / "models" / "golden_token_ids.json").read_text())["models"]
 
 HUMANEVAL_STYLE = '''from typing import List
 
@@ -143,3 +145,14 @@ def test_smollm2_chats_through_its_own_template(bundled_server) -> None:
     assert choice["message"]["role"] == "assistant" and "def " in choice["message"]["content"]
     # the template's end-of-turn token ends the answer, and is not part of it
     assert "<|im_end|>" not in choice["message"]["content"]
+
+
+@pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
+def test_exports_compute_what_the_gguf_computes(bundled_repo: Path, name: str) -> None:
+    """`slipstream models verify`: against the GGUF's weights in transformers, fp32."""
+    from server.models.verify import AGREEMENT, verify
+
+    report = verify(bundled_repo, name)
+    assert report.passed, "\n".join(report.lines())
+    agreement = next(c for c in report.checks if c.name == "top-1 agreement")
+    assert f"at least {AGREEMENT['int8']}" in agreement.value  # held to the threshold, not only reported

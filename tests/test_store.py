@@ -128,3 +128,33 @@ def test_a_model_too_big_for_memory_fails_before_any_work() -> None:
     check_memory(135_000_000, available=4 * 2**30)
     with pytest.raises(ExportError, match=r"16\.00B parameters needs about 178\.8 GiB.*4\.0 GiB is available"):
         check_memory(16_000_000_000, available=4 * 2**30)  # CodeGen-16B on a 4 GiB machine
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_verify_against_the_source_checkpoint(tiny_llama_checkpoint: Path, tmp_path: Path, precision: str) -> None:
+    from server.models.verify import verify
+
+    export_checkpoint(tiny_llama_checkpoint, tmp_path, "m", precision=precision, log=lambda _l: None)
+    report = verify(tmp_path, "m")
+    assert report.passed, "\n".join(report.lines())
+    assert {c.name for c in report.checks} >= {"NLL nats/token", "top-1 agreement"}
+
+
+def test_verify_optimum_fp32_and_int8(tiny_checkpoint: Path, tiny_repo: Path, tmp_path: Path) -> None:
+    from server.models.verify import verify
+
+    export_checkpoint(tiny_checkpoint, tmp_path, "m", precision="fp32", log=lambda _l: None)
+    for repository, name in ((tmp_path, "m"), (tiny_repo, TINY)):
+        report = verify(repository, name)
+        assert report.passed, "\n".join(report.lines())
+
+
+def test_verify_catches_a_model_that_is_not_its_source(tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+    """The same architecture and tokenizer, other weights: the check must fail."""
+    from tests.tiny_model import build_tiny_llama
+
+    other = build_tiny_llama(tmp_path / "other", n_positions=TINY_CONTEXT, seed=1)
+    export_checkpoint(tiny_llama_checkpoint, tmp_path / "repo", "m", precision="fp32", log=lambda _l: None)
+    result = slipstream("models", "verify", "m", "--reference", str(other), "--model-repository", str(tmp_path / "repo"))
+    assert result.returncode == 1 and "FAILS" in result.stdout, result.stdout + result.stderr
+    assert "FAIL max |delta log p|" in result.stdout

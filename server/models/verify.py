@@ -1,0 +1,144 @@
+"""Does an exported model compute what the original computes? (`slipstream models verify NAME`)
+
+The reference is the source checkpoint run by transformers in fp32: the --from-hf folder the manifest
+names, or for a bundled model the checkpoint rebuilt from its GGUF. Both read the same token ids of a
+fixed stretch of real code; we compare, position by position:
+- log-probabilities: an fp32 export must match to within FP32_TOLERANCE;
+- teacher-forced mean NLL: a quantised export may lose at most NLL_TOLERANCE[precision] nats/token;
+- top-1 agreement (how often both pick the same next token): reported, and held to AGREEMENT for
+  models whose reference is decided at most positions (a random test model's near-flat
+  distributions make the top token a coin toss under any rounding, so agreement says nothing there).
+For the bundled models the tokenizer is also checked against llama.cpp's ids on the same GGUF.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from server.engine.runner import Runner
+from server.engine.sampling import log_softmax
+from server.models import catalog, store
+
+FP32_TOLERANCE = 5e-3  # max |log p_export - log p_reference| over every position and token
+NLL_TOLERANCE = {"fp32": 1e-3, "int8": 0.05, "int4": 0.35}
+AGREEMENT = {"fp32": 0.99, "int8": 0.90, "int4": 0.75}
+# A reference "decided" where its top token beats the runner-up by this many nats.
+_DECIDED_MARGIN = 0.5
+_DECIDED_SHARE = 0.5
+_TOKENS = 384
+GOLDEN = Path(__file__).with_name("golden_token_ids.json")
+
+
+@dataclass
+class Check:
+    name: str
+    value: str
+    passed: bool
+
+
+@dataclass
+class Report:
+    model: str
+    precision: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def lines(self) -> list[str]:
+        width = max(len(c.name) for c in self.checks)
+        rows = [f"  {'ok ' if c.passed else 'FAIL'} {c.name:<{width}}  {c.value}" for c in self.checks]
+        verdict = "passes" if self.passed else "FAILS"
+        return [f"{self.model} ({self.precision}) {verdict}:", *rows]
+
+
+def corpus_ids(tokenizer, prefix: list[int]) -> list[int]:
+    source = Path(textwrap.__file__).read_text()
+    return prefix + tokenizer.encode(source, add_special_tokens=False).ids[:_TOKENS]
+
+
+def verify(repository: Path, name: str, reference: Path | None = None, threads: int = 2) -> Report:
+    from tokenizers import Tokenizer
+
+    manifest = store.read_manifest(repository, name)
+    folder = store.model_dir(repository, name)
+    tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer_file))
+    report = Report(name, manifest.precision)
+    bundled = next((e for e in catalog.CATALOG.values() if manifest.source.startswith(e.package + ":")), None)
+    if bundled is not None:
+        report.checks.append(_tokenizer_check(tokenizer, bundled.name))
+
+    ids = corpus_ids(tokenizer, manifest.prompt_prefix_ids)[: manifest.context_length]
+    exported = log_softmax(Runner(folder / manifest.onnx_file, threads).prefill(ids, all_logits=True)[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_dir = reference or _reference_dir(manifest, bundled, Path(tmp))
+        expected = log_softmax(_reference_logits(ref_dir, ids))
+    report.checks.extend(compare(exported, expected, ids, manifest.precision))
+    return report
+
+
+def compare(exported: np.ndarray, expected: np.ndarray, ids: list[int], precision: str) -> list[Check]:
+    # exported, expected: [T, V] log-probabilities; token t+1 is scored at position t
+    if exported.shape != expected.shape:
+        return [Check("shapes", f"{exported.shape} vs reference {expected.shape}", False)]
+    targets = np.asarray(ids[1:])
+    rows = np.arange(len(targets))
+    nll_export = float(-exported[:-1][rows, targets].mean())
+    nll_ref = float(-expected[:-1][rows, targets].mean())
+    top2 = np.sort(expected, axis=-1)[:, -2:]
+    decided = (top2[:, 1] - top2[:, 0]) >= _DECIDED_MARGIN
+    agreement = float((exported.argmax(-1) == expected.argmax(-1)).mean())
+    checks = [
+        Check(
+            "NLL nats/token",
+            f"{nll_export:.4f} vs reference {nll_ref:.4f} (delta {nll_export - nll_ref:+.4f}, "
+            f"allowed {NLL_TOLERANCE[precision]})",
+            abs(nll_export - nll_ref) <= NLL_TOLERANCE[precision],
+        ),
+    ]
+    if decided.mean() >= _DECIDED_SHARE:
+        checks.append(Check("top-1 agreement", f"{agreement:.4f} (at least {AGREEMENT[precision]})",
+                            agreement >= AGREEMENT[precision]))
+    else:
+        checks.append(Check("top-1 agreement", f"{agreement:.4f} (reported only: the reference is decided at "
+                            f"{decided.mean():.0%} of positions)", True))
+    if precision == "fp32":
+        worst = float(np.abs(exported - expected).max())
+        checks.append(Check("max |delta log p|", f"{worst:.2e} (at most {FP32_TOLERANCE:.0e})", worst <= FP32_TOLERANCE))
+    return checks
+
+
+def _tokenizer_check(tokenizer, model: str) -> Check:
+    cases = json.loads(GOLDEN.read_text())["models"][model]
+    wrong = [c["text"] for c in cases if tokenizer.encode(c["text"], add_special_tokens=False).ids != c["ids"]]
+    value = f"{len(cases) - len(wrong)}/{len(cases)} texts encode to llama.cpp's ids"
+    return Check("tokenizer", value + (f"; differs on {wrong[0]!r}" if wrong else ""), not wrong)
+
+
+def _reference_dir(manifest: store.Manifest, bundled: catalog.CatalogEntry | None, tmp: Path) -> Path:
+    if bundled is not None:
+        from server.models.gguf import import_gguf
+
+        return import_gguf(bundled.locate_gguf(tmp), tmp / "hf", log=lambda _line: None)
+    source = Path(manifest.source)
+    if not (source / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the source checkpoint {manifest.source} is not here: give the reference with --reference DIR"
+        )
+    return source
+
+
+def _reference_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
