@@ -47,10 +47,10 @@ def _serve(args: argparse.Namespace) -> int:
     for name in settings.model:
         try:
             store.read_manifest(settings.model_repository, name)
-        except store.ModelNotExported:
+        except store.ModelNotExported as missing:
             if not (settings.export_missing and name in catalog.CATALOG):
-                raise SystemExit(f"model {name!r} is not exported in {settings.model_repository}: run `slipstream export {name}`") from None
-            print(f"{name} is not exported yet: exporting it first (about a minute)", flush=True)
+                raise SystemExit(f"error: {missing}") from None
+            print(f"{missing}: exporting it now (about a minute)", flush=True)
             try:
                 export_bundled(name, settings.model_repository)
             except ExportError as exc:
