@@ -84,7 +84,7 @@ def test_cli_export_and_models(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 def test_serve_refuses_a_model_that_is_not_exported(tmp_path: Path) -> None:
     result = slipstream("serve", "--model", "nothing-here", "--model-repository", str(tmp_path), "--port", "1")
-    assert result.returncode != 0 and "not exported" in result.stderr
+    assert result.returncode != 0 and "no exported model" in result.stderr and "slipstream export" in result.stderr
 
 
 def test_a_failed_forced_export_keeps_the_earlier_one(tiny_checkpoint: Path, tmp_path: Path) -> None:
