@@ -13,10 +13,24 @@ from __future__ import annotations
 
 import pathlib
 import sysconfig
+from typing import Callable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import CodeGenConfig, CodeGenForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    CodeGenConfig,
+    CodeGenForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Starcoder2Config,
+)
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 1000
@@ -109,5 +123,39 @@ def build_tiny_llama(out_dir: pathlib.Path, n_positions: int = 256, seed: int = 
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.chat_template = CHATML
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# Tiny configs of the other architectures users bring (GPT-2 / SantaCoder-style, GPT-NeoX / PolyCoder,
+# StarCoder2, Qwen2.5-Coder, Gemma-3): hidden 64, two layers. (vocab, context) -> config.
+_SPECIAL = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
+TINY_CONFIGS: dict[str, Callable[[int, int], PretrainedConfig]] = {
+    "gpt2": lambda vocab, ctx: GPT2Config(vocab_size=vocab, n_positions=ctx, n_embd=64, n_layer=2, n_head=4, **_SPECIAL),
+    "gpt_neox": lambda vocab, ctx: GPTNeoXConfig(
+        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        max_position_embeddings=ctx, rotary_pct=0.25, **_SPECIAL),
+    "starcoder2": lambda vocab, ctx: Starcoder2Config(
+        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=ctx, **_SPECIAL),
+    "qwen2": lambda vocab, ctx: Qwen2Config(
+        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=128, max_position_embeddings=ctx, tie_word_embeddings=True, **_SPECIAL),
+    "gemma3_text": lambda vocab, ctx: Gemma3TextConfig(
+        vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+        head_dim=16, intermediate_size=128, max_position_embeddings=ctx, sliding_window=32,
+        query_pre_attn_scalar=16, **_SPECIAL),
+}
+
+
+def build_tiny(architecture: str, out_dir: pathlib.Path, n_positions: int = 128, seed: int = 0) -> pathlib.Path:
+    """A tiny random model of one of TINY_CONFIGS' architectures, with the shared tokenizer."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer()
+    config = TINY_CONFIGS[architecture](len(tokenizer), n_positions)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -36,6 +36,24 @@ def _onnx_bytes(directory: Path) -> int:
     )
 
 
+# Decoder architectures optimum 2.1 has no ONNX config for, whose inputs and outputs (input_ids,
+# attention_mask, position_ids, a key/value cache per layer with num_key_value_heads) are Llama's.
+# The config describes the graph's interface only; tracing the model itself writes its computation.
+_LLAMA_INTERFACE = frozenset({"starcoder2"})
+
+
+def _onnx_config_for(hf_dir: Path) -> dict:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    if config.model_type not in _LLAMA_INTERFACE:
+        return {}
+    from optimum.exporters.onnx.model_configs import LlamaOnnxConfig
+
+    onnx_config = LlamaOnnxConfig(config, task="text-generation", use_past=True, use_past_in_inputs=True)
+    return {"custom_onnx_configs": {"model": onnx_config}}
+
+
 def export_optimum_int8(
     hf_dir: Path, out_dir: Path, log: Callable[[str], None] = print, *, quantize: bool = True
 ) -> None:
@@ -70,6 +88,7 @@ def export_optimum_int8(
                 task="text-generation-with-past",
                 library_name="transformers",
                 local_files_only=True,
+                **_onnx_config_for(hf_dir),
             )
         fp32_bytes = _onnx_bytes(fp32_dir)
         log(f"[optimum 1/4] fp32 export done: {fp32_bytes / 2**20:.1f} MiB in {time.perf_counter() - start:.1f}s")
