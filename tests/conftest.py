@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -88,7 +89,7 @@ class ServerProcess:
     def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = repository.parent / f"server-{self.port}.log"
+        self.log = Path(tempfile.gettempdir()) / f"slipstream-test-server-{self.port}.log"
         args = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--model-repository", str(repository), "--no-export-missing", "--threads", "2"]
         for model in models:
