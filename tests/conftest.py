@@ -59,12 +59,8 @@ def duo_server(tiny_repo: Path, tiny_llama_repo: Path, tmp_path_factory: pytest.
     repository = tmp_path_factory.mktemp("duo_repository")
     for source, name in ((tiny_llama_repo, TINY_LLAMA), (tiny_repo, TINY)):
         shutil.copytree(source / name, repository / name)
-    server = ServerProcess(repository, [TINY_LLAMA, TINY])
-    try:
-        server.wait_ready()
+    with ServerProcess(repository, [TINY_LLAMA, TINY]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -99,6 +95,7 @@ class ServerProcess:
                                             env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until /ready answers 200; a server that exits or never gets ready is stopped and its log shown."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -112,6 +109,13 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
+    def __enter__(self) -> ServerProcess:
+        self.wait_ready()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -124,19 +128,11 @@ class ServerProcess:
 
 @pytest.fixture(scope="session")
 def tiny_server(tiny_repo: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(tiny_repo, [TINY])
-    try:
-        server.wait_ready()
+    with ServerProcess(tiny_repo, [TINY]) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def bundled_server(bundled_repo: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(bundled_repo, ["gemma3-270m", "smollm2-135m"])
-    try:
-        server.wait_ready()
+    with ServerProcess(bundled_repo, ["gemma3-270m", "smollm2-135m"]) as server:
         yield server
-    finally:
-        server.stop()

@@ -568,11 +568,7 @@ def test_client_disconnect_mid_stream(url, tiny_server):
 def test_limits_come_from_the_environment(tiny_repo: Path) -> None:
     from tests.conftest import ServerProcess
 
-    server = ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_STOP_SEQUENCES": "5", "SLIPSTREAM_MAX_N": "2"})
-    try:
-        server.wait_ready()
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_STOP_SEQUENCES": "5", "SLIPSTREAM_MAX_N": "2"}) as server:
         five = post(server.url, {"prompt": PROMPT, "max_tokens": 4, "stop": ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]})
         assert five.status_code == 200, five.text
         assert_error(post(server.url, {"prompt": PROMPT, "n": 3}), 400, "n")
-    finally:
-        server.stop()
