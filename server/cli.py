@@ -60,16 +60,19 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from server.models.export import ExportError, export_bundled, export_checkpoint
+    from server.models import catalog
+    from server.models.export import ExportError, download_preset, export_bundled, export_checkpoint
 
     repository = args.model_repository or Settings().model_repository
     try:
-        if args.from_hf:
-            export_checkpoint(Path(args.from_hf), repository, args.name, precision=args.precision, force=args.force)
+        preset = catalog.PRESETS.get(args.model) if args.model else None
+        if args.from_hf or preset:
+            source = Path(args.from_hf) if args.from_hf else download_preset(preset)
+            export_checkpoint(source, repository, args.name, precision=args.precision, preset=preset, force=args.force)
         elif args.model:
             export_bundled(args.model, repository, precision=args.precision, name=args.name, force=args.force)
         else:
-            raise ExportError("name a bundled model (gemma3-270m, smollm2-135m) or give --from-hf DIR")
+            raise ExportError("name a bundled model (gemma3-270m, smollm2-135m) or a preset, or give --from-hf DIR")
     except (ExportError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -91,6 +94,11 @@ def _models(args: argparse.Namespace) -> int:
     for entry in catalog.CATALOG.values():
         mark = "exported" if entry.name in exported else "not exported"
         print(f"  {entry.name:<16} {mark:<13} {entry.description}")
+    print("presets (slipstream export NAME --from-hf DIR, or from the hub where reachable):")
+    for preset in catalog.PRESETS.values():
+        mark = "exported" if preset.name in exported else ""
+        fim = "FIM" if preset.fim else ""
+        print(f"  {preset.name:<22} {preset.architecture:<11} {fim:<4} {preset.hf_id:<36} {mark}")
     return 0
 
 
@@ -119,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     export = commands.add_parser("export", help="build a model into the model repository")
-    export.add_argument("model", nargs="?", help="bundled model name: gemma3-270m or smollm2-135m")
+    export.add_argument("model", nargs="?", help="a bundled model (gemma3-270m, smollm2-135m) or a catalog preset "
+                        "(codegen-350m-mono, starcoder2-3b, ...: see `slipstream models`)")
     export.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face causal-LM checkpoint folder")
     export.add_argument("--name", help="store name (default: the model's, or the folder's for --from-hf; "
                         "-fp32 / -int4 appended for those precisions of a bundled model)")

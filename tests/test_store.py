@@ -158,3 +158,42 @@ def test_verify_catches_a_model_that_is_not_its_source(tiny_llama_checkpoint: Pa
     result = slipstream("models", "verify", "m", "--reference", str(other), "--model-repository", str(tmp_path / "repo"))
     assert result.returncode == 1 and "FAILS" in result.stdout, result.stdout + result.stderr
     assert "FAIL max |delta log p|" in result.stdout
+
+
+def test_a_preset_adds_what_the_checkpoint_does_not_say(tmp_path: Path) -> None:
+    from server.models.catalog import PRESETS
+    from tests.tiny_model import build_tiny
+
+    fim = PRESETS["starcoder2-3b"].fim
+    checkpoint = build_tiny("starcoder2", tmp_path / "sc2", special=(fim.prefix, fim.suffix, fim.middle))
+    result = slipstream("export", "starcoder2-3b", "--from-hf", str(checkpoint), "--model-repository", str(tmp_path / "repo"))
+    assert result.returncode == 0, result.stderr
+    manifest = store.read_manifest(tmp_path / "repo", "starcoder2-3b")
+    assert manifest.architecture == "starcoder2" and manifest.eos_token_ids == [0]
+    assert (manifest.fim.prefix, manifest.fim.suffix, manifest.fim.middle) == ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+    listed = slipstream("models", "--model-repository", str(tmp_path / "repo"))
+    assert "codegen-350m-mono" in listed.stdout and "Salesforce/codegen-350M-mono" in listed.stdout
+
+
+def test_preset_errors_are_clear(tiny_checkpoint: Path, tiny_llama_checkpoint: Path, tmp_path: Path) -> None:
+    import os
+
+    wrong = slipstream("export", "codegen-350m-mono", "--from-hf", str(tiny_llama_checkpoint), "--model-repository", str(tmp_path))
+    assert wrong.returncode == 2 and "holds a llama model" in wrong.stderr and "codegen" in wrong.stderr
+    other = slipstream("export", "starcoder2-3b", "--from-hf", str(tiny_checkpoint), "--model-repository", str(tmp_path))
+    assert other.returncode == 2 and "holds a codegen model" in other.stderr
+    # no hub here: offline mode makes the attempt fail at once, without traffic
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    offline = subprocess.run([sys.executable, "-m", "server.cli", "export", "codegen-350m-mono", "--model-repository", str(tmp_path)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert offline.returncode == 2 and "--from-hf DIR" in offline.stderr and "Traceback" not in offline.stderr
+
+
+def test_fim_tokens_must_be_in_the_vocabulary(tmp_path: Path) -> None:
+    from server.models.catalog import PRESETS
+    from tests.tiny_model import build_tiny
+
+    checkpoint = build_tiny("qwen2", tmp_path / "qwen")  # no <|fim_prefix|> in this tokenizer
+    with pytest.raises(ExportError, match="fill-in-the-middle tokens"):
+        export_checkpoint(checkpoint, tmp_path / "repo", preset=PRESETS["qwen2.5-coder-0.5b"], log=lambda _l: None)
+    assert not (tmp_path / "repo" / "qwen2.5-coder-0.5b").exists()

@@ -148,11 +148,16 @@ TINY_CONFIGS: dict[str, Callable[[int, int], PretrainedConfig]] = {
 }
 
 
-def build_tiny(architecture: str, out_dir: pathlib.Path, n_positions: int = 128, seed: int = 0) -> pathlib.Path:
-    """A tiny random model of one of TINY_CONFIGS' architectures, with the shared tokenizer."""
+def build_tiny(
+    architecture: str, out_dir: pathlib.Path, n_positions: int = 128, seed: int = 0, special: tuple[str, ...] = ()
+) -> pathlib.Path:
+    """A tiny random model of one of TINY_CONFIGS' architectures, with the shared tokenizer (plus
+    `special` tokens, e.g. fill-in-the-middle sentinels)."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = _train_tokenizer()
+    if special:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(special)})
     config = TINY_CONFIGS[architecture](len(tokenizer), n_positions)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()

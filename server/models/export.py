@@ -80,17 +80,40 @@ def export_bundled(
 
 def export_checkpoint(
     hf_dir: Path, repository: Path, name: str | None = None, *, precision: str = "int8",
-    force: bool = False, log: Log = print,
+    preset: catalog.Preset | None = None, force: bool = False, log: Log = print,
 ) -> Manifest:
-    """Export any local Hugging Face causal-LM checkpoint folder."""
+    """Export any local Hugging Face causal-LM checkpoint folder; a catalog preset adds what the
+    checkpoint does not say (prompt prefix, EOS tokens, fill-in-the-middle sentinels)."""
     hf_dir = hf_dir.resolve()
     if not (hf_dir / "config.json").is_file():
         raise ExportError(f"{hf_dir} is not a Hugging Face checkpoint folder (no config.json)")
-    name = name or hf_dir.name
+    if preset is not None:
+        arch = json.loads((hf_dir / "config.json").read_text()).get("model_type")
+        if arch != preset.architecture:
+            raise ExportError(f"{hf_dir} holds a {arch} model; the preset {preset.name} is {preset.architecture}")
+    name = name or (preset.name if preset else hf_dir.name)
     if (existing := _existing(repository, name, force, log)) is not None:
         return existing
     with _workspace(repository, name) as work:
-        return _export_checkpoint(hf_dir, repository, name, work, source=str(hf_dir), precision=precision, step=1, log=log)
+        return _export_checkpoint(
+            hf_dir, repository, name, work, source=str(hf_dir), precision=precision, step=1, log=log,
+            prefix_tokens=preset.prompt_prefix if preset and preset.prompt_prefix else None,
+            eos_tokens=preset.eos_tokens if preset else None, fim=preset.fim if preset else None,
+        )
+
+
+def download_preset(preset: catalog.Preset, log: Log = print) -> Path:
+    """The preset's checkpoint from the Hugging Face hub, for a machine that reaches it."""
+    from huggingface_hub import snapshot_download
+
+    log(f"downloading {preset.hf_id} from the Hugging Face hub")
+    try:
+        return Path(snapshot_download(preset.hf_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # offline, unknown repo, gated model: all end the same way for the user
+        raise ExportError(
+            f"cannot download {preset.hf_id} ({type(exc).__name__}: {exc}); "
+            f"give a local copy with `slipstream export {preset.name} --from-hf DIR`"
+        ) from exc
 
 
 def _existing(repository: Path, name: str, force: bool, log: Log) -> Manifest | None:
@@ -121,7 +144,7 @@ def _workspace(repository: Path, name: str) -> Iterator[Path]:
 def _export_checkpoint(
     hf_dir: Path, repository: Path, name: str, work: Path, *, source: str, step: int, log: Log,
     prefix_tokens: tuple[str, ...] | None = None, eos_tokens: tuple[str, ...] | None = None,
-    chat_template: str | None = None, precision: str = "int8",
+    chat_template: str | None = None, precision: str = "int8", fim: catalog.Fim | None = None,
 ) -> Manifest:
     from tokenizers import Tokenizer
 
@@ -173,6 +196,7 @@ def _export_checkpoint(
         chat_template=chat_template or _checkpoint_chat_template(hf_dir, tok_config),
         format_version=store.FORMAT_VERSION,
         content_sha256=store.content_hash(version),
+        fim=_fim_tokens(tokenizer, fim),
     )
     out = store.model_dir(repository, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -293,6 +317,15 @@ def _prefix_ids(tokenizer, tok_config: dict, prefix_tokens: tuple[str, ...] | No
     if None in ids:
         raise ExportError(f"prompt prefix tokens {prefix_tokens} not all in the vocabulary")
     return ids
+
+
+def _fim_tokens(tokenizer, fim: catalog.Fim | None) -> store.FimTokens | None:
+    if fim is None:
+        return None
+    missing = [t for t in (fim.prefix, fim.suffix, fim.middle) if tokenizer.token_to_id(t) is None]
+    if missing:
+        raise ExportError(f"fill-in-the-middle tokens {missing} are not in the tokenizer's vocabulary")
+    return store.FimTokens(prefix=fim.prefix, suffix=fim.suffix, middle=fim.middle)
 
 
 def _checkpoint_chat_template(hf_dir: Path, tok_config: dict) -> str | None:

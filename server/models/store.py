@@ -26,6 +26,12 @@ class ModelNotExported(LookupError):
     """The store has no complete export under that name."""
 
 
+class FimTokens(BaseModel):
+    prefix: str
+    suffix: str
+    middle: str
+
+
 class Manifest(BaseModel):
     name: str
     architecture: str = Field(description="Hugging Face model_type, e.g. gemma3_text, llama, codegen")
@@ -39,6 +45,7 @@ class Manifest(BaseModel):
     source: str = Field(description="Where the weights came from: a GGUF file or a checkpoint folder")
     chat_template: str | None = Field(None, description="Jinja chat template, for models that chat")
     content_sha256: str = Field("", description="sha256 over the version folder's files (names and bytes)")
+    fim: FimTokens | None = Field(None, description="Fill-in-the-middle sentinel tokens, for models that have them")
     onnx_file: str = f"{VERSION_DIR}/model.onnx"
     tokenizer_file: str = f"{VERSION_DIR}/tokenizer.json"
     format_version: int = 1  # exports before the field existed are version 1
