@@ -291,20 +291,18 @@ NLL_TOKENS = 512
 
 
 def nll_text_ids(engine: EnginePath) -> list[int]:
-    import textwrap
+    from server.models.verify import corpus_ids
 
-    source = Path(textwrap.__file__).read_text()
-    return engine.engine.manifest.prompt_prefix_ids + engine.engine.encode(source)[:NLL_TOKENS]
+    return corpus_ids(engine.engine.tokenizer, engine.engine.manifest.prompt_prefix_ids, NLL_TOKENS)
 
 
-def mean_nll(logits, ids: list[int]) -> float:
-    # logits: [T, V] for positions 0..T-1; token t+1 is scored by position t
+def logits_nll(logits, ids: list[int]) -> float:
     import numpy as np
 
     from server.engine.sampling import log_softmax
+    from server.models.verify import mean_nll
 
-    scores = log_softmax(np.asarray(logits[:-1], dtype=np.float32))
-    return float(-scores[np.arange(len(ids) - 1), ids[1:]].mean())
+    return mean_nll(log_softmax(np.asarray(logits, dtype=np.float32)), ids)
 
 
 def common_prefix(a: str, b: str) -> int:
@@ -360,13 +358,13 @@ def bench_model(name: str, args: argparse.Namespace, torch_default: int) -> dict
             print(f"[{name}] run {round_ + 1}/{args.repeats}  {label:<{width}} {_line(run)}", flush=True)
 
     nll_ids = nll_text_ids(engine)
-    engine_nll = mean_nll(engine.engine.runner.prefill(nll_ids, all_logits=True)[0], nll_ids)
+    engine_nll = logits_nll(engine.engine.runner.prefill(nll_ids, all_logits=True)[0], nll_ids)
     import torch
 
     with torch.no_grad():
         tensor = torch.tensor([nll_ids])
         optimum_logits = next(iter(sessions.values())).model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits
-    optimum_nll = mean_nll(optimum_logits[0].numpy(), nll_ids)
+    optimum_nll = logits_nll(optimum_logits[0].numpy(), nll_ids)
     print(f"[{name}] teacher-forced NLL, {len(nll_ids)} tokens of textwrap.py: engine {engine_nll:.3f}, "
           f"optimum {optimum_nll:.3f} nats/token", flush=True)
 

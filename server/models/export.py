@@ -158,7 +158,8 @@ def _export_checkpoint(
     if not (hf_dir / "tokenizer.json").is_file():
         raise ExportError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)")
     total = step + 1
-    check_memory(count_parameters(hf_dir))
+    parameters = count_parameters(hf_dir)
+    check_memory(parameters)
     # built aside and swapped in at the end: a failed export leaves an earlier one as it was
     staging = work / "out"
     version = staging / store.VERSION_DIR
@@ -185,7 +186,7 @@ def _export_checkpoint(
     manifest = Manifest(
         name=name,
         architecture=arch,
-        parameters=count_parameters(hf_dir),
+        parameters=parameters,
         precision=precision,  # type: ignore[arg-type]
         graph=graph,  # type: ignore[arg-type]
         context_length=_context_length(config),

@@ -63,9 +63,15 @@ class Report:
         return [f"{self.model} ({self.precision}) {verdict}:", *rows]
 
 
-def corpus_ids(tokenizer, prefix: list[int]) -> list[int]:
+def corpus_ids(tokenizer, prefix: list[int], tokens: int = _TOKENS) -> list[int]:
+    """The fixed stretch of real code both sides score: the standard library's textwrap.py."""
     source = Path(textwrap.__file__).read_text()
-    return prefix + tokenizer.encode(source, add_special_tokens=False).ids[:_TOKENS]
+    return prefix + tokenizer.encode(source, add_special_tokens=False).ids[:tokens]
+
+
+def mean_nll(logprobs: np.ndarray, ids: list[int]) -> float:
+    # logprobs: [T, V] for positions 0..T-1; token t+1 is scored by position t
+    return float(-logprobs[np.arange(len(ids) - 1), ids[1:]].mean())
 
 
 def verify(repository: Path, name: str, reference: Path | None = None, threads: int = 2) -> Report:
@@ -92,10 +98,7 @@ def compare(exported: np.ndarray, expected: np.ndarray, ids: list[int], precisio
     # exported, expected: [T, V] log-probabilities; token t+1 is scored at position t
     if exported.shape != expected.shape:
         return [Check("shapes", f"{exported.shape} vs reference {expected.shape}", False)]
-    targets = np.asarray(ids[1:])
-    rows = np.arange(len(targets))
-    nll_export = float(-exported[:-1][rows, targets].mean())
-    nll_ref = float(-expected[:-1][rows, targets].mean())
+    nll_export, nll_ref = mean_nll(exported, ids), mean_nll(expected, ids)
     top2 = np.sort(expected, axis=-1)[:, -2:]
     decided = (top2[:, 1] - top2[:, 0]) >= _DECIDED_MARGIN
     agreement = float((exported.argmax(-1) == expected.argmax(-1)).mean())
