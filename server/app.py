@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def completion(request: Request) -> JSONResponse | StreamingResponse:
         body = await _parse_body(request, CompletionRequest)
-        job = serving.prepare(backend, settings, body)
+        job = await serving.prepare(backend, settings, body)
         if body.stream:
             return _sse(serving.stream(backend, job, _include_usage(body)), job)
         return _json(await serving.complete(backend, job), job)
@@ -83,7 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         """Chat, through the model's own chat template; /v1/models says which models chat."""
         body = await _parse_body(request, ChatCompletionRequest)
-        job = serving.prepare_chat(backend, settings, body)
+        job = await serving.prepare_chat(backend, settings, body)
         if body.stream:
             return _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
         return _json(await serving.chat_complete(backend, job), job)
@@ -101,7 +101,8 @@ def create_app(settings: Settings) -> FastAPI:
                     precision=manifest.precision if manifest else "unknown",
                     context_length=manifest.context_length if manifest else 0,
                     chat=bool(manifest and manifest.chat_template),
-                    ready=backend.status(name) == "ready",
+                    ready=backend.status(name) in ("ready", "standby"),
+                    status=backend.status(name),  # type: ignore[arg-type]
                 )
             )
         return ModelList(data=cards)

@@ -159,7 +159,10 @@ class ModelCard(BaseModel):
     precision: str
     context_length: int
     chat: bool = Field(description="Whether /v1/chat/completions serves this model (it has a chat template)")
-    ready: bool
+    ready: bool = Field(description="Whether requests are served now (in memory, or loaded by the first request)")
+    status: Literal["ready", "standby", "loading", "failed"] = Field(
+        description="ready: in memory; standby: exported, loaded by its first request (load = lazy)"
+    )
 
 
 class ModelList(BaseModel):

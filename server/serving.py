@@ -50,12 +50,12 @@ class Job:
 # --- checks, before anything is sent ---
 
 
-def _resolve(backend: EmbeddedBackend, requested: str | None) -> tuple[str, Engine]:
+async def _resolve(backend: EmbeddedBackend, requested: str | None) -> tuple[str, Engine]:
     model = requested or backend.names[0]
     if model not in backend.names:
         raise ModelNotFound(f"model {model!r} is not served here; available: {', '.join(backend.names)}")
     try:
-        engine = backend.engine(model)
+        engine = await backend.acquire(model)
     except (ModelLoading, ModelFailed) as exc:
         raise ModelUnavailable(str(exc)) from exc
     if backend.queue_full(model):
@@ -85,8 +85,8 @@ def _sampling(settings: Settings, request: CompletionRequest, engine: Engine) ->
     return params
 
 
-def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionRequest) -> Job:
-    model, engine = _resolve(backend, request.model)
+async def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionRequest) -> Job:
+    model, engine = await _resolve(backend, request.model)
     params = _sampling(settings, request, engine)
     try:
         prompts = [engine.prepare(p, params.max_tokens) for p in request.prompts()]
@@ -97,10 +97,10 @@ def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionReq
     return Job(model, prompts, params, ignored)
 
 
-def prepare_chat(backend: EmbeddedBackend, settings: Settings, request: ChatCompletionRequest) -> Job:
-    model, engine = _resolve(backend, request.model)
+async def prepare_chat(backend: EmbeddedBackend, settings: Settings, request: ChatCompletionRequest) -> Job:
+    model, engine = await _resolve(backend, request.model)
     if not engine.chats:
-        chatty = [n for n in backend.names if backend.status(n) == "ready" and backend.engine(n).chats]
+        chatty = [n for n in backend.names if (m := backend.manifest(n)) is not None and m.chat_template]
         raise InvalidRequest(
             f"model {model!r} has no chat template (a base model): use /v1/completions"
             + (f", or chat with {', '.join(chatty)}" if chatty else ""),

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
         Path("model_repository"), description="Folder of exported models (Triton model repository layout)."
     )
     export_missing: bool = Field(True, description="Export a bundled model on start-up if it is not in the store yet.")
+    load: Literal["eager", "lazy"] = Field(
+        "eager",
+        description="eager: load every model at start-up (ready once all are in memory); lazy: export at start-up, "
+        "load a model into memory on its first request.",
+    )
     backend: Literal["embedded"] = Field("embedded", description="How the API reaches the engine.")
 
     # --- engine ---

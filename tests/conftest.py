@@ -54,12 +54,18 @@ def tiny_llama_checkpoint(tiny_llama_repo: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def duo_server(tiny_repo: Path, tiny_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One server, two models: the tiny Llama (first, so the default; it chats) and the tiny CodeGen."""
+def duo_repo(tiny_repo: Path, tiny_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store holding both tiny models."""
     repository = tmp_path_factory.mktemp("duo_repository")
     for source, name in ((tiny_llama_repo, TINY_LLAMA), (tiny_repo, TINY)):
         shutil.copytree(source / name, repository / name)
-    with ServerProcess(repository, [TINY_LLAMA, TINY]) as server:
+    return repository
+
+
+@pytest.fixture(scope="session")
+def duo_server(duo_repo: Path) -> Iterator[ServerProcess]:
+    """The tiny Llama (chat template) and the tiny CodeGen (none) in one server, the Llama first."""
+    with ServerProcess(duo_repo, [TINY_LLAMA, TINY]) as server:
         yield server
 
 

@@ -122,3 +122,27 @@ def test_openai_package_chats(url: str) -> None:
     plain = client.chat.completions.create(**params)
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(**params, stream=True) if c.choices)
     assert plain.choices[0].message.content == streamed and plain.usage.completion_tokens == 10
+
+
+def test_lazy_loading_loads_a_model_on_its_first_request(duo_repo: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import ServerProcess
+
+    with ServerProcess(duo_repo, [TINY_LLAMA, TINY], env={"SLIPSTREAM_LOAD": "lazy"}) as server:
+        ready = httpx.get(f"{server.url}/ready").json()
+        assert ready == {"ready": True, "models": {TINY_LLAMA: "standby", TINY: "standby"}}
+        cards = {c["id"]: c for c in httpx.get(f"{server.url}/v1/models").json()["data"]}
+        assert cards[TINY]["status"] == "standby" and cards[TINY]["ready"] is True and cards[TINY]["parameters"] > 0
+
+        def complete(_i: int) -> str:
+            r = httpx.post(f"{server.url}/v1/completions", json={"model": TINY, "prompt": "def f(x):", "max_tokens": 8,
+                                                                 "temperature": 0, "logit_bias": NO_EOS}, timeout=60)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["text"]
+
+        with ThreadPoolExecutor(3) as pool:  # three first requests at once share one load
+            texts = list(pool.map(complete, range(3)))
+        assert len(set(texts)) == 1 and texts[0]
+        assert httpx.get(f"{server.url}/ready").json()["models"] == {TINY_LLAMA: "standby", TINY: "ready"}
+        assert server.log.read_text().count(f"model {TINY} ready") == 1

@@ -197,3 +197,18 @@ def test_fim_tokens_must_be_in_the_vocabulary(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="fill-in-the-middle tokens"):
         export_checkpoint(checkpoint, tmp_path / "repo", preset=PRESETS["qwen2.5-coder-0.5b"], log=lambda _l: None)
     assert not (tmp_path / "repo" / "qwen2.5-coder-0.5b").exists()
+
+
+def test_every_export_writes_a_triton_config_that_parses_as_tritons_model_config(tiny_repo: Path, tiny_llama_repo: Path) -> None:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    for repository, name in ((tiny_repo, TINY), (tiny_llama_repo, TINY_LLAMA)):
+        text = (repository / name / "config.pbtxt").read_text()
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())  # Triton's own schema: unknown fields fail
+        assert config.name == name and config.backend == "python" and config.model_transaction_policy.decoupled
+        assert [i.name for i in config.input] == ["prompt", "sampling_parameters"]
+        assert [o.name for o in config.output] == ["event"]
+        assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+        parameters = {k: v.string_value for k, v in config.parameters.items()}
+        assert parameters["precision"] == "int8" and (repository / name / parameters["onnx_file"]).is_file()

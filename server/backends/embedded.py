@@ -32,20 +32,39 @@ class EmbeddedBackend:
         self.names: list[str] = list(dict.fromkeys(settings.model))
         self._schedulers: dict[str, Scheduler] = {}
         self._failures: dict[str, str] = {}
+        self._standby: set[str] = set()  # exported, loaded on first use (load = "lazy")
+        self._loading: dict[str, asyncio.Task[None]] = {}
 
     async def load(self) -> None:
-        """Export (when allowed and needed) and load every model, one after the other."""
+        """Export (when allowed and needed) every model, one after the other, and load it into memory
+        now (eager) or leave that to its first request (lazy)."""
         for name in self.names:
-            try:
-                engine = await asyncio.to_thread(self._load_engine, name)
-            except Exception as exc:  # reported by readiness and by every request for this model
-                log.exception("model %s failed to load", name)
-                self._failures[name] = f"{type(exc).__name__}: {exc}"
+            if self.settings.load == "eager":
+                await self._load(name)
                 continue
-            self._schedulers[name] = Scheduler(engine, _MAX_WAITING)
-            log.info("model %s ready (%s, %s)", name, engine.manifest.precision, engine.manifest.graph)
+            try:
+                await asyncio.to_thread(self._ensure_exported, name)
+            except Exception as exc:
+                self._fail(name, exc)
+                continue
+            self._standby.add(name)
 
-    def _load_engine(self, name: str) -> Engine:
+    async def _load(self, name: str) -> None:
+        try:
+            engine = await asyncio.to_thread(self._load_engine, name)
+        except Exception as exc:  # reported by readiness and by every request for this model
+            self._fail(name, exc)
+            return
+        self._schedulers[name] = Scheduler(engine, _MAX_WAITING)
+        self._standby.discard(name)
+        log.info("model %s ready (%s, %s)", name, engine.manifest.precision, engine.manifest.graph)
+
+    def _fail(self, name: str, exc: Exception) -> None:
+        log.error("model %s failed to load: %s: %s", name, type(exc).__name__, exc, exc_info=exc)
+        self._failures[name] = f"{type(exc).__name__}: {exc}"
+        self._standby.discard(name)
+
+    def _ensure_exported(self, name: str) -> None:
         repository = self.settings.model_repository
         try:
             store.read_manifest(repository, name)
@@ -55,16 +74,33 @@ class EmbeddedBackend:
             from server.models.export import export_bundled
 
             export_bundled(name, repository, log=lambda line: log.info("%s", line))
-        return Engine(repository, name, self.settings.intra_op_threads())
+
+    def _load_engine(self, name: str) -> Engine:
+        self._ensure_exported(name)
+        return Engine(self.settings.model_repository, name, self.settings.intra_op_threads())
 
     def status(self, name: str) -> str:
+        """ready (in memory), standby (exported, loads on first request), loading, or failed."""
         if name in self._schedulers:
             return "ready"
-        return "failed" if name in self._failures else "loading"
+        if name in self._failures:
+            return "failed"
+        return "standby" if name in self._standby and name not in self._loading else "loading"
 
     @property
     def ready(self) -> bool:
-        return all(self.status(n) == "ready" for n in self.names)
+        return all(self.status(n) in ("ready", "standby") for n in self.names)
+
+    async def acquire(self, name: str) -> Engine:
+        """The model's engine, loading a standby model first (concurrent first requests share one load;
+        a request that gives up does not cancel it). ModelLoading / ModelFailed say why there is none."""
+        if name in self._standby and name not in self._schedulers:
+            task = self._loading.get(name)
+            if task is None:
+                task = self._loading[name] = asyncio.create_task(self._load(name))
+                task.add_done_callback(lambda _t: self._loading.pop(name, None))
+            await asyncio.shield(task)
+        return self.engine(name)
 
     def engine(self, name: str) -> Engine:
         """The loaded engine; ModelLoading / ModelFailed say why there is none yet."""

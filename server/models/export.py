@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from server.models import catalog, store
+from server.models import catalog, store, triton_config
 from server.models.store import Manifest
 
 Log = Callable[[str], None]
@@ -125,6 +125,8 @@ def _existing(repository: Path, name: str, force: bool, log: Log) -> Manifest | 
     except store.ModelNotExported:
         return None
     log(f"{name}: already exported in {store.model_dir(repository, name)}")
+    if not (store.model_dir(repository, name) / triton_config.CONFIG).is_file():  # exported before configs were
+        triton_config.write(repository, manifest)
     return manifest
 
 
@@ -202,6 +204,7 @@ def _export_checkpoint(
     out = store.model_dir(repository, name)
     shutil.rmtree(out, ignore_errors=True)
     shutil.move(str(staging), out)
+    triton_config.write(repository, manifest)
     store.write_manifest(repository, manifest)
     log(f"{name}: exported to {out} ({store.size_on_disk(out) / 1e6:.0f} MB)")
     return manifest
