@@ -131,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(codegen-350m-mono, starcoder2-3b, ...: see `slipstream models`)")
     export.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face causal-LM checkpoint folder")
     export.add_argument("--name", help="store name (default: the model's, or the folder's for --from-hf; "
-                        "-fp32 / -int4 appended for those precisions of a bundled model)")
-    export.add_argument("--precision", choices=["fp32", "int8", "int4"], default="int8",
-                        help="int8 (default): 8-bit MatMuls; int4: 4-bit (fused graphs only); fp32: unquantised")
+                        "-fp32 / -int4 / -fp16 appended for those precisions of a bundled model)")
+    export.add_argument("--precision", choices=["fp32", "int8", "int4", "fp16"], default="int8",
+                        help="int8 (default): 8-bit MatMuls; int4: 4-bit (fused graphs only); fp32: unquantised; "
+                        "fp16: the CUDA graph (fused graphs only)")
     export.add_argument("--force", action="store_true", help="export again even if already exported")
     export.add_argument("--model-repository", type=Path, default=None)
     export.set_defaults(run=_export)

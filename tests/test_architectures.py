@@ -1,5 +1,5 @@
 """Every architecture the catalog names exports, generates and verifies against transformers: tiny
-random GPT-2, GPT-NeoX, StarCoder2 (optimum's path), Qwen2 and Gemma-3 (the fused path), in INT8
+random GPT-2, GPT-BigCode (SantaCoder), GPT-NeoX, StarCoder2 (optimum's path), Qwen2 and Gemma-3 (the fused path), in INT8
 and fp32. CodeGen and Llama are covered by the other test files."""
 
 from __future__ import annotations

@@ -100,6 +100,7 @@ def test_a_failed_forced_export_keeps_the_earlier_one(tiny_checkpoint: Path, tmp
 @pytest.mark.parametrize(("checkpoint", "precision", "ops"), [
     ("tiny_llama_checkpoint", "int4", {"MatMulNBits", "GroupQueryAttention"}),
     ("tiny_llama_checkpoint", "fp32", {"MatMul", "GroupQueryAttention"}),
+    ("tiny_llama_checkpoint", "fp16", {"MatMul", "GroupQueryAttention"}),
     ("tiny_checkpoint", "fp32", {"MatMul"}),
 ])
 def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoint: str, precision: str, ops: set[str]) -> None:
@@ -111,6 +112,12 @@ def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoin
     assert manifest.precision == precision and len(manifest.content_sha256) == 64
     graph = onnx.load(str(tmp_path / "m" / manifest.onnx_file), load_external_data=False).graph
     assert ops <= {node.op_type for node in graph.node}
+    if precision == "int4":  # the body at 4 bits, the LM head (it writes the logits) at 8
+        bits = {node.name: next(a.i for a in node.attribute if a.name == "bits") for node in graph.node if node.op_type == "MatMulNBits"}
+        head = next(node.name for node in graph.node if "logits" in node.output)
+        assert bits.pop(head) == 8 and set(bits.values()) == {4}
+    if precision == "fp16":  # the CUDA graph's weights and cache; ONNX Runtime's CPU kernels run it here
+        assert {init.data_type for init in graph.initializer if init.name.endswith("MatMul.weight")} == {onnx.TensorProto.FLOAT16}
     engine = Engine(tmp_path, "m", threads=1)
     text = "".join(e.text for e in engine.generate(engine.prepare("def f(x):", 8), SamplingParams(max_tokens=8, temperature=0,
                                                    logit_bias={0: -100.0})) if isinstance(e, Delta))
@@ -130,7 +137,7 @@ def test_a_model_too_big_for_memory_fails_before_any_work() -> None:
         check_memory(16_000_000_000, available=4 * 2**30)  # CodeGen-16B on a 4 GiB machine
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_verify_against_the_source_checkpoint(tiny_llama_checkpoint: Path, tmp_path: Path, precision: str) -> None:
     from server.models.verify import verify
 

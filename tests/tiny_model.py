@@ -23,6 +23,7 @@ from transformers import (
     CodeGenForCausalLM,
     Gemma3TextConfig,
     GPT2Config,
+    GPTBigCodeConfig,
     GPTNeoXConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -132,6 +133,9 @@ def build_tiny_llama(out_dir: pathlib.Path, n_positions: int = 256, seed: int = 
 _SPECIAL = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
 TINY_CONFIGS: dict[str, Callable[[int, int], PretrainedConfig]] = {
     "gpt2": lambda vocab, ctx: GPT2Config(vocab_size=vocab, n_positions=ctx, n_embd=64, n_layer=2, n_head=4, **_SPECIAL),
+    # SantaCoder's architecture: multi-query attention, one key/value head
+    "gpt_bigcode": lambda vocab, ctx: GPTBigCodeConfig(
+        vocab_size=vocab, n_positions=ctx, n_embd=64, n_layer=2, n_head=4, multi_query=True, **_SPECIAL),
     "gpt_neox": lambda vocab, ctx: GPTNeoXConfig(
         vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
         max_position_embeddings=ctx, rotary_pct=0.25, **_SPECIAL),

@@ -101,6 +101,7 @@ class Preset:
 
 
 _STARCODER_FIM = Fim("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+_SANTACODER_FIM = Fim("<fim-prefix>", "<fim-suffix>", "<fim-middle>")  # hyphens, unlike StarCoder's
 _QWEN_FIM = Fim("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 _CODELLAMA_FIM = Fim("\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>")  # the pieces are "▁<PRE>" etc.
 _ENDOFTEXT = ("<|endoftext|>",)
@@ -121,6 +122,9 @@ PRESETS: dict[str, Preset] = {
             Preset(f"codellama-{size}", f"codellama/CodeLlama-{size}-hf", "llama", ("<s>",), ("</s>",), _CODELLAMA_FIM)
             for size in ("7b", "13b", "34b")
         ),
+        Preset("santacoder", "bigcode/gpt_bigcode-santacoder", "gpt_bigcode", eos_tokens=_ENDOFTEXT, fim=_SANTACODER_FIM),
+        Preset("tiny-starcoder-py", "bigcode/tiny_starcoder_py", "gpt_bigcode", eos_tokens=_ENDOFTEXT, fim=_STARCODER_FIM),
+        Preset("starcoderbase-1b", "bigcode/starcoderbase-1b", "gpt_bigcode", eos_tokens=_ENDOFTEXT, fim=_STARCODER_FIM),
         *(
             Preset(f"starcoder2-{size}", f"bigcode/starcoder2-{size}", "starcoder2", eos_tokens=_ENDOFTEXT, fim=_STARCODER_FIM)
             for size in ("3b", "7b", "15b")

@@ -92,6 +92,9 @@ def _sentencepiece_bpe(
         # GGUF token types use SentencePiece's numbering (normal, unknown, control, user-defined, unused, byte).
         entry = proto.pieces.add()
         entry.piece, entry.score, entry.type = piece, score, kind
+    # SentencePiece refuses a model whose unk id is not an UNKNOWN piece (Gemma's GGUF marks <unk> as
+    # control); with byte fallback no text ever encodes to it, so the ids stay llama.cpp's.
+    proto.pieces[proto.trainer_spec.unk_id].type = spm.ModelProto.SentencePiece.UNKNOWN
     arch = _field(reader, "general.architecture", "")
     cls = GemmaTokenizerFast if arch.startswith("gemma") else LlamaTokenizerFast
     with tempfile.TemporaryDirectory() as tmp:

@@ -36,7 +36,7 @@ class Manifest(BaseModel):
     name: str
     architecture: str = Field(description="Hugging Face model_type, e.g. gemma3_text, llama, codegen")
     parameters: int = Field(description="Parameter count of the source checkpoint (tied weights once)")
-    precision: Literal["int8", "int4", "fp32"]
+    precision: Literal["int8", "int4", "fp32", "fp16"] = Field(description="fp16 is the CUDA graph")
     graph: Literal["genai-builder", "optimum"] = Field(description="Which exporter wrote the ONNX graph")
     context_length: int
     vocab_size: int

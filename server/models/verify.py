@@ -30,8 +30,12 @@ FP32_TOLERANCE = 5e-3  # max |log p_export - log p_reference| over the tokens th
 # those the reference gives at least e^FP32_FLOOR (4.5e-5). Far-tail log-probs (e^-30) carry float
 # noise of their own: Gemma-3's fp32 graph is off by 5.3e-3 at worst there, with NLL and top-1 equal.
 FP32_FLOOR = -10.0
-NLL_TOLERANCE = {"fp32": 1e-3, "int8": 0.05, "int4": 0.35}
-AGREEMENT = {"fp32": 0.99, "int8": 0.90, "int4": 0.75}
+NLL_TOLERANCE = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.05, "int4": 0.35}
+# Measured on the bundled models (SmolLM2 / Gemma-3): int8 agrees at 0.935 / 0.958 (NLL +0.018 /
+# -0.007); int4 at 0.77 / 0.75 (NLL +0.19 / +0.24). Their references are the GGUFs' weights (Q4_1 /
+# Q4_K_M) dequantised: 4-bit grids with a float offset per block, which MatMulNBits' integer zero
+# points cannot hold, so int4 rounds weights that were rounded once already, onto another grid.
+AGREEMENT = {"fp32": 0.99, "fp16": 0.97, "int8": 0.90, "int4": 0.70}
 # A reference "decided" where its top token beats the runner-up by this many nats.
 _DECIDED_MARGIN = 0.5
 _DECIDED_SHARE = 0.5
