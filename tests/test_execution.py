@@ -39,22 +39,41 @@ def test_pass_at_k_is_reported_only_where_every_problem_has_k_samples() -> None:
         pass_at_k(4, 0, 10)
 
 
-def test_the_box_keeps_programs_in() -> None:
-    box = execution.detect_box()
+@pytest.mark.parametrize("box", ["bwrap", "unshare", "none"])
+def test_the_box_keeps_programs_in(box: str) -> None:
+    if not execution.box_works(box):
+        pytest.skip(f"{box} cannot run on this machine")
     quick = Limits(timeout=2.0)
-    assert run_program("print('hello')", quick).passed
-    assert run_program("import sys; sys.exit(0)", quick).status == "failed"  # ends before its tests: not a pass
-    assert run_program("import os; os._exit(0)", quick).status == "failed"
-    looping = run_program("while True:\n    pass", quick)
-    assert looping.status == "timeout" and looping.seconds < 4
-    assert run_program("x = bytearray(4 << 30)", quick).status == "failed"  # past the memory limit
-    if box != "none":  # the network is not reachable from inside a box
-        blocked = run_program("import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)", quick)
-        assert blocked.status == "failed" and "Error" in blocked.stderr
+    results = execution.run_many([
+        "print('hello')",
+        "import sys; sys.exit(0)",  # ends before its tests would run: not a pass
+        "import os; os._exit(0)",
+        "while True:\n    pass",
+        "x = bytearray(4 << 30)",  # past the memory limit
+        "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
+        "print('x' * 100_000)",  # a pass with long output: kept truncated, still a pass
+    ], quick, workers=2, box=box)
+    assert [r.status for r in results[:5]] == ["passed", "failed", "failed", "timeout", "failed"]
+    assert results[0].stdout == "hello\n" and results[3].seconds < 3 and "MemoryError" in results[4].stderr
+    assert results[6].passed and len(results[6].stdout) < 5000 and results[6].stdout.endswith("(95905 more bytes)")
+    if box != "none":  # no network inside a box
+        assert results[5].status == "failed" and "Error" in results[5].stderr
     if box == "bwrap":  # a read-only root
         outside = Path("/var/tmp") / f"slipstream-escape-{random.randrange(10**9)}"
-        assert run_program(f"open({str(outside)!r}, 'w').write('x')", quick).status == "failed"
+        assert run_program(f"open({str(outside)!r}, 'w').write('x')", quick, box=box).status == "failed"
         assert not outside.exists()
+
+
+def test_a_program_that_kills_its_worker_fails_and_the_rest_still_run() -> None:
+    results = execution.run_many(["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", *["print(1)"] * 4],
+                                 Limits(timeout=2.0), workers=1)
+    assert results[0].status == "failed" and "worker ended" in results[0].stderr
+    assert all(r.passed for r in results[1:])
+
+
+def test_the_detected_box_is_the_strongest_that_works() -> None:
+    expected = next((b for b in ("bwrap", "unshare") if execution.box_works(b)), "none")
+    assert execution.detect_box() == expected
 
 
 def test_canonical_solutions_all_pass() -> None:
