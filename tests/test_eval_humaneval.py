@@ -64,3 +64,45 @@ def test_a_server_error_is_reported_and_keeps_the_samples(tiny_server, tmp_path:
     refused = subprocess.run([sys.executable, "-m", "server.cli", "eval", "humaneval", "--model", TINY, "--n", "0"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--n: must be at least 1" in refused.stderr
+
+
+FUNCTION = "def add(a, b):\n    return a + b"
+
+
+def test_instruct_extraction_from_messy_replies() -> None:
+    from eval.instruct import extract
+
+    def runs(completion: str) -> bool:  # the prompt's stub, then the extracted code, then a check
+        namespace: dict = {}
+        exec('def add(a, b):\n    """Add."""\n' + completion + "\nassert add(2, 3) == 5\n", namespace)
+        return True
+
+    replies = {
+        "prose around the block": f"Sure! Here it is:\n\n```python\n{FUNCTION}\n```\n\nThis adds a and b.",
+        "several blocks, the function in the second": f"Usage:\n```python\nprint(add(1, 2))\n```\nCode:\n```python\nimport math\n{FUNCTION}\n\nprint(add(1, 2))\n```",
+        "no language tag": f"```\n{FUNCTION}\n```",
+        "no block, prose after": f"{FUNCTION}\n\nThis function returns the sum.",
+        "an unclosed block": f"```python\n{FUNCTION}\n",
+        "a main guard and asserts": f"```python\n{FUNCTION}\n\nif __name__ == '__main__':\n    assert add(1, 1) == 3\n```",
+    }
+    for case, reply in replies.items():
+        completion = extract(reply, "add")
+        assert "def add(a, b):" in completion and "print(" not in completion and "__main__" not in completion, case
+        assert runs(completion), case
+    assert "import math" in extract(replies["several blocks, the function in the second"], "add")
+    assert "return a - b" in extract("```python\ndef add(a, b):\n    return a - b\n```", "add")  # wrong code stays wrong
+
+
+def test_instruct_mode_through_chat(duo_server, tmp_path: Path) -> None:
+    from tests.conftest import TINY_LLAMA
+
+    args = [sys.executable, "-m", "server.cli", "eval", "humaneval", "--url", duo_server.url, "--model", TINY_LLAMA,
+            "--mode", "instruct", "--limit", "2", "--n", "2", "--temperatures", "0.7", "--max-tokens", "16",
+            "--out", str(tmp_path)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    samples = lines(tmp_path / TINY_LLAMA / "instruct-t0.7" / "samples.jsonl")
+    assert len(samples) == 4 and {s["mode"] for s in samples} == {"instruct"}
+    assert {s["prompt_format"] for s in samples} == {"instruct-v1"}
+    assert all(s["completion_tokens"] > 0 and s["mean_logprob"] <= 0 for s in samples)
+    assert json.loads((tmp_path / "report.json").read_text())[0]["mode"] == "instruct"
