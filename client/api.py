@@ -1,17 +1,23 @@
 """Client and AsyncClient for the legacy Completions API over httpx.
 
-One implementation: the sync Client drives the AsyncClient on a private event loop."""
+One implementation: the sync Client drives the AsyncClient on a private event loop. Responses are
+normalised over the known differences of peer servers (shared/reference/api-contract.md): llama.cpp's
+chat-style logprobs become the legacy arrays, a string `stop` is always sent as a list (FauxPilot
+splits a string into characters), and an HTTP 200 without choices (FauxPilot's way to report a
+backend failure) raises instead of passing for an empty completion."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import time
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
 
 import httpx
 
-__all__ = ["APIError", "AsyncClient", "Client"]
+__all__ = ["APIError", "AsyncClient", "Client", "Timing"]
 
 _RETRY_STATUSES = (429, 503)
 
@@ -22,6 +28,20 @@ class APIError(Exception):
     def __init__(self, status: int, error: dict[str, Any]) -> None:
         super().__init__(f"HTTP {status}: {error.get('message', error)}")
         self.status, self.error = status, error
+
+
+@dataclass
+class Timing:
+    """One streamed completion as the client saw it."""
+
+    ttft_s: float | None  # request sent -> first chunk with text (None: no text came)
+    total_s: float  # request sent -> end of stream
+    gaps_s: list[float] = field(default_factory=list)  # between text chunks after the first
+    text: str = ""
+    chunks: int = 0  # text chunks (about one token each on servers that stream token by token)
+    completion_tokens: int | None = None  # from the server's usage, when it sends one
+    prompt_tokens: int | None = None
+    finish_reason: str | None = None
 
 
 class AsyncClient:
@@ -48,8 +68,34 @@ class AsyncClient:
 
     async def complete(self, prompt: str | list, **params: Any) -> dict[str, Any]:
         """A non-streaming completion; params are the API's fields (max_tokens, temperature, n, ...)."""
-        response = await self._send("POST", "/v1/completions", json={"prompt": prompt, **params, "stream": False})
-        return response.json()
+        response = await self._send("POST", "/v1/completions", json=_body(prompt, params, stream=False))
+        return _normalise(response.status_code, response.json(), expect_choices=True)
+
+    async def timed(self, prompt: str | list, **params: Any) -> Timing:
+        """One streamed completion (n=1) with its timings: time to first token, the gaps between
+        chunks, the total; token counts from the usage the server sends last, where it does."""
+        options = {**params, "stream_options": {"include_usage": True}}
+        started = time.perf_counter()
+        timing = Timing(ttft_s=None, total_s=0.0)
+        last = started
+        async for chunk in self.stream(prompt, **options):
+            now = time.perf_counter()
+            for choice in chunk.get("choices") or []:
+                if choice.get("text"):
+                    if timing.ttft_s is None:
+                        timing.ttft_s = now - started
+                    else:
+                        timing.gaps_s.append(now - last)
+                    last = now
+                    timing.text += choice["text"]
+                    timing.chunks += 1
+                timing.finish_reason = choice.get("finish_reason") or timing.finish_reason
+            usage = chunk.get("usage")
+            if usage:
+                timing.completion_tokens = usage.get("completion_tokens")
+                timing.prompt_tokens = usage.get("prompt_tokens")
+        timing.total_s = time.perf_counter() - started
+        return timing
 
     async def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         """A non-streaming chat completion (/v1/chat/completions)."""
@@ -58,7 +104,7 @@ class AsyncClient:
 
     async def stream(self, prompt: str | list, **params: Any) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion as the server sends them; an error event raises APIError."""
-        body = {"prompt": prompt, **params, "stream": True}
+        body = _body(prompt, params, stream=True)
         for attempt in range(self._max_retries + 1):
             async with self._http.stream("POST", "/v1/completions", json=body) as response:
                 if response.status_code in _RETRY_STATUSES and attempt < self._max_retries:
@@ -74,7 +120,7 @@ class AsyncClient:
                         chunk = json.loads(data)
                         if "error" in chunk:
                             raise APIError(response.status_code, chunk["error"])
-                        yield chunk
+                        yield _normalise(response.status_code, chunk, expect_choices=False)
                 return
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -91,6 +137,41 @@ class AsyncClient:
     def _retry_delay(self, response: httpx.Response, attempt: int) -> float:
         retry_after = response.headers.get("Retry-After", "")
         return float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self._backoff * 2**attempt
+
+
+def _body(prompt: str | list, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+    body = {"prompt": prompt, **params, "stream": stream}
+    if isinstance(body.get("stop"), str):
+        body["stop"] = [body["stop"]]
+    return body
+
+
+def _normalise(status: int, payload: dict[str, Any], *, expect_choices: bool) -> dict[str, Any]:
+    choices = payload.get("choices")
+    if expect_choices and not choices:
+        raise APIError(status, {"message": "the server answered without any choice (a backend failure reported as "
+                                           "success)", "type": "empty_response"})
+    for choice in choices or []:
+        logprobs = choice.get("logprobs")
+        if isinstance(logprobs, dict) and "content" in logprobs and "tokens" not in logprobs:
+            choice["logprobs"] = _legacy_logprobs(logprobs["content"] or [])
+    return payload
+
+
+def _legacy_logprobs(content: list[dict[str, Any]]) -> dict[str, Any]:
+    """llama.cpp's chat-style entries ({token, logprob, top_logprobs: [{token, logprob}]}) as the legacy
+    arrays, text_offset counted over the completion."""
+    tokens, offsets, offset = [], [], 0
+    for entry in content:
+        tokens.append(entry.get("token", ""))
+        offsets.append(offset)
+        offset += len(tokens[-1])
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.get("logprob") for e in content],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs") or []} for e in content],
+        "text_offset": offsets,
+    }
 
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
@@ -142,6 +223,9 @@ class Client:
 
     def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         return self._loop.run_until_complete(self._async.chat(messages, **params))
+
+    def timed(self, prompt: str | list, **params: Any) -> Timing:
+        return self._loop.run_until_complete(self._async.timed(prompt, **params))
 
     def stream(self, prompt: str | list, **params: Any) -> Iterator[dict[str, Any]]:
         chunks = self._async.stream(prompt, **params)

@@ -59,6 +59,7 @@ class CompletionRequest(BaseModel):
 
     # --- slipstream extensions ---
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off (llama.cpp, vLLM).")
+    ignore_eos: bool = Field(False, description="Go on past EOS up to max_tokens (as llama.cpp and vLLM allow).")
 
     @field_validator("prompt")
     @classmethod
@@ -110,6 +111,7 @@ class CompletionRequest(BaseModel):
             logit_bias=dict(self.logit_bias or {}),
             logprobs=self.logprobs,
             echo=self.echo,
+            ignore_eos=self.ignore_eos,
         )
 
 
@@ -224,6 +226,7 @@ class ChatCompletionRequest(BaseModel):
 
     # --- slipstream extensions ---
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off.")
+    ignore_eos: bool = Field(False, description="Go on past EOS up to max_tokens (as llama.cpp and vLLM allow).")
 
     _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
 
@@ -251,6 +254,7 @@ class ChatCompletionRequest(BaseModel):
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
+            ignore_eos=self.ignore_eos,
         )
 
 

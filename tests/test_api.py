@@ -216,6 +216,10 @@ def test_eos_finishes_with_stop(url):
     assert choice["text"] == ""
     assert body["usage"]["completion_tokens"] <= 1
 
+    # ignore_eos (llama.cpp's and vLLM's extension): the same request runs to max_tokens
+    body = complete(url, prompt=PROMPT, max_tokens=10, temperature=0, logit_bias={"0": 100}, ignore_eos=True)
+    assert body["choices"][0]["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 10
+
 
 def test_default_max_tokens_is_16(url):
     body = complete(url, prompt=PROMPT, temperature=0, logit_bias=NO_EOS)

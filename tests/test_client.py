@@ -160,3 +160,65 @@ def test_cli_complete_against_a_closed_port_says_why(closed_port_run):
     closed, result = closed_port_run
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "cannot reach" in result.stderr and closed in result.stderr
+
+
+# --- timing and peers' differences ----------------------------------------------------------------
+
+
+def test_timed_completion(url):
+    with Client(url) as client:
+        timing = client.timed(PROMPT, max_tokens=10, temperature=0, ignore_eos=True)
+    assert timing.completion_tokens == 10 and timing.prompt_tokens and timing.finish_reason == "length"
+    assert 0 < timing.ttft_s <= timing.total_s
+    assert timing.chunks >= 1 and len(timing.gaps_s) == timing.chunks - 1 and all(g >= 0 for g in timing.gaps_s)
+    assert timing.text == server_text(url, max_tokens=10, temperature=0, ignore_eos=True)
+
+
+class _Peer:
+    """A replay of a peer server's answer on 127.0.0.1 (these peers do not run here): it records the
+    request body and sends the given JSON."""
+
+    def __init__(self, answer: dict) -> None:
+        import http.server
+        import json
+        import threading
+
+        peer = self
+        self.bodies: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                peer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.handle_request, daemon=True).start()
+
+
+def test_llama_cpp_logprobs_become_the_legacy_layout() -> None:
+    answer = {"choices": [{"index": 0, "text": "x = 1", "finish_reason": "length", "logprobs": {"content": [
+        {"id": 87, "token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": [{"id": 87, "token": "x", "logprob": -0.5}]},
+        {"id": 284, "token": " = 1", "logprob": -1.25, "bytes": [32, 61, 32, 49], "top_logprobs": []},
+    ]}}]}
+    peer = _Peer(answer)
+    with Client(peer.url) as client:
+        body = client.complete("y", max_tokens=2, logprobs=1, stop="\n")
+    assert body["choices"][0]["logprobs"] == {
+        "tokens": ["x", " = 1"], "token_logprobs": [-0.5, -1.25], "top_logprobs": [{"x": -0.5}, {}], "text_offset": [0, 1],
+    }
+    assert peer.bodies[0]["stop"] == ["\n"]  # a string stop goes as a list: FauxPilot splits strings into characters
+
+
+def test_a_200_without_choices_is_an_error() -> None:
+    peer = _Peer({"id": "cmpl-1", "object": "text_completion", "choices": []})  # FauxPilot's backend failure
+    with Client(peer.url) as client, pytest.raises(APIError, match="without any choice"):
+        client.complete("y", max_tokens=2)

@@ -203,7 +203,7 @@ class Engine:
             choice.logprob_sum += float(logprobs[token])
             if params.logprobs is not None:
                 info = [self._token_logprob(token, logprobs, params.logprobs)]
-        if token in self._eos:
+        if token in self._eos and not params.ignore_eos:
             return token, Delta(choice.index, self._drain(choice), info, "stop")
         text = choice.stops.push(choice.detok.add(token))
         return token, Delta(choice.index, text, info, "stop" if choice.stops.stopped else None)

@@ -29,6 +29,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None  # top-N alternatives per token; None: no logprobs
     echo: bool = False
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (fixed-length latency runs)
 
     @property
     def greedy(self) -> bool:
