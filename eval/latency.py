@@ -1,0 +1,183 @@
+"""`slipstream eval latency`: a sweep of generation latency against one or several servers.
+
+Cells: server x model x prompt length x max_tokens x concurrency x temperature. In each cell,
+--warmup requests (not counted), then --requests streamed completions from `concurrency` clients at
+once, each with its own stretch of real code as prompt (no two share a prefix, so no server-side
+prompt cache flatters the numbers) and `ignore_eos` (llama.cpp's and vLLM's extension too) so that
+every completion has the asked length. Per cell, from the client's side:
+
+- TTFT: request sent -> first text chunk (prefill, queueing included);
+- ITL: per request, (total - TTFT) / (completion tokens - 1): the mean inter-token latency;
+- end-to-end latency: request sent -> end of stream;
+- each at p50 / p95 / p99 over the cell's requests;
+- tokens/s: all completion tokens of the cell over the cell's wall time (throughput), and per
+  request (completion tokens - 1) / (total - TTFT) (the decode speed one client sees);
+- error rate: requests that failed, over all requests.
+Prompt lengths are targets in tokens, met with ~3.5 characters per token of code; the measured
+prompt_tokens (from the server's usage) are reported beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import inspect
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from client.api import AsyncClient, Timing
+
+_CHARS_PER_TOKEN = 3.5
+
+
+@dataclass(frozen=True)
+class Cell:
+    url: str
+    model: str
+    prompt_tokens: int
+    max_tokens: int
+    concurrency: int
+    temperature: float
+
+
+@dataclass
+class CellResult:
+    cell: Cell
+    requests: int
+    errors: int
+    measured_prompt_tokens: float | None
+    ttft_s: dict[str, float] = field(default_factory=dict)
+    itl_s: dict[str, float] = field(default_factory=dict)
+    e2e_s: dict[str, float] = field(default_factory=dict)
+    throughput_tok_s: float = 0.0
+    decode_tok_s_p50: float | None = None
+    error_rate: float = 0.0
+    first_error: str | None = None
+
+    def flat(self) -> dict[str, Any]:
+        row: dict[str, Any] = asdict(self.cell)
+        row.update(requests=self.requests, errors=self.errors, error_rate=self.error_rate,
+                   measured_prompt_tokens=self.measured_prompt_tokens, throughput_tok_s=self.throughput_tok_s,
+                   decode_tok_s_p50=self.decode_tok_s_p50)
+        for name in ("ttft_s", "itl_s", "e2e_s"):
+            for q, v in getattr(self, name).items():
+                row[f"{name.removesuffix('_s')}_{q}_s"] = v
+        return row
+
+
+def corpus() -> str:
+    """Real code to cut prompts from: the standard library's own sources, the same on every machine
+    with this Python."""
+    import argparse
+    import textwrap
+    import typing
+
+    return "\n".join(inspect.getsource(m) for m in (textwrap, argparse, typing))
+
+
+def prompt_for(length_tokens: int, index: int, text: str) -> str:
+    size = int(length_tokens * _CHARS_PER_TOKEN)
+    start = (index * 7919 * 13) % max(1, len(text) - size)  # a different stretch for every request
+    return text[start : start + size]
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
+
+
+async def run_cell(cell: Cell, requests: int, warmup: int, text: str, seed: int, progress: tqdm | None = None,
+                   timeout: float = 300.0) -> CellResult:
+    params = {"model": cell.model, "max_tokens": cell.max_tokens, "temperature": cell.temperature,
+              "ignore_eos": True, "seed": seed}
+    timings: list[Timing] = []
+    errors: list[str] = []
+    async with AsyncClient(cell.url, timeout=timeout, max_retries=0) as client:
+        for i in range(warmup):
+            try:
+                await client.timed(prompt_for(cell.prompt_tokens, -1 - i, text), **params)
+            except Exception:  # noqa: BLE001 - a failed warm-up shows again in the measured requests
+                pass
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(requests):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            while not queue.empty():
+                i = queue.get_nowait()
+                try:
+                    timings.append(await client.timed(prompt_for(cell.prompt_tokens, i, text), **params))
+                except Exception as exc:  # noqa: BLE001 - every failure counts, whatever its kind
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                if progress is not None:
+                    progress.update()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(cell.concurrency)))
+        wall = time.perf_counter() - started
+
+    ok = [t for t in timings if t.ttft_s is not None]
+    tokens = [t.completion_tokens if t.completion_tokens is not None else t.chunks for t in ok]
+    itl = [(t.total_s - t.ttft_s) / (n - 1) for t, n in zip(ok, tokens, strict=True) if n > 1]  # type: ignore[operator]
+    prompts = [t.prompt_tokens for t in ok if t.prompt_tokens is not None]
+    return CellResult(
+        cell=cell, requests=requests, errors=len(errors) + len(timings) - len(ok),
+        measured_prompt_tokens=float(np.median(prompts)) if prompts else None,
+        ttft_s=percentiles([t.ttft_s for t in ok]),  # type: ignore[misc]
+        itl_s=percentiles(itl), e2e_s=percentiles([t.total_s for t in ok]),
+        throughput_tok_s=float(sum(tokens) / wall) if wall > 0 else 0.0,
+        decode_tok_s_p50=float(np.median([1 / x for x in itl])) if itl else None,
+        error_rate=(len(errors) + len(timings) - len(ok)) / requests,
+        first_error=errors[0] if errors else None,
+    )
+
+
+async def served_models(url: str) -> list[str]:
+    async with AsyncClient(url, max_retries=1) as client:
+        return [m["id"] for m in await client.models()]
+
+
+def sweep(
+    urls: list[str], models: list[str] | None, prompt_tokens: list[int], max_tokens: list[int], concurrency: list[int],
+    temperatures: list[float], out: Path, *, requests: int = 8, warmup: int = 1, seed: int = 0,
+) -> list[CellResult]:
+    text = corpus()
+    cells = []
+    for url in urls:
+        available = asyncio.run(served_models(url))
+        chosen = models or available
+        missing = [m for m in chosen if m not in available]
+        if missing:
+            print(f"note: {url} does not serve {', '.join(missing)} (it serves {', '.join(available)}); skipped there")
+        cells += [Cell(url, m, p, t, c, temp) for m in chosen if m in available for p in prompt_tokens
+                  for t in max_tokens for c in concurrency for temp in temperatures]
+    if not cells:
+        raise ValueError("no cell to measure: none of the models is served at the given URLs")
+    results = []
+    with tqdm(total=len(cells) * requests, desc="latency", unit="request") as bar:
+        for cell in cells:
+            results.append(asyncio.run(run_cell(cell, requests, warmup, text, seed, bar)))
+    write(out, results)
+    return results
+
+
+def write(out: Path, results: list[CellResult]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.flat() for r in results]
+    (out / "latency.json").write_text(json.dumps([{**asdict(r), "cell": asdict(r.cell)} for r in results], indent=2) + "\n")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (out / "latency.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    from eval.report import plot_latency
+
+    plot_latency(out, results)
