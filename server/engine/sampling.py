@@ -9,9 +9,11 @@ import numpy as np
 
 # Below this temperature sampling is argmax: dividing by ~0 overflows and means greedy anyway.
 _TEMPERATURE_FLOOR = 1e-5
-# top_p first looks among this many most likely tokens, which nearly always hold the nucleus; it
-# sorts the whole vocabulary (262k for Gemma) only when they do not.
-_NUCLEUS_CANDIDATES = 2048
+# top_p looks for the nucleus among the tokens at least this likely relative to the most likely one,
+# widening the cut until they hold top_p of the mass: one pass over the vocabulary (262k for Gemma)
+# per cut, and a sort of a few candidates, instead of sorting the vocabulary (11 ms a row, the bulk
+# of a sampled decode step at n = 10).
+_NUCLEUS_CUTS = (1e-2, 1e-4, 1e-6, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -60,38 +62,35 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     # logits: [V] float32
     if params.greedy:
         return int(logits.argmax())
-    scaled = logits.astype(np.float64) / params.temperature
-    if 0 < params.top_k < scaled.shape[0]:
-        candidates = np.argpartition(-scaled, params.top_k - 1)[: params.top_k]
-    else:
-        candidates = None
+    scaled = logits / np.float32(params.temperature)
+    weights = np.exp(scaled - scaled.max())  # [V], the most likely token at 1
+    candidates = None
+    if 0 < params.top_k < weights.shape[0]:
+        candidates = np.argpartition(-weights, params.top_k - 1)[: params.top_k]
     if params.top_p < 1.0:
-        candidates = _nucleus(scaled, candidates, params.top_p)
+        candidates = _nucleus(weights, candidates, params.top_p)
     if candidates is not None:
-        probs = _softmax(scaled[candidates])
-        return int(candidates[_draw(probs, rng)])
-    return _draw(_softmax(scaled), rng)
+        return int(candidates[_draw(weights[candidates].astype(np.float64), rng)])
+    return _draw(weights.astype(np.float64), rng)
 
 
-def _nucleus(scaled: np.ndarray, candidates: np.ndarray | None, top_p: float) -> np.ndarray:
-    probs = _softmax(scaled)
-    if candidates is None and scaled.shape[0] > _NUCLEUS_CANDIDATES:
-        head = np.argpartition(-probs, _NUCLEUS_CANDIDATES - 1)[:_NUCLEUS_CANDIDATES]
-        if probs[head].sum() >= top_p:
-            candidates = head
-    if candidates is None:
-        candidates = np.arange(scaled.shape[0])
-    # renormalise within the candidates (top_k first, as llama.cpp and vLLM apply it)
-    cand_probs = probs[candidates] / probs[candidates].sum()
-    order = np.argsort(-cand_probs, kind="stable")
-    cumulative = np.cumsum(cand_probs[order])
-    keep = int(np.searchsorted(cumulative, top_p)) + 1  # smallest set whose mass reaches top_p
-    return candidates[order[:keep]]
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max())
-    return e / e.sum()
+def _nucleus(weights: np.ndarray, candidates: np.ndarray | None, top_p: float) -> np.ndarray:
+    """The smallest set of most likely tokens (among `candidates`, top_k's, if given) holding top_p of
+    their mass, most likely first. Every token outside a cut is less likely than every token inside
+    it, so once a cut holds top_p of the mass the nucleus lies inside it: the result is exact."""
+    pool = weights if candidates is None else weights[candidates]
+    total = float(pool.sum(dtype=np.float64))
+    for cut in _NUCLEUS_CUTS:
+        inside = np.flatnonzero(pool >= cut)
+        if float(pool[inside].sum(dtype=np.float64)) >= top_p * total:
+            break
+    else:  # a distribution this flat: the whole pool
+        inside = np.arange(pool.shape[0])
+    mass = pool[inside].astype(np.float64) / total
+    order = np.argsort(-mass, kind="stable")
+    keep = int(np.searchsorted(np.cumsum(mass[order]), top_p)) + 1  # smallest set whose mass reaches top_p
+    chosen = inside[order[:keep]]
+    return chosen if candidates is None else candidates[chosen]
 
 
 def _draw(probs: np.ndarray, rng: np.random.Generator) -> int:
