@@ -161,3 +161,46 @@ def test_top_p_is_the_exact_nucleus_and_draws_follow_its_distribution() -> None:
     params = SamplingParams(temperature=1.0, top_p=0.9)
     draws = np.bincount([sample(logits, params, rng) for _ in range(20_000)], minlength=4) / 20_000
     assert draws[3] == 0 and np.allclose(draws[:3], np.array([0.5, 0.3, 0.15]) / 0.95, atol=0.015)
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """optimum's graph unquantised: its INT8 graph quantises activations per tensor, over the whole
+    batch, so a row's logits there move (by ~1e-2) with what else is in the batch."""
+    from server.models.export import export_checkpoint
+
+    repository = tmp_path_factory.mktemp("fp32")
+    export_checkpoint(tiny_checkpoint, repository, "m", precision="fp32", log=lambda _l: None)
+    return Engine(repository, "m", threads=1)
+
+
+@pytest.mark.parametrize("which", ["fp32_engine", "fused_engine"])
+def test_rows_of_different_lengths_decode_together_as_alone(request, which: str) -> None:
+    """Continuous batching's base: a short prompt joined to a longer one (optimum's graph attends through
+    the mask, holes and all; the fused graph packs rows at the start) decodes as it would alone, and
+    goes on alone when the long one leaves."""
+    engine: Engine = request.getfixturevalue(which)
+    prompts = [engine.encode("def heappush(heap, item):\n    heap.append(item)\n    "), engine.encode("x = 1\n")]
+    alone: list[list[np.ndarray]] = []
+    caches = []
+    for ids in prompts:
+        logits, cache = engine.runner.prefill(ids)
+        caches.append(cache)
+        steps, single = [logits[-1]], cache
+        for _ in range(5):
+            step_logits, single = engine.runner.decode([int(steps[-1].argmax())], single)
+            steps.append(step_logits[0])
+        alone.append(steps)
+
+    batch, rows = caches[0].join(caches[1]), [0, 1]
+    together: list[list[np.ndarray]] = [[alone[0][0]], [alone[1][0]]]
+    for step in range(5):
+        if step == 2:  # the long row leaves; the short one goes on in a trimmed cache
+            batch, rows = batch.select([1]), [1]
+        logits, batch = engine.runner.decode([int(together[r][-1].argmax()) for r in rows], batch)
+        for i, r in enumerate(rows):
+            together[r].append(logits[i])
+    for r, steps in enumerate(together):
+        for got, want in zip(steps, alone[r], strict=False):
+            np.testing.assert_allclose(got, want, atol=2e-4)
+    assert len(together[1]) == 6 and len(together[0]) == 3

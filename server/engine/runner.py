@@ -25,19 +25,53 @@ class GraphError(RuntimeError):
 
 @dataclass
 class KVCache:
-    tensors: dict[str, np.ndarray]  # past_key_values.N.key/value -> [B, kv_heads, past, head_dim]
-    length: int  # tokens already in the cache (the same for every row)
+    """Past keys and values of a batch of rows, which may hold different numbers of tokens.
+
+    mask[b, j] is 1 where row b holds a token at cache position j. Graphs that take position_ids
+    (optimum's) attend through the mask, so a row's tokens may have holes (a short row joined to a
+    longer batch); graphs that do not (onnxruntime-genai's GroupQueryAttention) derive each row's
+    length and positions from the mask's sum, so there every row is packed at the start.
+    """
+
+    tensors: dict[str, np.ndarray]  # past_key_values.N.key/value -> [B, kv_heads, length, head_dim]
+    mask: np.ndarray  # [B, length] int64
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
 
     @property
     def batch(self) -> int:
-        return next(iter(self.tensors.values())).shape[0]
+        return self.mask.shape[0]
+
+    def tokens(self) -> np.ndarray:
+        """[B] tokens each row holds: the position of its next token."""
+        return self.mask.sum(axis=1)
 
     def repeat(self, n: int) -> KVCache:
         """n copies of a one-row cache: n samples of one prompt without n prefills."""
-        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.tensors.items()}, self.length)
+        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.tensors.items()}, np.repeat(self.mask, n, axis=0))
 
     def select(self, rows: list[int]) -> KVCache:
-        return KVCache({k: v[rows] for k, v in self.tensors.items()}, self.length)
+        """The given rows, trimmed to the longest of them (positions no row holds are dropped)."""
+        mask = self.mask[rows]
+        used = np.flatnonzero(mask.any(axis=0))
+        end = int(used[-1]) + 1 if used.size else 0
+        return KVCache({k: v[rows, :, :end] for k, v in self.tensors.items()}, mask[:, :end])
+
+    def join(self, other: KVCache) -> KVCache:
+        """Both batches in one (self's rows first), the shorter padded at the end with empty positions."""
+        length = max(self.length, other.length)
+
+        def pad(a: np.ndarray, axis: int) -> np.ndarray:
+            if a.shape[axis] == length:
+                return a
+            widths = [(0, 0)] * a.ndim
+            widths[axis] = (0, length - a.shape[axis])
+            return np.pad(a, widths)
+
+        tensors = {k: np.concatenate([pad(v, 2), pad(other.tensors[k], 2)]) for k, v in self.tensors.items()}
+        return KVCache(tensors, np.concatenate([pad(self.mask, 1), pad(other.mask, 1)]))
 
 
 class Runner:
@@ -70,25 +104,26 @@ class Runner:
 
     def empty_cache(self, batch: int) -> KVCache:
         shape = (batch, self._kv_heads, 0, self._head_dim)
-        return KVCache({name: np.zeros(shape, self._kv_dtype) for name in self._past_names}, 0)
+        return KVCache({name: np.zeros(shape, self._kv_dtype) for name in self._past_names},
+                       np.zeros((batch, 0), dtype=np.int64))
 
     def forward(self, ids: np.ndarray, cache: KVCache, keep: int | None = None) -> tuple[np.ndarray, KVCache]:
         # ids: [B, T] int64 -> logits: [B, T', V] float32 for the last T' = keep (default all) positions
-        # where the graph can skip the others, else [B, T, V]; cache grown by T
+        # where the graph can skip the others, else [B, T, V]; each row's T new tokens follow its own
         batch, new = ids.shape
-        total = cache.length + new
-        feed: dict[str, np.ndarray] = {
-            "input_ids": ids,
-            "attention_mask": np.ones((batch, total), dtype=np.int64),
-            **cache.tensors,
-        }
+        held = cache.tokens()  # [B]
+        if self._position_ids:  # attention through the mask: new tokens go at the end, holes allowed
+            mask = np.concatenate([cache.mask, np.ones((batch, new), dtype=np.int64)], axis=1)
+        else:  # GroupQueryAttention: row b's tokens are its first held[b] + new positions
+            mask = (np.arange(cache.length + new) < (held + new)[:, None]).astype(np.int64)
+        feed: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask, **cache.tensors}
         if self._position_ids:
-            feed["position_ids"] = np.broadcast_to(np.arange(cache.length, total, dtype=np.int64), (batch, new))
+            feed["position_ids"] = held[:, None] + np.arange(new, dtype=np.int64)
         if self._logits_to_keep:
             feed["logits_to_keep"] = np.array([keep or new], dtype=np.int64)
         outputs = self.session.run(self._output_names, feed)
         present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:], strict=False)}
-        return outputs[0].astype(np.float32, copy=False), KVCache(present, total)
+        return outputs[0].astype(np.float32, copy=False), KVCache(present, mask)
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCache]:
         # ids: T prompt tokens -> logits [T, V] (all_logits, to score the prompt) or [>=1, V] whose last
