@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, TypeVar
+from typing import AsyncIterator, Awaitable, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -60,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="slipstream", version="0.1.0", lifespan=lifespan)
     app.state.backend = backend
     app.add_exception_handler(APIError, handle_api_error)
+    app.add_exception_handler(ClientGone, _handle_client_gone)
     app.add_exception_handler(Exception, _handle_unexpected)
     _document_schemas(app)
 
@@ -68,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         job = await serving.prepare(backend, settings, body)
         if body.stream:
             return _sse(serving.stream(backend, job, _include_usage(body)), job)
-        return _json(await serving.complete(backend, job), job)
+        return _json(await _while_connected(request, serving.complete(backend, job)), job)
 
     @app.post("/v1/completions", openapi_extra=_COMPLETION_DOC, response_model=None)
     async def completions(request: Request) -> JSONResponse | StreamingResponse:
@@ -86,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         job = await serving.prepare_chat(backend, settings, body)
         if body.stream:
             return _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
-        return _json(await serving.chat_complete(backend, job), job)
+        return _json(await _while_connected(request, serving.chat_complete(backend, job)), job)
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
@@ -160,6 +161,11 @@ async def _parse_body(request: Request, model: type[Body]) -> Body:
         raise InvalidRequest(f"{param or 'body'}: {message}", param) from exc
 
 
+async def _handle_client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    log.info("client disconnected before its response: generation cancelled")
+    return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
+
+
 async def _handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     body = ErrorResponse(error=ErrorBody(message=f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
@@ -186,3 +192,24 @@ def _document_schemas(app: FastAPI) -> None:
 
 
 __all__ = ["create_app"]
+
+
+_R = TypeVar("_R")
+_DISCONNECT_POLL_S = 0.25
+
+
+async def _while_connected(request: Request, work: Awaitable[_R]) -> _R:
+    """A non-streaming response's work, cancelled (and with it the generation) when the client goes
+    away before it is done: an editor drops most requests as the user types on."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientGone()
+
+
+class ClientGone(Exception):
+    """The client disconnected before its response was ready; nobody reads what is sent back."""

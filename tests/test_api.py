@@ -569,6 +569,21 @@ def test_client_disconnect_mid_stream(url, tiny_server):
     assert tiny_server.process.poll() is None
 
 
+def test_client_disconnect_before_a_plain_response_cancels_the_generation(url, tiny_server):
+    # ~4 s of work on this model (2 prompts x 32 samples x 100 tokens with top-5 logprobs); the client gives up at 0.3 s
+    slow = {"prompt": ["def f(x):", "class A:"], "max_tokens": 100, "n": 32, "temperature": 1.0, "ignore_eos": True,
+            "logprobs": 5}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/completions", json=slow, timeout=0.3)
+    started = time.monotonic()
+    body = greedy(url, max_tokens=5)  # the one worker is free again: the abandoned work stopped
+    assert time.monotonic() - started < 1.5 and body["usage"]["completion_tokens"] == 5
+    deadline = time.monotonic() + 5
+    while "generation cancelled" not in tiny_server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "client disconnected before its response: generation cancelled" in tiny_server.log.read_text()
+
+
 def test_limits_come_from_the_environment(tiny_repo: Path) -> None:
     from tests.conftest import ServerProcess
 
