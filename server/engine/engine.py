@@ -138,54 +138,41 @@ class Engine:
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event | None = None
     ) -> Iterator[Delta | Usage]:
-        """Yield Deltas as tokens are decided, then one Usage. Stops early, yielding nothing more, when
+        """Yield Deltas as tokens are decided, then one Usage: one request on its own (the scheduler
+        batches many through start / Sequence.advance). Stops early, yielding nothing more, when
         `cancel` is set (the client went away)."""
         cancel = cancel or threading.Event()
-        rows = params.best_of or params.n
-        buffer = rows > params.n  # best_of: rank all, return the best n, so nothing streams early
-        scored = params.echo and params.logprobs is not None
-        logits, cache = self.runner.prefill(prompt.ids, all_logits=scored)  # logits: [T or fewer, V]
-        if params.echo:
-            echoed = self._echo(prompt, logits, params)
-            for i in range(params.n):
-                yield Delta(i, prompt.text, echoed)
-        choices = [self._new_choice(i, prompt, params) for i in range(rows)]
-        next_logits = np.repeat(logits[-1:], rows, axis=0)  # [rows, V]
-        cache = cache.repeat(rows) if rows > 1 else cache
-        live = list(range(rows))
-        if params.max_tokens == 0:  # echo-only scoring: nothing to generate
-            for i in live:
-                yield from self._finish(choices[i], "length", buffer)
-        for step in range(params.max_tokens):
+        sequence, cache = self.start(prompt, params)
+        yield from sequence.take()
+        while cache is not None:
             if cancel.is_set():
                 return
-            tokens, still = [], []
-            for row, i in enumerate(live):
-                choice = choices[i]
-                token, delta = self._step(choice, next_logits[row], params)
-                if delta.finish_reason is None:
-                    tokens.append(token)
-                    still.append(row)
-                yield from self._emit(choice, delta, buffer)
-            if step + 1 == params.max_tokens:  # the last token is decided: no forward pass after it
-                for row in still:
-                    yield from self._finish(choices[live[row]], "length", buffer)
+            logits, cache = self.runner.decode(sequence.tokens, cache)
+            kept = sequence.advance(logits)
+            yield from sequence.take()
+            if not kept:
                 break
-            if not still:
-                break
-            if len(still) < len(live):
-                cache, live = cache.select(still), [live[r] for r in still]
-            next_logits, cache = self.runner.decode(tokens, cache)
-        if buffer:
-            best = sorted(choices, key=lambda c: -c.logprob_sum / max(c.generated, 1))[: params.n]
-            for new_index, choice in enumerate(best):
-                for delta in choice.deltas:
-                    yield Delta(new_index, delta.text, delta.logprobs, delta.finish_reason)
-        yield Usage(
-            prompt_tokens=len(prompt.ids),
-            completion_tokens=sum(c.generated for c in choices),
-            prompt_tokens_trimmed=prompt.trimmed,
-        )
+            if len(kept) < cache.batch:
+                cache = cache.select(kept)
+
+    def start(self, prompt: Prompt, params: SamplingParams) -> tuple[Sequence, KVCache | None]:
+        """Prefill the prompt and decide each row's first token: the sequence (its first events ready to
+        take) and the KV cache of its rows still going, or None when none is."""
+        rows = params.best_of or params.n
+        scored = params.echo and params.logprobs is not None
+        logits, cache = self.runner.prefill(prompt.ids, all_logits=scored)  # logits: [T or fewer, V]
+        sequence = Sequence(self, prompt, params, [self._new_choice(i, prompt, params) for i in range(rows)])
+        if params.echo:
+            echoed = self._echo(prompt, logits, params)
+            sequence.events.extend(Delta(i, prompt.text, echoed) for i in range(params.n))
+        if params.max_tokens == 0:  # echo-only scoring: nothing to generate
+            sequence.close_all("length")
+            return sequence, None
+        kept = sequence.advance(np.repeat(logits[-1:], rows, axis=0))
+        if not kept:
+            return sequence, None
+        cache = cache.repeat(rows) if rows > 1 else cache
+        return sequence, cache.select(kept) if len(kept) < rows else cache
 
     def _new_choice(self, index: int, prompt: Prompt, params: SamplingParams) -> _Choice:
         # each row its own generator: a sample's text does not depend on the others in the batch
@@ -208,24 +195,11 @@ class Engine:
         text = choice.stops.push(choice.detok.add(token))
         return token, Delta(choice.index, text, info, "stop" if choice.stops.stopped else None)
 
-    def _finish(self, choice: _Choice, reason: str, buffer: bool) -> Iterator[Delta]:
-        yield from self._emit(choice, Delta(choice.index, self._drain(choice), None, reason), buffer)
-
     @staticmethod
     def _drain(choice: _Choice) -> str:
         """What generation leaves held back at its end: an unfinished character, a possible stop's start."""
         text = choice.stops.push(choice.detok.flush())
         return text + choice.stops.flush()
-
-    def _emit(self, choice: _Choice, delta: Delta, buffer: bool) -> Iterator[Delta]:
-        if delta.finish_reason:
-            choice.finish_reason = delta.finish_reason
-        if not (delta.text or delta.logprobs or delta.finish_reason):
-            return
-        if buffer:
-            choice.deltas.append(delta)
-        else:
-            yield delta
 
     def _token_logprob(self, token: int, logprobs: np.ndarray, top_n: int) -> TokenLogprob:
         top = None
@@ -252,4 +226,74 @@ class Engine:
         return out
 
 
-__all__ = ["Delta", "Engine", "InvalidInput", "KVCache", "Prompt", "SamplingParams", "TokenLogprob", "Usage"]
+class Sequence:
+    """One request's rows between decode steps: which are still going, the token each feeds next,
+    and the events (Deltas, then one Usage) produced and not yet taken."""
+
+    def __init__(self, engine: Engine, prompt: Prompt, params: SamplingParams, choices: list[_Choice]) -> None:
+        self._engine, self.prompt, self.params, self.choices = engine, prompt, params, choices
+        self.live = list(range(len(choices)))  # choice indexes, in the order of this sequence's cache rows
+        self.tokens: list[int] = []  # the next token of each live row, fed to the next decode step
+        self.events: list[Delta | Usage] = []
+        self.steps = 0
+        self._buffer = len(choices) > params.n  # best_of: rank all, return the best n, so nothing streams early
+
+    @property
+    def done(self) -> bool:
+        return not self.live
+
+    def take(self) -> list[Delta | Usage]:
+        events, self.events = self.events, []
+        return events
+
+    def advance(self, logits: np.ndarray) -> list[int]:
+        """Decide one token for each live row from its logits ([live rows, V]); returns the positions (in
+        the previous live order) of the rows still going, whose cache rows the caller keeps."""
+        engine, params = self._engine, self.params
+        self.steps += 1
+        last = self.steps == params.max_tokens  # no forward pass after the last token
+        kept, tokens = [], []
+        for row, i in enumerate(self.live):
+            choice = self.choices[i]
+            token, delta = engine._step(choice, logits[row], params)
+            self._emit(choice, delta)
+            if delta.finish_reason is not None:
+                continue
+            if last:
+                self._emit(choice, Delta(choice.index, engine._drain(choice), None, "length"))
+                continue
+            kept.append(row)
+            tokens.append(token)
+        self.live = [self.live[r] for r in kept]
+        self.tokens = tokens
+        if not self.live:
+            self._end()
+        return kept
+
+    def close_all(self, reason: str) -> None:
+        for i in self.live:
+            choice = self.choices[i]
+            self._emit(choice, Delta(choice.index, self._engine._drain(choice), None, reason))
+        self.live = []
+        self._end()
+
+    def _emit(self, choice: _Choice, delta: Delta) -> None:
+        if delta.finish_reason:
+            choice.finish_reason = delta.finish_reason
+        if not (delta.text or delta.logprobs or delta.finish_reason):
+            return
+        (choice.deltas if self._buffer else self.events).append(delta)
+
+    def _end(self) -> None:
+        if self._buffer:
+            best = sorted(self.choices, key=lambda c: -c.logprob_sum / max(c.generated, 1))[: self.params.n]
+            for new_index, choice in enumerate(best):
+                self.events.extend(Delta(new_index, d.text, d.logprobs, d.finish_reason) for d in choice.deltas)
+        self.events.append(Usage(
+            prompt_tokens=len(self.prompt.ids),
+            completion_tokens=sum(c.generated for c in self.choices),
+            prompt_tokens_trimmed=self.prompt.trimmed,
+        ))
+
+
+__all__ = ["Delta", "Engine", "InvalidInput", "KVCache", "Prompt", "SamplingParams", "Sequence", "TokenLogprob", "Usage"]
