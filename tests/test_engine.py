@@ -68,10 +68,12 @@ def test_batched_rows_decode_like_single_rows(engine: Engine) -> None:
     np.testing.assert_allclose(row_logits, np.repeat(one_logits, 3, axis=0), atol=1e-4)
 
 
-def test_fused_graph_skips_the_head_for_unread_positions(fused_engine: Engine) -> None:
-    ids = fused_engine.encode(PROMPT)
-    last, _ = fused_engine.runner.prefill(ids)
-    every, _ = fused_engine.runner.prefill(ids, all_logits=True)
+@pytest.mark.parametrize("which", ["engine", "fused_engine"])
+def test_both_graphs_skip_the_head_for_unread_positions(request, which: str) -> None:
+    engine: Engine = request.getfixturevalue(which)
+    ids = engine.encode(PROMPT)
+    last, _ = engine.runner.prefill(ids)
+    every, _ = engine.runner.prefill(ids, all_logits=True)
     assert last.shape[0] == 1 and every.shape[0] == len(ids)
     np.testing.assert_allclose(last[-1], every[-1], atol=1e-5)
 

@@ -59,8 +59,8 @@ def test_export_is_idempotent_and_rebuilds_an_incomplete_one(tiny_checkpoint: Pa
 def test_export_errors_are_clear(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="no config.json"):
         export_checkpoint(tmp_path / "nowhere", tmp_path)
-    with pytest.raises(ExportError, match="int4"):
-        export_checkpoint(tiny_checkpoint, tmp_path, "q", precision="int4")  # CodeGen goes through optimum
+    with pytest.raises(ExportError, match="fp16"):
+        export_checkpoint(tiny_checkpoint, tmp_path, "q", precision="fp16")  # CodeGen goes through optimum
     no_tokenizer = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_checkpoint, no_tokenizer)
     (no_tokenizer / "tokenizer.json").unlink()
@@ -102,6 +102,7 @@ def test_a_failed_forced_export_keeps_the_earlier_one(tiny_checkpoint: Path, tmp
     ("tiny_llama_checkpoint", "fp32", {"MatMul", "GroupQueryAttention"}),
     ("tiny_llama_checkpoint", "fp16", {"MatMul", "GroupQueryAttention"}),
     ("tiny_checkpoint", "fp32", {"MatMul"}),
+    ("tiny_checkpoint", "int4", {"MatMulNBits"}),
 ])
 def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoint: str, precision: str, ops: set[str]) -> None:
     import onnx
@@ -114,7 +115,9 @@ def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoin
     assert ops <= {node.op_type for node in graph.node}
     if precision == "int4":  # the body at 4 bits, the LM head (it writes the logits) at 8
         bits = {node.name: next(a.i for a in node.attribute if a.name == "bits") for node in graph.node if node.op_type == "MatMulNBits"}
-        head = next(node.name for node in graph.node if "logits" in node.output)
+        from server.models.last_logits import lm_head
+
+        head = lm_head(graph).name
         assert bits.pop(head) == 8 and set(bits.values()) == {4}
     if precision == "fp16":  # the CUDA graph's weights and cache; ONNX Runtime's CPU kernels run it here
         assert {init.data_type for init in graph.initializer if init.name.endswith("MatMul.weight")} == {onnx.TensorProto.FLOAT16}

@@ -94,7 +94,8 @@ class Runner:
         self._kv_dtype = _ORT_TO_NUMPY[first.type]
         self._position_ids = "position_ids" in inputs
         # graphs that can skip the LM head for positions nobody reads (server/models/last_logits.py)
-        self._logits_to_keep = "logits_to_keep" in inputs
+        overridable = {i.name for i in self.session.get_overridable_initializers()}  # inputs with a default
+        self._logits_to_keep = "logits_to_keep" in inputs or "logits_to_keep" in overridable
         self._output_names = [o.name for o in self.session.get_outputs()]
         if self._output_names[0] != "logits":
             raise GraphError(f"{onnx_path}: first output is {self._output_names[0]!r}, expected logits")

@@ -162,8 +162,8 @@ def _export_checkpoint(
     config = json.loads((hf_dir / "config.json").read_text())
     arch = config.get("model_type", "")
     fused = arch in BUILDER_ARCHITECTURES
-    if not fused and precision in ("int4", "fp16"):
-        raise ExportError(f"{arch} goes through optimum, which exports fp32 and int8 only (asked for {precision})")
+    if not fused and precision == "fp16":
+        raise ExportError(f"{arch} goes through optimum, whose fp16 export needs a GPU here; fp32, int8 and int4 work")
     if not (hf_dir / "tokenizer.json").is_file():
         raise ExportError(f"{hf_dir} has no tokenizer.json (a fast tokenizer is required)")
     total = step + 1
@@ -175,16 +175,21 @@ def _export_checkpoint(
     version.mkdir(parents=True)
 
     started = time.perf_counter()
+    built = work / "built"
     if fused:
         graph = "genai-builder"
         log(f"[{step}/{total}] {name}: fused ONNX graph ({arch}) with onnxruntime-genai's builder, {precision}")
-        _build_fused(hf_dir, version, work, precision, log)
+        _build_fused(hf_dir, built, work, precision)
     else:
         graph = "optimum"
         log(f"[{step}/{total}] {name}: ONNX graph ({arch}) with optimum, {precision}")
         from server.models.optimum_export import export_optimum_int8
 
-        export_optimum_int8(hf_dir, version, log=log, quantize=precision == "int8")
+        export_optimum_int8(hf_dir, built, log=log, quantize=False)
+        for config_file in ("config.json", "generation_config.json"):  # the folder stays loadable by optimum
+            if (built / config_file).is_file():
+                shutil.copyfile(built / config_file, version / config_file)
+    _finish_graph(built / "model.onnx", version, precision, log)
     log(f"  graph written in {time.perf_counter() - started:.0f} s")
 
     log(f"[{total}/{total}] {name}: tokenizer and manifest")
@@ -217,10 +222,9 @@ def _export_checkpoint(
     return manifest
 
 
-def _build_fused(hf_dir: Path, version: Path, work: Path, precision: str, log: Log) -> None:
+def _build_fused(hf_dir: Path, built: Path, work: Path, precision: str) -> None:
     """Run the builder in a child process: it prints a progress line per tensor, which goes to a log
     file we show only when it fails."""
-    built = work / "built"
     # fp16 is the CUDA graph (ONNX Runtime's CPU kernels run it too, slowly: enough to verify it here)
     builder_precision, target = ("fp16", "cuda") if precision == "fp16" else ("fp32", "cpu")
     cmd = [
@@ -233,12 +237,19 @@ def _build_fused(hf_dir: Path, version: Path, work: Path, precision: str, log: L
     if result.returncode != 0:
         tail = log_file.read_text(errors="replace")[-3000:]
         raise ExportError(f"onnxruntime-genai builder failed (exit {result.returncode}):\n{tail}")
+
+
+def _finish_graph(source: Path, version: Path, precision: str, log: Log) -> None:
+    """Both exporters' fp32 (or fp16) graph into the version folder: quantised the same way whichever
+    wrote it (weight-only MatMulNBits: activations are quantised per row, so a row's result does not
+    depend on the others in the batch, which continuous batching needs; optimum's own dynamic INT8
+    quantises them over the whole batch, and costs +1.1 to +1.5 nats/token), with `logits_to_keep`."""
     if precision in ("fp32", "fp16"):
-        for f in built.glob("model.onnx*"):
+        for f in source.parent.glob(source.name + "*"):
             shutil.move(str(f), version / f.name)
     else:
         log(f"  quantising MatMuls to {precision} (MatMulNBits)")
-        _quantise_matmuls(built / "model.onnx", version / "model.onnx", precision)
+        _quantise_matmuls(source, version / "model.onnx", precision)
     from server.models.last_logits import add_logits_to_keep
 
     if not add_logits_to_keep(version / "model.onnx"):
@@ -256,7 +267,10 @@ def _quantise_matmuls(src: Path, dst: Path, precision: str) -> None:
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     model = onnx.load(str(src))
     if precision == "int4":
-        head = [n.name for n in model.graph.node if "logits" in n.output and n.op_type == "MatMul"]
+        from server.models.last_logits import lm_head
+
+        found = lm_head(model.graph)
+        head = [found.name] if found is not None else []
         body = MatMulNBitsQuantizer(
             model, bits=4, block_size=INT4_BLOCK, is_symmetric=False, accuracy_level=4, nodes_to_exclude=head
         )

@@ -18,6 +18,19 @@ INPUT = "logits_to_keep"
 _HEAD_OPS = frozenset({"MatMul", "MatMulNBits", "Gemm"})
 
 
+def lm_head(graph: onnx.GraphProto) -> onnx.NodeProto | None:
+    """The MatMul (or Gemm) that turns hidden states into the logits: the node writing `logits`, or
+    the one behind a bias Add and dtype Casts on the way there (CodeGen's head: MatMul, Add, Cast)."""
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers.get("logits")
+    while node is not None and node.op_type in ("Cast", "Identity", "Add"):
+        if node.op_type == "Add":
+            node = next((producers[i] for i in node.input if i in producers and producers[i].op_type in _HEAD_OPS), None)
+        else:
+            node = producers.get(node.input[0])
+    return node if node is not None and node.op_type in _HEAD_OPS else None
+
+
 def add_logits_to_keep(onnx_path: Path) -> bool:
     """Rewrite the graph in place (weights in external data stay untouched). Returns False, changing
     nothing, when the logits do not come straight from a MatMul head on the hidden states."""
@@ -25,13 +38,16 @@ def add_logits_to_keep(onnx_path: Path) -> bool:
     graph = model.graph
     if any(i.name == INPUT for i in graph.input):
         return True
-    head = next((n for n in graph.node if "logits" in n.output), None)
-    if head is None or head.op_type not in _HEAD_OPS:
+    head = lm_head(graph)
+    if head is None:
         return False
     hidden = head.input[0]  # [B, T, H]
     graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.INT64, [1]))
     graph.initializer.extend(
         [
+            # an input with an initializer is optional: a caller that knows nothing of it (optimum's
+            # ORTModelForCausalLM) gets the default, 0, which keeps every position
+            helper.make_tensor(INPUT, TensorProto.INT64, [1], [0]),
             helper.make_tensor("logits_to_keep/ends", TensorProto.INT64, [1], [2**62]),
             helper.make_tensor("logits_to_keep/axes", TensorProto.INT64, [1], [1]),
         ]
