@@ -51,6 +51,7 @@ class Scheduler:
         self._max_waiting, self._max_rows = max_waiting, max_rows
         self._inbox: queue.Queue[object] = queue.Queue()
         self._pending = 0  # submitted and not finished: waiting or decoding
+        self.stats = {"steps": 0, "rows_decoded": 0, "max_batch_rows": 0, "max_batch_requests": 0}
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.manifest.name}", daemon=True)
         self._thread.start()
 
@@ -128,6 +129,11 @@ class Scheduler:
 
     def _step(self, active: list[_Request], batch: KVCache) -> tuple[list[_Request], KVCache | None]:
         tokens = [t for r in active for t in r.sequence.tokens]  # type: ignore[union-attr]
+        stats = self.stats
+        stats["steps"] += 1
+        stats["rows_decoded"] += len(tokens)
+        stats["max_batch_rows"] = max(stats["max_batch_rows"], len(tokens))
+        stats["max_batch_requests"] = max(stats["max_batch_requests"], len(active))
         try:
             logits, batch = self.engine.runner.decode(tokens, batch)
         except Exception as exc:  # noqa: BLE001 - every request in the batch learns of it

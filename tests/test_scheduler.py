@@ -1,0 +1,104 @@
+"""Continuous batching on the tiny fused model, in process: requests decode together, each gets what
+it would get alone, a cancelled one leaves at once, the queue is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from server.engine.engine import Delta, Engine, SamplingParams, Usage
+from server.engine.scheduler import QueueFull, Scheduler
+from tests.conftest import TINY_LLAMA
+
+NO_EOS = {0: -100.0}
+PROMPTS = ["def add(a, b):", "class Stack:\n    def __init__(self):", "import os\n", "x = [i * i for i in"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama_repo: Path) -> Engine:
+    return Engine(tiny_llama_repo, TINY_LLAMA, threads=1)
+
+
+def alone(engine: Engine, prompt: str, params: SamplingParams) -> dict[int, str]:
+    texts: dict[int, str] = {}
+    for event in engine.generate(engine.prepare(prompt, params.max_tokens), params):
+        if isinstance(event, Delta):
+            texts[event.index] = texts.get(event.index, "") + event.text
+    return texts
+
+
+async def collect(scheduler: Scheduler, engine: Engine, prompt: str, params: SamplingParams) -> tuple[dict[int, str], Usage]:
+    texts: dict[int, str] = {}
+    usage = None
+    async for event in scheduler.submit(engine.prepare(prompt, params.max_tokens), params):
+        if isinstance(event, Delta):
+            texts[event.index] = texts.get(event.index, "") + event.text
+        else:
+            usage = event
+    assert usage is not None
+    return texts, usage
+
+
+def test_requests_decode_together_and_each_gets_what_it_would_alone(engine: Engine) -> None:
+    # different lengths, greedy and sampled, n > 1: each request's text equals its text decoded alone
+    params = [SamplingParams(max_tokens=12 + 3 * i, temperature=0.8 * (i % 2), seed=i, n=1 + i % 3, logit_bias=NO_EOS)
+              for i in range(len(PROMPTS))]
+    expected = [alone(engine, p, q) for p, q in zip(PROMPTS, params, strict=True)]
+    scheduler = Scheduler(engine, max_waiting=16)
+
+    async def run() -> list[tuple[dict[int, str], Usage]]:
+        return await asyncio.gather(*(collect(scheduler, engine, p, q) for p, q in zip(PROMPTS, params, strict=True)))
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        scheduler.close()
+    assert [texts for texts, _ in results] == expected
+    assert [usage.completion_tokens for _, usage in results] == [q.max_tokens * q.n for q in params]
+    assert scheduler.stats["max_batch_requests"] >= 2 and scheduler.stats["max_batch_rows"] >= 4
+    # fewer steps than decoding them one after the other
+    assert scheduler.stats["steps"] < sum(q.max_tokens - 1 for q in params)
+
+
+def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(engine: Engine) -> None:
+    scheduler = Scheduler(engine, max_waiting=16)
+    long = SamplingParams(max_tokens=100, temperature=0.0, logit_bias=NO_EOS)
+    short = SamplingParams(max_tokens=10, temperature=0.0, logit_bias=NO_EOS)
+
+    async def run() -> tuple[int, dict[int, str]]:
+        async def abandoned() -> int:
+            seen = 0
+            async for event in scheduler.submit(engine.prepare(PROMPTS[0], 100), long):
+                seen += isinstance(event, Delta)
+                if seen == 3:
+                    break  # the client went away
+            return seen
+
+        seen, (texts, _) = await asyncio.gather(abandoned(), collect(scheduler, engine, PROMPTS[1], short))
+        return seen, texts
+
+    try:
+        seen, texts = asyncio.run(run())
+        rows_after = scheduler.stats["rows_decoded"]
+    finally:
+        scheduler.close()
+    assert seen == 3 and texts == alone(engine, PROMPTS[1], short)
+    assert rows_after < 100  # the 100-token request stopped decoding when it was dropped
+
+
+def test_the_queue_is_bounded(engine: Engine) -> None:
+    scheduler = Scheduler(engine, max_waiting=2)
+    params = SamplingParams(max_tokens=30, temperature=0.0, logit_bias=NO_EOS)
+
+    async def run() -> list[object]:
+        return await asyncio.gather(*(collect(scheduler, engine, PROMPTS[0], params) for _ in range(4)),
+                                    return_exceptions=True)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        scheduler.close()
+    refused = [r for r in results if isinstance(r, QueueFull)]
+    assert len(refused) == 2 and all(isinstance(r, tuple) for r in results if r not in refused)
