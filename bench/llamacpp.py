@@ -56,6 +56,9 @@ class LlamaCppPath:
 
     def run(self, ids: list[int], tokens: int) -> tuple[Run, str]:
         first, count = None, 0
+        # forget the last run: generate() otherwise reuses the KV cache of a matching prompt prefix,
+        # which would time no prefill at all
+        self.model.reset()
         start = time.perf_counter()
         for _token in self.model.generate(ids, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
             count += 1
