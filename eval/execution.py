@@ -85,9 +85,12 @@ def detect_box() -> Box:
 
 def _wrap(box: Box, argv: list[str]) -> list[str]:
     if box == "bwrap" and shutil.which("bwrap"):
+        # the box's /tmp is its own: an interpreter or checkout that lives under /tmp is bound back, read-only
+        needed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), _ZYGOTE.parent.resolve()}
+        back = [a for path in sorted(needed) if path.is_relative_to("/tmp") for a in ("--ro-bind", str(path), str(path))]
         return [
-            "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--chdir", "/tmp",
-            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
+            "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *back,
+            "--chdir", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
             "--cap-drop", "ALL", *argv,
         ]
     if box == "unshare" and shutil.which("unshare"):
