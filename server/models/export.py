@@ -1,8 +1,8 @@
 """Build model_repository/<name>/ from a bundled GGUF or a local Hugging Face checkpoint.
 
 The graph decides the speed: for the architectures onnxruntime-genai's model builder fuses
-(attention, rotary, norms) we export its graph and quantise its MatMuls to 8 bits (MatMulNBits);
-the rest (CodeGen, GPT-2, ...) go through optimum's export and onnxruntime's INT8 quantisation.
+(attention, rotary, norms) we export its graph; the rest (CodeGen, GPT-2, ...) go through optimum's
+export. Either fp32 graph is then quantised the same way (weight-only MatMulNBits, 8 or 4 bits).
 """
 
 from __future__ import annotations
