@@ -222,3 +222,14 @@ def test_every_export_writes_a_triton_config_that_parses_as_tritons_model_config
         assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
         parameters = {k: v.string_value for k, v in config.parameters.items()}
         assert parameters["precision"] == "int8" and (repository / name / parameters["onnx_file"]).is_file()
+
+
+def test_an_optimum_export_from_before_weight_only_quantisation_is_rebuilt(tiny_repo: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    shutil.copytree(tiny_repo / TINY, tmp_path / TINY)
+    manifest = json.loads((tmp_path / TINY / "manifest.json").read_text())
+    (tmp_path / TINY / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(store.ModelNotExported, match="older slipstream.*export it again"):
+        store.read_manifest(tmp_path, TINY)

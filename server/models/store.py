@@ -19,7 +19,11 @@ MANIFEST = "manifest.json"
 VERSION_DIR = "1"
 # Bumped when an export gains something the server relies on; older exports are rebuilt.
 # 2: logits_to_keep in fused graphs, chat_template.
-FORMAT_VERSION = 2
+# 3: optimum's graphs quantised weight-only (MatMulNBits): their INT8 from before quantised
+#    activations over the whole batch, so under continuous batching a sample's text would depend on
+#    its neighbours. Fused graphs of format 2 are unchanged, so they need no rebuild.
+FORMAT_VERSION = 3
+_OLDEST_SERVED = {"genai-builder": 2, "optimum": 3}
 
 
 class ModelNotExported(LookupError):
@@ -69,7 +73,7 @@ def read_manifest(repository: Path, name: str) -> Manifest:
     if not path.is_file():
         raise ModelNotExported(f"no exported model {name!r} in {repository} (run `slipstream export {name}`)")
     manifest = Manifest.model_validate(json.loads(path.read_text()))
-    if manifest.format_version < FORMAT_VERSION:
+    if manifest.format_version < _OLDEST_SERVED.get(manifest.graph, FORMAT_VERSION):
         raise ModelNotExported(
             f"export of {name!r} is from an older slipstream (format {manifest.format_version}, now "
             f"{FORMAT_VERSION}): export it again (`slipstream export {name} --force`)"
