@@ -35,24 +35,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
+class _SamplingRequest(BaseModel):
+    """The fields the completion and chat requests share, with the same meaning and bounds."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None  # the Copilot plugin sends none: the server's first model answers
-    prompt: str | list[str] | list[int] | list[list[int]]
-    best_of: int | None = Field(None, ge=1)
-    echo: bool = False
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     logit_bias: dict[int, float] | None = None
-    logprobs: int | None = Field(None, ge=0, le=5)
-    max_tokens: int | None = Field(None, ge=0)
     n: int = Field(1, ge=1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    suffix: str | None = None
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     user: str | None = None
@@ -61,14 +57,23 @@ class CompletionRequest(BaseModel):
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off (llama.cpp, vLLM).")
     ignore_eos: bool = Field(False, description="Go on past EOS up to max_tokens (as llama.cpp and vLLM allow).")
 
+    _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    best_of: int | None = Field(None, ge=1)
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=5)
+    max_tokens: int | None = Field(None, ge=0)
+    suffix: str | None = None
+
     @field_validator("prompt")
     @classmethod
     def _prompt_not_empty(cls, prompt: str | list) -> str | list:
         if isinstance(prompt, list) and (not prompt or any(isinstance(p, list) and not p for p in prompt)):
             raise ValueError("prompt must not be empty")
         return prompt
-
-    _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
 
     @model_validator(mode="after")
     def _best_of_at_least_n(self) -> CompletionRequest:
@@ -203,32 +208,12 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    model: str | None = None
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[int, float] | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=5)
     max_completion_tokens: int | None = Field(None, ge=1)
     max_tokens: int | None = Field(None, ge=1)  # the older name of max_completion_tokens
-    n: int = Field(1, ge=1)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    user: str | None = None
-
-    # --- slipstream extensions ---
-    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off.")
-    ignore_eos: bool = Field(False, description="Go on past EOS up to max_tokens (as llama.cpp and vLLM allow).")
-
-    _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -238,23 +223,12 @@ class ChatCompletionRequest(BaseModel):
 
     def as_completion(self) -> CompletionRequest:
         """The same sampling request in the completion shape: one validated path to SamplingParams."""
+        shared = {name: getattr(self, name) for name in _SamplingRequest.model_fields}
         return CompletionRequest(
             prompt="-",  # replaced by the rendered conversation
-            model=self.model,
-            frequency_penalty=self.frequency_penalty,
-            logit_bias=self.logit_bias,
             logprobs=(self.top_logprobs or 0) if self.logprobs else None,
             max_tokens=self.max_completion_tokens or self.max_tokens,
-            n=self.n,
-            presence_penalty=self.presence_penalty,
-            seed=self.seed,
-            stop=self.stop,
-            stream=self.stream,
-            stream_options=self.stream_options,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            ignore_eos=self.ignore_eos,
+            **shared,
         )
 
 
