@@ -87,10 +87,10 @@ class EnginePath:
     def prepare(self, text: str, tokens: int) -> Prompt:
         return self.engine.prepare(text, tokens)
 
-    def run(self, prompt: Prompt, tokens: int) -> tuple[Run, str]:
+    def run(self, prompt: Prompt, tokens: int, ignore_eos: bool = False) -> tuple[Run, str]:
         from server.engine.engine import Delta, SamplingParams, Usage
 
-        params = SamplingParams(max_tokens=tokens, temperature=0.0)
+        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=ignore_eos)
         pieces, first, usage = [], None, None
         start = time.perf_counter()
         for item in self.engine.generate(prompt, params):

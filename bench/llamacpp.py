@@ -30,23 +30,6 @@ from bench.decode import MODELS, PROMPT, ROOT, Busy, EnginePath, Run, machine_in
 LLAMA_CPP = "llama.cpp"
 
 
-class EngineNoEos(EnginePath):
-    def run(self, prompt, tokens: int) -> tuple[Run, str]:  # noqa: ANN001 - the engine's Prompt
-        from server.engine.engine import Delta, SamplingParams, Usage
-
-        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
-        first = usage = None
-        start = time.perf_counter()
-        for item in self.engine.generate(prompt, params):
-            if isinstance(item, Delta) and first is None:
-                first = time.perf_counter()
-            elif isinstance(item, Usage):
-                usage = item
-        end = time.perf_counter()
-        assert first is not None and usage is not None
-        return Run(usage.completion_tokens, first - start, end - start), ""
-
-
 class LlamaCppPath:
     def __init__(self, gguf: Path, threads: int, context: int) -> None:
         from llama_cpp import Llama
@@ -76,14 +59,14 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         gguf = lookup(name).locate_gguf(Path(tmp))
-        engines = {f"engine {p}": EngineNoEos(args.repository, n, args.threads)
+        engines = {f"engine {p}": EnginePath(args.repository, n, args.threads)
                    for p, n in (("int8", name), ("int4", f"{name}-int4")) if (args.repository / n / "manifest.json").is_file()}
         if not engines:
             raise SystemExit(f"export {name} first (slipstream export {name}; --precision int4 for the int4 row)")
         first_engine = next(iter(engines.values()))
         prompt = first_engine.prepare(PROMPT, args.tokens)
         llama = LlamaCppPath(gguf, args.threads, context=len(prompt.ids) + args.tokens + 16)
-        paths = {**{label: (lambda e=e: e.run(prompt, args.tokens)) for label, e in engines.items()},
+        paths = {**{label: (lambda e=e: e.run(prompt, args.tokens, ignore_eos=True)) for label, e in engines.items()},
                  LLAMA_CPP: lambda: llama.run(prompt.ids, args.tokens)}
 
         def measured(label: str) -> Run:

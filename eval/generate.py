@@ -92,7 +92,8 @@ async def generate(
     done: dict[str, set[int]] = {}
     for row in existing:
         done.setdefault(row["task_id"], set()).add(row["sample"])
-    if out.is_file() and out.read_text() and not out.read_text().endswith("\n"):
+    text = out.read_text() if out.is_file() else ""
+    if text and not text.endswith("\n"):
         out.write_text("".join(json.dumps(r) + "\n" for r in existing))  # drop the torn last line
     out.parent.mkdir(parents=True, exist_ok=True)
 
