@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from server.engine.engine import Delta, Engine, InvalidInput, SamplingParams, Usage
+from server.engine.runner import Runner
 from server.engine.sampling import sample
 from tests.conftest import TINY, TINY_CONTEXT, TINY_LLAMA
 
@@ -206,3 +207,32 @@ def test_rows_of_different_lengths_decode_together_as_alone(request, which: str)
         for got, want in zip(steps, alone[r], strict=False):
             np.testing.assert_allclose(got, want, atol=2e-4)
     assert len(together[1]) == 6 and len(together[0]) == 3
+
+
+def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_llama_repo: Path) -> None:
+    """The fused graph writes new keys and values into the cache's own buffers (bound as both past and
+    present): the logits equal the copying path's through joins, a row leaving and the buffers moving."""
+    shared = fused_engine.runner
+    copying = Runner(tiny_llama_repo / TINY_LLAMA / fused_engine.manifest.onnx_file, 1, share_buffer=False)
+    assert shared.share_buffer and not copying.share_buffer
+    prompts = [fused_engine.encode("def heappush(heap, item):\n    heap.append(item)\n    "), fused_engine.encode("x = 1\n")]
+    runs: list[list[np.ndarray]] = []
+    for runner in (shared, copying):
+        firsts = [runner.prefill(ids) for ids in prompts]
+        batch = firsts[0][1].repeat(2).join(firsts[1][1])
+        tokens = [int(firsts[0][0][-1].argmax())] * 2 + [int(firsts[1][0][-1].argmax())]
+        steps = []
+        for step in range(12):
+            if step == 4:  # a row leaves
+                batch, tokens = batch.select([0, 2]), [tokens[0], tokens[2]]
+            if step == 8 and batch.shared:  # the buffers move into larger ones
+                batch = batch.reserve(batch.capacity + 1)
+            before = batch.tensors
+            logits, batch = runner.decode(tokens, batch)
+            if batch.shared and step > 0:  # (the first step gives the prefilled cache room to grow)
+                assert all(batch.tensors[k] is before[k] for k in before)  # written in place, not copied
+            steps.append(logits)
+            tokens = [int(t) for t in logits.argmax(axis=1)]
+        runs.append(steps)
+    for got, want in zip(*runs, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)

@@ -31,10 +31,17 @@ class KVCache:
     (optimum's) attend through the mask, so a row's tokens may have holes (a short row joined to a
     longer batch); graphs that do not (onnxruntime-genai's GroupQueryAttention) derive each row's
     length and positions from the mask's sum, so there every row is packed at the start.
+
+    A shared cache (GroupQueryAttention graphs) is a set of buffers with room beyond `length`: the
+    graph reads the past from them and writes each new token's key and value into them in place, so
+    a decode step copies nothing; a step that would overflow them moves the cache into buffers twice
+    as large. Otherwise the graph returns the past and the new tokens concatenated, a copy of the whole
+    cache per step.
     """
 
-    tensors: dict[str, np.ndarray]  # past_key_values.N.key/value -> [B, kv_heads, length, head_dim]
+    tensors: dict[str, np.ndarray]  # past_key_values.N.key/value -> [B, kv_heads, capacity >= length, head_dim]
     mask: np.ndarray  # [B, length] int64
+    shared: bool = False
 
     @property
     def length(self) -> int:
@@ -44,38 +51,69 @@ class KVCache:
     def batch(self) -> int:
         return self.mask.shape[0]
 
+    @property
+    def capacity(self) -> int:
+        return next(iter(self.tensors.values())).shape[2]
+
     def tokens(self) -> np.ndarray:
         """[B] tokens each row holds: the position of its next token."""
         return self.mask.sum(axis=1)
 
     def repeat(self, n: int) -> KVCache:
         """n copies of a one-row cache: n samples of one prompt without n prefills."""
-        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.tensors.items()}, np.repeat(self.mask, n, axis=0))
+        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.tensors.items()}, np.repeat(self.mask, n, axis=0),
+                       self.shared)
 
     def select(self, rows: list[int]) -> KVCache:
         """The given rows, trimmed to the longest of them (positions no row holds are dropped)."""
         mask = self.mask[rows]
         used = np.flatnonzero(mask.any(axis=0))
         end = int(used[-1]) + 1 if used.size else 0
-        return KVCache({k: v[rows, :, :end] for k, v in self.tensors.items()}, mask[:, :end])
+        capacity = self.capacity if self.shared else end
+        return KVCache({k: _sized(v[rows, :, :end], capacity) for k, v in self.tensors.items()}, mask[:, :end],
+                       self.shared)
 
     def join(self, other: KVCache) -> KVCache:
         """Both batches in one (self's rows first), the shorter padded at the end with empty positions."""
         length = max(self.length, other.length)
+        capacity = max(self.capacity, other.capacity) if self.shared else length
+        tensors = {}
+        for k, v in self.tensors.items():
+            w = other.tensors[k]
+            out = np.zeros((self.batch + other.batch, v.shape[1], capacity, v.shape[3]), v.dtype)
+            out[: self.batch, :, : self.length] = v[:, :, : self.length]
+            out[self.batch :, :, : other.length] = w[:, :, : other.length]
+            tensors[k] = out
+        masks = [np.pad(m, [(0, 0), (0, length - m.shape[1])]) for m in (self.mask, other.mask)]
+        return KVCache(tensors, np.concatenate(masks), self.shared)
 
-        def pad(a: np.ndarray, axis: int) -> np.ndarray:
-            if a.shape[axis] == length:
-                return a
-            widths = [(0, 0)] * a.ndim
-            widths[axis] = (0, length - a.shape[axis])
-            return np.pad(a, widths)
+    def reserve(self, length: int) -> KVCache:
+        """This cache with buffers that hold `length` positions (itself when they already do)."""
+        if self.capacity >= length:
+            return self
+        capacity = _round_up(max(length, 2 * self.capacity), _CAPACITY_STEP)
+        return KVCache({k: _sized(v[:, :, :self.length], capacity) for k, v in self.tensors.items()}, self.mask,
+                       self.shared)
 
-        tensors = {k: np.concatenate([pad(v, 2), pad(other.tensors[k], 2)]) for k, v in self.tensors.items()}
-        return KVCache(tensors, np.concatenate([pad(self.mask, 1), pad(other.mask, 1)]))
+
+_CAPACITY_STEP = 128  # shared buffers grow in whole multiples of this many positions
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def _sized(used: np.ndarray, capacity: int) -> np.ndarray:
+    """A C-contiguous [B, H, capacity, D] buffer whose first positions are `used` (the rest zero)."""
+    if used.shape[2] == capacity:
+        return np.ascontiguousarray(used)
+    out = np.zeros(used.shape[:2] + (capacity,) + used.shape[3:], used.dtype)
+    out[:, :, : used.shape[2]] = used
+    return out
 
 
 class Runner:
-    def __init__(self, onnx_path: Path, threads: int) -> None:
+    def __init__(self, onnx_path: Path, threads: int, share_buffer: bool = True) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -93,9 +131,14 @@ class Runner:
             raise GraphError(f"{onnx_path}: KV cache shape {first.shape} has no fixed heads/head_dim")
         self._kv_dtype = _ORT_TO_NUMPY[first.type]
         self._position_ids = "position_ids" in inputs
+        # GroupQueryAttention (the graphs without position_ids) writes into its past buffers when they
+        # are bound as the present outputs too; optimum's attention concatenates, so it cannot
+        self.share_buffer = share_buffer and not self._position_ids
         # graphs that can skip the LM head for positions nobody reads (server/models/last_logits.py)
         overridable = {i.name for i in self.session.get_overridable_initializers()}  # inputs with a default
         self._logits_to_keep = "logits_to_keep" in inputs or "logits_to_keep" in overridable
+        # IOBinding binds graph inputs only, not an initializer that a feed may override
+        self._keep_bindable = "logits_to_keep" in inputs
         self._output_names = [o.name for o in self.session.get_outputs()]
         if self._output_names[0] != "logits":
             raise GraphError(f"{onnx_path}: first output is {self._output_names[0]!r}, expected logits")
@@ -106,7 +149,7 @@ class Runner:
     def empty_cache(self, batch: int) -> KVCache:
         shape = (batch, self._kv_heads, 0, self._head_dim)
         return KVCache({name: np.zeros(shape, self._kv_dtype) for name in self._past_names},
-                       np.zeros((batch, 0), dtype=np.int64))
+                       np.zeros((batch, 0), dtype=np.int64), self.share_buffer)
 
     def forward(self, ids: np.ndarray, cache: KVCache, keep: int | None = None) -> tuple[np.ndarray, KVCache]:
         # ids: [B, T] int64 -> logits: [B, T', V] float32 for the last T' = keep (default all) positions
@@ -117,14 +160,36 @@ class Runner:
             mask = np.concatenate([cache.mask, np.ones((batch, new), dtype=np.int64)], axis=1)
         else:  # GroupQueryAttention: row b's tokens are its first held[b] + new positions
             mask = (np.arange(cache.length + new) < (held + new)[:, None]).astype(np.int64)
-        feed: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask, **cache.tensors}
+        feed: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
         if self._position_ids:
             feed["position_ids"] = held[:, None] + np.arange(new, dtype=np.int64)
         if self._logits_to_keep:
             feed["logits_to_keep"] = np.array([keep or new], dtype=np.int64)
-        outputs = self.session.run(self._output_names, feed)
+        if cache.shared and (new == 1 or self._keep_bindable or not self._logits_to_keep):
+            if new == 1 and not self._keep_bindable:
+                feed.pop("logits_to_keep", None)  # one new position: its logits are all there are
+            return self._run_in_place(feed, cache.reserve(mask.shape[1]), mask)
+        # a shared cache that must feed logits_to_keep (a prefill) takes the copying path once; the next
+        # step moves it into buffers with room
+        past = {k: v[:, :, : cache.length] for k, v in cache.tensors.items()}
+        outputs = self.session.run(self._output_names, feed | past)
         present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:], strict=False)}
-        return outputs[0].astype(np.float32, copy=False), KVCache(present, mask)
+        return outputs[0].astype(np.float32, copy=False), KVCache(present, mask, cache.shared)
+
+    def _run_in_place(self, feed: dict[str, np.ndarray], cache: KVCache, mask: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        # each past buffer is bound as its present output too: GroupQueryAttention then appends the new
+        # tokens' keys and values in place (it sees the shared buffer) instead of copying the past
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(self._output_names[0])
+        for present, past in self._present_to_past.items():
+            buffer = ort.OrtValue.ortvalue_from_numpy(cache.tensors[past])  # a view: no copy
+            binding.bind_ortvalue_input(past, buffer)
+            binding.bind_ortvalue_output(present, buffer)
+        self.session.run_with_iobinding(binding)
+        logits = binding.get_outputs()[0].numpy()
+        return logits.astype(np.float32, copy=False), KVCache(cache.tensors, mask, shared=True)
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCache]:
         # ids: T prompt tokens -> logits [T, V] (all_logits, to score the prompt) or [>=1, V] whose last
