@@ -25,8 +25,17 @@ serve: install  ## serve the default model (Gemma-3-270M, INT8) on 127.0.0.1:500
 test: install  ## the whole suite: tiny models, then the real bundled models end to end
 	$(BIN)/python -m pytest
 
-bench: install  ## single-stream decode: our engine vs optimum's ORTModelForCausalLM (JSON + markdown in bench/results/)
-	$(BIN)/python -m bench.decode
+BENCH_MODELS := smollm2-135m gemma3-270m
+
+bench: install  ## every speed figure vs optimum, torch, llama.cpp (bench/results/suite.{json,md,png}); see bench/README.md
+	# llama.cpp's binding is optional (a source build of about 5 minutes, once): without it the rows say so
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/python -m pip install --quiet llama-cpp-python==0.3.36 \
+		|| echo "llama-cpp-python did not build: the benchmark runs without llama.cpp"
+	for m in $(BENCH_MODELS); do \
+		test -f model_repository/$$m/manifest.json || $(BIN)/slipstream export $$m || exit 1; \
+		test -f model_repository/$$m-int4/manifest.json || $(BIN)/slipstream export $$m --precision int4 || exit 1; \
+	done
+	$(BIN)/python -m bench.suite
 
 clean-models:
 	rm -rf model_repository/*/ model_repository/.build

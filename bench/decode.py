@@ -125,23 +125,9 @@ class OptimumPath:
 
     def run(self, ids: list[int], tokens: int, torch_threads: int) -> tuple[Run, list[int]]:
         import torch
-        from transformers.generation.streamers import BaseStreamer
-
-        class FirstToken(BaseStreamer):
-            # generate() puts the prompt first, then each new token as it is chosen
-            def __init__(self) -> None:
-                self.puts, self.at = 0, None
-
-            def put(self, value) -> None:
-                self.puts += 1
-                if self.puts == 2:
-                    self.at = time.perf_counter()
-
-            def end(self) -> None:
-                pass
 
         torch.set_num_threads(torch_threads)
-        clock = FirstToken()
+        clock = first_token_clock()
         input_ids = torch.tensor([ids], dtype=torch.int64)
         start = time.perf_counter()
         out = self.model.generate(
@@ -158,6 +144,26 @@ class OptimumPath:
         new = out[0, len(ids) :].tolist()
         assert clock.at is not None
         return Run(len(new), clock.at - start, end - start), new
+
+
+def first_token_clock():
+    """A streamer for transformers' generate() that notes when the first new token comes (generate
+    puts the prompt first, then each new token as it is chosen): `.at`, a perf_counter time."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):
+        def __init__(self) -> None:
+            self.puts, self.at = 0, None
+
+        def put(self, value) -> None:
+            self.puts += 1
+            if self.puts == 2:
+                self.at = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    return FirstToken()
 
 
 # --- optimum's export, cached ---
