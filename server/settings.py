@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     backend: Literal["embedded"] = Field("embedded", description="How the API reaches the engine.")
 
     # --- engine ---
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        description="Where the models run: cpu, or cuda (needs onnxruntime-gpu and an NVIDIA GPU; an fp16 export is "
+        "the one built for it: slipstream export NAME --precision fp16). The KV cache stays on the GPU between steps.",
+    )
     threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 means one per core of this machine."
     )

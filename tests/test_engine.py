@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from server.engine.engine import Delta, Engine, InvalidInput, SamplingParams, Usage
-from server.engine.runner import Runner
+from server.engine.runner import DeviceError, Runner
 from server.engine.sampling import sample
 from tests.conftest import TINY, TINY_CONTEXT, TINY_LLAMA
 
@@ -211,13 +212,17 @@ def test_rows_of_different_lengths_decode_together_as_alone(request, which: str)
 
 def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_llama_repo: Path) -> None:
     """The fused graph writes new keys and values into the cache's own buffers (bound as both past and
-    present): the logits equal the copying path's through joins, a row leaving and the buffers moving."""
+    present): the logits equal the copying path's through joins, a row leaving and the buffers moving;
+    likewise with the buffers kept in OrtValues between steps (as on a GPU; here on the CPU device)."""
+    onnx_file = tiny_llama_repo / TINY_LLAMA / fused_engine.manifest.onnx_file
     shared = fused_engine.runner
-    copying = Runner(tiny_llama_repo / TINY_LLAMA / fused_engine.manifest.onnx_file, 1, share_buffer=False)
+    copying = Runner(onnx_file, 1, share_buffer=False)
+    in_ortvalues = Runner(onnx_file, 1)
+    in_ortvalues.kv_device = "cpu"
     assert shared.share_buffer and not copying.share_buffer
     prompts = [fused_engine.encode("def heappush(heap, item):\n    heap.append(item)\n    "), fused_engine.encode("x = 1\n")]
     runs: list[list[np.ndarray]] = []
-    for runner in (shared, copying):
+    for runner in (shared, copying, in_ortvalues):
         firsts = [runner.prefill(ids) for ids in prompts]
         batch = firsts[0][1].repeat(2).join(firsts[1][1])
         tokens = [int(firsts[0][0][-1].argmax())] * 2 + [int(firsts[1][0][-1].argmax())]
@@ -229,10 +234,29 @@ def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_
                 batch = batch.reserve(batch.capacity + 1)
             before = batch.tensors
             logits, batch = runner.decode(tokens, batch)
-            if batch.shared and step > 0:  # (the first step gives the prefilled cache room to grow)
+            if batch.shared and runner is shared and step > 0:  # (the first step gives the prefill room)
                 assert all(batch.tensors[k] is before[k] for k in before)  # written in place, not copied
+            if runner is in_ortvalues and step > 0 and step not in (4, 8):
+                assert all(isinstance(v, ort.OrtValue) and v is before[k] for k, v in batch.tensors.items())
             steps.append(logits)
             tokens = [int(t) for t in logits.argmax(axis=1)]
         runs.append(steps)
-    for got, want in zip(*runs, strict=True):
-        np.testing.assert_allclose(got, want, atol=1e-5)
+    for other in runs[1:]:
+        for got, want in zip(other, runs[0], strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_cuda_device_runs_or_says_what_it_needs(fused_engine: Engine, tiny_llama_repo: Path) -> None:
+    onnx_file = tiny_llama_repo / TINY_LLAMA / fused_engine.manifest.onnx_file
+    ids = fused_engine.encode(PROMPT)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(DeviceError, match="onnxruntime-gpu"):
+            Runner(onnx_file, 1, device="cuda")
+        return
+    gpu = Runner(onnx_file, 1, device="cuda")  # a machine with a GPU: same greedy tokens as the CPU
+    logits, cache = gpu.prefill(ids)
+    tokens = [int(logits[-1].argmax())]
+    for _ in range(8):
+        step, cache = gpu.decode(tokens[-1:], cache)
+        tokens.append(int(step[0].argmax()))
+    assert tokens == greedy_ids(fused_engine, ids, 9)

@@ -77,7 +77,7 @@ class EmbeddedBackend:
 
     def _load_engine(self, name: str) -> Engine:
         self._ensure_exported(name)
-        return Engine(self.settings.model_repository, name, self.settings.intra_op_threads())
+        return Engine(self.settings.model_repository, name, self.settings.intra_op_threads(), self.settings.device)
 
     def status(self, name: str) -> str:
         """ready (in memory), standby (exported, loads on first request), loading, or failed."""

@@ -75,11 +75,11 @@ class _Choice:
 
 
 class Engine:
-    def __init__(self, repository: Path, name: str, threads: int) -> None:
+    def __init__(self, repository: Path, name: str, threads: int, device: str = "cpu") -> None:
         self.manifest: Manifest = read_manifest(repository, name)
         folder = model_dir(repository, name)
         self.tokenizer = Tokenizer.from_file(str(folder / self.manifest.tokenizer_file))
-        self.runner = Runner(folder / self.manifest.onnx_file, threads)
+        self.runner = Runner(folder / self.manifest.onnx_file, threads, device=device)
         self._eos = frozenset(self.manifest.eos_token_ids)
         self._vocab = self.manifest.vocab_size
 

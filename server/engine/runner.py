@@ -39,7 +39,9 @@ class KVCache:
     cache per step.
     """
 
-    tensors: dict[str, np.ndarray]  # past_key_values.N.key/value -> [B, kv_heads, capacity >= length, head_dim]
+    # past_key_values.N.key/value -> [B, kv_heads, capacity >= length, head_dim]: numpy arrays, or OrtValues
+    # on the runner's device (CUDA), where a shared cache stays between steps
+    tensors: dict[str, np.ndarray | ort.OrtValue]
     mask: np.ndarray  # [B, length] int64
     shared: bool = False
 
@@ -53,7 +55,13 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return next(iter(self.tensors.values())).shape[2]
+        value = next(iter(self.tensors.values()))
+        return value.shape[2] if isinstance(value, np.ndarray) else value.shape()[2]
+
+    def host(self) -> dict[str, np.ndarray]:
+        """The buffers as numpy arrays (a device cache is copied to host memory: rows joining or leaving
+        the batch are rearranged there, once per such event, not per step)."""
+        return {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in self.tensors.items()}
 
     def tokens(self) -> np.ndarray:
         """[B] tokens each row holds: the position of its next token."""
@@ -61,7 +69,7 @@ class KVCache:
 
     def repeat(self, n: int) -> KVCache:
         """n copies of a one-row cache: n samples of one prompt without n prefills."""
-        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.tensors.items()}, np.repeat(self.mask, n, axis=0),
+        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.host().items()}, np.repeat(self.mask, n, axis=0),
                        self.shared)
 
     def select(self, rows: list[int]) -> KVCache:
@@ -70,16 +78,16 @@ class KVCache:
         used = np.flatnonzero(mask.any(axis=0))
         end = int(used[-1]) + 1 if used.size else 0
         capacity = self.capacity if self.shared else end
-        return KVCache({k: _sized(v[rows, :, :end], capacity) for k, v in self.tensors.items()}, mask[:, :end],
+        return KVCache({k: _sized(v[rows, :, :end], capacity) for k, v in self.host().items()}, mask[:, :end],
                        self.shared)
 
     def join(self, other: KVCache) -> KVCache:
         """Both batches in one (self's rows first), the shorter padded at the end with empty positions."""
         length = max(self.length, other.length)
         capacity = max(self.capacity, other.capacity) if self.shared else length
-        tensors = {}
-        for k, v in self.tensors.items():
-            w = other.tensors[k]
+        tensors, theirs = {}, other.host()
+        for k, v in self.host().items():
+            w = theirs[k]
             out = np.zeros((self.batch + other.batch, v.shape[1], capacity, v.shape[3]), v.dtype)
             out[: self.batch, :, : self.length] = v[:, :, : self.length]
             out[self.batch :, :, : other.length] = w[:, :, : other.length]
@@ -92,7 +100,7 @@ class KVCache:
         if self.capacity >= length:
             return self
         capacity = _round_up(max(length, 2 * self.capacity), _CAPACITY_STEP)
-        return KVCache({k: _sized(v[:, :, :self.length], capacity) for k, v in self.tensors.items()}, self.mask,
+        return KVCache({k: _sized(v[:, :, :self.length], capacity) for k, v in self.host().items()}, self.mask,
                        self.shared)
 
 
@@ -112,15 +120,27 @@ def _sized(used: np.ndarray, capacity: int) -> np.ndarray:
     return out
 
 
+class DeviceError(RuntimeError):
+    """The device asked for cannot run here (no CUDA build of ONNX Runtime, or no GPU)."""
+
+
+DEVICES = ("cpu", "cuda")
+
+
 class Runner:
-    def __init__(self, onnx_path: Path, threads: int, share_buffer: bool = True) -> None:
+    def __init__(self, onnx_path: Path, threads: int, share_buffer: bool = True, device: str = "cpu") -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=_providers(device))
+        if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise DeviceError(f"ONNX Runtime could not place {onnx_path.name} on CUDA: {self.session.get_providers()}")
+        # where a shared cache's buffers live between steps: None, numpy arrays in host memory; else
+        # OrtValues on that device, so that a step moves nothing between host and GPU but ids and logits
+        self.kv_device: str | None = None if device == "cpu" else device
         inputs = {i.name: i for i in self.session.get_inputs()}
         self._past_names = sorted((n for n in inputs if _PAST.match(n)), key=_layer_order)
         if "input_ids" not in inputs or not self._past_names:
@@ -171,7 +191,7 @@ class Runner:
             return self._run_in_place(feed, cache.reserve(mask.shape[1]), mask)
         # a shared cache that must feed logits_to_keep (a prefill) takes the copying path once; the next
         # step moves it into buffers with room
-        past = {k: v[:, :, : cache.length] for k, v in cache.tensors.items()}
+        past = {k: v[:, :, : cache.length] for k, v in cache.host().items()}
         outputs = self.session.run(self._output_names, feed | past)
         present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:], strict=False)}
         return outputs[0].astype(np.float32, copy=False), KVCache(present, mask, cache.shared)
@@ -182,14 +202,18 @@ class Runner:
         binding = self.session.io_binding()
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
-        binding.bind_output(self._output_names[0])
+        binding.bind_output(self._output_names[0], "cpu")  # sampling reads the logits on the host
+        tensors = {}
         for present, past in self._present_to_past.items():
-            buffer = ort.OrtValue.ortvalue_from_numpy(cache.tensors[past])  # a view: no copy
+            buffer = cache.tensors[past]
+            if isinstance(buffer, np.ndarray):  # on the host a view, no copy; to a device an upload
+                buffer = ort.OrtValue.ortvalue_from_numpy(buffer, *((self.kv_device, 0) if self.kv_device else ()))
+            tensors[past] = buffer if self.kv_device else cache.tensors[past]
             binding.bind_ortvalue_input(past, buffer)
             binding.bind_ortvalue_output(present, buffer)
         self.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
-        return logits.astype(np.float32, copy=False), KVCache(cache.tensors, mask, shared=True)
+        return logits.astype(np.float32, copy=False), KVCache(tensors, mask, shared=True)
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCache]:
         # ids: T prompt tokens -> logits [T, V] (all_logits, to score the prompt) or [>=1, V] whose last
@@ -202,6 +226,19 @@ class Runner:
         # tokens: one per row -> logits [B, V]
         logits, cache = self.forward(np.asarray(tokens, dtype=np.int64)[:, None], cache, 1)
         return logits[:, -1], cache
+
+
+def _providers(device: str) -> list[str]:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device != "cuda":
+        raise DeviceError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise DeviceError(
+            "device 'cuda' needs the CUDA build of ONNX Runtime (pip install onnxruntime-gpu in place of "
+            f"onnxruntime) and an NVIDIA GPU; this one offers {', '.join(ort.get_available_providers())}"
+        )
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def _layer_order(name: str) -> tuple[int, str]:
