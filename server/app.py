@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from server import serving
+from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
 from server.errors import APIError, InvalidRequest, handle_api_error
 from server.protocol import (
@@ -48,7 +49,7 @@ _CHAT_DOC = _doc(ChatCompletionRequest, ChatCompletionResponse)
 
 
 def create_app(settings: Settings) -> FastAPI:
-    backend = EmbeddedBackend(settings)
+    backend = _backend(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -68,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         body = await _parse_body(request, CompletionRequest)
         job = await serving.prepare(backend, settings, body)
         if body.stream:
-            return _sse(serving.stream(backend, job, _include_usage(body)), job)
+            return await _sse(serving.stream(backend, job, _include_usage(body)), job)
         return _json(await _while_connected(request, serving.complete(backend, job)), job)
 
     @app.post("/v1/completions", openapi_extra=_COMPLETION_DOC, response_model=None)
@@ -86,7 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         body = await _parse_body(request, ChatCompletionRequest)
         job = await serving.prepare_chat(backend, settings, body)
         if body.stream:
-            return _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
+            return await _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
         return _json(await _while_connected(request, serving.chat_complete(backend, job)), job)
 
     @app.get("/v1/models", response_model=ModelList)
@@ -121,6 +122,14 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def _backend(settings: Settings) -> Backend:
+    if settings.backend == "triton":
+        from server.backends.triton import TritonBackend  # tritonclient only when asked for
+
+        return TritonBackend(settings)
+    return EmbeddedBackend(settings)
+
+
 def _include_usage(body: CompletionRequest | ChatCompletionRequest) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
@@ -129,9 +138,21 @@ def _ignored_header(job: serving.Job) -> dict[str, str]:
     return {"X-Slipstream-Ignored": ",".join(job.ignored)} if job.ignored else {}
 
 
-def _sse(events: AsyncIterator[str], job: serving.Job) -> StreamingResponse:
+async def _sse(events: AsyncIterator[str], job: serving.Job) -> StreamingResponse:
+    """The stream, once its first event is there: a failure before it (the backend down, the queue
+    full) still gets its own status instead of a 200 with an error inside."""
+    first = await events.__anext__()
+
+    async def from_first() -> AsyncIterator[str]:
+        try:
+            yield first
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+
     headers = {"Cache-Control": "no-cache", **_ignored_header(job)}
-    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    return StreamingResponse(from_first(), media_type="text/event-stream", headers=headers)
 
 
 def _json(response: BaseModel, job: serving.Job) -> JSONResponse:

@@ -119,6 +119,7 @@ def _verify(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from client.cli import add_complete_command
     from eval.cli import add_eval_commands
+    from server.triton.cli import add_triton_commands
 
     parser = argparse.ArgumentParser(prog="slipstream", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--model-repository", type=Path, default=None)
     verify.set_defaults(run=_verify)
 
+    add_triton_commands(commands)
     add_complete_command(commands)
     add_eval_commands(commands)
     return parser

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from server.backends.embedded import EmbeddedBackend, ModelFailed, ModelLoading
-from server.engine.engine import Delta, Engine, InvalidInput, Prompt, SamplingParams, TokenLogprob, Usage
+from server.backends.base import Backend, BackendUnavailable, ModelFailed, ModelLoading
+from server.engine.engine import Delta, InvalidInput, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
 from server.engine.scheduler import QueueFull
 from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded
 from server.protocol import (
@@ -50,7 +50,7 @@ class Job:
 # --- checks, before anything is sent ---
 
 
-async def _resolve(backend: EmbeddedBackend, requested: str | None) -> tuple[str, Engine]:
+async def _resolve(backend: Backend, requested: str | None) -> tuple[str, Prompter]:
     model = requested or backend.names[0]
     if model not in backend.names:
         raise ModelNotFound(f"model {model!r} is not served here; available: {', '.join(backend.names)}")
@@ -63,7 +63,7 @@ async def _resolve(backend: EmbeddedBackend, requested: str | None) -> tuple[str
     return model, engine
 
 
-def _sampling(settings: Settings, request: CompletionRequest, engine: Engine) -> SamplingParams:
+def _sampling(settings: Settings, request: CompletionRequest, engine: Prompter) -> SamplingParams:
     params = request.to_sampling_params(
         default_max_tokens=settings.default_max_tokens, default_temperature=settings.default_temperature
     )
@@ -85,7 +85,7 @@ def _sampling(settings: Settings, request: CompletionRequest, engine: Engine) ->
     return params
 
 
-async def prepare(backend: EmbeddedBackend, settings: Settings, request: CompletionRequest) -> Job:
+async def prepare(backend: Backend, settings: Settings, request: CompletionRequest) -> Job:
     model, engine = await _resolve(backend, request.model)
     params = _sampling(settings, request, engine)
     try:
@@ -97,7 +97,7 @@ async def prepare(backend: EmbeddedBackend, settings: Settings, request: Complet
     return Job(model, prompts, params, ignored)
 
 
-async def prepare_chat(backend: EmbeddedBackend, settings: Settings, request: ChatCompletionRequest) -> Job:
+async def prepare_chat(backend: Backend, settings: Settings, request: ChatCompletionRequest) -> Job:
     model, engine = await _resolve(backend, request.model)
     if not engine.chats:
         chatty = [n for n in backend.names if (m := backend.manifest(n)) is not None and m.chat_template]
@@ -118,13 +118,15 @@ async def prepare_chat(backend: EmbeddedBackend, settings: Settings, request: Ch
 # --- generation events ---
 
 
-async def _events(backend: EmbeddedBackend, job: Job) -> AsyncIterator[tuple[int, Delta | Usage]]:
+async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta | Usage]]:
     for number, prompt in enumerate(job.prompts):
         try:
             async for event in backend.generate(job.model, prompt, job.params):
                 yield number * job.params.n, event
         except QueueFull as exc:
             raise Overloaded(str(exc)) from exc
+        except BackendUnavailable as exc:
+            raise ModelUnavailable(str(exc)) from exc
 
 
 def _wire_usage(usages: list[Usage]) -> WireUsage:
@@ -146,7 +148,7 @@ class _Collected:
     usage: WireUsage
 
 
-async def _collect(backend: EmbeddedBackend, job: Job) -> _Collected:
+async def _collect(backend: Backend, job: Job) -> _Collected:
     count = len(job.prompts) * job.params.n
     texts: list[list[str]] = [[] for _ in range(count)]
     logprobs: list[list[TokenLogprob] | None] = [None] * count
@@ -203,7 +205,7 @@ def _chat_logprobs(items: list[TokenLogprob] | None) -> ChatLogprobs | None:
 # --- responses ---
 
 
-async def complete(backend: EmbeddedBackend, job: Job) -> CompletionResponse:
+async def complete(backend: Backend, job: Job) -> CompletionResponse:
     got = await _collect(backend, job)
     choices = [
         Choice(text=text, index=i, logprobs=_legacy_logprobs(got.logprobs[i], 0)[0], finish_reason=got.finish[i])  # type: ignore[arg-type]
@@ -212,7 +214,7 @@ async def complete(backend: EmbeddedBackend, job: Job) -> CompletionResponse:
     return CompletionResponse(id=completion_id(), model=job.model, choices=choices, usage=got.usage)
 
 
-async def chat_complete(backend: EmbeddedBackend, job: Job) -> ChatCompletionResponse:
+async def chat_complete(backend: Backend, job: Job) -> ChatCompletionResponse:
     got = await _collect(backend, job)
     choices = [
         ChatChoice(
@@ -224,7 +226,7 @@ async def chat_complete(backend: EmbeddedBackend, job: Job) -> ChatCompletionRes
     return ChatCompletionResponse(id=chat_completion_id(), model=job.model, choices=choices, usage=got.usage)
 
 
-def stream(backend: EmbeddedBackend, job: Job, include_usage: bool) -> AsyncIterator[str]:
+def stream(backend: Backend, job: Job, include_usage: bool) -> AsyncIterator[str]:
     response_id = completion_id()
     offsets: dict[int, int] = {}
 
@@ -239,7 +241,7 @@ def stream(backend: EmbeddedBackend, job: Job, include_usage: bool) -> AsyncIter
     return _sse_stream(backend, job, chunk, usage_chunk if include_usage else None)
 
 
-def chat_stream(backend: EmbeddedBackend, job: Job, include_usage: bool) -> AsyncIterator[str]:
+def chat_stream(backend: Backend, job: Job, include_usage: bool) -> AsyncIterator[str]:
     response_id = chat_completion_id()
     started: set[int] = set()
 
@@ -262,21 +264,26 @@ def chat_stream(backend: EmbeddedBackend, job: Job, include_usage: bool) -> Asyn
 
 
 async def _sse_stream(
-    backend: EmbeddedBackend, job: Job, chunk: Callable[[int, Delta], str],
+    backend: Backend, job: Job, chunk: Callable[[int, Delta], str],
     usage_chunk: Callable[[WireUsage], str] | None,
 ) -> AsyncIterator[str]:
     """SSE events: one chunk per delta, an optional usage chunk, then [DONE] (always last). An error
-    after the stream started can no longer change the status: it is sent as an error event."""
+    before the first chunk is raised (the response's status can still say it); after, it can no
+    longer change the status: it is sent as an error event."""
     usages: list[Usage] = []
+    started = False
     try:
         async for base, event in _events(backend, job):
             if isinstance(event, Usage):
                 usages.append(event)
             else:
+                started = True
                 yield _sse(chunk(base + event.index, event))
         if usage_chunk is not None:
             yield _sse(usage_chunk(_wire_usage(usages)))
     except Exception as exc:  # the status line is gone: report in band, then end the stream properly
+        if not started:
+            raise  # nothing sent yet: the caller still answers with the error's own status
         status_type = getattr(exc, "type", "server_error")
         body = ErrorResponse(error=ErrorBody(message=str(exc) or type(exc).__name__, type=status_type))
         yield _sse(body.model_dump_json())

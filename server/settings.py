@@ -35,7 +35,16 @@ class Settings(BaseSettings):
         description="eager: load every model at start-up (ready once all are in memory); lazy: export at start-up, "
         "load a model into memory on its first request.",
     )
-    backend: Literal["embedded"] = Field("embedded", description="How the API reaches the engine.")
+    backend: Literal["embedded", "triton"] = Field(
+        "embedded",
+        description="How the API reaches the engine: embedded (in this process) or triton (Triton servers over gRPC, "
+        "serving the same model_repository; `slipstream triton start` runs one here).",
+    )
+    triton_url: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1:8001"],
+        min_length=1,
+        description="Triton gRPC address(es) for --backend triton; requests are spread over the ready ones.",
+    )
 
     # --- engine ---
     device: Literal["cpu", "cuda"] = Field(

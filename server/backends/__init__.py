@@ -1,1 +1,2 @@
-"""How the API reaches an engine: in process (embedded) now, over Triton later."""
+"""How the API reaches an engine: in process (embedded.py) or over Triton's gRPC (triton.py). Both
+answer to the Backend protocol (base.py) that serving.py and app.py use."""

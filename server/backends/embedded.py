@@ -7,6 +7,7 @@ import asyncio
 import logging
 from typing import AsyncIterator
 
+from server.backends.base import ModelFailed, ModelLoading
 from server.engine.engine import Delta, Engine, Prompt, SamplingParams, Usage
 from server.engine.scheduler import Scheduler
 from server.models import catalog, store
@@ -16,14 +17,6 @@ log = logging.getLogger("slipstream.backend")
 
 # Requests queued per model beyond the one running; past it the API answers 429.
 _MAX_WAITING = 64
-
-
-class ModelLoading(RuntimeError):
-    pass
-
-
-class ModelFailed(RuntimeError):
-    pass
 
 
 class EmbeddedBackend:

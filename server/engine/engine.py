@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from server.engine.chat import ChatTemplateError, render
+from server.engine.prompts import InvalidInput, Prompt, Prompter
 from server.engine.runner import KVCache, Runner
 from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample
 from server.engine.text import IncrementalDetokenizer, StopMatcher
-from server.models.store import Manifest, model_dir, read_manifest
-
-
-class InvalidInput(ValueError):
-    """A request the engine cannot run as given; `param` names the request field at fault."""
-
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
+from server.models.store import model_dir
 
 
 @dataclass
@@ -54,14 +45,6 @@ class Usage:
 
 
 @dataclass
-class Prompt:
-    ids: list[int]  # model input, prompt prefix included
-    text: str  # what echo returns
-    trimmed: int = 0
-    prefix: int = 0  # how many of ids are the prefix
-
-
-@dataclass
 class _Choice:
     index: int
     rng: np.random.Generator
@@ -74,64 +57,12 @@ class _Choice:
     finish_reason: str | None = None
 
 
-class Engine:
+class Engine(Prompter):
+    """A model's prompt side (Prompter) and its ONNX Runtime session: prompts in, text deltas out."""
+
     def __init__(self, repository: Path, name: str, threads: int, device: str = "cpu") -> None:
-        self.manifest: Manifest = read_manifest(repository, name)
-        folder = model_dir(repository, name)
-        self.tokenizer = Tokenizer.from_file(str(folder / self.manifest.tokenizer_file))
-        self.runner = Runner(folder / self.manifest.onnx_file, threads, device=device)
-        self._eos = frozenset(self.manifest.eos_token_ids)
-        self._vocab = self.manifest.vocab_size
-
-    # --- prompt ---
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
-    @property
-    def chats(self) -> bool:
-        return self.manifest.chat_template is not None
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
-        """The conversation as prompt text, rendered by the model's own chat template. The template's
-        bos_token is the model's raw-prompt prefix token, its eos_token the first EOS token."""
-        if self.manifest.chat_template is None:
-            raise InvalidInput(f"model {self.manifest.name!r} has no chat template: use /v1/completions", "model")
-        decode = self.tokenizer.id_to_token
-        prefix = self.manifest.prompt_prefix_ids
-        try:
-            return render(
-                self.manifest.chat_template, messages,
-                bos_token=decode(prefix[0]) if prefix else "", eos_token=decode(self.manifest.eos_token_ids[0]),
-            )
-        except ChatTemplateError as exc:
-            raise InvalidInput(str(exc), "messages") from exc
-
-    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True) -> Prompt:
-        """Prefix the prompt as the model needs (raw text; a rendered chat template brings its own start)
-        and trim it from the left (editor prompts are long, and their end, next to the cursor, matters
-        most) so that prompt + max_tokens fits the context."""
-        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        bad = [t for t in ids if not 0 <= t < self._vocab]
-        if bad:
-            raise InvalidInput(f"token ids {bad[:5]} are outside the vocabulary [0, {self._vocab})", "prompt")
-        prefix = self.manifest.prompt_prefix_ids if raw else []
-        room = self.manifest.context_length - len(prefix) - max_tokens
-        if room < 1:
-            raise InvalidInput(
-                f"max_tokens={max_tokens} leaves no room for the prompt in the model's context of "
-                f"{self.manifest.context_length} tokens",
-                "max_tokens",
-            )
-        if not ids:
-            raise InvalidInput("prompt is empty", "prompt")
-        trimmed = max(0, len(ids) - room)
-        if trimmed:
-            ids = ids[trimmed:]
-            text = self.tokenizer.decode(ids, skip_special_tokens=False)
-        else:
-            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=False)
-        return Prompt(ids=prefix + ids, text=text, trimmed=trimmed, prefix=len(prefix))
+        super().__init__(repository, name)
+        self.runner = Runner(model_dir(repository, name) / self.manifest.onnx_file, threads, device=device)
 
     # --- generation ---
 
@@ -296,4 +227,4 @@ class Sequence:
         ))
 
 
-__all__ = ["Delta", "Engine", "InvalidInput", "KVCache", "Prompt", "SamplingParams", "Sequence", "TokenLogprob", "Usage"]
+__all__ = ["Delta", "Engine", "InvalidInput", "KVCache", "Prompt", "Prompter", "SamplingParams", "Sequence", "TokenLogprob", "Usage"]

@@ -96,11 +96,15 @@ def exported_models(repository: Path) -> list[Manifest]:
     return found
 
 
+# Triton's python backend loads <version>/model.py: a deployment shim beside the model, not part of it
+TRITON_MODEL_PY = "model.py"
+
+
 def content_hash(folder: Path) -> str:
-    """One digest of every file under `folder`: its relative name, then its bytes, in sorted order. Two
-    exports with the same hash serve the same model."""
+    """One digest of every file under `folder` (Triton's model.py shim aside): its relative name, then
+    its bytes, in sorted order. Two exports with the same hash serve the same model."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder) != Path(TRITON_MODEL_PY)):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         with path.open("rb") as f:
             while block := f.read(1 << 20):

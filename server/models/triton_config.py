@@ -91,8 +91,23 @@ def render(manifest: Manifest, *, instances: int = 1, kind: Kind | None = None, 
     )
 
 
+_MODEL_PY = """\
+# Written by `slipstream export`. Triton's python backend loads this file; the model is slipstream's
+# engine (server/triton/model.py, from the slipstream package in the Python environment Triton runs).
+from server.triton.model import TritonPythonModel  # noqa: F401
+"""
+
+
 def write(repository: Path, manifest: Manifest, **options: object) -> Path:
-    """Beside the manifest, outside the version folder: a deployment setting, not part of the content hash."""
-    path = store.model_dir(repository, manifest.name) / CONFIG
+    """config.pbtxt beside the manifest, and the version folder's model.py that Triton's python backend
+    loads: deployment files, not part of the content hash."""
+    folder = store.model_dir(repository, manifest.name)
+    (folder / store.VERSION_DIR / store.TRITON_MODEL_PY).write_text(_MODEL_PY)
+    path = folder / CONFIG
     path.write_text(render(manifest, **options))  # type: ignore[arg-type]
     return path
+
+
+def present(repository: Path, name: str) -> bool:
+    folder = store.model_dir(repository, name)
+    return (folder / CONFIG).is_file() and (folder / store.VERSION_DIR / store.TRITON_MODEL_PY).is_file()

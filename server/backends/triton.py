@@ -1,0 +1,217 @@
+"""The API in front of one or many Triton servers: gRPC streaming through tritonclient's asyncio client.
+
+The API keeps each model's prompt side (manifest and tokenizer from the same model_repository that
+Triton serves): it tokenises and trims, so a request is refused with its proper 4xx before anything
+is sent. Triton's model (server/triton/model.py) runs the engine and streams events back
+(server/triton/wire.py). A health task asks every server, every second, which models it has ready;
+requests go round-robin over the servers that have the model, and one that fails before its first
+event is retried on the next. No server ready, or one dying mid-request, is a 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from pathlib import Path
+from typing import AsyncIterator
+
+import grpc
+import numpy as np
+import tritonclient.grpc as triton_grpc
+import tritonclient.grpc.aio as grpc_aio
+from tritonclient.utils import InferenceServerException
+
+from server.backends.base import BackendUnavailable, ModelFailed, ModelLoading
+from server.engine.engine import Delta, InvalidInput, Prompt, Prompter, SamplingParams, Usage
+from server.engine.scheduler import QueueFull
+from server.models import store
+from server.settings import Settings
+from server.triton import wire
+
+log = logging.getLogger("slipstream.triton")
+
+HEALTH_INTERVAL_S = 1.0
+# what a server that is down, restarting or dying looks like from the client
+_TRANSPORT_ERRORS = (InferenceServerException, grpc.RpcError, OSError)
+_HEALTH_TIMEOUT_S = 2.0
+
+
+class TritonUnavailable(BackendUnavailable):
+    """No Triton server could run the request (down, not ready, or died during it)."""
+
+
+class TritonBackend:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names: list[str] = list(dict.fromkeys(settings.model))
+        self.urls: list[str] = list(dict.fromkeys(settings.triton_url))
+        self._prompters: dict[str, Prompter] = {}
+        self._failures: dict[str, str] = {}
+        self._clients: dict[str, grpc_aio.InferenceServerClient] = {}
+        self._has: dict[str, set[str]] = {url: set() for url in self.urls}  # url -> models it has ready
+        self._down: dict[str, str] = {url: "not asked yet" for url in self.urls}  # url -> why it is not usable
+        self._turn = itertools.count()
+        self._health: asyncio.Task[None] | None = None
+
+    # --- models ---
+
+    async def load(self) -> None:
+        for name in self.names:
+            try:
+                self._prompters[name] = await asyncio.to_thread(Prompter, self.settings.model_repository, name)
+            except Exception as exc:  # reported by readiness and by every request for this model
+                log.error("model %s cannot be served: %s", name, exc)
+                self._failures[name] = f"{type(exc).__name__}: {exc}"
+        await self._poll()
+        self._health = asyncio.create_task(self._watch())
+
+    def status(self, name: str) -> str:
+        """ready (a Triton server has it ready), loading (not yet: no server has it), or failed."""
+        if name in self._failures:
+            return "failed"
+        if name in self._prompters and any(name in models for models in self._has.values()):
+            return "ready"
+        return "loading"
+
+    @property
+    def ready(self) -> bool:
+        return all(self.status(n) == "ready" for n in self.names)
+
+    async def acquire(self, name: str) -> Prompter:
+        if name in self._failures:
+            raise ModelFailed(f"model {name!r} cannot be served: {self._failures[name]}")
+        if name not in self._prompters:
+            raise ModelLoading(f"model {name!r} is still loading")
+        if self.status(name) != "ready":
+            raise ModelLoading(f"no Triton server has model {name!r} ready: {self._why_not(name)}")
+        return self._prompters[name]
+
+    def manifest(self, name: str) -> store.Manifest | None:
+        if name in self._prompters:
+            return self._prompters[name].manifest
+        try:
+            return store.read_manifest(Path(self.settings.model_repository), name)
+        except store.ModelNotExported:
+            return None
+
+    def queue_full(self, name: str) -> bool:
+        return False  # Triton's model keeps the queue: a full one answers with a queue_full event
+
+    # --- health ---
+
+    def _client(self, url: str) -> grpc_aio.InferenceServerClient:
+        if url not in self._clients:
+            self._clients[url] = grpc_aio.InferenceServerClient(url)
+        return self._clients[url]
+
+    async def _poll(self) -> None:
+        await asyncio.gather(*(self._ask(url) for url in self.urls))
+
+    async def _ask(self, url: str) -> None:
+        client = self._client(url)
+        try:
+            if not await asyncio.wait_for(client.is_server_ready(), _HEALTH_TIMEOUT_S):
+                raise TritonUnavailable("server not ready")
+            ready = [await asyncio.wait_for(client.is_model_ready(n), _HEALTH_TIMEOUT_S) for n in self.names]
+        except (*_TRANSPORT_ERRORS, TritonUnavailable, asyncio.TimeoutError) as exc:
+            if url not in self._down or self._has[url]:
+                log.warning("Triton at %s is not usable: %s", url, _reason(exc))
+            self._has[url], self._down[url] = set(), _reason(exc)
+            return
+        if url in self._down:
+            log.info("Triton at %s is up", url)
+        self._has[url] = {n for n, ok in zip(self.names, ready, strict=True) if ok}
+        self._down.pop(url, None)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self._poll()
+
+    def _why_not(self, name: str) -> str:
+        return "; ".join(f"{url}: {self._down.get(url) or f'model {name!r} not ready'}" for url in self.urls)
+
+    # --- generation ---
+
+    async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
+        """The request's events from the first Triton server that takes it: servers that have the model
+        ready, in turn; one that fails before its first event is marked down and the next one tried."""
+        ready = [url for url in self.urls if name in self._has[url]]
+        if not ready:
+            raise TritonUnavailable(f"no Triton server has model {name!r} ready: {self._why_not(name)}")
+        start = next(self._turn) % len(ready)
+        failures = []
+        for url in ready[start:] + ready[:start]:
+            started = False
+            try:
+                async for event in self._stream(url, name, prompt, params):
+                    started = True
+                    yield event
+                return
+            except _TRANSPORT_ERRORS as exc:
+                if started:  # part of the answer is out: another server cannot take over
+                    raise TritonUnavailable(f"Triton at {url} failed during the request: {_reason(exc)}") from exc
+                failures.append(f"{url}: {_reason(exc)}")
+                self._has[url], self._down[url] = set(), _reason(exc)
+                log.warning("Triton at %s failed a request, trying the next: %s", url, _reason(exc))
+        raise TritonUnavailable(f"every Triton server failed the request: {'; '.join(failures)}")
+
+    async def _stream(self, url: str, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
+        inputs = [_string_input("prompt", wire.dump_prompt(prompt)),
+                  _string_input("sampling_parameters", wire.dump_params(params))]
+
+        async def requests() -> AsyncIterator[dict]:
+            yield {"model_name": name, "inputs": inputs, "request_id": uuid.uuid4().hex}
+
+        # the model's last event is the usage (or an error): Triton's final flag then comes without a
+        # response (the asyncio client cannot ask for an empty final one), so the usage ends the stream
+        responses = self._client(url).stream_infer(requests())
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise error
+                try:
+                    event = wire.load_event(result.as_numpy("event").reshape(-1)[0].decode())
+                except wire.RemoteError as exc:
+                    raise _local(exc) from exc
+                yield event
+                if isinstance(event, Usage):
+                    return
+            raise TritonUnavailable(f"Triton at {url} ended the stream before the request's end")
+        finally:
+            responses.cancel()  # a client gone mid-stream: Triton marks the request cancelled
+
+    def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            try:
+                asyncio.get_running_loop().create_task(client.close())
+            except RuntimeError:  # no loop left: the process is ending
+                pass
+
+
+def _string_input(name: str, value: str) -> triton_grpc.InferInput:
+    tensor = triton_grpc.InferInput(name, [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
+    return tensor
+
+
+def _local(exc: wire.RemoteError) -> Exception:
+    """The engine's own exception for an error event, so that the API answers as it does in process."""
+    if exc.kind == wire.QUEUE_FULL:
+        return QueueFull(str(exc))
+    if exc.kind == wire.INVALID_INPUT:
+        return InvalidInput(str(exc), exc.param or "prompt")
+    return RuntimeError(f"Triton model error: {exc}")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, InferenceServerException):
+        return exc.message() or str(exc)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,89 @@
+"""A model's prompt side: text or token ids in, the model's input ids out (prefix added, trimmed to fit
+the context), and chat messages rendered through the model's own template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from server.engine.chat import ChatTemplateError, render
+from server.models.store import Manifest, model_dir, read_manifest
+
+
+class InvalidInput(ValueError):
+    """A request the engine cannot run as given; `param` names the request field at fault."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class Prompt:
+    ids: list[int]  # model input, prompt prefix included
+    text: str  # what echo returns
+    trimmed: int = 0
+    prefix: int = 0  # how many of ids are the prefix
+
+
+class Prompter:
+    """A model's prompt side: its manifest, tokenizer and chat template. What the API needs to turn a
+    request into token ids, with or without the model itself in this process (Triton runs it elsewhere)."""
+
+    def __init__(self, repository: Path, name: str) -> None:
+        self.manifest: Manifest = read_manifest(repository, name)
+        self.tokenizer = Tokenizer.from_file(str(model_dir(repository, name) / self.manifest.tokenizer_file))
+        self._eos = frozenset(self.manifest.eos_token_ids)
+        self._vocab = self.manifest.vocab_size
+
+    # --- prompt ---
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    @property
+    def chats(self) -> bool:
+        return self.manifest.chat_template is not None
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """The conversation as prompt text, rendered by the model's own chat template. The template's
+        bos_token is the model's raw-prompt prefix token, its eos_token the first EOS token."""
+        if self.manifest.chat_template is None:
+            raise InvalidInput(f"model {self.manifest.name!r} has no chat template: use /v1/completions", "model")
+        decode = self.tokenizer.id_to_token
+        prefix = self.manifest.prompt_prefix_ids
+        try:
+            return render(
+                self.manifest.chat_template, messages,
+                bos_token=decode(prefix[0]) if prefix else "", eos_token=decode(self.manifest.eos_token_ids[0]),
+            )
+        except ChatTemplateError as exc:
+            raise InvalidInput(str(exc), "messages") from exc
+
+    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True) -> Prompt:
+        """Prefix the prompt as the model needs (raw text; a rendered chat template brings its own start)
+        and trim it from the left (editor prompts are long, and their end, next to the cursor, matters
+        most) so that prompt + max_tokens fits the context."""
+        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        bad = [t for t in ids if not 0 <= t < self._vocab]
+        if bad:
+            raise InvalidInput(f"token ids {bad[:5]} are outside the vocabulary [0, {self._vocab})", "prompt")
+        prefix = self.manifest.prompt_prefix_ids if raw else []
+        room = self.manifest.context_length - len(prefix) - max_tokens
+        if room < 1:
+            raise InvalidInput(
+                f"max_tokens={max_tokens} leaves no room for the prompt in the model's context of "
+                f"{self.manifest.context_length} tokens",
+                "max_tokens",
+            )
+        if not ids:
+            raise InvalidInput("prompt is empty", "prompt")
+        trimmed = max(0, len(ids) - room)
+        if trimmed:
+            ids = ids[trimmed:]
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        else:
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=False)
+        return Prompt(ids=prefix + ids, text=text, trimmed=trimmed, prefix=len(prefix))

@@ -1,0 +1,58 @@
+"""`slipstream triton start`: a real tritonserver on this machine serving model_repository/, in the
+foreground until Ctrl-C (or SIGTERM), for `slipstream serve --backend triton` to stand in front of."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from server.settings import DEFAULT_MODEL, Settings
+
+
+def add_triton_commands(commands: argparse._SubParsersAction) -> None:
+    triton = commands.add_parser("triton", help="run Triton Inference Server on the model repository")
+    actions = triton.add_subparsers(dest="triton_command", required=True)
+    start = actions.add_parser("start", help="start tritonserver (from the nvidia-pytriton wheel) on 127.0.0.1")
+    start.add_argument("--model", action="append", default=None,
+                       help=f"an exported model to load (repeatable; default {DEFAULT_MODEL})")
+    start.add_argument("--model-repository", type=Path, default=None)
+    start.add_argument("--http-port", type=int, default=8000)
+    start.add_argument("--grpc-port", type=int, default=8001)
+    start.add_argument("--metrics-port", type=int, default=8002)
+    start.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the models to be ready")
+    start.set_defaults(run=_start)
+
+
+def _start(args: argparse.Namespace) -> int:
+    from server.models import store, triton_config
+    from server.triton.launch import Ports, TritonServer, TritonUnavailable
+
+    repository = args.model_repository or Settings().model_repository
+    models = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
+    for name in models:
+        try:
+            manifest = store.read_manifest(repository, name)
+        except store.ModelNotExported as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if not triton_config.present(repository, name):  # exported before Triton's files were written
+            triton_config.write(repository, manifest)
+    server = TritonServer(repository, models, Ports(args.http_port, args.grpc_port, args.metrics_port))
+    try:
+        server.start(timeout=args.timeout)
+    except TritonUnavailable as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
+          f"models {', '.join(models)}; log {server.log}", flush=True)
+    print(f"put the API in front: slipstream serve --backend triton --triton-url {server.grpc_url}"
+          + "".join(f" --model {m}" for m in models), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        if server.process is not None and server.process.poll() is not None:
+            print(f"tritonserver exited with {server.process.returncode}:\n{server.log_tail()}", flush=True)
+            return 1
+    server.stop()
+    return 0

@@ -1,0 +1,78 @@
+"""What the API and the Triton model send each other: JSON strings in TYPE_STRING tensors.
+
+    prompt               {"ids": [...], "text": "...", "trimmed": 0, "prefix": 1}   (the API tokenises)
+    sampling_parameters  the engine's SamplingParams fields, by name
+    event                {"delta": {...}} | {"usage": {...}} | {"error": {"type", "message", "param"}}
+
+One response per event, then Triton's final flag. An error is an event too (then the final flag), so
+that a refusal keeps its kind (a full queue, a bad field) across the wire and the API answers with
+the right status.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+
+from server.engine.engine import Delta, Prompt, SamplingParams, TokenLogprob, Usage
+
+# error types: how the API maps them (429, 400, 500)
+QUEUE_FULL, INVALID_INPUT, INTERNAL = "queue_full", "invalid_input", "internal"
+
+
+class RemoteError(RuntimeError):
+    """An error event from the Triton model."""
+
+    def __init__(self, kind: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.param = kind, param
+
+
+def dump_prompt(prompt: Prompt) -> str:
+    return json.dumps(asdict(prompt))
+
+
+def load_prompt(text: str) -> Prompt:
+    return Prompt(**json.loads(text))
+
+
+def dump_params(params: SamplingParams) -> str:
+    values = asdict(params)
+    values["stop"] = list(params.stop)
+    values["logit_bias"] = {str(k): v for k, v in params.logit_bias.items()}  # JSON keys are strings
+    return json.dumps(values)
+
+
+def load_params(text: str) -> SamplingParams:
+    values = json.loads(text)
+    unknown = set(values) - {f.name for f in fields(SamplingParams)}
+    if unknown:
+        raise ValueError(f"unknown sampling parameters: {', '.join(sorted(unknown))}")
+    if "stop" in values:
+        values["stop"] = tuple(values["stop"])
+    if "logit_bias" in values:
+        values["logit_bias"] = {int(k): float(v) for k, v in values["logit_bias"].items()}
+    return SamplingParams(**values)
+
+
+def dump_event(event: Delta | Usage) -> str:
+    return json.dumps({"delta" if isinstance(event, Delta) else "usage": asdict(event)})
+
+
+def dump_error(kind: str, message: str, param: str | None = None) -> str:
+    return json.dumps({"error": {"type": kind, "message": message, "param": param}})
+
+
+def load_event(text: str) -> Delta | Usage:
+    """The event, or RemoteError raised for an error event."""
+    data = json.loads(text)
+    if "delta" in data:
+        delta = data["delta"]
+        logprobs = delta.get("logprobs")
+        if logprobs is not None:
+            delta["logprobs"] = [TokenLogprob(**lp) for lp in logprobs]
+        return Delta(**delta)
+    if "usage" in data:
+        return Usage(**data["usage"])
+    error = data.get("error") or {}
+    raise RemoteError(error.get("type", INTERNAL), error.get("message", f"malformed event: {text[:200]}"), error.get("param"))

@@ -1,0 +1,169 @@
+"""A real tritonserver (the nvidia-pytriton wheel's) serving the tiny CodeGen through server/triton/model.py,
+and the API in front of it with --backend triton: the same answers as the embedded backend, streaming,
+n > 1, a Triton killed and restarted under the API, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import queue
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from server.triton.launch import Ports, TritonServer, TritonUnavailable
+from tests.conftest import TINY, ServerProcess, free_port
+
+PROMPT = "def heappush(heap, item):\n    "
+
+
+def _ports() -> Ports:
+    return Ports(free_port(), free_port(), free_port())
+
+
+@pytest.fixture(scope="module")
+def triton(tiny_repo: Path) -> Iterator[TritonServer]:
+    server = TritonServer(tiny_repo, [TINY], _ports())
+    try:
+        server.start(timeout=120)
+    except TritonUnavailable as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+    assert server.process is not None and server.process.poll() is not None
+    assert server.shm_regions() == []
+
+
+@pytest.fixture(scope="module")
+def api(tiny_repo: Path, triton: TritonServer) -> Iterator[ServerProcess]:
+    env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])}
+    with ServerProcess(tiny_repo, [TINY], env=env) as server:
+        yield server
+
+
+def _complete(url: str, **body) -> dict:
+    response = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, **body}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.parametrize("body", [
+    {"max_tokens": 12, "temperature": 0},
+    {"max_tokens": 12, "temperature": 0.9, "seed": 11, "n": 3},
+    {"max_tokens": 6, "temperature": 0.7, "seed": 5, "logprobs": 2, "echo": True, "top_p": 0.9, "stop": ["\n\n"]},
+])
+def test_triton_backend_answers_as_the_embedded_one(api: ServerProcess, tiny_server: ServerProcess, body: dict) -> None:
+    via_triton, embedded = _complete(api.url, **body), _complete(tiny_server.url, **body)
+    assert via_triton["choices"] == embedded["choices"]
+    assert via_triton["usage"] == embedded["usage"]
+    assert len(via_triton["choices"]) == body.get("n", 1)
+
+
+def test_streaming_through_triton_arrives_token_by_token(api: ServerProcess) -> None:
+    body = {"prompt": PROMPT, "max_tokens": 16, "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
+    chunks = []
+    with httpx.stream("POST", f"{api.url}/v1/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunks.append(json.loads(line[6:]))
+    texts = [c["choices"][0]["text"] for c in chunks if c["choices"]]
+    assert chunks[-1]["usage"]["completion_tokens"] == 16
+    assert len(texts) >= 8  # about one chunk per token, not one at the end
+    assert "".join(texts) == _complete(api.url, max_tokens=16, temperature=0, ignore_eos=True)["choices"][0]["text"]
+
+
+def test_a_malformed_triton_request_gets_an_error_event(triton: TritonServer) -> None:
+    import tritonclient.grpc as grpc
+
+    events: queue.Queue = queue.Queue()
+    client = grpc.InferenceServerClient(triton.grpc_url)
+    client.start_stream(callback=lambda result, error: events.put((result, error)))
+    try:
+        inputs = []
+        for name, value in (("prompt", '{"ids": [1, 2], "text": "x"}'), ("sampling_parameters", '{"temprature": 1}')):
+            tensor = grpc.InferInput(name, [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
+            inputs.append(tensor)
+        client.async_stream_infer(TINY, inputs)
+        result, error = events.get(timeout=30)
+    finally:
+        client.stop_stream()
+        client.close()
+    assert error is None
+    event = json.loads(result.as_numpy("event")[0])
+    assert event["error"]["type"] == "invalid_input" and "temprature" in event["error"]["message"]
+
+
+def test_triton_metrics_and_health_are_reachable(triton: TritonServer) -> None:
+    assert httpx.get(f"{triton.http_url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{triton.http_url}/v2/models/{TINY}/ready").status_code == 200
+    assert "nv_inference_request_success" in httpx.get(triton.metrics_url).text
+
+
+def test_triton_killed_gives_503_and_the_api_recovers_when_it_returns(tiny_repo: Path) -> None:
+    ports = _ports()
+    first = TritonServer(tiny_repo, [TINY], ports).start(timeout=120)
+    env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([first.grpc_url])}
+    second = None
+    try:
+        with ServerProcess(tiny_repo, [TINY], env=env) as api:
+            assert _complete(api.url, max_tokens=4)["usage"]["completion_tokens"] >= 1
+            first.process.kill()  # type: ignore[union-attr]
+            first.process.wait()  # type: ignore[union-attr]
+            for stream in (False, True):
+                down = httpx.post(f"{api.url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4, "stream": stream})
+                assert down.status_code == 503, down.text
+                assert down.json()["error"]["type"] == "model_unavailable"
+                assert down.headers["Retry-After"]
+            assert httpx.get(f"{api.url}/ready").status_code == 503
+            second = TritonServer(tiny_repo, [TINY], ports).start(timeout=120)
+            api.wait_ready(timeout=30)  # the health check sees it again within a second or two
+            assert _complete(api.url, max_tokens=4)["usage"]["completion_tokens"] >= 1
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    for server in (first, second):
+        assert server is not None and server.shm_regions() == []
+
+
+def test_smollm2_int8_through_triton_streams_to_the_openai_client(bundled_repo: Path) -> None:
+    """The issue's end to end: `slipstream triton start` + `slipstream serve --backend triton` serve the
+    bundled SmolLM2 INT8 to the official client, streaming, with the embedded backend's greedy text."""
+    import subprocess
+    import sys
+    import time
+
+    import openai
+
+    from tests.conftest import ROOT
+
+    ports = _ports()
+    log = bundled_repo.parent / f".triton-start-{ports.grpc}.log"
+    with log.open("w") as sink:
+        start = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "triton", "start", "--model", "smollm2-135m", "--model-repository",
+             str(bundled_repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
+             "--metrics-port", str(ports.metrics)], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while "tritonserver ready" not in log.read_text():
+            assert start.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+        env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([f"127.0.0.1:{ports.grpc}"])}
+        with ServerProcess(bundled_repo, ["smollm2-135m"], env=env) as api, \
+                ServerProcess(bundled_repo, ["smollm2-135m"]) as embedded:
+            client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0, timeout=120)
+            params = dict(model="smollm2-135m", prompt="def fibonacci(n):", max_tokens=24, temperature=0)
+            pieces = [c.choices[0].text for c in client.completions.create(**params, stream=True) if c.choices]
+            assert len(pieces) > 5
+            reference = openai.OpenAI(base_url=f"{embedded.url}/v1", api_key="unused", max_retries=0, timeout=120)
+            assert "".join(pieces) == reference.completions.create(**params).choices[0].text
+    finally:
+        start.terminate()  # the command stops its tritonserver on SIGTERM
+        assert start.wait(timeout=60) == 0, log.read_text()[-3000:]
+        log.unlink(missing_ok=True)
