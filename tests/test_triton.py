@@ -32,7 +32,7 @@ def triton(tiny_repo: Path) -> Iterator[TritonServer]:
         pytest.fail(str(exc))
     yield server
     server.stop()
-    assert server.process is not None and server.process.poll() is not None
+    assert server.process is not None and server.process.returncode == 0, server.log_tail()  # SIGTERM, clean exit
     assert server.shm_regions() == []
 
 
@@ -74,6 +74,31 @@ def test_streaming_through_triton_arrives_token_by_token(api: ServerProcess) -> 
     assert chunks[-1]["usage"]["completion_tokens"] == 16
     assert len(texts) >= 8  # about one chunk per token, not one at the end
     assert "".join(texts) == _complete(api.url, max_tokens=16, temperature=0, ignore_eos=True)["choices"][0]["text"]
+
+
+def test_clients_that_leave_mid_stream_end_their_triton_requests(api: ServerProcess, triton: TritonServer) -> None:
+    """Streams dropped after two chunks are cancelled in Triton (their requests end, so Triton can still
+    stop cleanly: the fixture checks its exit status) while the other streams finish whole."""
+    import asyncio
+
+    async def one(index: int) -> int:
+        body = {"prompt": PROMPT, "max_tokens": 24, "ignore_eos": True, "stream": True, "temperature": 0.8, "seed": index}
+        async with httpx.AsyncClient(timeout=60) as client:
+            async with client.stream("POST", f"{api.url}/v1/completions", json=body) as response:
+                chunks = 0
+                async for line in response.aiter_lines():
+                    chunks += line.startswith("data: ")
+                    if index % 2 == 0 and chunks == 2:
+                        return -1
+                return chunks
+
+    async def everyone() -> list[int]:
+        return await asyncio.gather(*(one(i) for i in range(8)))
+
+    results = asyncio.run(everyone())
+    assert results.count(-1) == 4 and all(r > 10 for r in results if r != -1)
+    assert _complete(api.url, max_tokens=4)["usage"]["completion_tokens"] == 4
+    assert triton.ready()
 
 
 def test_a_malformed_triton_request_gets_an_error_event(triton: TritonServer) -> None:

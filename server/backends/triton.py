@@ -168,6 +168,7 @@ class TritonBackend:
         # the model's last event is the usage (or an error): Triton's final flag then comes without a
         # response (the asyncio client cannot ask for an empty final one), so the usage ends the stream
         responses = self._client(url).stream_infer(requests())
+        ended = False
         try:
             async for result, error in responses:
                 if error is not None:
@@ -175,13 +176,22 @@ class TritonBackend:
                 try:
                     event = wire.load_event(result.as_numpy("event").reshape(-1)[0].decode())
                 except wire.RemoteError as exc:
+                    ended = True  # the model ended the request itself
                     raise _local(exc) from exc
-                yield event
                 if isinstance(event, Usage):
-                    return
-            raise TritonUnavailable(f"Triton at {url} ended the stream before the request's end")
+                    ended = True
+                yield event
+                if ended:
+                    break
+            else:
+                raise TritonUnavailable(f"Triton at {url} ended the stream before the request's end")
         finally:
-            responses.cancel()  # a client gone mid-stream: Triton marks the request cancelled
+            if not ended:  # a client gone mid-stream: Triton marks the request cancelled
+                responses.cancel()
+        # the request is over: let Triton close the stream itself (cancelling a stream that is ending
+        # crashed tritonserver 2.51 under concurrent streams)
+        async for _result, _error in responses:
+            pass
 
     def close(self) -> None:
         if self._health is not None:

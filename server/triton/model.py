@@ -59,7 +59,7 @@ class TritonPythonModel:
         try:
             async for event in self.scheduler.submit(prompt, params):
                 if sender.is_cancelled():
-                    return  # leaving the iteration drops the request's rows
+                    break  # leaving the iteration drops the request's rows; the final flag still ends it
                 sender.send(_response(wire.dump_event(event)))
         except QueueFull as exc:
             error = wire.dump_error(wire.QUEUE_FULL, str(exc))
