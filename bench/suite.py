@@ -121,7 +121,7 @@ class Generate:
         return n * (out.shape[1] - len(ids))
 
 
-class Engine:
+class EngineDirect:
     def __init__(self, repository: Path, name: str, threads: int) -> None:
         self.path = EnginePath(repository, name, threads)
 
@@ -288,7 +288,7 @@ class Bench:
         return out
 
 
-def _singles(runs: list[Run]) -> dict:
+def singles(runs: list[Run]) -> dict:
     return {"ttft_ms_median": statistics.median(r.ttft_s * 1e3 for r in runs),
             "decode_tok_s_median": statistics.median(r.decode_tok_s for r in runs) if runs[0].tokens > 1 else None,
             "total_s_median": statistics.median(r.total_s for r in runs),
@@ -296,19 +296,19 @@ def _singles(runs: list[Run]) -> dict:
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict:
-    from server.engine.engine import Engine as _Engine
+    from server.engine.engine import Engine
 
     repo, threads = args.repository, args.threads
     paths: dict[str, object] = {}
     missing: dict[str, str] = {}
     for label, model in (("engine int8", name), ("engine int4", f"{name}-int4")):
         if (repo / model / "manifest.json").is_file():
-            paths[label] = Engine(repo, model, threads)
+            paths[label] = EngineDirect(repo, model, threads)
         else:
             missing[label] = f"not exported: slipstream export {name} --precision {label.split()[1]}"
     if "engine int8" not in paths:
         raise SystemExit(f"export {name} first (slipstream export {name})")
-    engine: _Engine = paths["engine int8"].path.engine  # type: ignore[attr-defined]
+    engine: Engine = paths["engine int8"].path.engine  # type: ignore[attr-defined]
     text_ids = (engine.encode(Path(textwrap.__file__).read_text()) * 4)[: max(PROMPT_LENGTHS)]
     prompt_ids = engine.encode(PROMPT)
     prefix = engine.manifest.prompt_prefix_ids
@@ -352,13 +352,13 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         raw = text_ids[:length]
         result["ttft"][str(length)] = bench.measure(
             f"TTFT@{length}", {label: (lambda p=p, label=label, raw=raw: p.single(ids_for(label, raw), 1))
-                               for label, p in paths.items()}, _singles)
+                               for label, p in paths.items()}, singles)
     result["decode"] = bench.measure(
         "decode", {label: (lambda p=p, label=label: p.single(ids_for(label, prompt_ids), args.tokens))
-                   for label, p in paths.items()}, _singles)
+                   for label, p in paths.items()}, singles)
     result["http"] = bench.measure(
         f"HTTP@{HTTP_TOKENS}", {label: (lambda p=paths[label]: p.single(prompt_ids, HTTP_TOKENS))
-                                for label in ("engine int8", "server int8")}, _singles)
+                                for label in ("engine int8", "server int8")}, singles)
     for n in SAMPLES:
         def timed(p, label: str, n: int = n) -> tuple[int, float]:
             start = time.perf_counter()

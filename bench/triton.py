@@ -21,7 +21,7 @@ import textwrap
 from pathlib import Path
 
 from bench.decode import machine_info
-from bench.suite import Bench, Server, _singles, add_run_flags
+from bench.suite import Bench, Server, add_run_flags, singles
 
 EMBEDDED, TRITON = "embedded", "triton"
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         servers[TRITON] = Server(args.repository, args.model, args.threads,
                                  env={"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])})
         bench = Bench(args.model, args)
-        single = bench.measure("1 client", {k: (lambda s=s: s.single(ids, args.tokens)) for k, s in servers.items()}, _singles)
+        single = bench.measure("1 client", {k: (lambda s=s: s.single(ids, args.tokens)) for k, s in servers.items()}, singles)
         many = bench.measure(
             f"{args.clients} clients", {k: (lambda s=s: s.clients(ids, args.clients, args.requests, args.tokens))
                                        for k, s in servers.items()},

@@ -132,8 +132,7 @@ def _existing(repository: Path, name: str, force: bool, log: Log) -> Manifest | 
     except store.ModelNotExported:
         return None
     log(f"{name}: already exported in {store.model_dir(repository, name)}")
-    if not triton_config.present(repository, name):  # exported before Triton's files were written
-        triton_config.write(repository, manifest)
+    triton_config.ensure(repository, manifest)
     return manifest
 
 

@@ -108,6 +108,8 @@ def write(repository: Path, manifest: Manifest, **options: object) -> Path:
     return path
 
 
-def present(repository: Path, name: str) -> bool:
-    folder = store.model_dir(repository, name)
-    return (folder / CONFIG).is_file() and (folder / store.VERSION_DIR / store.TRITON_MODEL_PY).is_file()
+def ensure(repository: Path, manifest: Manifest) -> None:
+    """Write Triton's files for an export made before they were part of one; leave existing ones alone."""
+    folder = store.model_dir(repository, manifest.name)
+    if not ((folder / CONFIG).is_file() and (folder / store.VERSION_DIR / store.TRITON_MODEL_PY).is_file()):
+        write(repository, manifest)

@@ -36,8 +36,7 @@ def _start(args: argparse.Namespace) -> int:
             manifest = store.read_manifest(repository, name)
         except store.ModelNotExported as exc:
             raise SystemExit(f"error: {exc}") from None
-        if not triton_config.present(repository, name):  # exported before Triton's files were written
-            triton_config.write(repository, manifest)
+        triton_config.ensure(repository, manifest)
     server = TritonServer(repository, models, Ports(args.http_port, args.grpc_port, args.metrics_port))
     try:
         server.start(timeout=args.timeout)
