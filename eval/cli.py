@@ -80,6 +80,110 @@ def _latency(args: argparse.Namespace) -> int:
     return 1 if any(r.error_rate for r in results) else 0
 
 
+def _pairs(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _runs(folder: Path):
+    from eval.runs import RunsError, load_runs
+
+    try:
+        return load_runs(folder)
+    except RunsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _budget(args: argparse.Namespace) -> int:
+    import httpx
+
+    from client.api import APIError
+    from eval.budget import budget
+
+    runs = _runs(args.runs)
+    if runs is None:
+        return 1
+    try:
+        parameters = {name: int(float(value)) for name, value in args.parameters}
+    except ValueError as exc:
+        print(f"error: --parameters wants MODEL=COUNT: {exc}", file=sys.stderr)
+        return 1
+    try:
+        budget(runs, args.out or args.runs, None if args.flops_only else args.url, parameters)
+    except (APIError, httpx.HTTPError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"budget curves: {(args.out or args.runs) / 'budget.md'}")
+    return 0
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from eval import rank
+
+    runs = _runs(args.runs)
+    if runs is None:
+        return 1
+    results = [rank.rank_run(r) for r in runs]
+    rank.write(args.out or args.runs, results)
+    for r in results:
+        ks = sorted(r.pass_at_k)
+        k = ks[-1]  # at k = 1 every ranking is a random pick
+        print(f"{r.run}: rank-score@{k} " + "; ".join(f"{name} {100 * r.rank_score[name][k]:.1f}%" for name in rank.RANKINGS)
+              + f"; pass@{k} {100 * r.pass_at_k[k]:.1f}%")
+    print(f"rank-score@k: {(args.out or args.runs) / 'rank.md'}")
+    return 0
+
+
+def _perf(args: argparse.Namespace) -> int:
+    from eval import perf
+
+    runs = _runs(args.runs)
+    if runs is None:
+        return 1
+    config = perf.TimingConfig(rounds=args.rounds, repeats=args.repeats, min_round_s=args.min_round_ms / 1000,
+                               timeout_s=args.timeout)
+    try:
+        perf.study(runs, args.out or args.runs, config, include_timeouts=args.include_timeouts)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"run times: {(args.out or args.runs) / 'perf.md'}")
+    return 0
+
+
+def _perplexity(args: argparse.Namespace) -> int:
+    import httpx
+
+    from client.api import APIError
+    from eval.perplexity import run
+
+    if not args.lang:
+        print("error: give at least one --lang LANGUAGE=FOLDER (e.g. --lang python=/usr/lib/python3.11)", file=sys.stderr)
+        return 1
+    try:
+        run(args.url, args.model, {lang: Path(folder) for lang, folder in args.lang}, args.out, files=args.files,
+            window_tokens=args.window, overlap=args.overlap)
+    except (APIError, httpx.HTTPError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"perplexity: {args.out / 'perplexity.md'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from eval.run_report import gather
+
+    try:
+        print(f"report: {gather(args.runs)}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="measure a server: HumanEval pass@k, latency, ...")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True)
@@ -115,3 +219,44 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     lat.add_argument("--warmup", type=int, default=1, help="requests per cell before measuring (default 1)")
     lat.add_argument("--out", type=Path, default=Path("eval-runs/latency"))
     lat.set_defaults(run=_latency)
+
+    bud = kinds.add_parser("budget", help="pass@k under a FLOPs or wall-time budget, from HumanEval runs of several models")
+    bud.add_argument("runs", type=Path, help="the --out folder of `slipstream eval humaneval`")
+    bud.add_argument("--url", default="http://127.0.0.1:5000",
+                     help="the server that generated them: parameter counts and measured throughput (time budgets)")
+    bud.add_argument("--flops-only", action="store_true", help="no server: FLOPs budgets only (needs --parameters)")
+    bud.add_argument("--parameters", type=_pairs, action="append", default=[], metavar="MODEL=COUNT",
+                     help="a model's parameter count where the server does not say (repeatable)")
+    bud.add_argument("--out", type=Path, help="default: the runs folder")
+    bud.set_defaults(run=_budget)
+
+    rk = kinds.add_parser("rank", help="rank-score@k: the best of k samples by mean / sum log-probability or at random")
+    rk.add_argument("runs", type=Path, help="the --out folder of `slipstream eval humaneval`")
+    rk.add_argument("--out", type=Path, help="default: the runs folder")
+    rk.set_defaults(run=_rank)
+
+    pf = kinds.add_parser("perf", help="run time of the passing samples, normalised within each problem")
+    pf.add_argument("runs", type=Path, help="the --out folder of `slipstream eval humaneval`")
+    pf.add_argument("--rounds", type=_positive, default=7, help="timed rounds per measurement (default 7)")
+    pf.add_argument("--repeats", type=_positive, default=3, help="measurements of each solution, round-robin (default 3)")
+    pf.add_argument("--min-round-ms", type=float, default=10.0, help="calibrated length of one round (default 10 ms)")
+    pf.add_argument("--timeout", type=float, default=30.0, help="wall-clock seconds per measurement program")
+    pf.add_argument("--include-timeouts", action="store_true",
+                    help="also time samples that ran past the execution time limit (and pass when given longer)")
+    pf.add_argument("--out", type=Path, help="default: the runs folder")
+    pf.set_defaults(run=_perf)
+
+    pp = kinds.add_parser("perplexity", help="perplexity per language over folders of source files (echo + logprobs)")
+    pp.add_argument("--url", default="http://127.0.0.1:5000")
+    pp.add_argument("--model", action="append", required=True, help="model name, repeatable")
+    pp.add_argument("--lang", type=_pairs, action="append", default=[], metavar="LANGUAGE=FOLDER",
+                    help="a Pygments language name and a folder of its files, repeatable")
+    pp.add_argument("--files", type=_positive, default=20, help="files per language (default 20)")
+    pp.add_argument("--window", type=_positive, default=512, help="model tokens per window at most (default 512)")
+    pp.add_argument("--overlap", type=float, default=0.25, help="share of each window repeated as context (default 0.25)")
+    pp.add_argument("--out", type=Path, default=Path("eval-runs/perplexity"))
+    pp.set_defaults(run=_perplexity)
+
+    rp = kinds.add_parser("report", help="one markdown page gathering every study of a run folder")
+    rp.add_argument("runs", type=Path)
+    rp.set_defaults(run=_report)

@@ -1,8 +1,10 @@
-"""pass@k with the unbiased estimator of Chen et al. (2021), per problem and over a benchmark."""
+"""pass@k with the unbiased estimator of Chen et al. (2021), per problem and over a benchmark; rank-score@k
+(ranking samples without tests); the largest k a budget buys (Hassid et al. 2024)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+import math
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -26,3 +28,41 @@ def benchmark_pass_at_k(counts: Mapping[str, tuple[int, int]], ks: Iterable[int]
         return {}
     least = min(n for n, _ in counts.values())
     return {k: float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()])) for k in sorted(set(ks)) if k <= least}
+
+
+def rank_score_at_k(passed: Sequence[bool], scores: Sequence[float], k: int) -> float:
+    """Expected correctness of the best-scored of k samples drawn at random from n (Codex §3.3):
+    (1/C(n,k)) Σ_{i=1}^{n-k+1} C(n-i, k-1) pass_i, with the samples sorted by score, highest first.
+    Tied scores are ordered at random: in expectation every position of a tie group holds the group's
+    mean correctness, so ties count that mean, not an arbitrary order. With fewer than k samples the
+    best of all n is taken (k = n); no samples score 0."""
+    if len(passed) != len(scores):
+        raise ValueError(f"{len(passed)} verdicts but {len(scores)} scores")
+    if k < 1:
+        raise ValueError(f"rank-score@k needs k >= 1, got {k}")
+    n = len(passed)
+    if n == 0:
+        return 0.0
+    k = min(k, n)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    ranked_scores = np.asarray(scores, dtype=np.float64)[order]
+    ranked = np.asarray(passed, dtype=np.float64)[order]
+    expected = ranked.copy()
+    start = 0
+    while start < n:  # replace each run of equal scores by its mean correctness
+        end = start + 1
+        while end < n and ranked_scores[end] == ranked_scores[start]:
+            end += 1
+        expected[start:end] = ranked[start:end].mean()
+        start = end
+    weights = np.array([math.comb(n - i, k - 1) for i in range(1, n - k + 2)], dtype=np.float64)
+    return float(weights @ expected[: n - k + 1] / math.comb(n, k))
+
+
+def largest_k(cost_of_k: Callable[[int], float], budget: float, n: int) -> int:
+    """max{k in 0..n : cost(k) <= budget}, cost increasing in k; 0 when one sample is already too dear
+    (the budgeted pass@k of Hassid et al. is then 0)."""
+    k = 0
+    while k < n and cost_of_k(k + 1) <= budget:
+        k += 1
+    return k

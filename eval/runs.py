@@ -1,0 +1,60 @@
+"""The HumanEval runs under a folder, as written by `slipstream eval humaneval`: every sample with its
+verdict, so that budget curves, rankings and the perf study read the same records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.generate import read_jsonl
+
+
+@dataclass
+class HumanEvalRun:
+    model: str
+    temperature: float
+    mode: str
+    folder: Path
+    samples: list[dict[str, Any]]  # samples.jsonl rows with `passed` and `result` from results.jsonl
+
+    @property
+    def label(self) -> str:
+        kind = "" if self.mode == "completion" else f" ({self.mode})"
+        return f"{self.model}{kind} t={self.temperature:g}"
+
+    def by_problem(self) -> dict[str, list[dict[str, Any]]]:
+        problems: dict[str, list[dict[str, Any]]] = {}
+        for sample in sorted(self.samples, key=lambda s: s["sample"]):
+            problems.setdefault(sample["task_id"], []).append(sample)
+        return problems
+
+
+class RunsError(ValueError):
+    """The folder holds no finished HumanEval run, or one whose files disagree."""
+
+
+def load_runs(root: Path) -> list[HumanEvalRun]:
+    """Every finished run (a folder with summary.json) under root, samples joined with their verdicts;
+    a sample without a verdict is an error (the run was not finished: run the same humaneval command)."""
+    if not root.is_dir():
+        raise RunsError(f"{root} is not a folder")
+    runs = []
+    for summary_path in sorted(root.rglob("summary.json")):
+        folder = summary_path.parent
+        summary = json.loads(summary_path.read_text())
+        verdicts = {(r["task_id"], r["sample"]): r for r in read_jsonl(folder / "results.jsonl")}
+        samples = []
+        for row in read_jsonl(folder / "samples.jsonl"):
+            verdict = verdicts.get((row["task_id"], row["sample"]))
+            if verdict is None:
+                continue  # a sample beyond the run's n or --limit (humaneval scores only its own)
+            samples.append(row | {"passed": bool(verdict["passed"]), "result": verdict["result"]})
+        if not samples:
+            raise RunsError(f"{folder}: summary.json but no executed sample: run `slipstream eval humaneval` again")
+        runs.append(HumanEvalRun(summary["model"], float(summary["temperature"]), summary.get("mode", "completion"),
+                                 folder, samples))
+    if not runs:
+        raise RunsError(f"no HumanEval run under {root} (looked for */summary.json from `slipstream eval humaneval`)")
+    return runs

@@ -1,0 +1,171 @@
+"""The formulas of the research studies, pinned against cases computed by hand (and by brute force):
+budgeted pass@k with k = 0, rank-score@k with ties, perplexity normalisation, run-time normalisation."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from eval import budget, perf, perplexity, rank
+from eval.passk import largest_k, rank_score_at_k
+from eval.runs import HumanEvalRun
+
+
+def brute_rank_score(passed: list[bool], scores: list[float], k: int) -> float:
+    """Every subset of k samples equally likely; the best score wins, a tie for best broken at random."""
+    n = len(passed)
+    total = 0.0
+    subsets = list(itertools.combinations(range(n), k))
+    for subset in subsets:
+        best = max(scores[i] for i in subset)
+        tied = [passed[i] for i in subset if scores[i] == best]
+        total += sum(tied) / len(tied)
+    return total / len(subsets)
+
+
+def test_rank_score_by_hand() -> None:
+    # k samples drawn at random, the best-scored of them submitted
+    passed, scores = [True, False, False], [0.9, 0.5, 0.1]
+    assert rank_score_at_k(passed, scores, 1) == pytest.approx(1 / 3)  # one sample: nothing to rank
+    assert rank_score_at_k(passed, scores, 2) == pytest.approx(2 / 3)  # {0,1} yes, {0,2} yes, {1,2} no
+    assert rank_score_at_k(passed, scores, 3) == 1.0
+    # the right sample ranked last: it is submitted only when drawn alone
+    assert rank_score_at_k(passed, [0.1, 0.5, 0.9], 1) == pytest.approx(1 / 3)
+    assert rank_score_at_k(passed, [0.1, 0.5, 0.9], 2) == 0.0
+    assert rank_score_at_k(passed, [0.1, 0.5, 0.9], 3) == 0.0
+
+
+def test_rank_score_ties_count_the_tie_groups_mean() -> None:
+    assert rank_score_at_k([True, False], [0.5, 0.5], 1) == 0.5  # either order, equally likely
+    # all tied is random choice: c/n whatever k
+    assert rank_score_at_k([True, False, False, True], [0.0] * 4, 1) == 0.5
+    assert rank_score_at_k([True, False, False, True], [0.0] * 4, 3) == 0.5
+    # a tie for the top between a right and a wrong sample, a right one below: k=2 over 6 subsets
+    passed, scores = [True, False, True], [1.0, 1.0, 0.0]
+    assert rank_score_at_k(passed, scores, 2) == pytest.approx((0.5 + 1 + 0) / 3)
+    assert rank_score_at_k(passed, scores, 2) == pytest.approx(brute_rank_score(passed, scores, 2))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rank_score_equals_brute_force_with_ties(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, 7)
+    passed = [rng.random() < 0.4 for _ in range(n)]
+    scores = [float(rng.choice([-1, -0.5, -0.2, 0])) for _ in range(n)]  # few values: many ties
+    for k in range(1, n + 1):
+        assert rank_score_at_k(passed, scores, k) == pytest.approx(brute_rank_score(passed, scores, k), abs=1e-12)
+
+
+def test_rank_score_edges() -> None:
+    assert rank_score_at_k([], [], 1) == 0.0  # every sample discarded: the problem scores 0
+    assert rank_score_at_k([False, True], [0.0, 1.0], 10) == 1.0  # fewer than k: the best of all
+    with pytest.raises(ValueError, match="verdicts but"):
+        rank_score_at_k([True], [0.0, 1.0], 1)
+
+
+def run_of(rows: dict[str, list[tuple[bool, float | None, str]]], model: str = "m", temperature: float = 0.8) -> HumanEvalRun:
+    """A run by hand: task -> [(passed, mean logprob, finish_reason)], 2 generated tokens per sample."""
+    samples = []
+    for task, entries in rows.items():
+        for i, (passed, mean, finish) in enumerate(entries):
+            samples.append({"task_id": task, "sample": i, "passed": passed, "result": "passed" if passed else "failed: x",
+                            "completion": f"c{i}", "finish_reason": finish, "mean_logprob": mean,
+                            "sum_logprob": None if mean is None else 2 * mean if i % 2 else 10 * mean,
+                            "completion_tokens": 4 + i, "prompt_tokens": 10})
+    return HumanEvalRun(model, temperature, "completion", Path("."), samples)
+
+
+def test_rank_run_discards_samples_without_eos() -> None:
+    run = run_of({
+        "A": [(True, -0.1, "stop"), (False, -0.9, "stop"), (False, -0.01, "length"), (False, -0.5, "stop")],
+        "B": [(False, -0.2, "length"), (True, -0.3, "length"), (False, -0.4, "length"), (False, -0.6, "length")],
+    })
+    result = rank.rank_run(run, ks=(1, 2))
+    assert result.kept == 3 and result.samples == 8
+    # A: kept [T(-0.1), F(-0.9), F(-0.5)]; B: nothing kept, scores 0
+    for ranking in rank.RANKINGS:  # one sample drawn: nothing to rank
+        assert result.rank_score[ranking][1] == pytest.approx((1 / 3 + 0) / 2)
+    assert result.rank_score["mean logprob"][2] == pytest.approx((2 / 3 + 0) / 2)  # the right one ranked first
+    assert result.rank_score["random"][2] == pytest.approx((1 / 3 + 0) / 2)
+    # sum: T -1.0 (10x), F -1.8 (2x), F -1.0 (2x): a tie at the top counts its mean, {0,1} 1, {0,3} 1/2, {1,3} 0
+    assert result.rank_score["sum logprob"][2] == pytest.approx((1.5 / 3 + 0) / 2)
+    # pass@k counts every sample (the oracle): A 1 of 4, B 1 of 4
+    assert result.pass_at_k[1] == pytest.approx(0.25)
+
+
+def test_budgeted_pass_at_k_is_zero_below_one_sample() -> None:
+    assert largest_k(lambda k: 10 + 5 * k, 14, n=10) == 0
+    assert largest_k(lambda k: 10 + 5 * k, 15, n=10) == 1
+    assert largest_k(lambda k: 10 + 5 * k, 30, n=10) == 4
+    assert largest_k(lambda k: 10 + 5 * k, 1e9, n=10) == 10  # never past the samples drawn
+    run = run_of({"A": [(True, -0.1, "stop")] + [(False, -0.1, "stop")] * 3, "B": [(False, -0.1, "stop")] * 4})
+    cost = budget.costs_of(run, parameters=1_000_000, rates=budget.Rates(100.0, 50.0, 4))
+    # P = 10 prompt tokens, G = mean(4, 5, 6, 7) = 5.5 generated: flops(1) = 2e6 * 15.5
+    assert (cost.prompt_tokens, cost.generated_tokens) == (10, 5.5)
+    assert cost.flops(1) == 2e6 * 15.5 and cost.flops(0) == 0
+    assert cost.seconds(2) == pytest.approx(10 / 100 + 2 * 5.5 / 50)
+    assert budget.pass_at_budget(run, cost.flops, 2e6 * 15.5 - 1, 4) == (0, 0.0)
+    assert budget.pass_at_budget(run, cost.flops, 2e6 * 15.5, 4) == (1, pytest.approx((1 / 4 + 0) / 2))
+    # pass@2 for A: 1 - C(3,2)/C(4,2) = 1/2; B 0
+    assert budget.pass_at_budget(run, cost.flops, 2e6 * 21, 4) == (2, pytest.approx(0.25))
+
+
+def test_budget_curves_in_units_of_the_cheapest_sample() -> None:
+    small = run_of({"A": [(True, -0.1, "stop"), (False, -0.1, "stop")] * 2}, model="small")
+    large = run_of({"A": [(True, -0.1, "stop")] * 4}, model="large")
+    costs = [budget.costs_of(small, 1_000, None), budget.costs_of(large, 4_000, None)]
+    small_curve, large_curve = budget.curves([small, large], costs, "flops")
+    assert small_curve.units[0] == 1.0 and small_curve.budgets[0] == costs[0].flops(1)
+    assert small_curve.k[0] == 1 and large_curve.k[0] == 0 and large_curve.score[0] == 0.0
+    i = large_curve.k.index(1)  # the large model's first sample costs 4x the small one's
+    assert large_curve.units[i] >= 4 and small_curve.k[i] == 4 and small_curve.capped[-1]
+    rows = budget.winners([small_curve, large_curve])
+    assert rows[0]["winner"] == [small.label] and rows[i]["winner"] == [small.label, large.label]
+
+
+def test_perplexity_is_normalised_by_pygments_tokens() -> None:
+    assert perplexity.lexer_token_count("x = 1  # hi\n", "python") == 4  # x, =, 1, the comment
+    assert perplexity.lexer_token_count("int main(void) { return 0; }\n", "c") == 10
+    files = [perplexity.FileScore("a", 100, 10, 20, 0, -10.0, 1), perplexity.FileScore("b", 300, 20, 40, 1, -20.0, 2)]
+    pooled = perplexity.pool("m", "python", files)
+    assert pooled.perplexity == pytest.approx(math.e)  # exp(30 / 30 lexer tokens), not per file then averaged
+    assert pooled.model_token_perplexity == pytest.approx(math.exp(30 / 60))
+    assert pooled.bits_per_char == pytest.approx(30 / math.log(2) / 400)
+    assert (pooled.files, pooled.lexer_tokens, pooled.model_tokens) == (2, 30, 60)
+    with pytest.raises(ValueError, match="no lexer"):
+        perplexity.lexer_token_count("x", "no-such-language")
+
+
+def solution(seconds: float | None, canonical: bool = False, error: str | None = None) -> perf.Solution:
+    s = perf.Solution("T", "code", canonical)
+    s.medians = [] if seconds is None else [seconds * 1.1, seconds]
+    s.error = error
+    return s
+
+
+def test_run_times_are_normalised_within_the_problem() -> None:
+    group = [solution(1.0, canonical=True), solution(2.0), solution(4.0), solution(3.0, error="failed while being timed")]
+    norms = perf.normalise(group)
+    assert set(norms) == {0, 1, 2}  # the one that could not be timed is left out
+    assert [norms[i]["ratio"] for i in (0, 1, 2)] == [1.0, 2.0, 4.0]
+    mean, spread = 7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 3)
+    assert norms[2]["z"] == pytest.approx((4 - mean) / spread)
+    assert sum(n["z"] for n in norms.values()) == pytest.approx(0)
+    assert group[1].seconds == 2.0  # the least of the repetitions' medians (2.2, 2.0)
+    assert group[1].cv == pytest.approx(math.sqrt(0.02) / 2.1)  # their sample stdev over their mean
+    assert perf.normalise([solution(5.0, canonical=True)]) == {0: {"ratio": 1.0, "z": 0.0}}  # alone: z 0
+    assert perf.normalise([solution(None, canonical=True, error="timed out"), solution(2.0)])[1]["ratio"] is None
+
+
+def test_runs_are_compared_by_geometric_mean_across_problems() -> None:
+    run = run_of({"T": [(True, -0.1, "stop"), (True, -0.1, "stop")], "U": [(False, -0.1, "stop")] * 2})
+    fast, slow = solution(2.0), solution(8.0)
+    for s, i in ((fast, 0), (slow, 1)):
+        s.samples = [{"run": run.label, "model": "m", "temperature": 0.8, "mode": "completion", "sample": i}]
+    rows = perf.summarise([run], {"T": [solution(1.0, canonical=True), fast, slow]})
+    assert rows[0]["ratio_geomean"] == pytest.approx(4.0)  # sqrt(2 * 8)
+    assert rows[0]["success_rate"] == 0.5 and rows[0]["timed_samples"] == 2 and rows[0]["problems"] == 1

@@ -1,0 +1,144 @@
+"""The research studies end to end: `slipstream eval perf / budget / rank / perplexity / report` on run
+folders of real HumanEval problems, real execution of the code, real server processes (tiny models)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from client.api import Client
+from eval import execution
+from eval.datasets import humaneval
+from eval.humaneval import execute, run_dir
+from tests.conftest import ROOT, TINY, TINY_LLAMA
+
+PROBLEM = humaneval(1)[0]  # HumanEval/0, has_close_elements
+CANONICAL = PROBLEM.canonical_solution
+SLOW = "    sum(range(300000))  # a few ms of waste per call\n" + CANONICAL
+# passes its tests once, fails when they are run again: timing must say so, not time it
+STATEFUL = "    _calls.append(1)\n    if len(_calls) > 12:\n        raise RuntimeError('stateful')\n" + CANONICAL + "\n_calls = []\n"
+WRONG = "    return True\n"
+
+
+def slipstream(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server.cli", "eval", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def write_run(out: Path, model: str, temperature: float, completions: list[tuple[str, str]],
+              execute_them: bool = True) -> Path:
+    """A run folder as `eval humaneval` writes it, from (task_id, completion) pairs; verdicts by real execution."""
+    folder = run_dir(out, model, temperature)
+    folder.mkdir(parents=True)
+    samples, index = [], {}
+    for task, completion in completions:
+        i = index[task] = index.get(task, -1) + 1
+        samples.append({"task_id": task, "completion": completion, "sample": i, "model": model, "temperature": temperature,
+                        "top_p": 0.95, "seed": 0, "prompt_format": "raw", "mode": "completion",
+                        "finish_reason": "stop" if i % 3 else "length", "completion_tokens": 20 + 5 * i,
+                        "prompt_tokens": 120, "mean_logprob": -0.1 * (i + 1), "sum_logprob": -0.1 * (i + 1) * (20 + 5 * i),
+                        "latency_s": 0.1})
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    problems = {p.task_id: p for p in humaneval(3)}
+    execute(problems, samples, folder / "results.jsonl", execution.DEFAULT_LIMITS, workers=1)
+    (folder / "summary.json").write_text(json.dumps({"model": model, "temperature": temperature, "mode": "completion"}))
+    return folder
+
+
+def test_perf_times_passing_samples_against_the_canonical_solution(tmp_path: Path) -> None:
+    task = PROBLEM.task_id
+    write_run(tmp_path, "m", 0.2, [(task, CANONICAL), (task, SLOW), (task, STATEFUL), (task, SLOW), (task, WRONG)])
+    done = slipstream("perf", str(tmp_path), "--repeats", "2", "--rounds", "3", "--min-round-ms", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "perf.json").read_text())
+    by_code = {s["samples"][0]["sample"] if s["samples"] else "canonical": s for s in result["solutions"]}
+    # the sample identical to the canonical solution is timed with it, once; the two slow ones once, together
+    assert set(by_code) == {0, 1, 2} and [x["sample"] for x in by_code[1]["samples"]] == [1, 3]
+    canonical, slow, stateful = by_code[0], by_code[1], by_code[2]
+    assert canonical["canonical"] and canonical["ratio"] == 1.0 and len(canonical["medians"]) == 2
+    assert slow["ratio"] > 20 and slow["seconds"] > 5 * 7 * 1e-4  # 7 calls per check, each summing 300k numbers
+    assert stateful["error"].startswith("failed while being timed") and stateful["seconds"] is None
+    assert 0 <= canonical["cv"] < 1 and result["noise"]["solutions"] == 2
+    (row,) = result["runs"]
+    assert row["timed_samples"] == 3 and row["success_rate"] == pytest.approx(4 / 5)  # WRONG fails
+    assert row["ratio_geomean"] == pytest.approx((1 * slow["ratio"] ** 2) ** (1 / 3))
+    assert "could not be timed" in (tmp_path / "perf.md").read_text()
+    assert (tmp_path / "perf.png").stat().st_size > 1000 and (tmp_path / "perf_problems.png").stat().st_size > 1000
+
+
+def test_rank_and_report_from_a_run_folder(tmp_path: Path) -> None:
+    task = PROBLEM.task_id
+    write_run(tmp_path, "m", 0.8, [(task, WRONG), (task, CANONICAL), (task, WRONG), (task, SLOW)])
+    done = slipstream("rank", str(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "rank.json").read_text())
+    # finish "length" on samples 0 and 3 (every third): kept 1 (passes, mean -0.2) and 2 (fails, mean -0.3)
+    assert result["kept"] == 2 and result["pass_at_k"]["1"] == pytest.approx(0.5)
+    assert result["rank_score"]["mean logprob"]["2"] == 1.0 and result["rank_score"]["random"]["2"] == 0.5
+    page = slipstream("report", str(tmp_path))
+    assert page.returncode == 0, page.stderr
+    index = (tmp_path / "index.md").read_text()
+    assert "## Ranking without tests" in index and "![rank.png](rank.png)" in index and "[rank.json](rank.json)" in index
+    empty = slipstream("rank", str(tmp_path / "nothing"))
+    assert empty.returncode == 1 and "is not a folder" in empty.stderr
+
+
+def test_budget_curves_with_rates_measured_on_the_server(duo_server, tmp_path: Path) -> None:
+    task = PROBLEM.task_id
+    write_run(tmp_path, TINY, 0.8, [(task, CANONICAL), (task, WRONG)] * 2)
+    write_run(tmp_path, TINY_LLAMA, 0.8, [(task, WRONG), (task, CANONICAL)])
+    refused = slipstream("budget", str(tmp_path), "--flops-only")
+    assert refused.returncode == 1 and "no parameter count for" in refused.stderr
+    done = slipstream("budget", str(tmp_path), "--url", duo_server.url)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "budget.json").read_text())
+    with Client(duo_server.url) as client:
+        served = {m["id"]: m["parameters"] for m in client.models()}
+    for cost in result["costs"]:
+        assert cost["parameters"] == served[cost["model"]] and cost["prompt_tokens"] == 120
+        rates = cost["rates"]
+        assert rates["prefill_tok_s"] > 0 and rates["best_batch"] in (1, 2, 4, 8, 16)
+        assert rates["decode_tok_s"] == max(rates["by_batch"].values())
+    assert set(result["curves"]) == {"flops@t0.8", "seconds@t0.8"}
+    for curves in result["curves"].values():
+        assert min(c["units"][0] for c in curves) == 1.0
+        assert all(c["k"] == sorted(c["k"]) for c in curves)  # more budget never buys fewer samples
+        assert any(c["k"][0] == 0 and c["score"][0] == 0.0 for c in curves) or len({c["k"][0] for c in curves}) == 1
+    assert "Who wins: flops@t0.8" in (tmp_path / "budget.md").read_text()
+
+
+def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    python, c = tmp_path / "py", tmp_path / "c"
+    python.mkdir()
+    c.mkdir()
+    source = Path(execution.__file__).read_text()[:2500]
+    (python / "a.py").write_text(source)
+    (python / "b.py").write_text(Path(__file__).read_text()[:1500])
+    (python / "small.py").write_text("x = 1\n")  # under 1000 bytes: not picked
+    (c / "a.h").write_text("".join(f"int f{i}(int x) {{ return x * {i}; }}\n" for i in range(60)))
+    done = slipstream("perplexity", "--url", tiny_server.url, "--model", TINY, "--lang", f"python={python}",
+                      "--lang", f"c={c}", "--window", "512", "--overlap", "0.25", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "perplexity.json").read_text())
+    rows = {r["language"]: r for r in result["results"]}
+    assert rows["python"]["files"] == 2 and rows["c"]["files"] == 1
+    tokenizer = Tokenizer.from_file(str(next((tiny_repo / TINY).rglob("tokenizer.json"))))
+    for file in result["files"][TINY]["python"] + result["files"][TINY]["c"]:
+        text = Path(file["path"]).read_text()
+        # a 512-token window overflows the tiny model's 128: windows halve until they fit, and every token
+        # of the file is counted once (give or take one per window edge, where tokens split differently)
+        assert file["windows"] > 1
+        whole = len(tokenizer.encode(text).ids)
+        assert abs(file["model_tokens"] + file["unscored"] - whole) <= file["windows"] + 1
+        assert file["logprob"] < 0
+    for r in rows.values():
+        assert r["perplexity"] == pytest.approx(2.718281828 ** (-r["logprob"] / r["lexer_tokens"]))
+    assert "| tiny-codegen | c |" in (tmp_path / "out" / "perplexity.md").read_text()
+    missing = slipstream("perplexity", "--url", tiny_server.url, "--model", TINY, "--lang", f"cobol-ish={c}")
+    assert missing.returncode == 1 and "no lexer named" in missing.stderr
