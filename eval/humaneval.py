@@ -142,8 +142,18 @@ def run(
             summaries.append(summary)
     from eval.report import write_humaneval_report
 
-    write_humaneval_report(out, summaries)
+    write_humaneval_report(out, all_summaries(out))  # with earlier runs in the same folder (other models)
     return summaries
+
+
+def all_summaries(out: Path) -> list[RunSummary]:
+    """Every run's summary under out, by model, mode and temperature."""
+    found = []
+    for path in out.rglob("summary.json"):
+        row = json.loads(path.read_text())
+        row["pass_at_k"] = {int(k): v for k, v in row["pass_at_k"].items()}
+        found.append(RunSummary(**{k: row[k] for k in RunSummary.__dataclass_fields__ if k in row}))
+    return sorted(found, key=lambda s: (s.model, s.mode, s.temperature))
 
 
 def _line(s: RunSummary) -> str:

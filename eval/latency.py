@@ -178,6 +178,7 @@ def write(out: Path, results: list[CellResult]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    from eval.report import plot_latency
+    from eval.report import latency_markdown, plot_latency
 
+    (out / "latency.md").write_text(latency_markdown(results))
     plot_latency(out, results)

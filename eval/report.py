@@ -65,6 +65,25 @@ def _plot(path: Path, summaries: list[RunSummary], ks: list[int]) -> None:
     plt.close(fig)
 
 
+def latency_markdown(results: list[CellResult]) -> str:
+    """One row per cell of the sweep: TTFT, inter-token and end-to-end latency at p50/p95, tokens/s, errors."""
+
+    def ms(values: dict[str, float], q: str) -> str:
+        return f"{1000 * values[q]:.0f}" if q in values else "-"
+
+    lines = ["# Latency", "",
+             "Per cell: time to first token, inter-token latency and end-to-end time (ms, p50 / p95), aggregate "
+             "completion tokens/s, error rate.", "",
+             "| server | model | prompt | max | clients | t | TTFT p50 / p95 | ITL p50 / p95 | e2e p50 / p95 | tok/s | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r.cell
+        lines.append(f"| {c.url} | {c.model} | {c.prompt_tokens} | {c.max_tokens} | {c.concurrency} | {c.temperature:g} | "
+                     f"{ms(r.ttft_s, 'p50')} / {ms(r.ttft_s, 'p95')} | {ms(r.itl_s, 'p50')} / {ms(r.itl_s, 'p95')} | "
+                     f"{ms(r.e2e_s, 'p50')} / {ms(r.e2e_s, 'p95')} | {r.throughput_tok_s:.1f} | {r.error_rate:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_latency(out: Path, results: list[CellResult]) -> None:
     """latency_vs_prompt.png (TTFT and end-to-end p50 against prompt length, at the lowest
     concurrency) and throughput_vs_concurrency.png (tokens/s against concurrency, at the shortest

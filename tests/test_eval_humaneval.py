@@ -106,3 +106,10 @@ def test_instruct_mode_through_chat(duo_server, tmp_path: Path) -> None:
     assert {s["prompt_format"] for s in samples} == {"instruct-v1"}
     assert all(s["completion_tokens"] > 0 and s["mean_logprob"] <= 0 for s in samples)
     assert json.loads((tmp_path / "report.json").read_text())[0]["mode"] == "instruct"
+    # a second model into the same folder: the report holds both runs, not just the latest command's
+    args[args.index(TINY_LLAMA)] = TINY
+    args[args.index("instruct")] = "completion"
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert sorted((r["model"], r["mode"]) for r in report) == sorted([(TINY_LLAMA, "instruct"), (TINY, "completion")])

@@ -33,6 +33,11 @@ def test_sweep_writes_json_csv_and_plots(tiny_server, tmp_path: Path) -> None:
     assert len(rows) == 4 and {"ttft_p99_s", "itl_p50_s", "e2e_p95_s", "throughput_tok_s", "error_rate"} <= set(rows[0])
     for plot in ("latency_vs_prompt.png", "throughput_vs_concurrency.png"):
         assert (tmp_path / plot).stat().st_size > 1000
+    table = (tmp_path / "latency.md").read_text().splitlines()
+    assert sum(line.startswith(f"| {tiny_server.url} | {TINY} |") for line in table) == 4
+    page = subprocess.run([sys.executable, "-m", "server.cli", "eval", "report", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert page.returncode == 0 and "![latency_vs_prompt.png](latency_vs_prompt.png)" in (tmp_path / "index.md").read_text()
 
 
 def test_a_model_no_server_serves_is_a_clear_error(tiny_server, tmp_path: Path) -> None:
