@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import time
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, TypeVar
+from typing import AsyncIterator, Awaitable, Mapping, TypeVar
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from server import serving
+from server import auth, serving
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
 from server.errors import APIError, InvalidRequest, handle_api_error
@@ -30,6 +33,7 @@ from server.settings import Settings
 
 log = logging.getLogger("slipstream.app")
 Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
+_COPILOT_TOKEN_TTL_S = 1800
 
 
 
@@ -48,7 +52,8 @@ _COMPLETION_DOC = _doc(CompletionRequest, CompletionResponse)
 _CHAT_DOC = _doc(ChatCompletionRequest, ChatCompletionResponse)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> FastAPI:
+    keys = auth.load_keys(environ)  # AuthConfigError before anything loads: a lock that does not lock is no lock
     backend = _backend(settings)
 
     @asynccontextmanager
@@ -64,6 +69,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(ClientGone, _handle_client_gone)
     app.add_exception_handler(Exception, _handle_unexpected)
     _document_schemas(app)
+    if keys:
+        app.add_middleware(auth.APIKeyMiddleware, keys=keys)
+        log.info("API keys required (%d configured)", len(keys))
+    if settings.cors_origins:  # added last: outermost, so that preflights are answered before the key check
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
 
     async def completion(request: Request) -> JSONResponse | StreamingResponse:
         body = await _parse_body(request, CompletionRequest)
@@ -108,6 +119,14 @@ def create_app(settings: Settings) -> FastAPI:
                 )
             )
         return ModelList(data=cards)
+
+    @app.get("/copilot_internal/v2/token")
+    async def copilot_token(request: Request) -> dict[str, object]:
+        """The token the Copilot plugin asks for before completing: with API keys set, only a request with a
+        valid key gets here, and its key is the token (the plugin then sends it as Bearer)."""
+        now = int(time.time())
+        token = auth.presented_key({k.lower(): v for k, v in request.headers.items()}) if keys else "slipstream-open"
+        return {"token": token, "expires_at": now + _COPILOT_TOKEN_TTL_S, "refresh_in": _COPILOT_TOKEN_TTL_S - 300}
 
     @app.get("/health")
     async def health() -> dict[str, str]:

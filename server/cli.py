@@ -55,7 +55,13 @@ def _serve(args: argparse.Namespace) -> int:
                 export_bundled(name, settings.model_repository)
             except ExportError as exc:
                 raise SystemExit(f"error: {exc}") from exc
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    from server.auth import AuthConfigError
+
+    try:
+        app = create_app(settings)
+    except AuthConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
     return 0
 
 

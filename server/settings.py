@@ -19,6 +19,11 @@ class Settings(BaseSettings):
     # --- network ---
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server to the network.")
     port: int = Field(5000, ge=1, le=65535, description="Port to listen on (the Copilot/FauxPilot default).")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (CORS); none by default. API keys come from "
+        "the environment only: SLIPSTREAM_API_KEYS (comma-separated) or SLIPSTREAM_API_KEYS_FILE.",
+    )
 
     # --- models ---
     model: list[str] = Field(
