@@ -18,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 from server import auth, serving
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
-from server.errors import APIError, InvalidRequest, handle_api_error
+from server.errors import APIError, InvalidRequest, PayloadTooLarge, handle_api_error
 from server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -77,7 +77,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
                            allow_headers=["*"])
 
     async def completion(request: Request) -> JSONResponse | StreamingResponse:
-        body = await _parse_body(request, CompletionRequest)
+        body = await _parse_body(request, CompletionRequest, settings.max_body_bytes)
         job = await serving.prepare(backend, settings, body)
         if body.stream:
             return await _sse(serving.stream(backend, job, _include_usage(body)), job)
@@ -95,7 +95,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     @app.post("/v1/chat/completions", openapi_extra=_CHAT_DOC, response_model=None)
     async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
         """Chat, through the model's own chat template; /v1/models says which models chat."""
-        body = await _parse_body(request, ChatCompletionRequest)
+        body = await _parse_body(request, ChatCompletionRequest, settings.max_body_bytes)
         job = await serving.prepare_chat(backend, settings, body)
         if body.stream:
             return await _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
@@ -178,9 +178,26 @@ def _json(response: BaseModel, job: serving.Job) -> JSONResponse:
     return JSONResponse(response.model_dump(), headers=_ignored_header(job))
 
 
-async def _parse_body(request: Request, model: type[Body]) -> Body:
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to pass `limit` bytes (by its Content-Length, or while it
+    streams in): a huge body is never held in memory whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is {int(declared)} bytes, above this server's limit of {limit} "
+                              "(max_body_bytes)", code="body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body passes this server's limit of {limit} bytes (max_body_bytes)",
+                                  code="body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse_body(request: Request, model: type[Body], limit: int) -> Body:
     """JSON whatever the Content-Type says: curl's default form type with a JSON body is still JSON."""
-    raw = await request.body()
+    raw = await _read_body(request, limit)
     if not raw.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:

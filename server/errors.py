@@ -36,6 +36,14 @@ class Overloaded(APIError):
     status, type = 429, "server_overloaded"
 
 
+class RequestTimeout(APIError):
+    status, type = 408, "timeout"
+
+
+class PayloadTooLarge(APIError):
+    status, type = 413, "invalid_request_error"
+
+
 class ModelUnavailable(APIError):
     status, type = 503, "model_unavailable"
 

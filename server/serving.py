@@ -7,6 +7,7 @@ asked to stream. Choices of several prompts are numbered prompt by prompt: index
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
@@ -14,7 +15,7 @@ from typing import AsyncIterator, Callable
 from server.backends.base import Backend, BackendUnavailable, ModelFailed, ModelLoading
 from server.engine.engine import Delta, InvalidInput, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
 from server.engine.scheduler import QueueFull
-from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded
+from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded, RequestTimeout
 from server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -45,6 +46,7 @@ class Job:
     prompts: list[Prompt]
     params: SamplingParams
     ignored: list[str] = field(default_factory=list)  # request fields this model cannot honour
+    timeout_s: float | None = None  # request_timeout_s: from the start of generation to its end
 
 
 # --- checks, before anything is sent ---
@@ -77,7 +79,7 @@ def _sampling(settings: Settings, request: CompletionRequest, engine: Prompter) 
         )
     for name, value in (("n", request.n), ("best_of", request.best_of or 0)):
         if value > settings.max_n:
-            raise InvalidRequest(f"{name}={value} is above this server's limit of {settings.max_n}", name)
+            raise InvalidRequest(f"{name}={value} is above this server's limit of {settings.max_n} (max_n)", name)
     vocab = engine.manifest.vocab_size
     for token in params.logit_bias:
         if not 0 <= token < vocab:
@@ -88,13 +90,27 @@ def _sampling(settings: Settings, request: CompletionRequest, engine: Prompter) 
 async def prepare(backend: Backend, settings: Settings, request: CompletionRequest) -> Job:
     model, engine = await _resolve(backend, request.model)
     params = _sampling(settings, request, engine)
+    texts = request.prompts()
+    rows = len(texts) * (params.best_of or params.n)
+    if rows > settings.max_n:  # a list of prompts multiplies the rows as n does
+        raise InvalidRequest(f"{len(texts)} prompts x {params.best_of or params.n} samples = {rows} sequences, above this "
+                             f"server's limit of {settings.max_n} (max_n)", "prompt")
     try:
-        prompts = [engine.prepare(p, params.max_tokens) for p in request.prompts()]
+        prompts = [engine.prepare(p, params.max_tokens) for p in texts]
     except InvalidInput as exc:
         raise InvalidRequest(str(exc), exc.param) from exc
+    for prompt in prompts:
+        _check_prompt_length(prompt, settings)
     # Fill-in-the-middle comes with models that have FIM sentinels; until then a suffix is not used.
     ignored = ["suffix"] if request.suffix else []
-    return Job(model, prompts, params, ignored)
+    return Job(model, prompts, params, ignored, settings.request_timeout_s)
+
+
+def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
+    sent = len(prompt.ids) - prompt.prefix + prompt.trimmed  # as the client sent it, before trimming
+    if sent > settings.max_prompt_tokens:
+        raise InvalidRequest(f"the prompt is {sent} tokens, above this server's limit of {settings.max_prompt_tokens} "
+                             "(max_prompt_tokens)", "prompt")
 
 
 async def prepare_chat(backend: Backend, settings: Settings, request: ChatCompletionRequest) -> Job:
@@ -112,21 +128,35 @@ async def prepare_chat(backend: Backend, settings: Settings, request: ChatComple
         prompt = engine.prepare(engine.chat_prompt(messages), params.max_tokens, raw=False)
     except InvalidInput as exc:
         raise InvalidRequest(str(exc), exc.param) from exc
-    return Job(model, [prompt], params)
+    _check_prompt_length(prompt, settings)
+    return Job(model, [prompt], params, timeout_s=settings.request_timeout_s)
 
 
 # --- generation events ---
 
 
 async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta | Usage]]:
+    loop = asyncio.get_running_loop()
+    deadline = None if job.timeout_s is None else loop.time() + job.timeout_s
     for number, prompt in enumerate(job.prompts):
+        events = backend.generate(job.model, prompt, job.params)
         try:
-            async for event in backend.generate(job.model, prompt, job.params):
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    break
                 yield number * job.params.n, event
+        except TimeoutError as exc:  # closing the generator below cancels the rows still decoding
+            raise RequestTimeout(f"the request ran past this server's limit of {job.timeout_s:g} s (request_timeout_s)",
+                                 code="request_timeout") from exc
         except QueueFull as exc:
             raise Overloaded(str(exc)) from exc
         except BackendUnavailable as exc:
             raise ModelUnavailable(str(exc)) from exc
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
 
 def _wire_usage(usages: list[Usage]) -> WireUsage:

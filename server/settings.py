@@ -76,5 +76,14 @@ class Settings(BaseSettings):
         4, ge=1, le=64, description="Most stop strings a request may give (OpenAI allows 4; Codex's HumanEval set is 5)."
     )
 
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="Largest request body, in bytes (413 past it).")
+    max_prompt_tokens: int = Field(
+        65536, ge=1, description="Longest prompt a request may send, in tokens, before it is trimmed to the context."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a request may generate; past it, it is ended with a 408 (or, once its "
+        "stream has started, an error event)."
+    )
+
     def intra_op_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)

@@ -570,8 +570,8 @@ def test_client_disconnect_mid_stream(url, tiny_server):
 
 
 def test_client_disconnect_before_a_plain_response_cancels_the_generation(url, tiny_server):
-    # ~4 s of work on this model (2 prompts x 32 samples x 100 tokens with top-5 logprobs); the client gives up at 0.3 s
-    slow = {"prompt": ["def f(x):", "class A:"], "max_tokens": 100, "n": 32, "temperature": 1.0, "ignore_eos": True,
+    # ~2 s of work on this model (2 prompts x 16 samples x 100 tokens with top-5 logprobs); the client gives up at 0.3 s
+    slow = {"prompt": ["def f(x):", "class A:"], "max_tokens": 100, "n": 16, "temperature": 1.0, "ignore_eos": True,
             "logprobs": 5}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/completions", json=slow, timeout=0.3)
@@ -591,3 +591,34 @@ def test_limits_come_from_the_environment(tiny_repo: Path) -> None:
         five = post(server.url, {"prompt": PROMPT, "max_tokens": 4, "stop": ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]})
         assert five.status_code == 200, five.text
         assert_error(post(server.url, {"prompt": PROMPT, "n": 3}), 400, "n")
+
+
+def test_each_limit_is_a_clear_4xx_naming_it(tiny_repo: Path) -> None:
+    from tests.conftest import ServerProcess
+
+    env = {"SLIPSTREAM_MAX_BODY_BYTES": "2048", "SLIPSTREAM_MAX_PROMPT_TOKENS": "40", "SLIPSTREAM_MAX_N": "4",
+           "SLIPSTREAM_REQUEST_TIMEOUT_S": "0.25"}
+    long_run = {"prompt": PROMPT, "max_tokens": 100, "n": 4, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
+    with ServerProcess(tiny_repo, [TINY], env=env) as server:
+        big = post(server.url, {"prompt": "x" * 3000})
+        assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]["message"]
+
+        def chunked():  # no Content-Length: counted while it streams in
+            yield b'{"prompt": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}'
+
+        streamed = httpx.post(server.url + "/v1/completions", content=chunked(), timeout=TIMEOUT)
+        assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "body_too_large"
+        long_prompt = assert_error(post(server.url, {"prompt": "def f(x): return x\n" * 20, "max_tokens": 2}), 400, "prompt")
+        assert "max_prompt_tokens" in long_prompt["message"]
+        rows = assert_error(post(server.url, {"prompt": [PROMPT, PROMPT, PROMPT], "n": 2}), 400, "prompt")
+        assert "6 sequences" in rows["message"] and "max_n" in rows["message"]
+        # past request_timeout_s: a plain response is a 408, a started stream ends with an error event
+        late = post(server.url, long_run)
+        assert late.status_code == 408 and "request_timeout_s" in late.json()["error"]["message"]
+        with httpx.stream("POST", server.url + "/v1/completions", json=long_run | {"stream": True}, timeout=TIMEOUT) as s:
+            events = [line for line in s.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and "request_timeout_s" in events[-2]
+        assert greedy(server.url, max_tokens=3)["usage"]["completion_tokens"] == 3  # the server is free again
