@@ -12,13 +12,14 @@ from typing import AsyncIterator, Awaitable, Mapping, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from server import auth, serving
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
 from server.errors import APIError, InvalidRequest, PayloadTooLarge, handle_api_error
+from server.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -72,13 +73,16 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     if keys:
         app.add_middleware(auth.APIKeyMiddleware, keys=keys)
         log.info("API keys required (%d configured)", len(keys))
-    if settings.cors_origins:  # added last: outermost, so that preflights are answered before the key check
+    if settings.cors_origins:  # after the key check: outside it, so that preflights are answered first
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
+    metrics = Metrics(backend)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refused requests are counted too
 
     async def completion(request: Request) -> JSONResponse | StreamingResponse:
         body = await _parse_body(request, CompletionRequest, settings.max_body_bytes)
         job = await serving.prepare(backend, settings, body)
+        job.metrics = metrics
         if body.stream:
             return await _sse(serving.stream(backend, job, _include_usage(body)), job)
         return _json(await _while_connected(request, serving.complete(backend, job)), job)
@@ -97,6 +101,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
         """Chat, through the model's own chat template; /v1/models says which models chat."""
         body = await _parse_body(request, ChatCompletionRequest, settings.max_body_bytes)
         job = await serving.prepare_chat(backend, settings, body)
+        job.metrics = metrics
         if body.stream:
             return await _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
         return _json(await _while_connected(request, serving.chat_complete(backend, job)), job)
@@ -127,6 +132,11 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
         now = int(time.time())
         token = auth.presented_key({k.lower(): v for k, v in request.headers.items()}) if keys else "slipstream-open"
         return {"token": token, "expires_at": now + _COPILOT_TOKEN_TTL_S, "refresh_in": _COPILOT_TOKEN_TTL_S - 300}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_text() -> Response:
+        """Prometheus exposition (behind the API keys when they are set: scrapers send a bearer token)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -16,6 +16,7 @@ from server.backends.base import Backend, BackendUnavailable, ModelFailed, Model
 from server.engine.engine import Delta, InvalidInput, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
 from server.engine.scheduler import QueueFull
 from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded, RequestTimeout
+from server.metrics import GenerationClock, Metrics
 from server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -47,6 +48,7 @@ class Job:
     params: SamplingParams
     ignored: list[str] = field(default_factory=list)  # request fields this model cannot honour
     timeout_s: float | None = None  # request_timeout_s: from the start of generation to its end
+    metrics: Metrics | None = None  # where its timings and token counts go (set by the app)
 
 
 # --- checks, before anything is sent ---
@@ -138,6 +140,7 @@ async def prepare_chat(backend: Backend, settings: Settings, request: ChatComple
 async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta | Usage]]:
     loop = asyncio.get_running_loop()
     deadline = None if job.timeout_s is None else loop.time() + job.timeout_s
+    clock = GenerationClock(job.metrics, job.model)
     for number, prompt in enumerate(job.prompts):
         events = backend.generate(job.model, prompt, job.params)
         try:
@@ -147,8 +150,16 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
                         event = await anext(events)
                 except StopAsyncIteration:
                     break
+                if isinstance(event, Usage):
+                    clock.usage(event.prompt_tokens, event.completion_tokens)
+                elif event.text:
+                    clock.text(number * job.params.n + event.index)
                 yield number * job.params.n, event
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away: its rows are dropped
+            clock.cancelled()
+            raise
         except TimeoutError as exc:  # closing the generator below cancels the rows still decoding
+            clock.cancelled()
             raise RequestTimeout(f"the request ran past this server's limit of {job.timeout_s:g} s (request_timeout_s)",
                                  code="request_timeout") from exc
         except QueueFull as exc:

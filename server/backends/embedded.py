@@ -115,6 +115,11 @@ class EmbeddedBackend:
         scheduler = self._schedulers.get(name)
         return scheduler is not None and scheduler.pending >= _MAX_WAITING
 
+    def load_now(self, name: str) -> tuple[int, int] | None:
+        """(rows in the last decode step, requests waiting to be admitted), None before the model loads."""
+        scheduler = self._schedulers.get(name)
+        return None if scheduler is None else (scheduler.batch_rows, scheduler.waiting)
+
     async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
         self.engine(name)
         async for event in self._schedulers[name].submit(prompt, params):

@@ -99,6 +99,9 @@ class TritonBackend:
     def queue_full(self, name: str) -> bool:
         return False  # Triton's model keeps the queue: a full one answers with a queue_full event
 
+    def load_now(self, name: str) -> tuple[int, int] | None:
+        return None  # the batch lives inside tritonserver: its own metrics (port 8002) show it
+
     # --- health ---
 
     def _client(self, url: str) -> grpc_aio.InferenceServerClient:

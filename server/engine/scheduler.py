@@ -52,6 +52,9 @@ class Scheduler:
         self._inbox: queue.Queue[object] = queue.Queue()
         self._pending = 0  # submitted and not finished: waiting or decoding
         self.stats = {"steps": 0, "rows_decoded": 0, "max_batch_rows": 0, "max_batch_requests": 0}
+        # what the worker is doing now, read by /metrics: rows in the last decode step, requests not yet admitted
+        self.batch_rows = 0
+        self.waiting = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.manifest.name}", daemon=True)
         self._thread.start()
 
@@ -97,6 +100,7 @@ class Scheduler:
             except queue.Empty:
                 pass
             active, batch = self._drop_cancelled(active, batch)
+            self.waiting = len(waiting)
             rows = sum(len(r.sequence.live) for r in active)  # type: ignore[union-attr]
             while waiting and (not active or rows + self._rows_of(waiting[0]) <= self._max_rows):
                 request = waiting.pop(0)
@@ -108,7 +112,9 @@ class Scheduler:
                     active.append(request)
                     batch = cache if batch is None else batch.join(cache)
                     rows += cache.batch
+            self.waiting = len(waiting)
             if not active:
+                self.batch_rows = 0
                 continue
             active, batch = self._step(active, batch)  # type: ignore[arg-type]
 
@@ -134,6 +140,7 @@ class Scheduler:
         stats["rows_decoded"] += len(tokens)
         stats["max_batch_rows"] = max(stats["max_batch_rows"], len(tokens))
         stats["max_batch_requests"] = max(stats["max_batch_requests"], len(active))
+        self.batch_rows = len(tokens)
         try:
             logits, batch = self.engine.runner.decode(tokens, batch)
         except Exception as exc:  # noqa: BLE001 - every request in the batch learns of it

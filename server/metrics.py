@@ -1,0 +1,129 @@
+"""Prometheus metrics (GET /metrics): requests by route and status, their duration, time to first
+token and inter-token gaps per model, tokens in and out, cancellations, and, read at scrape time from
+the scheduler, the rows decoding and the requests waiting per model, and whether each model is ready.
+
+A registry per app (not the library's global one), so that several apps in one process do not collide.
+Routes are labelled by their template, never by the raw path, which a client could fill with anything.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.backends.base import Backend
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/copilot_internal/v2/token", "/health", "/ready",
+          "/metrics", "/docs", "/openapi.json")
+_ENGINE_ROUTE = "/v1/engines/{engine}/completions"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+def route_of(path: str) -> str:
+    if path in ROUTES:
+        return path
+    if path.startswith("/v1/engines/") and path.endswith("/completions"):
+        return _ENGINE_ROUTE
+    return "other"
+
+
+class Metrics:
+    def __init__(self, backend: Backend) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("slipstream_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.duration = Histogram("slipstream_request_duration_seconds", "From request to the end of its response "
+                                  "(a stream's last event)", ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.ttft = Histogram("slipstream_time_to_first_token_seconds", "From generation start to the first text",
+                              ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.gap = Histogram("slipstream_inter_token_seconds", "Between successive text events of one choice",
+                             ["model"], buckets=_GAP_BUCKETS, registry=r)
+        self.completion_tokens = Counter("slipstream_completion_tokens", "Tokens generated", ["model"], registry=r)
+        self.prompt_tokens = Counter("slipstream_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.cancelled = Counter("slipstream_cancelled_requests", "Generations ended early: the client went away or "
+                                 "the request ran past its time limit", ["model"], registry=r)
+        r.register(_BackendCollector(backend))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class GenerationClock:
+    """Times one generation's events for the metrics: the first text, then the gaps per choice."""
+
+    def __init__(self, metrics: Metrics | None, model: str) -> None:
+        self._metrics, self._model = metrics, model
+        self._started = time.perf_counter()
+        self._first = True
+        self._last: dict[int, float] = {}
+
+    def text(self, index: int) -> None:
+        if self._metrics is None:
+            return
+        now = time.perf_counter()
+        if self._first:
+            self._metrics.ttft.labels(self._model).observe(now - self._started)
+            self._first = False
+        if index in self._last:
+            self._metrics.gap.labels(self._model).observe(now - self._last[index])
+        self._last[index] = now
+
+    def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
+        if self._metrics is not None:
+            self._metrics.prompt_tokens.labels(self._model).inc(prompt_tokens)
+            self._metrics.completion_tokens.labels(self._model).inc(completion_tokens)
+
+    def cancelled(self) -> None:
+        if self._metrics is not None:
+            self._metrics.cancelled.labels(self._model).inc()
+
+
+class _BackendCollector(Collector):
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        rows = GaugeMetricFamily("slipstream_batch_rows", "Rows in the last decode step", labels=["model"])
+        waiting = GaugeMetricFamily("slipstream_queue_depth", "Requests waiting to join the batch", labels=["model"])
+        ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])
+        for name in self._backend.names:
+            load = self._backend.load_now(name)
+            if load is not None:
+                rows.add_metric([name], load[0])
+                waiting.add_metric([name], load[1])
+            ready.add_metric([name], 1.0 if self._backend.status(name) in ("ready", "standby") else 0.0)
+        yield from (rows, waiting, ready)
+
+
+class MetricsMiddleware:
+    """Counts every response by route and status, and times it to its last byte; outermost, so that a
+    request refused by the key check or by a limit is counted too."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = route_of(scope["path"])
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.metrics.requests.labels(route, str(status[0])).inc()
+            self.metrics.duration.labels(route).observe(time.perf_counter() - started)

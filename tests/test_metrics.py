@@ -1,0 +1,61 @@
+"""GET /metrics on a real server: Prometheus text that counts what the requests did."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import TINY
+
+TIMEOUT = 60
+
+
+def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    text = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_requests_tokens_latency_and_cancellations(tiny_server) -> None:
+    url = tiny_server.url
+    before = scrape(url)
+    ok = httpx.post(f"{url}/v1/completions", json={"prompt": "def f(x):", "max_tokens": 6, "n": 2, "temperature": 0.8},
+                    timeout=TIMEOUT).json()
+    bad = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": -1}, timeout=TIMEOUT)
+    assert bad.status_code == 400
+    copilot = httpx.post(f"{url}/v1/engines/codegen/completions", json={"prompt": "x = ", "max_tokens": 3, "stream": True},
+                         timeout=TIMEOUT)
+    assert copilot.status_code == 200
+    # a client that leaves mid-stream: its generation is cancelled and counted
+    with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "def g():", "max_tokens": 100, "stream": True,
+                                                               "ignore_eos": True}, timeout=TIMEOUT) as stream:
+        next(stream.iter_lines())
+    after = scrape(url)
+    for _ in range(50):  # the cancellation is counted when the server notices the closed connection
+        if value(after, "slipstream_cancelled_requests_total", model=TINY) > value(before, "slipstream_cancelled_requests_total", model=TINY):
+            break
+        httpx.get(f"{url}/health", timeout=TIMEOUT)
+        after = scrape(url)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("slipstream_requests_total", route="/v1/completions", status="200") == 2
+    assert delta("slipstream_requests_total", route="/v1/completions", status="400") == 1
+    assert delta("slipstream_requests_total", route="/v1/engines/{engine}/completions", status="200") == 1
+    assert delta("slipstream_cancelled_requests_total", model=TINY) == 1
+    assert delta("slipstream_completion_tokens_total", model=TINY) >= ok["usage"]["completion_tokens"] + 1
+    assert delta("slipstream_prompt_tokens_total", model=TINY) >= ok["usage"]["prompt_tokens"]
+    assert delta("slipstream_time_to_first_token_seconds_count", model=TINY) == 3
+    assert delta("slipstream_inter_token_seconds_count", model=TINY) >= 2
+    assert delta("slipstream_request_duration_seconds_count", route="/v1/completions") == 3
+    assert value(after, "slipstream_model_ready", model=TINY) == 1.0
+    assert value(after, "slipstream_queue_depth", model=TINY) == 0.0
+    assert ("slipstream_batch_rows", (("model", TINY),)) in after
+    # a path nobody routes is one label, not one per path
+    httpx.get(f"{url}/no/such/{'x' * 20}", timeout=TIMEOUT)
+    assert value(scrape(url), "slipstream_requests_total", route="other", status="404") >= 1
