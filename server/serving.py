@@ -97,14 +97,15 @@ async def prepare(backend: Backend, settings: Settings, request: CompletionReque
     if rows > settings.max_n:  # a list of prompts multiplies the rows as n does
         raise InvalidRequest(f"{len(texts)} prompts x {params.best_of or params.n} samples = {rows} sequences, above this "
                              f"server's limit of {settings.max_n} (max_n)", "prompt")
+    # fill-in-the-middle where the model has FIM sentinels; elsewhere the suffix is ignored, and said so
+    suffix = request.suffix if request.suffix is not None and engine.fills_in_the_middle else None
     try:
-        prompts = [engine.prepare(p, params.max_tokens) for p in texts]
+        prompts = [engine.prepare(p, params.max_tokens, suffix=suffix) for p in texts]
     except InvalidInput as exc:
         raise InvalidRequest(str(exc), exc.param) from exc
     for prompt in prompts:
         _check_prompt_length(prompt, settings)
-    # Fill-in-the-middle comes with models that have FIM sentinels; until then a suffix is not used.
-    ignored = ["suffix"] if request.suffix else []
+    ignored = ["suffix"] if request.suffix and suffix is None else []
     return Job(model, prompts, params, ignored, settings.request_timeout_s)
 
 

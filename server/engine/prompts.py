@@ -62,10 +62,15 @@ class Prompter:
         except ChatTemplateError as exc:
             raise InvalidInput(str(exc), "messages") from exc
 
-    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True) -> Prompt:
+    @property
+    def fills_in_the_middle(self) -> bool:
+        return self.manifest.fim is not None
+
+    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True, suffix: str | None = None) -> Prompt:
         """Prefix the prompt as the model needs (raw text; a rendered chat template brings its own start)
         and trim it from the left (editor prompts are long, and their end, next to the cursor, matters
-        most) so that prompt + max_tokens fits the context."""
+        most) so that prompt + max_tokens fits the context. With a suffix (the code after the cursor)
+        and a model that has FIM sentinels: prefix-suffix-middle order, the model writes the middle."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         bad = [t for t in ids if not 0 <= t < self._vocab]
         if bad:
@@ -78,6 +83,8 @@ class Prompter:
                 f"{self.manifest.context_length} tokens",
                 "max_tokens",
             )
+        if suffix is not None and self.manifest.fim is not None:
+            return self._fill_in_the_middle(prompt, ids, suffix, prefix, room)
         if not ids:
             raise InvalidInput("prompt is empty", "prompt")
         trimmed = max(0, len(ids) - room)
@@ -87,3 +94,28 @@ class Prompter:
         else:
             text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=False)
         return Prompt(ids=prefix + ids, text=text, trimmed=trimmed, prefix=len(prefix))
+
+    def _fill_in_the_middle(self, prompt: str | list[int], before: list[int], suffix: str, prefix: list[int],
+                            room: int) -> Prompt:
+        """<prefix> before <suffix> after <middle>: the code before the cursor keeps its end, the code after
+        it its start; the code after gets what the code before does not need, and at most half the room
+        when both are long (what is next to the cursor matters most on both sides)."""
+        fim = self.manifest.fim
+        assert fim is not None
+        sentinels = [self.tokenizer.token_to_id(t) for t in (fim.prefix, fim.suffix, fim.middle)]
+        after = self.encode(suffix)
+        room -= len(sentinels)
+        if room < 1:
+            raise InvalidInput("max_tokens leaves no room for the prompt and suffix in the model's context of "
+                               f"{self.manifest.context_length} tokens", "max_tokens")
+        if not before and not after:
+            raise InvalidInput("prompt and suffix are both empty", "prompt")
+        keep_after = min(len(after), max(room // 2, room - len(before)))
+        keep_before = min(len(before), room - keep_after)
+        trimmed = (len(before) - keep_before) + (len(after) - keep_after)
+        whole = keep_before == len(before)
+        before, after = before[len(before) - keep_before:], after[:keep_after]
+        pre, suf, mid = sentinels
+        ids = prefix + [pre] + before + [suf] + after + [mid]
+        text = prompt if isinstance(prompt, str) and whole else self.tokenizer.decode(before, skip_special_tokens=False)
+        return Prompt(ids=ids, text=text, trimmed=trimmed, prefix=len(prefix))
