@@ -82,10 +82,17 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     async def completion(request: Request) -> JSONResponse | StreamingResponse:
         body = await _parse_body(request, CompletionRequest, settings.max_body_bytes)
         job = await serving.prepare(backend, settings, body)
-        job.metrics = metrics
+        _track(request, job, body.stream, body.prompt if settings.log_prompts else None)
         if body.stream:
             return await _sse(serving.stream(backend, job, _include_usage(body)), job)
         return _json(await _while_connected(request, serving.complete(backend, job)), job)
+
+    def _track(request: Request, job: serving.Job, stream: bool | None, prompt: object) -> None:
+        job.metrics = metrics
+        job.access.update(model=job.model, stream=bool(stream), n=job.params.n)
+        if prompt is not None:
+            job.access["prompt"] = prompt
+        request.state.access = job.access  # the access-log line reads it when the response has ended
 
     @app.post("/v1/completions", openapi_extra=_COMPLETION_DOC, response_model=None)
     async def completions(request: Request) -> JSONResponse | StreamingResponse:
@@ -101,7 +108,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
         """Chat, through the model's own chat template; /v1/models says which models chat."""
         body = await _parse_body(request, ChatCompletionRequest, settings.max_body_bytes)
         job = await serving.prepare_chat(backend, settings, body)
-        job.metrics = metrics
+        _track(request, job, body.stream, [m.text() for m in body.messages] if settings.log_prompts else None)
         if body.stream:
             return await _sse(serving.chat_stream(backend, job, _include_usage(body)), job)
         return _json(await _while_connected(request, serving.chat_complete(backend, job)), job)

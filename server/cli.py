@@ -61,7 +61,8 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except AuthConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10,
+                access_log=False)  # ours (slipstream.access) says more: model, tokens, duration
     return 0
 
 

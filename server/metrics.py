@@ -8,6 +8,8 @@ Routes are labelled by their template, never by the raw path, which a client cou
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Iterable
 
@@ -23,6 +25,7 @@ ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/copilot_int
           "/metrics", "/docs", "/openapi.json")
 _ENGINE_ROUTE = "/v1/engines/{engine}/completions"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+access_log = logging.getLogger("slipstream.access")
 _GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -103,8 +106,10 @@ class _BackendCollector(Collector):
 
 
 class MetricsMiddleware:
-    """Counts every response by route and status, and times it to its last byte; outermost, so that a
-    request refused by the key check or by a limit is counted too."""
+    """Counts every response by route and status, times it to its last byte, and writes its access-log
+    line (one JSON object: route, status, duration, client, and what the handler put in
+    scope["state"]["access"]: model, tokens, prompt only when log_prompts is on); outermost, so that a
+    request refused by the key check or by a limit is counted and logged too."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app, self.metrics = app, metrics
@@ -125,5 +130,11 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, sending)
         finally:
+            elapsed = time.perf_counter() - started
             self.metrics.requests.labels(route, str(status[0])).inc()
-            self.metrics.duration.labels(route).observe(time.perf_counter() - started)
+            self.metrics.duration.labels(route).observe(elapsed)
+            client = scope.get("client")
+            line = {"method": scope.get("method"), "route": route, "status": status[0],
+                    "duration_ms": round(1000 * elapsed, 1), "client": client[0] if client else None,
+                    **scope.get("state", {}).get("access", {})}
+            access_log.info(json.dumps(line))

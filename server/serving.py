@@ -49,6 +49,7 @@ class Job:
     ignored: list[str] = field(default_factory=list)  # request fields this model cannot honour
     timeout_s: float | None = None  # request_timeout_s: from the start of generation to its end
     metrics: Metrics | None = None  # where its timings and token counts go (set by the app)
+    access: dict = field(default_factory=dict)  # its access-log fields (model, tokens), filled as it runs
 
 
 # --- checks, before anything is sent ---
@@ -153,6 +154,8 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
                     break
                 if isinstance(event, Usage):
                     clock.usage(event.prompt_tokens, event.completion_tokens)
+                    for key, add in (("prompt_tokens", event.prompt_tokens), ("completion_tokens", event.completion_tokens)):
+                        job.access[key] = job.access.get(key, 0) + add
                 elif event.text:
                     clock.text(number * job.params.n + event.index)
                 yield number * job.params.n, event

@@ -85,5 +85,9 @@ class Settings(BaseSettings):
         "stream has started, an error event)."
     )
 
+    log_prompts: bool = Field(
+        False, description="Put each request's prompt text in its access-log line (off: code is private)."
+    )
+
     def intra_op_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)

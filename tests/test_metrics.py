@@ -59,3 +59,29 @@ def test_metrics_count_requests_tokens_latency_and_cancellations(tiny_server) ->
     # a path nobody routes is one label, not one per path
     httpx.get(f"{url}/no/such/{'x' * 20}", timeout=TIMEOUT)
     assert value(scrape(url), "slipstream_requests_total", route="other", status="404") >= 1
+
+
+def access_lines(log: str) -> list[dict]:
+    import json
+
+    return [json.loads(line.split("slipstream.access INFO ", 1)[1]) for line in log.splitlines()
+            if "slipstream.access INFO " in line]
+
+
+def test_access_log_lines_without_prompt_text_unless_asked(tiny_server, tiny_repo) -> None:
+    from tests.conftest import ServerProcess
+
+    secret = "def secret_function_name_42():"
+    done = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": secret, "max_tokens": 3}, timeout=TIMEOUT).json()
+    lines = [line for line in access_lines(tiny_server.log.read_text()) if line.get("route") == "/v1/completions"]
+    last = lines[-1]
+    assert last["status"] == 200 and last["model"] == TINY and last["method"] == "POST" and last["duration_ms"] > 0
+    assert last["prompt_tokens"] == done["usage"]["prompt_tokens"] and last["completion_tokens"] == 3
+    assert secret not in tiny_server.log.read_text()
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_LOG_PROMPTS": "true"}) as server:
+        httpx.post(f"{server.url}/v1/completions", json={"prompt": secret, "max_tokens": 2}, timeout=TIMEOUT)
+        refused = httpx.post(f"{server.url}/v1/completions", content=b"{not json", timeout=TIMEOUT)
+        logged = access_lines(server.log.read_text())
+    assert refused.status_code == 400
+    assert [line.get("prompt") for line in logged if line["route"] == "/v1/completions"][-2:] == [secret, None]
+    assert logged[-1]["status"] == 400  # a refused request is logged too
