@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from server import auth, serving
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
+from server.drain import Drain
 from server.errors import APIError, InvalidRequest, PayloadTooLarge, handle_api_error
 from server.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from server.protocol import (
@@ -66,6 +67,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
 
     app = FastAPI(title="slipstream", version="0.1.0", lifespan=lifespan)
     app.state.backend = backend
+    drain = app.state.drain = Drain(settings.shutdown_grace_s)  # begun by the server on SIGTERM (cli.py)
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(ClientGone, _handle_client_gone)
     app.add_exception_handler(Exception, _handle_unexpected)
@@ -88,7 +90,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
         return _json(await _while_connected(request, serving.complete(backend, job)), job)
 
     def _track(request: Request, job: serving.Job, stream: bool | None, prompt: object) -> None:
-        job.metrics = metrics
+        job.metrics, job.drain = metrics, drain
         job.access.update(model=job.model, stream=bool(stream), n=job.params.n)
         if prompt is not None:
             job.access["prompt"] = prompt

@@ -61,8 +61,11 @@ def _serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except AuthConfigError as exc:
         raise SystemExit(f"error: {exc}") from None
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10,
-                access_log=False)  # ours (slipstream.access) says more: model, tokens, duration
+    from server.drain import DrainingServer
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=settings.shutdown_grace_s)  # our access log says more
+    DrainingServer(config, app.state.drain).run()
     return 0
 
 

@@ -44,6 +44,10 @@ class PayloadTooLarge(APIError):
     status, type = 413, "invalid_request_error"
 
 
+class ShuttingDown(APIError):
+    status, type = 503, "server_shutting_down"
+
+
 class ModelUnavailable(APIError):
     status, type = 503, "model_unavailable"
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from server.backends.base import Backend, BackendUnavailable, ModelFailed, ModelLoading
+from server.drain import Drain
 from server.engine.engine import Delta, InvalidInput, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
 from server.engine.scheduler import QueueFull
-from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded, RequestTimeout
+from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded, RequestTimeout, ShuttingDown
 from server.metrics import GenerationClock, Metrics
 from server.protocol import (
     AssistantMessage,
@@ -50,6 +51,7 @@ class Job:
     timeout_s: float | None = None  # request_timeout_s: from the start of generation to its end
     metrics: Metrics | None = None  # where its timings and token counts go (set by the app)
     access: dict = field(default_factory=dict)  # its access-log fields (model, tokens), filled as it runs
+    drain: Drain | None = None  # the server's shutdown: a generation still going at its end is ended cleanly
 
 
 # --- checks, before anything is sent ---
@@ -147,11 +149,21 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
         events = backend.generate(job.model, prompt, job.params)
         try:
             while True:
+                until, draining = deadline, False
+                left = job.drain.seconds_left() if job.drain is not None else None
+                if left is not None and (until is None or loop.time() + left < until):
+                    until, draining = loop.time() + left, True
                 try:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(until):
                         event = await anext(events)
                 except StopAsyncIteration:
                     break
+                except TimeoutError as exc:
+                    if draining:
+                        clock.cancelled()
+                        raise ShuttingDown("the server is shutting down: this generation was ended "
+                                           f"(shutdown_grace_s={job.drain.grace_s:g})", code="shutting_down") from exc  # type: ignore[union-attr]
+                    raise
                 if isinstance(event, Usage):
                     clock.usage(event.prompt_tokens, event.completion_tokens)
                     for key, add in (("prompt_tokens", event.prompt_tokens), ("completion_tokens", event.completion_tokens)):

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         "stream has started, an error event)."
     )
 
+    shutdown_grace_s: float = Field(
+        10.0, gt=0, description="On SIGTERM, how long in-flight generations may go on; past it they are ended cleanly."
+    )
     log_prompts: bool = Field(
         False, description="Put each request's prompt text in its access-log line (off: code is private)."
     )
