@@ -184,6 +184,36 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    from eval.load import LoadConfig, run
+
+    config = LoadConfig(args.url, args.model, clients=args.clients, duration_s=args.duration, ramp_s=args.ramp,
+                        prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, temperature=args.temperature)
+    try:
+        result = run(config, args.out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((args.out / "load.md").read_text())
+    return 0 if result["passed"] else 1
+
+
+def add_bench_commands(commands: argparse._SubParsersAction) -> None:
+    bench = commands.add_parser("bench", help="load a server: `bench load` (the speed benchmarks are python -m bench.*)")
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+    load = kinds.add_parser("load", help="ramp to N streaming clients for a fixed time; no request may be lost")
+    load.add_argument("--url", default="http://127.0.0.1:5000")
+    load.add_argument("--model", help="model name (default: the server's first)")
+    load.add_argument("--clients", type=_positive, default=32)
+    load.add_argument("--duration", type=float, default=60.0, help="seconds of load after the start (default 60)")
+    load.add_argument("--ramp", type=float, default=10.0, help="seconds over which clients join (default 10)")
+    load.add_argument("--prompt-tokens", type=_positive, default=128)
+    load.add_argument("--max-tokens", type=_positive, default=64)
+    load.add_argument("--temperature", type=float, default=0.8)
+    load.add_argument("--out", type=Path, default=Path("eval-runs/load"))
+    load.set_defaults(run=_load)
+
+
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="measure a server: HumanEval pass@k, latency, ...")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True)

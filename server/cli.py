@@ -128,7 +128,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from client.cli import add_complete_command
-    from eval.cli import add_eval_commands
+    from eval.cli import add_bench_commands, add_eval_commands
     from server.triton.cli import add_triton_commands
 
     parser = argparse.ArgumentParser(prog="slipstream", description=__doc__)
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_triton_commands(commands)
     add_complete_command(commands)
     add_eval_commands(commands)
+    add_bench_commands(commands)
     return parser
 
 
