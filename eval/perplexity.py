@@ -184,11 +184,30 @@ def run(url: str, models: list[str], languages: dict[str, Path], out: Path, file
             detail.setdefault(model, {})[lang] = [asdict(s) for s in scores]
             results.append(pool(model, lang, scores))
             log(f"{model} {lang}: perplexity {results[-1].perplexity:.3f} per Pygments token")
+    results, detail = _merge_earlier(out / "perplexity.json", results, detail, window_tokens, overlap)
     (out / "perplexity.json").write_text(json.dumps({"results": [asdict(r) for r in results], "files": detail,
                                                      "window_tokens": window_tokens, "overlap": overlap}, indent=2) + "\n")
     (out / "perplexity.md").write_text(markdown(results, window_tokens, overlap))
     _plot(out / "perplexity.png", results)
     return results
+
+
+def _merge_earlier(path: Path, results: list[LanguageResult], detail: dict, window_tokens: int,
+                   overlap: float) -> tuple[list[LanguageResult], dict]:
+    """An earlier run's (model, language) results in the same folder are kept unless this run measured
+    them again (with the same windows: otherwise the numbers would not compare, and are replaced)."""
+    if not path.is_file():
+        return results, detail
+    earlier = json.loads(path.read_text())
+    if (earlier.get("window_tokens"), earlier.get("overlap")) != (window_tokens, overlap):
+        return results, detail
+    done = {(r.model, r.language) for r in results}
+    kept = [LanguageResult(**r) for r in earlier.get("results", []) if (r["model"], r["language"]) not in done]
+    for model, languages in earlier.get("files", {}).items():
+        for language, files in languages.items():
+            if (model, language) not in done:
+                detail.setdefault(model, {})[language] = files
+    return kept + results, detail
 
 
 async def _contexts(url: str) -> dict[str, int]:
@@ -200,7 +219,9 @@ def markdown(results: list[LanguageResult], window_tokens: int, overlap: float) 
     lines = ["# Perplexity per language", "",
              "PPL = exp(−Σ log p(file) / Σ Pygments tokens), pooled per language (PolyCoder's method: comparable "
              f"across tokenizers); windows of up to {window_tokens} model tokens, {overlap:.0%} of each repeated "
-             "as context. Per model token and bits per character for reference.", "",
+             "as context. Per model token and bits per character for reference. Pygments makes a whole "
+             "preprocessor line or comment one token: header files full of #define lines count few tokens, "
+             "so their per-token perplexity is far higher than their bits per character say.", "",
              "| model | language | files | chars | Pygments tokens | model tokens | PPL (Pygments) | PPL (model tokens) | bits/char |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:

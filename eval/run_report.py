@@ -43,7 +43,8 @@ def gather(root: Path) -> Path:
             image = md.parent / plot
             if image.is_file():
                 lines += ["", f"![{plot}]({_rel(image, root)})"]
-        data = sorted(md.parent.glob("*.json"))
+        own = md.with_suffix(".json")  # the study's own data, else every JSON beside it
+        data = [own] if own.is_file() else sorted(md.parent.glob("*.json"))
         if data:
             lines += ["", "Data: " + ", ".join(f"[{p.name}]({_rel(p, root)})" for p in data)]
     page = root / PAGE

@@ -140,5 +140,12 @@ def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_
     for r in rows.values():
         assert r["perplexity"] == pytest.approx(2.718281828 ** (-r["logprob"] / r["lexer_tokens"]))
     assert "| tiny-codegen | c |" in (tmp_path / "out" / "perplexity.md").read_text()
+    # a later run into the same folder measures C again and keeps Python's earlier result
+    (c / "b.c").write_text("".join(f"int g{i}(void) {{ return {i}; }}\n" for i in range(50)))
+    again = slipstream("perplexity", "--url", tiny_server.url, "--model", TINY, "--lang", f"c={c}", "--window", "512",
+                       "--overlap", "0.25", "--out", str(tmp_path / "out"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    merged = {r["language"]: r for r in json.loads((tmp_path / "out" / "perplexity.json").read_text())["results"]}
+    assert merged["python"] == rows["python"] and merged["c"]["files"] == 2
     missing = slipstream("perplexity", "--url", tiny_server.url, "--model", TINY, "--lang", f"cobol-ish={c}")
     assert missing.returncode == 1 and "no lexer named" in missing.stderr
