@@ -13,7 +13,7 @@ import httpx
 
 from tests.conftest import TINY, ServerProcess
 
-GRACE_S = 2.0
+GRACE_S = 1.2  # generations still going 0.2 s after the signal are ended (the last second is for endings)
 
 
 def stream_events(url: str, body: dict, started: threading.Event, out: list) -> None:
