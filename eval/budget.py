@@ -100,6 +100,10 @@ def pass_at_budget(run: HumanEvalRun, cost: Callable[[int], float], budget: floa
 
 
 def curves(runs: list[HumanEvalRun], costs: list[ModelCost], axis: str) -> list[Curve]:
+    problem_sets = {r.label: frozenset(r.by_problem()) for r in runs}
+    if len(set(problem_sets.values())) > 1:  # pass@k over different problems would not compare
+        sizes = ", ".join(f"{label}: {len(p)} problems" for label, p in problem_sets.items())
+        raise ValueError(f"the runs cover different problems ({sizes}): run humaneval with the same --limit for all")
     cost_fn = {"flops": lambda c: c.flops, "seconds": lambda c: c.seconds}[axis]
     unit = min(cost_fn(c)(1) for c in costs)
     top = max(cost_fn(c)(c.samples_per_problem) for c in costs)

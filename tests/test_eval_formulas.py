@@ -125,6 +125,9 @@ def test_budget_curves_in_units_of_the_cheapest_sample() -> None:
     assert large_curve.units[i] >= 4 and small_curve.k[i] == 4 and small_curve.capped[-1]
     rows = budget.winners([small_curve, large_curve])
     assert rows[0]["winner"] == [small.label] and rows[i]["winner"] == [small.label, large.label]
+    other = run_of({"B": [(True, -0.1, "stop")] * 4}, model="other")
+    with pytest.raises(ValueError, match="cover different problems"):
+        budget.curves([small, other], [costs[0], budget.costs_of(other, 1_000, None)], "flops")
 
 
 def test_perplexity_is_normalised_by_pygments_tokens() -> None:
