@@ -46,21 +46,9 @@ def matmul_nbits_shapes(onnx_file: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def profile(onnx_file: Path, threads: int, batch: int, warmup: int, steps: int) -> dict:
-    import onnxruntime as ort
+    from server.engine.runner import Runner
 
-    from server.engine.runner import Runner, _providers
-
-    runner = Runner(onnx_file, threads)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "ort")
-    runner.session = ort.InferenceSession(str(onnx_file), options, providers=_providers("cpu"))  # same graph, profiled
-
+    runner = Runner(onnx_file, threads, profile_prefix=os.path.join(tempfile.mkdtemp(), "ort"))
     ids = list(range(1000, 1000 + PROMPT_TOKENS))
     logits, cache = runner.prefill(ids)
     cache = cache.repeat(batch) if batch > 1 else cache

@@ -139,7 +139,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
         """The token the Copilot plugin asks for before completing: with API keys set, only a request with a
         valid key gets here, and its key is the token (the plugin then sends it as Bearer)."""
         now = int(time.time())
-        token = auth.presented_key({k.lower(): v for k, v in request.headers.items()}) if keys else "slipstream-open"
+        token = auth.presented_key(request.headers) if keys else "slipstream-open"
         return {"token": token, "expires_at": now + _COPILOT_TOKEN_TTL_S, "refresh_in": _COPILOT_TOKEN_TTL_S - 300}
 
     @app.get("/metrics", include_in_schema=False)

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Mapping
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 ENV_KEYS = "SLIPSTREAM_API_KEYS"
@@ -55,7 +56,8 @@ def load_keys(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key a request carries, in any of the accepted header forms (header names lower-case)."""
+    """The key a request carries, in any of the accepted header forms (lower-case names: a plain dict so
+    written, or Starlette's Headers, which match any case)."""
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() in ("bearer", "token") and value.strip():
@@ -84,8 +86,7 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope.get("method") == "OPTIONS":
             await self.app(scope, receive, send)  # CORS preflights carry no credentials by design
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        presented = presented_key(headers)
+        presented = presented_key(Headers(scope=scope))
         if key_matches(presented, self.keys):
             await self.app(scope, receive, send)
             return

@@ -128,13 +128,17 @@ DEVICES = ("cpu", "cuda")
 
 
 class Runner:
-    def __init__(self, onnx_path: Path, threads: int, share_buffer: bool = True, device: str = "cpu") -> None:
+    def __init__(self, onnx_path: Path, threads: int, share_buffer: bool = True, device: str = "cpu",
+                 profile_prefix: str | None = None) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        if profile_prefix is not None:  # ONNX Runtime's profiler (bench/profile.py): session.end_profiling() writes it
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         self.session = ort.InferenceSession(str(onnx_path), options, providers=_providers(device))
         if device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             raise DeviceError(f"ONNX Runtime could not place {onnx_path.name} on CUDA: {self.session.get_providers()}")
