@@ -2,10 +2,13 @@
 own temporary directory and session, inside a box.
 
 The box, best first: bubblewrap (read-only root, private /tmp, no network, own PID namespace, dies
-with us); else a network namespace of its own (`unshare -n`, where the machine allows it); else no
-box, with a warning. In every case: CPU-time, memory and file-size limits (setrlimit), a wall-clock
-timeout that kills the program's whole session, stdout/stderr captured and truncated, and the
-directory removed afterwards.
+with us); else `unshare` (network, PID, IPC and mount namespaces of its own, with a user namespace
+when we are not root; the zygote then makes every mount read-only and lays a private tmpfs over the
+world-writable directories itself); else no box, with a warning. Run as root, each program also
+drops to a uid of its own worker (no root-only file, no signal to anything outside, a process
+limit). In every case: CPU-time, memory, process and file-size limits (setrlimit), a wall-clock
+timeout, every process the program left killed (a detached daemon included), stdout/stderr
+captured and truncated, and the directory removed afterwards.
 
 A box and an interpreter take ~40 ms to start, more than most HumanEval programs take to run, so
 each parallel worker starts one box once, with eval/zygote.py in it, which forks a child per program
@@ -19,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import random
 import shutil
 import signal
 import subprocess
@@ -29,12 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Literal
 
+from eval.box_cgroup import Cgroup
+
 log = logging.getLogger("slipstream.eval.execution")
 
 Status = Literal["passed", "failed", "timeout"]
 Box = Literal["bwrap", "unshare", "none"]
 _ZYGOTE = Path(__file__).with_name("zygote.py")
 _ANSWER_GRACE = 10.0  # seconds past a program's timeout before its worker counts as stuck
+_START_TIMEOUT = 30.0  # seconds for a new box to say it is ready
+_BOX_PROCESSES = 128  # the cgroup's cap for a whole worker: the zygote and its program's processes
+_BOX_MEMORY_SLACK = 256 << 20  # the zygote's own memory, on top of one program's limit
+_UIDS = (600_000_000, 700_000_000)  # a random unprivileged uid per worker: no file or process outside has it
 
 
 @dataclass(frozen=True)
@@ -63,11 +73,17 @@ class Result:
 
 @functools.cache
 def box_works(box: Box) -> bool:
-    """Whether this machine can start that box (tried once, with a real process)."""
+    """Whether this machine can start that box (tried once, with a real worker and program)."""
+    worker = None
     try:
-        return subprocess.run(_wrap(box, [sys.executable, "-c", "pass"]), capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        worker = Worker(box)
+        return worker.run("pass", Limits(timeout=10.0)).passed
+    except (OSError, RuntimeError) as exc:
+        log.info("the %s box cannot run here: %s", box, exc)
         return False
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 @functools.cache
@@ -94,7 +110,8 @@ def _wrap(box: Box, argv: list[str]) -> list[str]:
             "--cap-drop", "ALL", *argv,
         ]
     if box == "unshare" and shutil.which("unshare"):
-        return ["unshare", "--net", *argv]
+        user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+        return ["unshare", *user, "--net", "--ipc", "--pid", "--fork", "--kill-child", "--mount-proc", *argv]
     if box == "none":
         return argv
     raise FileNotFoundError(f"the {box} box is not installed here")
@@ -103,22 +120,50 @@ def _wrap(box: Box, argv: list[str]) -> list[str]:
 class Worker:
     """One box with a zygote in it, running one program at a time."""
 
-    def __init__(self, box: Box) -> None:
+    def __init__(self, box: Box, limits: Limits = DEFAULT_LIMITS) -> None:
         self.box = box
-        argv = [sys.executable, "-I", "-B", str(_ZYGOTE)] + (["--pid-namespace"] if box == "bwrap" else [])
+        name = f"slipstream-box-{os.getpid()}-{random.randrange(1 << 32):08x}"
+        self.cgroup = Cgroup.create(name, limits.memory_bytes + _BOX_MEMORY_SLACK, _BOX_PROCESSES)
+        argv = [sys.executable, "-I", "-B", str(_ZYGOTE)]
+        argv += {"bwrap": ["--pid-namespace"], "unshare": ["--pid-namespace", "--seal"], "none": []}[box]
+        # only in a sealed box: it binds the interpreter back where an unprivileged uid can read it
+        # (bwrap drops every capability, so no setuid there; in no box, root's own interpreter may be out of reach)
+        if os.geteuid() == 0 and box == "unshare":
+            argv += ["--uid", str(random.randrange(*_UIDS))]
+        for procs in self.cgroup.procs_files if self.cgroup else []:
+            argv += ["--cgroup", procs]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen(
-            _wrap(box, argv), env=env, cwd="/tmp" if box == "bwrap" else None, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1,
-        )
+        try:
+            self.process = subprocess.Popen(
+                _wrap(box, argv), env=env, cwd="/tmp" if box == "bwrap" else None, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True, bufsize=1,
+            )
+        except OSError:
+            if self.cgroup is not None:
+                self.cgroup.remove()
+            raise
         self._answers: queue.Queue[str | None] = queue.Queue()
+        self._errors: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
+        threading.Thread(target=self._read_errors, daemon=True).start()
+        try:
+            ready = self._answers.get(timeout=_START_TIMEOUT)
+        except queue.Empty:
+            ready = None
+        if ready is None or not json.loads(ready).get("ready"):
+            self.close()
+            raise RuntimeError(f"the {box} box did not start: {''.join(self._errors)[-2000:].strip() or 'no answer'}")
 
     def _read(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self._answers.put(line)
         self._answers.put(None)  # the zygote ended
+
+    def _read_errors(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:  # only the zygote's own failures: programs write to their own files
+            self._errors = (self._errors + [line])[-50:]
 
     def run(self, source: str, limits: Limits) -> Result:
         job = {"source": source, "timeout": limits.timeout, "cpu_seconds": limits.cpu_seconds,
@@ -143,6 +188,8 @@ class Worker:
         except (ProcessLookupError, PermissionError):
             pass
         self.process.wait()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
 
 class WorkerLost(RuntimeError):
@@ -166,7 +213,7 @@ def run_many(
     results: list[Result | None] = [None] * len(sources)
     idle: queue.Queue[Worker] = queue.Queue()
     count = max(1, min(workers or os.cpu_count() or 1, len(sources)))
-    started = [Worker(box) for _ in range(count)]
+    started = [Worker(box, limits) for _ in range(count)]
     for worker in started:
         idle.put(worker)
 
@@ -177,7 +224,7 @@ def run_many(
         except WorkerLost as lost:  # the program failed; its box is replaced for the next one
             worker.close()
             started.remove(worker)
-            worker = Worker(box)
+            worker = Worker(box, limits)
             started.append(worker)
             return Result(lost.status, None, limits.timeout, "", str(lost))
         finally:

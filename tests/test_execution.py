@@ -5,7 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -58,17 +63,112 @@ def test_the_box_keeps_programs_in(box: str) -> None:
     assert results[6].passed and len(results[6].stdout) < 5000 and results[6].stdout.endswith("(95905 more bytes)")
     if box != "none":  # no network inside a box
         assert results[5].status == "failed" and "Error" in results[5].stderr
-    if box == "bwrap":  # a read-only root
+    if box != "none":  # a read-only root
         outside = Path("/var/tmp") / f"slipstream-escape-{random.randrange(10**9)}"
         assert run_program(f"open({str(outside)!r}, 'w').write('x')", quick, box=box).status == "failed"
         assert not outside.exists()
 
 
-def test_a_program_that_kills_its_worker_fails_and_the_rest_still_run() -> None:
-    results = execution.run_many(["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", *["print(1)"] * 4],
-                                 Limits(timeout=2.0), workers=1)
+def _descendants_running(marker: str) -> list[int]:
+    """Processes anywhere on this machine whose command line holds `marker`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def _sandboxed() -> list[str]:
+    """Boxes that claim to contain hostile code, where they run (bwrap needs privileges CI may lack)."""
+    return [box for box in ("bwrap", "unshare") if execution.box_works(box)]
+
+
+@pytest.mark.parametrize("box", ["bwrap", "unshare"])
+def test_hostile_samples_are_contained_and_the_rest_unharmed(box: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if box not in _sandboxed():
+        pytest.skip(f"{box} cannot run on this machine")
+    tag = f"{random.randrange(10**9)}"
+    secret = f"s3cret-{tag}"
+    monkeypatch.setenv("SLIPSTREAM_TEST_SECRET", secret)  # in our environment, where a leak would come from
+    secret_file = Path.home() / f".slipstream-secret-{tag}"
+    sentinel = Path(sys.prefix) / f".slipstream-sentinel-{tag}"  # the interpreter's tree: visible in every box
+    outside = [Path(d) / f"slipstream-escape-{tag}" for d in ("/tmp", "/var/tmp", "/dev/shm", str(Path.home()), sys.prefix)]
+    secret_file.write_text(secret)
+    secret_file.chmod(0o600)
+    sentinel.write_text("keep me")
+    hostile = {
+        "fork bomb": "import os\nwhile True:\n    os.fork()",
+        "infinite loop": "while True:\n    pass",
+        "memory balloon in many processes": (
+            "import os\nfor _ in range(24):\n    if os.fork() == 0:\n        b = bytearray(900 << 20)\n"
+            "        b[::4096] = b'x' * len(b[::4096])\n        os._exit(0)\nwhile True:\n    os.wait()"),
+        **{f"write {path}": f"open({str(path)!r}, 'w').write('x')" for path in outside},
+        "delete a file": f"import os\nos.remove({str(sentinel)!r})",
+        "overwrite a file": f"open({str(sentinel)!r}, 'w').write('gone')",
+        "open a socket": "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
+        "read environment secrets": (
+            "import os, glob\nfound = [k for k, v in os.environ.items() if 'SECRET' in k or 's3cret' in v]\n"
+            "for path in glob.glob('/proc/*/environ'):\n    try:\n        found += [path] if b's3cret' in open(path, 'rb').read() "
+            "else []\n    except OSError:\n        pass\n"
+            f"try:\n    found.append(open({str(secret_file)!r}).read())\nexcept OSError:\n    pass\n"
+            "print(found, os.environ)\nraise SystemExit('looked')"),  # whatever it saw is in its output
+        "spawn a process that outlives it": (
+            f"import subprocess\nsubprocess.Popen(['sleep', '3{tag}'], start_new_session=True)\n"
+            f"import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        os.execvp('sleep', ['sleep', '4{tag}'])\n"
+            "    os._exit(0)\nos.wait()"),
+    }
+    honest = [f"assert sum(range({i})) == {i * (i - 1) // 2}\nprint('ok')" for i in range(len(hostile))]
+    sources = [s for pair in zip(hostile.values(), honest, strict=True) for s in pair]  # each hostile sample next to an honest one
+    try:
+        results = execution.run_many(sources, Limits(timeout=2.0), workers=2, box=box)
+        verdicts = dict(zip(hostile, results[0::2], strict=True))
+        assert all(r.passed and r.stdout == "ok\n" for r in results[1::2]), [r.stderr for r in results[1::2]]
+        assert not [name for name, r in verdicts.items() if r.passed], {n: r.stderr[-300:] for n, r in verdicts.items()}
+        assert verdicts["infinite loop"].status == "timeout" and verdicts["infinite loop"].seconds < 3
+        assert "left 2 process(es) running" in verdicts["spawn a process that outlives it"].stderr
+        assert verdicts["read environment secrets"].stdout.startswith("[] environ(")  # it looked, and found nothing
+        assert secret not in "".join(r.stdout + r.stderr for r in results)
+        assert sentinel.read_text() == "keep me" and not [p for p in outside if p.exists()]
+        assert _descendants_running(f"3{tag}") == _descendants_running(f"4{tag}") == []  # killed, not orphaned
+        assert not list(Path("/sys/fs/cgroup/pids").glob(f"slipstream-box-{os.getpid()}-*"))  # the groups are gone
+    finally:
+        secret_file.unlink()
+        sentinel.unlink()
+        for path in outside:
+            path.unlink(missing_ok=True)
+
+
+def test_a_worker_killed_from_outside_fails_its_program_and_the_rest_still_run() -> None:
+    """The zygote is out of its programs' reach (its own uid, or init of its PID namespace), so the
+    fault comes from outside: the program in hand fails, a new box takes the next ones."""
+    outcome: list[list[execution.Result]] = []
+    marker = f"slipstream-victim-{random.randrange(10**9)}"
+    sources = [f"import time\n# {marker}\ntime.sleep(60)", *["print(1)"] * 4]
+    run = threading.Thread(target=lambda: outcome.append(execution.run_many(sources, Limits(timeout=90.0), workers=1)))
+    run.start()
+    deadline = time.monotonic() + 30
+    while not (victims := _descendants_running(str(execution._ZYGOTE))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the program is running inside it by now
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    run.join(timeout=60)
+    results = outcome[0]
     assert results[0].status == "failed" and "worker ended" in results[0].stderr
     assert all(r.passed for r in results[1:])
+
+
+def test_a_program_cannot_kill_its_worker() -> None:
+    box = execution.detect_box()
+    results = execution.run_many(["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "print(1)"],
+                                 Limits(timeout=2.0), workers=1)
+    assert results[1].passed
+    if box != "none":  # refused, or ignored by the init of a PID namespace: the program ends with its tests
+        assert "worker ended" not in results[0].stderr
 
 
 def test_the_detected_box_is_the_strongest_that_works() -> None:
