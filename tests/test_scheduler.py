@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from server.engine.engine import Delta, Engine, SamplingParams, Usage
-from server.engine.scheduler import QueueFull, Scheduler
+from server.engine.scheduler import PREFILL_TOKENS_PER_STEP, QueueFull, Scheduler
 from tests.conftest import TINY_LLAMA
 
 NO_EOS = {0: -100.0}
@@ -102,3 +102,27 @@ def test_the_queue_is_bounded(engine: Engine) -> None:
         scheduler.close()
     refused = [r for r in results if isinstance(r, QueueFull)]
     assert len(refused) == 2 and all(isinstance(r, tuple) for r in results if r not in refused)
+
+
+def test_a_burst_of_prompts_is_prefilled_a_few_per_step_while_rows_decode(engine: Engine) -> None:
+    """Prefilling every arrival before the next decode step would hold the live rows up for all of them."""
+    long_prompt = "def f(x):\n    return x + 1\n" * 9  # ~100 tokens: three of them pass the budget
+    burst = [engine.prepare(long_prompt + f"# {i}\n", 4) for i in range(6)]
+    assert sum(len(p.ids) for p in burst) > 2 * PREFILL_TOKENS_PER_STEP
+    scheduler = Scheduler(engine, max_waiting=16)
+
+    async def run() -> list[tuple[dict[int, str], Usage]]:
+        first = asyncio.create_task(collect(scheduler, engine, PROMPTS[0], SamplingParams(max_tokens=60, logit_bias=NO_EOS)))
+        while scheduler.stats["steps"] < 2:  # the first request is decoding
+            await asyncio.sleep(0.001)
+        rest = [collect(scheduler, engine, long_prompt + f"# {i}\n", SamplingParams(max_tokens=4, logit_bias=NO_EOS))
+                for i in range(6)]
+        return await asyncio.gather(first, *rest)
+
+    try:
+        results = asyncio.run(run())
+    finally:
+        scheduler.close()
+    assert [usage.completion_tokens for _, usage in results] == [60] + [4] * 6
+    longest = max(len(p.ids) for p in burst)
+    assert 0 < scheduler.stats["max_prefill_tokens_between_steps"] < PREFILL_TOKENS_PER_STEP + longest

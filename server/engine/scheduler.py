@@ -1,7 +1,7 @@
 """Continuous batching: the live rows of every request decode together, one step at a time.
 
 One worker thread owns the model. Each turn it admits waiting requests (prefill, first token; their
-rows join the batch's KV cache), then runs one decode step for every live row of every request,
+rows join the batch's KV cache; while rows decode, only up to a prefill budget per turn), then runs one decode step for every live row of every request,
 hands each request its new text, and drops at once the rows that finished and the requests whose
 client went away. One thread keeps ONNX Runtime's threads alone on the cores (two sessions running
 at once would fight over them and both slow down). The queue is bounded: past it a request is
@@ -26,6 +26,10 @@ _DONE = object()
 _STOP = object()
 # Rows decoded together at most; a request whose rows do not fit waits for rows to finish.
 MAX_BATCH_ROWS = 64
+# Prompt tokens prefilled between two decode steps while rows are decoding: a prefill holds up every
+# live row, so a burst of arrivals is admitted a few per step instead of all before the next token.
+# At least one request is admitted per step whatever its length.
+PREFILL_TOKENS_PER_STEP = 256
 
 
 class QueueFull(RuntimeError):
@@ -51,7 +55,8 @@ class Scheduler:
         self._max_waiting, self._max_rows = max_waiting, max_rows
         self._inbox: queue.Queue[object] = queue.Queue()
         self._pending = 0  # submitted and not finished: waiting or decoding
-        self.stats = {"steps": 0, "rows_decoded": 0, "max_batch_rows": 0, "max_batch_requests": 0}
+        self.stats = {"steps": 0, "rows_decoded": 0, "max_batch_rows": 0, "max_batch_requests": 0,
+                      "max_prefill_tokens_between_steps": 0}
         # what the worker is doing now, read by /metrics: rows in the last decode step, requests not yet admitted
         self.batch_rows = 0
         self.waiting = 0
@@ -102,8 +107,12 @@ class Scheduler:
             active, batch = self._drop_cancelled(active, batch)
             self.waiting = len(waiting)
             rows = sum(len(r.sequence.live) for r in active)  # type: ignore[union-attr]
+            decoding, prefilled = bool(active), 0
             while waiting and (not active or rows + self._rows_of(waiting[0]) <= self._max_rows):
+                if decoding and prefilled >= PREFILL_TOKENS_PER_STEP:
+                    break
                 request = waiting.pop(0)
+                prefilled += len(request.prompt.ids)
                 if request.cancel.is_set():
                     request.send(_DONE)
                     continue
@@ -112,6 +121,8 @@ class Scheduler:
                     active.append(request)
                     batch = cache if batch is None else batch.join(cache)
                     rows += cache.batch
+            if decoding:
+                self.stats["max_prefill_tokens_between_steps"] = max(self.stats["max_prefill_tokens_between_steps"], prefilled)
             self.waiting = len(waiting)
             if not active:
                 self.batch_rows = 0
@@ -190,4 +201,4 @@ class Scheduler:
             request.send(_DONE)
 
 
-__all__ = ["MAX_BATCH_ROWS", "QueueFull", "Scheduler"]
+__all__ = ["MAX_BATCH_ROWS", "PREFILL_TOKENS_PER_STEP", "QueueFull", "Scheduler"]
