@@ -212,7 +212,8 @@ def test_rows_of_different_lengths_decode_together_as_alone(request, which: str)
 
 def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_llama_repo: Path) -> None:
     """The fused graph writes new keys and values into the cache's own buffers (bound as both past and
-    present): the logits equal the copying path's through joins, a row leaving and the buffers moving;
+    present): the logits equal the copying path's through joins, a row leaving and one joining (in the
+    shared buffers' spare rows), and the buffers moving;
     likewise with the buffers kept in OrtValues between steps (as on a GPU; here on the CPU device)."""
     onnx_file = tiny_llama_repo / TINY_LLAMA / fused_engine.manifest.onnx_file
     shared = fused_engine.runner
@@ -229,14 +230,23 @@ def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_
         steps = []
         for step in range(12):
             if step == 4:  # a row leaves
+                backing = batch.backing
                 batch, tokens = batch.select([0, 2]), [tokens[0], tokens[2]]
+                if runner is shared:  # the later row moved down inside the same buffers
+                    assert backing is not None and batch.backing is backing
+            if step == 6:  # a row joins the running batch
+                backing = batch.backing
+                logits, joining = runner.prefill(prompts[0])
+                batch, tokens = batch.join(joining), tokens + [int(logits[-1].argmax())]
+                if runner is shared:  # written into a spare row: the batch's buffers did not move
+                    assert batch.backing is backing and all(np.shares_memory(batch.tensors[k], backing[k]) for k in backing)
             if step == 8 and batch.shared:  # the buffers move into larger ones
                 batch = batch.reserve(batch.capacity + 1)
             before = batch.tensors
             logits, batch = runner.decode(tokens, batch)
             if batch.shared and runner is shared and step > 0:  # (the first step gives the prefill room)
                 assert all(batch.tensors[k] is before[k] for k in before)  # written in place, not copied
-            if runner is in_ortvalues and step > 0 and step not in (4, 8):
+            if runner is in_ortvalues and step > 0 and step not in (4, 6, 8):
                 assert all(isinstance(v, ort.OrtValue) and v is before[k] for k, v in batch.tensors.items())
             steps.append(logits)
             tokens = [int(t) for t in logits.argmax(axis=1)]

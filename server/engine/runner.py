@@ -44,6 +44,10 @@ class KVCache:
     tensors: dict[str, np.ndarray | ort.OrtValue]
     mask: np.ndarray  # [B, length] int64
     shared: bool = False
+    # a shared cache in host memory: buffers with rows to spare, whose first B rows `tensors` are (views,
+    # still C-contiguous). A row joins by being written into the next spare row, and rows leave by the
+    # later rows moving down, so neither copies the whole batch nor allocates
+    backing: dict[str, np.ndarray] | None = None
 
     @property
     def length(self) -> int:
@@ -77,6 +81,12 @@ class KVCache:
         mask = self.mask[rows]
         used = np.flatnonzero(mask.any(axis=0))
         end = int(used[-1]) + 1 if used.size else 0
+        if self.backing is not None and all(a < b for a, b in zip(rows, rows[1:], strict=False)):
+            for i, row in enumerate(rows):  # ascending: each row is read before anything is written over it
+                if i != row:
+                    for buffer in self.backing.values():
+                        buffer[i, :, :end] = buffer[row, :, :end]
+            return KVCache({k: v[: len(rows)] for k, v in self.backing.items()}, mask[:, :end], True, self.backing)
         capacity = self.capacity if self.shared else end
         return KVCache({k: _sized(v[rows, :, :end], capacity) for k, v in self.host().items()}, mask[:, :end],
                        self.shared)
@@ -84,24 +94,53 @@ class KVCache:
     def join(self, other: KVCache) -> KVCache:
         """Both batches in one (self's rows first), the shorter padded at the end with empty positions."""
         length = max(self.length, other.length)
-        capacity = max(self.capacity, other.capacity) if self.shared else length
-        tensors, theirs = {}, other.host()
+        masks = [np.pad(m, [(0, 0), (0, length - m.shape[1])]) for m in (self.mask, other.mask)]
+        mask = np.concatenate(masks)
+        theirs = other.host()
+        if self.shared and all(isinstance(v, np.ndarray) for v in self.tensors.values()):
+            backing = self.backing
+            rows = self.batch + other.batch
+            if backing is None or _rows(backing) < rows or self.capacity < other.length:
+                backing = _backed(self.host(), self.length, max(self.capacity, other.capacity), rows)
+            for k, buffer in backing.items():
+                buffer[self.batch : rows, :, : other.length] = theirs[k][:, :, : other.length]
+                buffer[self.batch : rows, :, other.length :] = 0  # a spare row may hold a row that left
+            return KVCache({k: v[:rows] for k, v in backing.items()}, mask, True, backing)
+        capacity = max(self.capacity, other.capacity) if self.shared else length  # a device cache: rearranged on the host
+        tensors = {}
         for k, v in self.host().items():
             w = theirs[k]
             out = np.zeros((self.batch + other.batch, v.shape[1], capacity, v.shape[3]), v.dtype)
             out[: self.batch, :, : self.length] = v[:, :, : self.length]
             out[self.batch :, :, : other.length] = w[:, :, : other.length]
             tensors[k] = out
-        masks = [np.pad(m, [(0, 0), (0, length - m.shape[1])]) for m in (self.mask, other.mask)]
-        return KVCache(tensors, np.concatenate(masks), self.shared)
+        return KVCache(tensors, mask, self.shared)
 
     def reserve(self, length: int) -> KVCache:
         """This cache with buffers that hold `length` positions (itself when they already do)."""
         if self.capacity >= length:
             return self
         capacity = _round_up(max(length, 2 * self.capacity), _CAPACITY_STEP)
+        if self.backing is not None:
+            backing = _backed(self.host(), self.length, capacity, _rows(self.backing))
+            return KVCache({k: v[: self.batch] for k, v in backing.items()}, self.mask, True, backing)
         return KVCache({k: _sized(v[:, :, :self.length], capacity) for k, v in self.host().items()}, self.mask,
                        self.shared)
+
+
+def _rows(backing: dict[str, np.ndarray]) -> int:
+    return next(iter(backing.values())).shape[0]
+
+
+def _backed(tensors: dict[str, np.ndarray], length: int, capacity: int, rows: int) -> dict[str, np.ndarray]:
+    """Buffers of twice `rows` rows and `capacity` positions holding `tensors`' rows and first `length`
+    positions (np.zeros: pages no row has touched take no memory)."""
+    out = {}
+    for k, v in tensors.items():
+        buffer = np.zeros((max(2 * rows, 8), v.shape[1], capacity, v.shape[3]), v.dtype)
+        buffer[: v.shape[0], :, :length] = v[:, :, :length]
+        out[k] = buffer
+    return out
 
 
 _CAPACITY_STEP = 128  # shared buffers grow in whole multiples of this many positions
@@ -217,7 +256,8 @@ class Runner:
             binding.bind_ortvalue_output(present, buffer)
         self.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
-        return logits.astype(np.float32, copy=False), KVCache(tensors, mask, shared=True)
+        backing = None if self.kv_device else cache.backing  # the views were written in place: same buffers
+        return logits.astype(np.float32, copy=False), KVCache(tensors, mask, shared=True, backing=backing)
 
     def prefill(self, ids: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCache]:
         # ids: T prompt tokens -> logits [T, V] (all_logits, to score the prompt) or [>=1, V] whose last
