@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Iterator
@@ -19,15 +20,21 @@ import httpx
 
 __all__ = ["APIError", "AsyncClient", "Client", "Timing"]
 
+log = logging.getLogger("slipstream.client")
+
 _RETRY_STATUSES = (429, 503)
+# a server restarting, seen from here: nothing listens, or a connection is dropped before its answer
+_OUTAGE_ERRORS = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+_MAX_DELAY_S = 5.0
 
 
 class APIError(Exception):
-    """The server answered with an error; `error` is its OpenAI error object when it sent one."""
+    """The server answered with an error; `error` is its OpenAI error object when it sent one, and
+    `retry_after` its Retry-After header in seconds, when it sent one."""
 
-    def __init__(self, status: int, error: dict[str, Any]) -> None:
+    def __init__(self, status: int, error: dict[str, Any], retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status}: {error.get('message', error)}")
-        self.status, self.error = status, error
+        self.status, self.error, self.retry_after = status, error, retry_after
 
 
 @dataclass
@@ -44,14 +51,49 @@ class Timing:
     finish_reason: str | None = None
 
 
+class _Retries:
+    """When one request is sent again: a 429 or 503 up to max_retries times, and within `window` seconds
+    of its first failure also a server that is away (refused or dropped connections, 503s: a restart),
+    after Retry-After or an exponential backoff; a log line for each."""
+
+    def __init__(self, what: str, max_retries: int, backoff: float, window: float) -> None:
+        self.what, self.max_retries, self.backoff, self.window = what, max_retries, backoff, window
+        self.attempt = 0
+        self.first_failure: float | None = None
+
+    async def wait(self, failure: Exception) -> bool:
+        """Sleeps before the next attempt and returns True; False when the request should fail now."""
+        now = time.monotonic()
+        self.first_failure = self.first_failure if self.first_failure is not None else now
+        left = self.window - (now - self.first_failure)
+        counted = isinstance(failure, APIError) and self.attempt < self.max_retries
+        if not counted and left <= 0:
+            return False
+        retry_after = failure.retry_after if isinstance(failure, APIError) else None
+        delay = retry_after if retry_after is not None else min(self.backoff * 2**self.attempt, _MAX_DELAY_S)
+        if not counted:
+            delay = min(delay, left)
+        self.attempt += 1
+        why = str(failure) if isinstance(failure, APIError) else f"{type(failure).__name__}: {failure}".rstrip(": ")
+        log.warning("%s failed (%s); retry %d in %.1f s%s", self.what, why, self.attempt, delay,
+                    "" if counted else f" (giving up in {left:.0f} s)")
+        await asyncio.sleep(delay)
+        return True
+
+
 class AsyncClient:
+    """`retry_window`: seconds for which a request rides through a server that is away (restarting):
+    connections refused or dropped before the answer and 503s are retried with backoff until that long
+    after its first failure (0: never; 429 and 503 are still retried `max_retries` times). A stream is
+    sent again only before its first chunk: what a caller has received is never repeated."""
+
     def __init__(
         self, base_url: str = "http://127.0.0.1:5000", *, api_key: str | None = None,
-        timeout: float = 120.0, max_retries: int = 2, backoff: float = 0.5,
+        timeout: float = 120.0, max_retries: int = 2, backoff: float = 0.5, retry_window: float = 0.0,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
-        self._max_retries, self._backoff = max_retries, backoff
+        self._max_retries, self._backoff, self._retry_window = max_retries, backoff, retry_window
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -105,38 +147,49 @@ class AsyncClient:
     async def stream(self, prompt: str | list, **params: Any) -> AsyncIterator[dict[str, Any]]:
         """Chunks of a streaming completion as the server sends them; an error event raises APIError."""
         body = _body(prompt, params, stream=True)
-        for attempt in range(self._max_retries + 1):
-            async with self._http.stream("POST", "/v1/completions", json=body) as response:
-                if response.status_code in _RETRY_STATUSES and attempt < self._max_retries:
-                    await asyncio.sleep(self._retry_delay(response, attempt))
-                    continue
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise _error(response)
-                async with contextlib.aclosing(_sse_data(response)) as events:
-                    async for data in events:
-                        if data == "[DONE]":
-                            return
-                        chunk = json.loads(data)
-                        if "error" in chunk:
-                            raise APIError(response.status_code, chunk["error"])
-                        yield _normalise(response.status_code, chunk, expect_choices=False)
-                return
+        retries = self._retries("POST /v1/completions (stream)")
+        started = False
+        while True:
+            try:
+                async with self._http.stream("POST", "/v1/completions", json=body) as response:
+                    if response.status_code >= 400:
+                        await response.aread()
+                        error = _error(response)
+                        if response.status_code in _RETRY_STATUSES and await retries.wait(error):
+                            continue
+                        raise error
+                    async with contextlib.aclosing(_sse_data(response)) as events:
+                        async for data in events:
+                            if data == "[DONE]":
+                                return
+                            chunk = json.loads(data)
+                            if "error" in chunk:
+                                raise APIError(response.status_code, chunk["error"])
+                            started = True
+                            yield _normalise(response.status_code, chunk, expect_choices=False)
+                    return
+            except _OUTAGE_ERRORS as exc:
+                if started or not await retries.wait(exc):
+                    raise
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self._max_retries + 1):
-            response = await self._http.request(method, path, **kwargs)
-            if response.status_code in _RETRY_STATUSES and attempt < self._max_retries:
-                await asyncio.sleep(self._retry_delay(response, attempt))
-                continue
+        retries = self._retries(f"{method} {path}")
+        while True:
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except _OUTAGE_ERRORS as exc:
+                if await retries.wait(exc):
+                    continue
+                raise
             if response.status_code >= 400:
-                raise _error(response)
+                error = _error(response)
+                if response.status_code in _RETRY_STATUSES and await retries.wait(error):
+                    continue
+                raise error
             return response
-        raise AssertionError("unreachable")
 
-    def _retry_delay(self, response: httpx.Response, attempt: int) -> float:
-        retry_after = response.headers.get("Retry-After", "")
-        return float(retry_after) if retry_after.replace(".", "", 1).isdigit() else self._backoff * 2**attempt
+    def _retries(self, what: str) -> _Retries:
+        return _Retries(what, self._max_retries, self._backoff, self._retry_window)
 
 
 def _body(prompt: str | list, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:
@@ -194,7 +247,9 @@ def _error(response: httpx.Response) -> APIError:
         error = payload.get("error", payload) if isinstance(payload, dict) else {"message": str(payload)}
     except ValueError:
         error = {"message": response.text}
-    return APIError(response.status_code, error if isinstance(error, dict) else {"message": str(error)})
+    retry_after = response.headers.get("Retry-After", "")
+    return APIError(response.status_code, error if isinstance(error, dict) else {"message": str(error)},
+                    float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None)
 
 
 class Client:

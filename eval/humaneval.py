@@ -98,10 +98,10 @@ def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int,
 
 
 async def _generate(url: str, problems: list[Problem], config: GenerationConfig, path: Path, concurrency: int,
-                    timeout: float) -> list[dict[str, Any]]:
+                    timeout: float, retry_window: float) -> list[dict[str, Any]]:
     total = len(problems) * config.samples_per_problem
     have = len({(r["task_id"], r["sample"]) for r in read_jsonl(path)})
-    async with AsyncClient(url, timeout=timeout) as client:
+    async with AsyncClient(url, timeout=timeout, retry_window=retry_window) as client:
         with tqdm(total=total, initial=min(have, total), desc=f"generate {config.model} t={config.temperature:g}",
                   unit="sample") as bar:
             return await generate.generate(client, problems, config, path, concurrency=concurrency, progress=bar.update)
@@ -111,7 +111,7 @@ def run(
     url: str, models: list[str], temperatures: list[float], n: int, out: Path, *, limit: int | None = None,
     max_tokens: int = 384, prompt_format: PromptFormat = "raw", concurrency: int = 4, workers: int | None = None,
     seed: int = 0, timeout: float = 600.0, limits: execution.Limits = execution.DEFAULT_LIMITS,
-    mode: Literal["completion", "instruct"] = "completion",
+    mode: Literal["completion", "instruct"] = "completion", retry_window: float = 0.0,
 ) -> list[RunSummary]:
     problems = humaneval(limit)
     by_id = {p.task_id: p for p in problems}
@@ -123,7 +123,8 @@ def run(
             folder = run_dir(out, model, temperature, mode)
             folder.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", concurrency, timeout))
+            samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", concurrency, timeout,
+                                            retry_window))
             generation_s = time.perf_counter() - started
             wanted = {p.task_id for p in problems}
             samples = [s for s in samples if s["task_id"] in wanted and s["sample"] < config.samples_per_problem]

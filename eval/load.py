@@ -8,7 +8,9 @@ finished (a test that cut them would lose them itself). Every request ends in on
 - lost: anything else (connection dropped, a stream that stopped without a finish_reason, a timeout).
 The run passes only with no lost request. Reported: aggregate completion tokens/s, request latency,
 TTFT and inter-token latency at p50/p95/p99, error rate, and a per-second timeline (clients active,
-requests ended, tokens) with its plot. No retries: a 429 is an error to count, not to hide.
+requests ended, tokens) with its plot. No retries: a 429 or 503 is an error to count, not to hide; its
+client waits for the Retry-After it was given before its next request (rather than asking again at once,
+which would only measure how fast the server can refuse).
 """
 
 from __future__ import annotations
@@ -67,7 +69,11 @@ async def _client_loop(index: int, config: LoadConfig, client: AsyncClient, text
             try:
                 timing = await client.timed(prompt, **params)
             except APIError as exc:
-                outcomes.append(Outcome(index, start, time.perf_counter() - t0, "error", f"HTTP {exc.status}: {exc}"))
+                pause = exc.retry_after
+                outcomes.append(Outcome(index, start, time.perf_counter() - t0, "error",
+                                        str(exc) + (f" (Retry-After: {pause:g} s)" if pause is not None else "")))
+                if pause is not None:  # the server asked for a pause: this client's next request waits for it
+                    await asyncio.sleep(min(pause, max(0.0, config.duration_s - (time.perf_counter() - t0))))
                 continue
             except (httpx.HTTPError, OSError, ValueError) as exc:  # dropped, cut, garbled: nobody said why
                 outcomes.append(Outcome(index, start, time.perf_counter() - t0, "lost", f"{type(exc).__name__}: {exc}"))

@@ -26,8 +26,9 @@ def free_port() -> int:
 class ServerProcess:
     """A real `slipstream serve` process on 127.0.0.1, stopped by its own PID."""
 
-    def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2) -> None:
-        self.port = free_port()
+    def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()  # a given port: a server restarted where its clients expect it
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.gettempdir()) / f"slipstream-server-{self.port}.log"
         args = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),

@@ -52,6 +52,7 @@ def _start(args: argparse.Namespace) -> int:
     while not stop.wait(1.0):
         if server.process is not None and server.process.poll() is not None:
             print(f"tritonserver exited with {server.process.returncode}:\n{server.log_tail()}", flush=True)
+            server.stop()  # its python stubs can outlive it (one caught mid-request hangs), holding their shared memory
             return 1
     server.stop()
     return 0
