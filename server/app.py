@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from server import auth, serving
 from server.backends.base import Backend
@@ -37,15 +38,28 @@ log = logging.getLogger("slipstream.app")
 Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
 _COPILOT_TOKEN_TTL_S = 1800
 
+# What a generation route answers besides 200, each with an OpenAI error object (server/errors.py, auth.py)
+_ERROR_STATUSES = {
+    "400": "Invalid request: the error's `param` names the field",
+    "401": "No valid API key (only when keys are configured)",
+    "404": "Unknown model",
+    "408": "Past request_timeout_s",
+    "413": "Body past max_body_bytes",
+    "429": "Too many requests waiting for the model (Retry-After)",
+    "503": "The model is not loaded or failed, or the server is shutting down (Retry-After)",
+}
 
 
 def _doc(request: type[BaseModel], response: type[BaseModel]) -> dict:
-    """OpenAPI for a route that parses its own body (see _parse_body)."""
+    """OpenAPI for a route that parses its own body (see _parse_body), with its error responses, so that
+    a client (or a schema fuzzer) knows every status it can get."""
     ref = "#/components/schemas/{}".format
+    error = {"application/json": {"schema": {"$ref": ref(ErrorResponse.__name__)}}}
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": ref(request.__name__)}}}},
         "responses": {
-            "200": {"content": {"application/json": {"schema": {"$ref": ref(response.__name__)}}, "text/event-stream": {}}}
+            "200": {"content": {"application/json": {"schema": {"$ref": ref(response.__name__)}}, "text/event-stream": {}}},
+            **{status: {"description": why, "content": error} for status, why in _ERROR_STATUSES.items()},
         },
     }
 
@@ -70,6 +84,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     drain = app.state.drain = Drain(settings.shutdown_grace_s)  # begun by the server on SIGTERM (cli.py)
     app.add_exception_handler(APIError, handle_api_error)
     app.add_exception_handler(ClientGone, _handle_client_gone)
+    app.add_exception_handler(ClientDisconnect, _handle_body_cut)
     app.add_exception_handler(Exception, _handle_unexpected)
     _document_schemas(app)
     if keys:
@@ -219,12 +234,7 @@ async def _parse_body(request: Request, model: type[Body], limit: int) -> Body:
     raw = await _read_body(request, limit)
     if not raw.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+    data = _load_object(raw)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -237,9 +247,42 @@ async def _parse_body(request: Request, model: type[Body], limit: int) -> Body:
         raise InvalidRequest(f"{param or 'body'}: {message}", param) from exc
 
 
+def _load_object(raw: bytes) -> dict:
+    """The body as a JSON object whose strings are all text; any other body is the client's error (a 400),
+    never a server error."""
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise InvalidRequest(f"the request body must be a JSON object, not {type(data).__name__}")
+        for key, value in data.items():
+            _check_text(key, value)
+    except RecursionError as exc:  # in json.loads, or in the text check of a body just under its limit
+        raise InvalidRequest("the request body nests deeper than this server parses") from exc
+    except ValueError as exc:  # not JSON, not UTF-8, or an integer of more than 4300 digits (Python's limit)
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    return data
+
+
+def _check_text(key: str, value: object) -> None:
+    """JSON can escape a lone UTF-16 surrogate ("\\ud800"): json.loads keeps it in a str, which no tokenizer
+    (nor UTF-8) accepts. Encoding the field again finds one."""
+    try:
+        json.dumps([key, value], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        param = key.encode("utf-8", "backslashreplace").decode()  # the error names the field, and must encode too
+        raise InvalidRequest(f"{param}: a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not text", param) from None
+
+
 async def _handle_client_gone(_request: Request, _exc: Exception) -> JSONResponse:
     log.info("client disconnected before its response: generation cancelled")
     return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
+
+
+async def _handle_body_cut(_request: Request, _exc: Exception) -> JSONResponse:
+    # nobody reads this answer; the 499 (nginx's "client closed request") keeps it out of the 5xx counts
+    log.info("client disconnected before sending its whole request body")
+    return JSONResponse({"error": {"message": "client disconnected before sending its whole body", "type": "cancelled"}},
+                        status_code=499)
 
 
 async def _handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -258,7 +301,7 @@ def _document_schemas(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (CompletionRequest, CompletionResponse, ChatCompletionRequest, ChatCompletionResponse):
+        for model in (CompletionRequest, CompletionResponse, ChatCompletionRequest, ChatCompletionResponse, ErrorResponse):
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition

@@ -93,7 +93,7 @@ class _BackendCollector(Collector):
         self._backend = backend
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        rows = GaugeMetricFamily("slipstream_batch_rows", "Rows in the last decode step", labels=["model"])
+        rows = GaugeMetricFamily("slipstream_batch_rows", "Rows decoding now (0 when idle)", labels=["model"])
         waiting = GaugeMetricFamily("slipstream_queue_depth", "Requests waiting to join the batch", labels=["model"])
         ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])
         for name in self._backend.names:

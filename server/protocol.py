@@ -45,7 +45,7 @@ class _SamplingRequest(BaseModel):
     logit_bias: dict[int, float] | None = None
     n: int = Field(1, ge=1)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)  # the engine's generators (numpy's SeedSequence) take no negative seed
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

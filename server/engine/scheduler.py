@@ -57,7 +57,7 @@ class Scheduler:
         self._pending = 0  # submitted and not finished: waiting or decoding
         self.stats = {"steps": 0, "rows_decoded": 0, "max_batch_rows": 0, "max_batch_requests": 0,
                       "max_prefill_tokens_between_steps": 0}
-        # what the worker is doing now, read by /metrics: rows in the last decode step, requests not yet admitted
+        # what the worker is doing now, read by /metrics: rows decoding, requests not yet admitted
         self.batch_rows = 0
         self.waiting = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.manifest.name}", daemon=True)
@@ -173,6 +173,7 @@ class Scheduler:
                 keep.extend(offset + k for k in kept)
                 still.append(request)
             offset += width
+        self.batch_rows = len(keep)  # rows still decoding: 0 once the batch is done, not the last step's size
         if not keep:
             return [], None
         return still, batch.select(keep) if len(keep) < batch.batch else batch
@@ -189,6 +190,7 @@ class Scheduler:
                 keep.extend(range(offset, offset + width))
                 still.append(request)
             offset += width
+        self.batch_rows = len(keep)
         return still, batch.select(keep) if keep else None
 
     @staticmethod

@@ -1,0 +1,69 @@
+"""Broken clients at the socket level, on a real server process: bodies cut short, connections
+dropped before the request ends, streams abandoned at once. Each costs the server nothing lasting:
+no 5xx, no stuck generation, and the next request is answered."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+import httpx
+
+from tests.conftest import ServerProcess
+
+BODY = b'{"prompt": "def fib(n):", "max_tokens": 40, "stream": true}'
+
+
+def _connect(server: ServerProcess) -> socket.socket:
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    connection.settimeout(10)
+    return connection
+
+
+def _head(length: int) -> bytes:
+    return (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def _server_errors(server: ServerProcess) -> int:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    return sum(int(float(n)) for n in re.findall(r'slipstream_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)', metrics))
+
+
+def test_cut_bodies_and_dropped_connections_cost_nothing(tiny_server: ServerProcess) -> None:
+    errors_before = _server_errors(tiny_server)
+    # a body shorter than its Content-Length, then the client stops sending: the server gives up on it
+    half = _connect(tiny_server)
+    half.sendall(_head(len(BODY)) + BODY[:20])
+    half.shutdown(socket.SHUT_WR)
+    started = time.monotonic()
+    answer = half.recv(65536)  # closed, or a 4xx: not hung, not a 5xx
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 4"), answer[:200]
+    assert time.monotonic() - started < 10
+    half.close()
+    # the connection dropped in the middle of the body, and right after the headers
+    for sent in (_head(len(BODY)) + BODY[:30], _head(len(BODY))):
+        dropped = _connect(tiny_server)
+        dropped.sendall(sent)
+        dropped.close()
+    # a streaming request abandoned as soon as it is sent: its generation is cancelled, not left running
+    for _ in range(5):
+        gone = _connect(tiny_server)
+        gone.sendall(_head(len(BODY)) + BODY)
+        gone.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _gauge(tiny_server, "slipstream_batch_rows") > 0:
+        time.sleep(0.2)
+    assert _gauge(tiny_server, "slipstream_batch_rows") == 0
+    # and the server answers the next client in full
+    answer = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": "def fib(n):", "max_tokens": 4}, timeout=60)
+    assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("length", "stop")
+    assert _server_errors(tiny_server) == errors_before
+
+
+def _gauge(server: ServerProcess, name: str) -> float:
+    metrics = httpx.get(f"{server.url}/metrics").text
+    values = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", metrics, flags=re.M)
+    assert values, f"{name} is not in /metrics"
+    return sum(float(v) for v in values)
