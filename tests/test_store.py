@@ -233,3 +233,15 @@ def test_an_optimum_export_from_before_weight_only_quantisation_is_rebuilt(tiny_
     (tmp_path / TINY / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
     with pytest.raises(store.ModelNotExported, match="older slipstream.*export it again"):
         store.read_manifest(tmp_path, TINY)
+
+
+def test_content_hash_leaves_out_bytecode_caches(tiny_repo: Path, tmp_path: Path) -> None:
+    """Triton's python backend imports model.py from the export; a __pycache__ it writes is no change to the model."""
+    copy = tmp_path / "v"
+    shutil.copytree(tiny_repo / TINY / store.VERSION_DIR, copy)
+    before = store.content_hash(copy)
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\x00" * 16)
+    assert store.content_hash(copy) == before
+    (copy / "tokenizer.json").write_text("{}")
+    assert store.content_hash(copy) != before

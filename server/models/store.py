@@ -101,10 +101,11 @@ TRITON_MODEL_PY = "model.py"
 
 
 def content_hash(folder: Path) -> str:
-    """One digest of every file under `folder` (Triton's model.py shim aside): its relative name, then
-    its bytes, in sorted order. Two exports with the same hash serve the same model."""
+    """One digest of every file under `folder` (Triton's model.py shim and Python's bytecode caches aside):
+    its relative name, then its bytes, in sorted order. Two exports with the same hash serve the same model."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder) != Path(TRITON_MODEL_PY)):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder) != Path(TRITON_MODEL_PY)
+                       and "__pycache__" not in p.relative_to(folder).parts):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         with path.open("rb") as f:
             while block := f.read(1 << 20):
