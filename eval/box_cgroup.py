@@ -10,6 +10,7 @@ returns None and the per-process limits are all there is.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,3 +97,12 @@ class Cgroup:
                     time.sleep(0.02)
             else:
                 log.warning("control group %s could not be removed", directory)
+
+
+def available() -> bool:
+    """Whether this machine lets us make a worker's control group (tried with a real one)."""
+    group = Cgroup.create(f"slipstream-probe-{os.getpid()}", 1 << 30, 64)
+    if group is None:
+        return False
+    group.remove()
+    return True

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from eval import execution
+from eval import box_cgroup, execution
 from eval.datasets import humaneval
 from eval.execution import Limits, run_program
 from eval.humaneval import score, verdict
@@ -103,8 +103,8 @@ def test_hostile_samples_are_contained_and_the_rest_unharmed(box: str, tmp_path:
     hostile = {
         "fork bomb": "import os\nwhile True:\n    os.fork()",
         "infinite loop": "while True:\n    pass",
-        "memory balloon in many processes": (
-            "import os\nfor _ in range(24):\n    if os.fork() == 0:\n        b = bytearray(900 << 20)\n"
+        "memory balloon in many processes": (  # 24 x 900 MB only where a cgroup caps them together
+            f"import os\nfor _ in range({24 if box_cgroup.available() else 3}):\n    if os.fork() == 0:\n        b = bytearray(900 << 20)\n"
             "        b[::4096] = b'x' * len(b[::4096])\n        os._exit(0)\nwhile True:\n    os.wait()"),
         **{f"write {path}": f"open({str(path)!r}, 'w').write('x')" for path in outside},
         "delete a file": f"import os\nos.remove({str(sentinel)!r})",

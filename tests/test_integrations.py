@@ -34,7 +34,7 @@ from server.models.catalog import PRESETS
 from server.models.export import export_checkpoint
 from tests.conftest import TINY, ServerProcess
 from tests.test_api import NO_EOS, sse_payloads
-from tests.test_metrics import access_lines
+from tests.test_metrics import access_lines, completion_lines
 from tests.tiny_model import build_tiny
 
 KEY = "sk-slip-editor-0123456789"
@@ -73,12 +73,7 @@ def fim_prompt_tokens(repository: Path, before: str, after: str) -> int:
 
 def logged_request(server: ServerProcess, count: int) -> dict:
     """The access-log line of the server's `count`-th generation request (written when its response ended)."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = [line for line in access_lines(server.log.read_text()) if "completions" in line.get("route", "")]
-        if len(lines) >= count or time.monotonic() > deadline:
-            return lines[count - 1]
-        time.sleep(0.05)
+    return completion_lines(server, count)[count - 1]
 
 
 # --- Tabby: [model.completion.http] kind = "openai/completion" --------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -68,20 +70,31 @@ def access_lines(log: str) -> list[dict]:
             if "slipstream.access INFO " in line]
 
 
+def completion_lines(server, at_least: int) -> list[dict]:
+    """The server's access-log lines of generation requests, once there are `at_least`: a line is written
+    after its response has gone out, so the client may read its answer before the line is there."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in access_lines(server.log.read_text()) if "completions" in line.get("route", "")]
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def test_access_log_lines_without_prompt_text_unless_asked(tiny_server, tiny_repo) -> None:
     from tests.conftest import ServerProcess
 
     secret = "def secret_function_name_42():"
+    before = len(completion_lines(tiny_server, 0))
     done = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": secret, "max_tokens": 3}, timeout=TIMEOUT).json()
-    lines = [line for line in access_lines(tiny_server.log.read_text()) if line.get("route") == "/v1/completions"]
-    last = lines[-1]
+    last = completion_lines(tiny_server, before + 1)[-1]
     assert last["status"] == 200 and last["model"] == TINY and last["method"] == "POST" and last["duration_ms"] > 0
     assert last["prompt_tokens"] == done["usage"]["prompt_tokens"] and last["completion_tokens"] == 3
     assert secret not in tiny_server.log.read_text()
     with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_LOG_PROMPTS": "true"}) as server:
         httpx.post(f"{server.url}/v1/completions", json={"prompt": secret, "max_tokens": 2}, timeout=TIMEOUT)
         refused = httpx.post(f"{server.url}/v1/completions", content=b"{not json", timeout=TIMEOUT)
-        logged = access_lines(server.log.read_text())
+        logged = completion_lines(server, 2)
     assert refused.status_code == 400
-    assert [line.get("prompt") for line in logged if line["route"] == "/v1/completions"][-2:] == [secret, None]
+    assert [line.get("prompt") for line in logged][-2:] == [secret, None]
     assert logged[-1]["status"] == 400  # a refused request is logged too
