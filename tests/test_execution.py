@@ -7,8 +7,11 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -216,3 +219,45 @@ def test_verdicts_and_pass_at_k_equal_human_evals_evaluator(tmp_path: Path) -> N
     mine = score(problems, rows, (1, 2))
     assert set(mine) == {1} and "pass@2" not in theirs  # most problems have one sample: no pass@2 anywhere
     assert mine[1] == pytest.approx(theirs["pass@1"], abs=1e-15)
+
+
+def test_the_unshare_box_holds_for_an_unprivileged_user() -> None:
+    """A developer runs the harness as themselves: the box then needs a user namespace of its own. Run as
+    root here, the same code is started as nobody, from a copy it can read, on the system's Python."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if os.geteuid() != 0 or not shutil.which("setpriv") or python is None:
+        pytest.skip("needs root (to become nobody), setpriv and a system python3")
+    copy = Path(tempfile.mkdtemp(prefix="slipstream-nobody-"))  # /tmp itself: pytest's tmp_path is root's alone
+    outside = [copy / "escape", Path("/var/tmp") / f"slipstream-escape-{random.randrange(10**9)}"]
+    try:
+        shutil.copytree(Path(execution.__file__).parent, copy / "eval", ignore=shutil.ignore_patterns("__pycache__"))
+        for path in (copy, *copy.rglob("*")):
+            path.chmod(0o755)
+        probe = (
+            f"import json, sys\nsys.path.insert(0, {str(copy)!r})\nfrom eval import execution\n"
+            "programs = json.loads(sys.stdin.read())\n"
+            "results = execution.run_many(programs, execution.Limits(timeout=2.0), workers=1)\n"
+            "print(json.dumps({'box': execution.detect_box(), 'results': [r.status for r in results]}))\n"
+        )
+        programs = [
+            "open('/tmp/left-behind', 'w').write('x')",  # the box's own /tmp: allowed, and wiped after
+            "open('/tmp/left-behind').read()",  # the next program finds nothing there
+            # world-writable places and the code's own folder: the program writes into the box's tmpfs, not here
+            *[f"open({str(path)!r}, 'w').write('x')" for path in outside],
+            "import os\nwhile True:\n    os.fork()",  # RLIMIT_NPROC holds a user that is not root
+            "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
+            "print('ok')",
+        ]
+        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I", "-c", probe],
+                             input=json.dumps(programs), capture_output=True, text=True, timeout=120, cwd=copy)
+        if run.returncode != 0 and "unshare" in run.stderr and "Operation not permitted" in run.stderr:
+            pytest.skip("unprivileged user namespaces are off on this machine")
+        assert run.returncode == 0, run.stderr[-2000:]
+        report = json.loads(run.stdout.splitlines()[-1])
+        if report["box"] != "unshare":
+            pytest.skip(f"an unprivileged user gets the {report['box']} box here")
+        assert report["results"] == ["passed", "failed", "passed", "passed", "failed", "failed", "passed"]
+        assert not [path for path in outside if path.exists()]
+    finally:
+        shutil.rmtree(copy)
+        outside[1].unlink(missing_ok=True)  # only there if the box leaked it
