@@ -85,7 +85,7 @@ def _drop_to(uid: int) -> None:
     os.setuid(uid)
 
 
-def _child(workdir: str, source: str, token: str, job: dict, uid: int | None) -> None:
+def _child(workdir: str, source: str, token: str, job: dict, uid: int | None, count_processes: bool) -> None:
     os.setsid()
     os.chdir(workdir)
     cpu = int(job["cpu_seconds"])
@@ -93,7 +93,8 @@ def _child(workdir: str, source: str, token: str, job: dict, uid: int | None) ->
     resource.setrlimit(resource.RLIMIT_AS, (job["memory_bytes"], job["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_FSIZE, (job["file_bytes"], job["file_bytes"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_NPROC, (_PROCESSES, _PROCESSES))
+    if count_processes:  # only where the count is the program's own: in no box it would be all of this user's
+        resource.setrlimit(resource.RLIMIT_NPROC, (_PROCESSES, _PROCESSES))
     if uid is not None:
         _drop_to(uid)
     null = os.open(os.devnull, os.O_RDONLY)
@@ -253,7 +254,7 @@ def main() -> None:
         started = time.perf_counter()
         pid = os.fork()
         if pid == 0:
-            _child(workdir, job["source"], token, job, uid)
+            _child(workdir, job["source"], token, job, uid, count_processes=uid is not None or sealed)
         returncode, timed_out = _wait(pid, float(job["timeout"]))
         seconds = time.perf_counter() - started
         if timed_out:
