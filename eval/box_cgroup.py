@@ -79,11 +79,6 @@ class Cgroup:
             return None
         return group
 
-    def usage(self) -> dict[str, int]:
-        """What the group holds now."""
-        names = ("memory.usage_in_bytes", "memory.current", "pids.current")
-        return {n: int((d / n).read_text()) for d in self.directories for n in names if (d / n).exists()}
-
     def remove(self) -> None:
         """Once its processes are gone (they take a moment to leave after SIGKILL)."""
         for directory in self.directories:

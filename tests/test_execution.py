@@ -72,7 +72,7 @@ def test_the_box_keeps_programs_in(box: str) -> None:
         assert not outside.exists()
 
 
-def _descendants_running(marker: str) -> list[int]:
+def _running(marker: str) -> list[int]:
     """Processes anywhere on this machine whose command line holds `marker`."""
     found = []
     for entry in os.listdir("/proc"):
@@ -136,7 +136,7 @@ def test_hostile_samples_are_contained_and_the_rest_unharmed(box: str, tmp_path:
         assert verdicts["read environment secrets"].stdout.startswith("[] environ(")  # it looked, and found nothing
         assert secret not in "".join(r.stdout + r.stderr for r in results)
         assert sentinel.read_text() == "keep me" and not [p for p in outside if p.exists()]
-        assert _descendants_running(f"3{tag}") == _descendants_running(f"4{tag}") == []  # killed, not orphaned
+        assert _running(f"3{tag}") == _running(f"4{tag}") == []  # killed, not orphaned
         assert not list(Path("/sys/fs/cgroup/pids").glob(f"slipstream-box-{os.getpid()}-*"))  # the groups are gone
     finally:
         secret_file.unlink()
@@ -154,7 +154,7 @@ def test_a_worker_killed_from_outside_fails_its_program_and_the_rest_still_run()
     run = threading.Thread(target=lambda: outcome.append(execution.run_many(sources, Limits(timeout=90.0), workers=1)))
     run.start()
     deadline = time.monotonic() + 30
-    while not (victims := _descendants_running(str(execution._ZYGOTE))) and time.monotonic() < deadline:
+    while not (victims := _running(str(execution._ZYGOTE))) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # the program is running inside it by now
     for pid in victims:

@@ -22,6 +22,7 @@ import pytest
 from client.api import Client
 from server.triton.launch import Ports
 from tests.conftest import ROOT, TINY, ServerProcess, free_port
+from tests.test_metrics import access_lines
 
 PROBLEMS, SAMPLES = 20, 2  # HumanEval problems x samples per problem in the eval runs below
 
@@ -42,7 +43,7 @@ def lines(path: Path) -> list[dict]:
 
 def completed(api: ServerProcess) -> int:
     """Completions the API has answered whole, from its access log."""
-    return sum('"route": "/v1/completions", "status": 200' in line for line in api.log.read_text().splitlines())
+    return sum(line["route"] == "/v1/completions" and line["status"] == 200 for line in access_lines(api.log.read_text()))
 
 
 class Probe(threading.Thread):

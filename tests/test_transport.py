@@ -4,13 +4,13 @@ no 5xx, no stuck generation, and the next request is answered."""
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 
 import httpx
 
 from tests.conftest import ServerProcess
+from tests.test_metrics import scrape
 
 BODY = b'{"prompt": "def fib(n):", "max_tokens": 40, "stream": true}'
 
@@ -26,9 +26,15 @@ def _head(length: int) -> bytes:
             f"Content-Length: {length}\r\n\r\n").encode()
 
 
-def _server_errors(server: ServerProcess) -> int:
-    metrics = httpx.get(f"{server.url}/metrics").text
-    return sum(int(float(n)) for n in re.findall(r'slipstream_requests_total\{[^}]*status="5\d\d"[^}]*\} (\S+)', metrics))
+def _server_errors(server: ServerProcess) -> float:
+    return sum(v for (name, labels), v in scrape(server.url).items()
+               if name == "slipstream_requests_total" and dict(labels)["status"].startswith("5"))
+
+
+def _batch_rows(server: ServerProcess) -> float:
+    rows = [v for (name, _), v in scrape(server.url).items() if name == "slipstream_batch_rows"]
+    assert rows, "slipstream_batch_rows is not in /metrics"
+    return sum(rows)
 
 
 def test_cut_bodies_and_dropped_connections_cost_nothing(tiny_server: ServerProcess) -> None:
@@ -53,17 +59,11 @@ def test_cut_bodies_and_dropped_connections_cost_nothing(tiny_server: ServerProc
         gone.sendall(_head(len(BODY)) + BODY)
         gone.close()
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _gauge(tiny_server, "slipstream_batch_rows") > 0:
+    while time.monotonic() < deadline and _batch_rows(tiny_server) > 0:
         time.sleep(0.2)
-    assert _gauge(tiny_server, "slipstream_batch_rows") == 0
+    assert _batch_rows(tiny_server) == 0
     # and the server answers the next client in full
     answer = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": "def fib(n):", "max_tokens": 4}, timeout=60)
     assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("length", "stop")
     assert _server_errors(tiny_server) == errors_before
 
-
-def _gauge(server: ServerProcess, name: str) -> float:
-    metrics = httpx.get(f"{server.url}/metrics").text
-    values = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", metrics, flags=re.M)
-    assert values, f"{name} is not in /metrics"
-    return sum(float(v) for v in values)

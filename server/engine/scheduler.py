@@ -1,11 +1,12 @@
 """Continuous batching: the live rows of every request decode together, one step at a time.
 
 One worker thread owns the model. Each turn it admits waiting requests (prefill, first token; their
-rows join the batch's KV cache; while rows decode, only up to a prefill budget per turn), then runs one decode step for every live row of every request,
-hands each request its new text, and drops at once the rows that finished and the requests whose
-client went away. One thread keeps ONNX Runtime's threads alone on the cores (two sessions running
-at once would fight over them and both slow down). The queue is bounded: past it a request is
-refused at once rather than left waiting behind an unbounded backlog.
+rows join the batch's KV cache; while rows decode, only up to a prefill budget per turn), then runs
+one decode step for every live row of every request, hands each request its new text, and drops at
+once the rows that finished and the requests whose client went away. One thread keeps ONNX Runtime's
+threads alone on the cores (two sessions running at once would fight over them and both slow down).
+The queue is bounded: past it a request is refused at once rather than left waiting behind an
+unbounded backlog.
 """
 
 from __future__ import annotations
@@ -112,10 +113,10 @@ class Scheduler:
                 if decoding and prefilled >= PREFILL_TOKENS_PER_STEP:
                     break
                 request = waiting.pop(0)
-                prefilled += len(request.prompt.ids)
                 if request.cancel.is_set():
                     request.send(_DONE)
                     continue
+                prefilled += len(request.prompt.ids)
                 cache = self._admit(request)
                 if cache is not None:
                     active.append(request)
