@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     threads: int = Field(
         0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 means one per core of this machine."
     )
+    max_queue: int = Field(
+        64, ge=1, description="Requests a model holds at once, decoding and waiting together; past it a request is "
+        "refused at once with a 429 (Retry-After) rather than left behind an unbounded backlog."
+    )
+    max_batch_rows: int = Field(
+        64, ge=1, description="Rows (samples) decoded together in one step at most; a request whose rows do not fit "
+        "waits for rows to finish."
+    )
+    prefill_tokens_per_step: int = Field(
+        256, ge=1, description="Prompt tokens prefilled between two decode steps while rows decode (a prefill holds "
+        "up every live row); at least one request is admitted per step whatever its length."
+    )
 
     # --- request limits and defaults ---
     default_max_tokens: int = Field(16, ge=1, description="max_tokens when a request gives none (OpenAI's default).")

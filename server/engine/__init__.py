@@ -1,2 +1,19 @@
 """Turns token ids into token ids. Knows no HTTP and no Triton: the same engine runs in process and
-inside Triton's python backend."""
+inside Triton's python backend.
+
+The public surface, what the rest of the server imports: the prompt side (Prompter, Prompt,
+InvalidInput), the sampling parameters, the events a generation yields, the Engine and its Scheduler
+(continuous batching, QueueFull past its bound), and the errors a model can raise when it loads.
+"""
+
+from server.engine.engine import Engine
+from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
+from server.engine.prompts import InvalidInput, Prompt, Prompter
+from server.engine.runner import DeviceError, GraphError
+from server.engine.sampling import SamplingParams
+from server.engine.scheduler import QueueFull, Scheduler
+
+__all__ = [
+    "Delta", "DeviceError", "Engine", "FinishReason", "GraphError", "InvalidInput", "Prompt", "Prompter", "QueueFull",
+    "SamplingParams", "Scheduler", "TokenLogprob", "Usage",
+]

@@ -13,35 +13,12 @@ from typing import Iterator
 
 import numpy as np
 
+from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prompts import InvalidInput, Prompt, Prompter
 from server.engine.runner import KVCache, Runner
 from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample
 from server.engine.text import IncrementalDetokenizer, StopMatcher
 from server.models.store import model_dir
-
-
-@dataclass
-class TokenLogprob:
-    token: str
-    logprob: float | None  # None for a first prompt token that nothing precedes
-    top: dict[str, float] | None
-
-
-@dataclass
-class Delta:
-    """New text for one choice; the last delta of a choice carries its finish_reason."""
-
-    index: int
-    text: str
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-
-
-@dataclass
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-    prompt_tokens_trimmed: int = 0  # left-trimmed to fit the context window
 
 
 @dataclass

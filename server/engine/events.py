@@ -1,0 +1,34 @@
+"""What the engine produces for a request: text deltas per choice, then one Usage. The same types cross
+Triton's wire (server/triton/wire.py) and reach serving, whichever backend ran the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# Why a choice ended: an EOS token or a stop string ("stop"), or max_tokens ("length").
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float | None  # None for a first prompt token that nothing precedes
+    top: dict[str, float] | None
+
+
+@dataclass
+class Delta:
+    """New text for one choice; the last delta of a choice carries its finish_reason."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: FinishReason | None = None
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    prompt_tokens_trimmed: int = 0  # left-trimmed to fit the context window
