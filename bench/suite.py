@@ -142,7 +142,7 @@ class Server:
 
     def __init__(self, repository: Path, name: str, threads: int, env: dict[str, str] | None = None) -> None:
         from client.api import Client
-        from server.child import ServerProcess
+        from testkit.server_process import ServerProcess
 
         self.process = ServerProcess(repository, [name], env=env, threads=threads)
         self.process.wait_ready(timeout=600)

@@ -27,7 +27,7 @@ EMBEDDED, TRITON = "embedded", "triton"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from server.child import free_port
+    from testkit.server_process import free_port
     from server.engine.prompts import Prompter
     from server.triton.launch import Ports, TritonServer
 

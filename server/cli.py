@@ -1,5 +1,5 @@
-"""`slipstream`: one command, with subcommands defined beside the part they belong to (serve, export
-and models here; complete in client/cli.py)."""
+"""The server's subcommands of `slipstream` (serve, export, models), and the settings flags they and
+`slipstream triton` share; slipstream/cli.py puts them beside the client's and eval's."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import sys
 import typing
 from pathlib import Path
-from typing import Any
 
 from server.settings import Settings
 
@@ -126,14 +125,7 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from client.cli import add_complete_command
-    from eval.cli import add_bench_commands, add_eval_commands
-    from server.triton.cli import add_triton_commands
-
-    parser = argparse.ArgumentParser(prog="slipstream", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def add_server_commands(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="serve completions over HTTP (exports the model first if needed)")
     add_settings_flags(serve)
     serve.set_defaults(run=_serve)
@@ -161,18 +153,3 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the source checkpoint folder, when the manifest's is not on this machine")
     verify.add_argument("--model-repository", type=Path, default=None)
     verify.set_defaults(run=_verify)
-
-    add_triton_commands(commands)
-    add_complete_command(commands)
-    add_eval_commands(commands)
-    add_bench_commands(commands)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args: Any = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Iterator
 
 import pytest
 
-from server.child import ServerProcess, free_port  # noqa: F401 - the tests' import path
+from testkit.server_process import ServerProcess, free_port  # noqa: F401 - the tests' import path
 from server.models import store
 from server.models.export import export_bundled, export_checkpoint
 from tests.tiny_model import build_tiny_codegen, build_tiny_llama

@@ -77,7 +77,7 @@ def test_cors_is_off_by_default(tiny_server) -> None:
 
 
 def test_a_key_variable_without_keys_stops_the_server(tiny_repo: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--model-repository", str(tiny_repo), "--model", TINY,
+    done = subprocess.run([sys.executable, "-m", "slipstream.cli", "serve", "--model-repository", str(tiny_repo), "--model", TINY,
                            "--port", "1", "--no-export-missing"], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "SLIPSTREAM_API_KEYS": ","})
     assert done.returncode != 0 and "SLIPSTREAM_API_KEYS is set but holds no key" in done.stderr

@@ -121,7 +121,7 @@ def test_async_client_concurrent_requests(url):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", "complete", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "slipstream.cli", "complete", *args], cwd=ROOT,
                           capture_output=True, timeout=60, encoding="utf-8")
 
 

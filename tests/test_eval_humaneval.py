@@ -12,7 +12,7 @@ from tests.conftest import ROOT, TINY
 
 
 def eval_humaneval(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "server.cli", "eval", "humaneval", "--url", url, "--model", TINY, "--limit", "3",
+    args = [sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--url", url, "--model", TINY, "--limit", "3",
             "--n", "3", "--temperatures", "0,0.8", "--max-tokens", "12", "--out", str(out), *extra]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
@@ -61,7 +61,7 @@ def test_a_server_error_is_reported_and_keeps_the_samples(tiny_server, tmp_path:
     failed = eval_humaneval(tiny_server.url, tmp_path, "--model", "no-such-model")
     assert failed.returncode == 1
     assert "no-such-model" in failed.stderr and "run the same command again to resume" in failed.stderr
-    refused = subprocess.run([sys.executable, "-m", "server.cli", "eval", "humaneval", "--model", TINY, "--n", "0"],
+    refused = subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--model", TINY, "--n", "0"],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--n: must be at least 1" in refused.stderr
 
@@ -96,7 +96,7 @@ def test_instruct_extraction_from_messy_replies() -> None:
 def test_instruct_mode_through_chat(duo_server, tmp_path: Path) -> None:
     from tests.conftest import TINY_LLAMA
 
-    args = [sys.executable, "-m", "server.cli", "eval", "humaneval", "--url", duo_server.url, "--model", TINY_LLAMA,
+    args = [sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--url", duo_server.url, "--model", TINY_LLAMA,
             "--mode", "instruct", "--limit", "2", "--n", "2", "--temperatures", "0.7", "--max-tokens", "16",
             "--out", str(tmp_path)]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -12,7 +12,7 @@ from tests.conftest import ROOT, TINY
 
 
 def latency(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", "eval", "latency", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", "latency", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -35,7 +35,7 @@ def test_sweep_writes_json_csv_and_plots(tiny_server, tmp_path: Path) -> None:
         assert (tmp_path / plot).stat().st_size > 1000
     table = (tmp_path / "latency.md").read_text().splitlines()
     assert sum(line.startswith(f"| {tiny_server.url} | {TINY} |") for line in table) == 4
-    page = subprocess.run([sys.executable, "-m", "server.cli", "eval", "report", str(tmp_path)], cwd=ROOT,
+    page = subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", "report", str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert page.returncode == 0 and "![latency_vs_prompt.png](latency_vs_prompt.png)" in (tmp_path / "index.md").read_text()
 

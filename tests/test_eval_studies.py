@@ -25,7 +25,7 @@ WRONG = "    return True\n"
 
 
 def slipstream(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", "eval", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -69,7 +69,7 @@ class TritonStart:
         self.log = log
         with log.open("w") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "triton", "start", "--model", TINY, "--model-repository", str(repository),
+                [sys.executable, "-m", "slipstream.cli", "triton", "start", "--model", TINY, "--model-repository", str(repository),
                  "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)],
                 cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
         try:
@@ -120,7 +120,7 @@ def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, 
     try:
         with ServerProcess(tiny_repo, [TINY], env=env) as api:
             load = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "bench", "load", "--url", api.url, "--model", TINY, "--clients", "4",
+                [sys.executable, "-m", "slipstream.cli", "bench", "load", "--url", api.url, "--model", TINY, "--clients", "4",
                  "--ramp", "0.5", "--duration", "10", "--prompt-tokens", "16", "--max-tokens", "100", "--out", str(tmp_path)],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             wait_for(lambda: completed(api) >= 4 or load.poll() is not None, 60, "the load never got going")
@@ -171,7 +171,7 @@ class EvalRun:
 
     def __init__(self, url: str, out: Path, *extra: str) -> None:
         self.out, self.log = out, out.parent / f"{out.name}-{time.monotonic_ns()}.log"
-        args = [sys.executable, "-m", "server.cli", "eval", "humaneval", "--url", url, "--model", TINY,
+        args = [sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--url", url, "--model", TINY,
                 "--limit", str(PROBLEMS), "--n", str(SAMPLES), "--temperatures", "0.8", "--max-tokens", "48",
                 "--concurrency", "1", "--out", str(out), *extra]
         with self.log.open("w") as sink:

@@ -15,7 +15,7 @@ from tests.conftest import ROOT, TINY, TINY_CONTEXT, TINY_LLAMA
 
 
 def slipstream(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "slipstream.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_manifest_of_the_optimum_export(tiny_repo: Path, tiny_checkpoint: Path) -> None:
@@ -194,7 +194,7 @@ def test_preset_errors_are_clear(tiny_checkpoint: Path, tiny_llama_checkpoint: P
     assert other.returncode == 2 and "holds a codegen model" in other.stderr
     # no hub here: offline mode makes the attempt fail at once, without traffic
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    offline = subprocess.run([sys.executable, "-m", "server.cli", "export", "codegen-350m-mono", "--model-repository", str(tmp_path)],
+    offline = subprocess.run([sys.executable, "-m", "slipstream.cli", "export", "codegen-350m-mono", "--model-repository", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert offline.returncode == 2 and "--from-hf DIR" in offline.stderr and "Traceback" not in offline.stderr
 

@@ -171,7 +171,7 @@ def test_smollm2_int8_through_triton_streams_to_the_openai_client(bundled_repo: 
     log = bundled_repo.parent / f".triton-start-{ports.grpc}.log"
     with log.open("w") as sink:
         start = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "triton", "start", "--model", "smollm2-135m", "--model-repository",
+            [sys.executable, "-m", "slipstream.cli", "triton", "start", "--model", "smollm2-135m", "--model-repository",
              str(bundled_repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
              "--metrics-port", str(ports.metrics)], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
     try:

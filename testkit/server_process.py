@@ -31,7 +31,7 @@ class ServerProcess:
         self.port = port or free_port()  # a given port: a server restarted where its clients expect it
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.gettempdir()) / f"slipstream-server-{self.port}.log"
-        args = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        args = [sys.executable, "-m", "slipstream.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 "--model-repository", str(repository), "--no-export-missing", "--threads", str(threads)]
         for model in models:
             args += ["--model", model]

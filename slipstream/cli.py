@@ -1,0 +1,34 @@
+"""`slipstream`: one command, with subcommands defined beside the part they belong to (serve, export
+and models in server/cli.py, triton in server/triton/cli.py, complete in client/cli.py, eval and bench
+in eval/cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from client.cli import add_complete_command
+from eval.cli import add_bench_commands, add_eval_commands
+from server.cli import add_server_commands
+from server.triton.cli import add_triton_commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slipstream", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_server_commands(commands)
+    add_triton_commands(commands)
+    add_complete_command(commands)
+    add_eval_commands(commands)
+    add_bench_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args: Any = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
