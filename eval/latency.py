@@ -178,7 +178,77 @@ def write(out: Path, results: list[CellResult]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    from eval.report import latency_markdown, plot_latency
+    (out / "latency.md").write_text(markdown(results))
+    _plots(out, results)
 
-    (out / "latency.md").write_text(latency_markdown(results))
-    plot_latency(out, results)
+
+def markdown(results: list[CellResult]) -> str:
+    """One row per cell of the sweep: TTFT, inter-token and end-to-end latency at p50/p95, tokens/s, errors."""
+
+    def ms(values: dict[str, float], q: str) -> str:
+        return f"{1000 * values[q]:.0f}" if q in values else "-"
+
+    lines = ["# Latency", "",
+             "Per cell: time to first token, inter-token latency and end-to-end time (ms, p50 / p95), aggregate "
+             "completion tokens/s, error rate.", "",
+             "| server | model | prompt | max | clients | t | TTFT p50 / p95 | ITL p50 / p95 | e2e p50 / p95 | tok/s | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        c = r.cell
+        lines.append(f"| {c.url} | {c.model} | {c.prompt_tokens} | {c.max_tokens} | {c.concurrency} | {c.temperature:g} | "
+                     f"{ms(r.ttft_s, 'p50')} / {ms(r.ttft_s, 'p95')} | {ms(r.itl_s, 'p50')} / {ms(r.itl_s, 'p95')} | "
+                     f"{ms(r.e2e_s, 'p50')} / {ms(r.e2e_s, 'p95')} | {r.throughput_tok_s:.1f} | {r.error_rate:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, results: list[CellResult]) -> None:
+    """latency_vs_prompt.png (TTFT and end-to-end p50 against prompt length, at the lowest
+    concurrency) and throughput_vs_concurrency.png (tokens/s against concurrency, at the shortest
+    prompt), one line per server and model, at the first max_tokens and temperature."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = results[0].cell
+    base = [r for r in results if (r.cell.max_tokens, r.cell.temperature) == (first.max_tokens, first.temperature)]
+    series = list(dict.fromkeys((r.cell.url, r.cell.model) for r in base))
+    multi_url = len({u for u, _ in series}) > 1
+
+    def label(url: str, model: str) -> str:
+        return f"{model} @ {url}" if multi_url else model
+
+    lowest = min(r.cell.concurrency for r in base)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for url, model in series:
+        points = sorted((r.cell.prompt_tokens, r) for r in base
+                        if (r.cell.url, r.cell.model, r.cell.concurrency) == (url, model, lowest) and r.ttft_s)
+        for ax, metric in zip(axes, ("ttft_s", "e2e_s"), strict=True):
+            ax.plot([p for p, _ in points], [1000 * getattr(r, metric)["p50"] for _, r in points], marker="o",
+                    label=label(url, model))
+    for ax, title in zip(axes, ("time to first token (p50)", f"end-to-end, {first.max_tokens} tokens (p50)"), strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel("ms")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Latency vs prompt length (concurrency {lowest})")
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_prompt.png", dpi=120)
+    plt.close(fig)
+
+    shortest = min(r.cell.prompt_tokens for r in base)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for url, model in series:
+        points = sorted((r.cell.concurrency, r.throughput_tok_s) for r in base
+                        if (r.cell.url, r.cell.model, r.cell.prompt_tokens) == (url, model, shortest))
+        ax.plot([c for c, _ in points], [t for _, t in points], marker="o", label=label(url, model))
+    ax.set_title(f"Throughput vs concurrency ({shortest}-token prompts)")
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("completion tokens / s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_concurrency.png", dpi=120)
+    plt.close(fig)
