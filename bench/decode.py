@@ -188,14 +188,14 @@ def optimum_folder(name: str) -> Path:
 def _export_optimum(name: str, folder: Path) -> None:
     from server.models.catalog import lookup
     from server.models.gguf import import_gguf
-    from server.models.optimum_export import export_optimum_int8
+    from server.models.optimum_export import export_optimum
 
     shutil.rmtree(folder, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=CACHE) as tmp:
         work = Path(tmp)
         hf_dir = import_gguf(lookup(name).locate_gguf(work), work / "hf")
-        export_optimum_int8(hf_dir, folder)
+        export_optimum(hf_dir, folder, dynamic_int8=True)
     (folder / ".complete").write_text("")
 
 
@@ -297,7 +297,7 @@ NLL_TOKENS = 512
 
 
 def nll_text_ids(engine: EnginePath) -> list[int]:
-    from server.models.verify import corpus_ids
+    from server.verify import corpus_ids
 
     return corpus_ids(engine.engine.tokenizer, engine.engine.manifest.prompt_prefix_ids, NLL_TOKENS)
 
@@ -306,7 +306,7 @@ def logits_nll(logits, ids: list[int]) -> float:
     import numpy as np
 
     from server.engine.sampling import log_softmax
-    from server.models.verify import mean_nll
+    from server.verify import mean_nll
 
     return mean_nll(log_softmax(np.asarray(logits, dtype=np.float32)), ids)
 

@@ -113,7 +113,7 @@ def _models(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from server.models.store import ModelNotExported
-    from server.models.verify import verify
+    from server.verify import verify
 
     repository = args.model_repository or Settings().model_repository
     try:

@@ -10,7 +10,7 @@ import pytest
 
 from server.engine.engine import Delta, Engine, SamplingParams
 from server.models.export import BUILDER_ARCHITECTURES, export_checkpoint
-from server.models.verify import verify
+from server.verify import verify
 from tests.tiny_model import TINY_CONFIGS, build_tiny
 
 

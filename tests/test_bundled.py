@@ -150,7 +150,7 @@ def test_smollm2_chats_through_its_own_template(bundled_server) -> None:
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
 def test_exports_compute_what_the_gguf_computes(bundled_repo: Path, name: str) -> None:
     """`slipstream models verify`: against the GGUF's weights in transformers, fp32."""
-    from server.models.verify import AGREEMENT, verify
+    from server.verify import AGREEMENT, verify
 
     report = verify(bundled_repo, name)
     assert report.passed, "\n".join(report.lines())

@@ -132,6 +132,18 @@ def test_content_hash_is_of_the_files(tiny_repo: Path) -> None:
     assert manifest.content_sha256 == store.content_hash(tiny_repo / TINY / store.VERSION_DIR)
 
 
+def test_a_file_changed_since_the_export_is_caught(tiny_repo: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_repo / TINY, tmp_path / TINY)
+    assert store.check_content(tmp_path, TINY).name == TINY  # untouched: passes
+    with (tmp_path / TINY / store.VERSION_DIR / "tokenizer.json").open("a") as f:
+        f.write(" ")  # one byte more, still valid JSON: only the hash can tell
+    with pytest.raises(store.ContentChanged, match=f"files of '{TINY}' changed since it was exported.*export it again"):
+        store.check_content(tmp_path, TINY)
+    result = slipstream("models", "verify", TINY, "--model-repository", str(tmp_path))
+    assert result.returncode == 1 and "FAIL files" in result.stdout and "changed since it was exported" in result.stdout, \
+        result.stdout + result.stderr
+
+
 def test_a_model_too_big_for_memory_fails_before_any_work() -> None:
     from server.models.export import check_memory
 
@@ -142,7 +154,7 @@ def test_a_model_too_big_for_memory_fails_before_any_work() -> None:
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_verify_against_the_source_checkpoint(tiny_llama_checkpoint: Path, tmp_path: Path, precision: str) -> None:
-    from server.models.verify import verify
+    from server.verify import verify
 
     export_checkpoint(tiny_llama_checkpoint, tmp_path, "m", precision=precision, log=lambda _l: None)
     report = verify(tmp_path, "m")
@@ -151,7 +163,7 @@ def test_verify_against_the_source_checkpoint(tiny_llama_checkpoint: Path, tmp_p
 
 
 def test_verify_optimum_fp32_and_int8(tiny_checkpoint: Path, tiny_repo: Path, tmp_path: Path) -> None:
-    from server.models.verify import verify
+    from server.verify import verify
 
     export_checkpoint(tiny_checkpoint, tmp_path, "m", precision="fp32", log=lambda _l: None)
     for repository, name in ((tmp_path, "m"), (tiny_repo, TINY)):

@@ -182,9 +182,9 @@ def _export_checkpoint(
     else:
         graph = "optimum"
         log(f"[{step}/{total}] {name}: ONNX graph ({arch}) with optimum, {precision}")
-        from server.models.optimum_export import export_optimum_int8
+        from server.models.optimum_export import export_optimum
 
-        export_optimum_int8(hf_dir, built, log=log, quantize=False)
+        export_optimum(hf_dir, built, log=log)
         for config_file in ("config.json", "generation_config.json"):  # the folder stays loadable by optimum
             if (built / config_file).is_file():
                 shutil.copyfile(built / config_file, version / config_file)

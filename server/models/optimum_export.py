@@ -1,15 +1,17 @@
-"""Export a Hugging Face causal LM to a dynamically INT8-quantised ONNX model with optimum.
+"""Export a Hugging Face causal LM to ONNX (with KV cache) with optimum: fp32, or dynamically INT8.
 
-This is the "optimum" benchmark peer: the stock optimum path (``main_export`` with
-``text-generation-with-past`` then ``ORTQuantizer``), used on CodeGen, Llama and Gemma 3
-checkpoints.  The result directory loads with
-``optimum.onnxruntime.ORTModelForCausalLM.from_pretrained(out_dir)`` and is also plain
-enough for a hand-written decode loop over ``onnxruntime.InferenceSession``.
+The fp32 graph is the store's for the architectures onnxruntime-genai's builder does not fuse
+(CodeGen, StarCoder2, ...): export.py quantises it weight-only itself for int8 / int4 (MatMulNBits),
+so that a sample's text does not depend on its batch neighbours.
 
-``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)`` is used on
-purpose: it quantises every MatMul (and the embedding Gather) to INT8, whereas
-``onnxruntime.quantization.quantize_dynamic`` with per-channel weights leaves the
-MatMuls in fp32.
+With ``dynamic_int8`` it is the "optimum" benchmark peer (bench/decode.py): the stock optimum path
+(``main_export`` with ``text-generation-with-past``, then ``ORTQuantizer``), what a user would
+otherwise pick. ``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)`` is used
+on purpose: it quantises every MatMul (and the embedding Gather) to INT8, whereas
+``onnxruntime.quantization.quantize_dynamic`` with per-channel weights leaves the MatMuls in fp32;
+its activations are quantised over the whole batch. Either result loads with
+``optimum.onnxruntime.ORTModelForCausalLM.from_pretrained(out_dir)`` and is plain enough for a
+hand-written decode loop over ``onnxruntime.InferenceSession``.
 """
 
 from __future__ import annotations
@@ -54,14 +56,15 @@ def _onnx_config_for(hf_dir: Path) -> dict:
     return {"custom_onnx_configs": {"model": onnx_config}}
 
 
-def export_optimum_int8(
-    hf_dir: Path, out_dir: Path, log: Callable[[str], None] = print, *, quantize: bool = True
+def export_optimum(
+    hf_dir: Path, out_dir: Path, log: Callable[[str], None] = print, *, dynamic_int8: bool = False
 ) -> None:
-    """Export ``hf_dir`` to ONNX (with KV cache), quantise to INT8, write ``out_dir``.
+    """Export ``hf_dir`` to ONNX (with KV cache) in fp32, or with ``dynamic_int8`` quantised by
+    ORTQuantizer, into ``out_dir``.
 
     ``out_dir`` receives ``model.onnx`` (plus ``model.onnx.data`` for big models),
-    ``config.json``, ``generation_config.json``, ``ort_config.json`` and the tokenizer
-    files.  The fp32 intermediates live in a temporary directory next to ``out_dir``
+    ``config.json``, ``generation_config.json`` and the tokenizer files (and ``ort_config.json``
+    when quantised). The intermediates live in a temporary directory next to ``out_dir``
     (same filesystem, not /tmp, since they can be several GiB) and are removed.
     """
     # Imported lazily: these pull in torch/transformers/onnxruntime (seconds).
@@ -74,8 +77,8 @@ def export_optimum_int8(
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".optimum-export-", dir=out_dir.parent) as tmp:
         fp32_dir = Path(tmp) / "fp32"
-        # with quantize=False (fp32 wanted) the export itself is the result
-        result_dir = Path(tmp) / "int8" if quantize else fp32_dir
+        # without dynamic_int8 the fp32 export itself is the result
+        result_dir = Path(tmp) / "int8" if dynamic_int8 else fp32_dir
 
         start = time.perf_counter()
         log(f"[optimum 1/4] exporting {hf_dir} to fp32 ONNX (text-generation-with-past)")
@@ -95,7 +98,7 @@ def export_optimum_int8(
 
         start = time.perf_counter()
         external = fp32_bytes > _EXTERNAL_DATA_ABOVE_FP32_BYTES
-        if quantize:
+        if dynamic_int8:
             log(f"[optimum 2/4] quantising dynamically to INT8 (avx512_vnni, per-tensor, external data: {external})")
             qconfig = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)
             quantizer = ORTQuantizer.from_pretrained(fp32_dir, file_name=MODEL_FILE)

@@ -1,7 +1,9 @@
 """The model_repository layout and its manifests: the one place that knows where an exported model's
-files lie, read by the embedded backend and (later) by Triton's python backend alike.
+files lie, read by the embedded backend and by Triton's python backend alike (triton_config.py makes
+each export a Triton model: config.pbtxt beside the manifest, a model.py shim in the version folder).
 
     model_repository/<name>/manifest.json    what the model is and how to prompt it
+    model_repository/<name>/config.pbtxt     Triton's model config
     model_repository/<name>/1/model.onnx     the graph (+ model.onnx.data), Triton's version folder
     model_repository/<name>/1/tokenizer.json
 """
@@ -30,6 +32,10 @@ class ModelNotExported(LookupError):
     """The store has no complete export under that name."""
 
 
+class ContentChanged(ValueError):
+    """An export's files are not the ones its manifest was written for."""
+
+
 class FimTokens(BaseModel):
     prefix: str
     suffix: str
@@ -48,7 +54,8 @@ class Manifest(BaseModel):
     prompt_prefix_ids: list[int] = Field(description="Token ids put before raw code (BOS, <|endoftext|>, ...)")
     source: str = Field(description="Where the weights came from: a GGUF file or a checkpoint folder")
     chat_template: str | None = Field(None, description="Jinja chat template, for models that chat")
-    content_sha256: str = Field("", description="sha256 over the version folder's files (names and bytes)")
+    content_sha256: str = Field("", description="sha256 over the version folder's files (names and bytes), "
+                                "checked by `slipstream models verify`")
     fim: FimTokens | None = Field(None, description="Fill-in-the-middle sentinel tokens, for models that have them")
     onnx_file: str = f"{VERSION_DIR}/model.onnx"
     tokenizer_file: str = f"{VERSION_DIR}/tokenizer.json"
@@ -111,6 +118,23 @@ def content_hash(folder: Path) -> str:
             while block := f.read(1 << 20):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def check_content(repository: Path, name: str) -> Manifest:
+    """Raise ContentChanged, naming the model, when the files of its version folder no longer hash to
+    the manifest's content_sha256. Run by `slipstream models verify`, not at every load: hashing a
+    multi-GB graph would add seconds to each server start."""
+    manifest = read_manifest(repository, name)
+    folder = model_dir(repository, name) / VERSION_DIR
+    if not manifest.content_sha256:
+        raise ContentChanged(f"the manifest of {name!r} records no content hash (an export from before slipstream "
+                             f"kept one): export it again (`slipstream export {name} --force`)")
+    actual = content_hash(folder)
+    if actual != manifest.content_sha256:
+        raise ContentChanged(f"the files of {name!r} changed since it was exported: {folder} hashes to "
+                             f"{actual[:12]}..., its manifest says {manifest.content_sha256[:12]}... "
+                             f"(export it again: `slipstream export {name} --force`)")
+    return manifest
 
 
 def size_on_disk(path: Path) -> int:

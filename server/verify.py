@@ -1,5 +1,8 @@
 """Does an exported model compute what the original computes? (`slipstream models verify NAME`)
 
+First, are its files the ones exported (store.check_content)? Then the numbers. Beside the store and
+the engine, not in either: it reads the one and runs the other.
+
 The reference is the source checkpoint run by transformers in fp32: the --from-hf folder the manifest
 names, or for a bundled model the checkpoint rebuilt from its GGUF. Both read the same token ids of a
 fixed stretch of real code; we compare, position by position:
@@ -22,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.engine.runner import Runner
-from server.engine.sampling import log_softmax
+from server.engine import Runner, log_softmax
 from server.models import catalog, store
 
 FP32_TOLERANCE = 5e-3  # max |log p_export - log p_reference| over the tokens that matter:
@@ -40,7 +42,7 @@ AGREEMENT = {"fp32": 0.99, "fp16": 0.97, "int8": 0.90, "int4": 0.70}
 _DECIDED_MARGIN = 0.5
 _DECIDED_SHARE = 0.5
 _TOKENS = 384
-GOLDEN = Path(__file__).with_name("golden_token_ids.json")
+GOLDEN = Path(__file__).parent / "models" / "golden_token_ids.json"
 
 
 @dataclass
@@ -82,9 +84,15 @@ def verify(repository: Path, name: str, reference: Path | None = None, threads: 
     from tokenizers import Tokenizer
 
     manifest = store.read_manifest(repository, name)
+    report = Report(name, manifest.precision)
+    try:
+        store.check_content(repository, name)
+    except store.ContentChanged as changed:  # the numbers of other files would say nothing of this export
+        report.checks.append(Check("files", str(changed), False))
+        return report
+    report.checks.append(Check("files", "as exported (the manifest's content_sha256)", True))
     folder = store.model_dir(repository, name)
     tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer_file))
-    report = Report(name, manifest.precision)
     bundled = next((e for e in catalog.CATALOG.values() if manifest.source.startswith(e.package + ":")), None)
     if bundled is not None:
         report.checks.append(_tokenizer_check(tokenizer, bundled.name))
