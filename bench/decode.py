@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from server.engine.engine import Prompt
+    from server.engine import Prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
@@ -79,16 +79,16 @@ class Run:
 
 class EnginePath:
     def __init__(self, repository: Path, name: str, threads: int) -> None:
-        from server.engine.engine import Engine
+        from server.engine import Engine
 
         self.engine = Engine(repository, name, threads)
         self.onnx_file = repository / name / self.engine.manifest.onnx_file
 
     def prepare(self, text: str, tokens: int) -> Prompt:
-        return self.engine.prepare(text, tokens)
+        return self.engine.prompter.prepare(text, tokens)
 
     def run(self, prompt: Prompt, tokens: int, ignore_eos: bool = False) -> tuple[Run, str]:
-        from server.engine.engine import Delta, SamplingParams, Usage
+        from server.engine import Delta, SamplingParams, Usage
 
         params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=ignore_eos)
         pieces, first, usage = [], None, None
@@ -299,7 +299,7 @@ NLL_TOKENS = 512
 def nll_text_ids(engine: EnginePath) -> list[int]:
     from server.verify import corpus_ids
 
-    return corpus_ids(engine.engine.tokenizer, engine.engine.manifest.prompt_prefix_ids, NLL_TOKENS)
+    return corpus_ids(engine.engine.prompter.tokenizer, engine.engine.manifest.prompt_prefix_ids, NLL_TOKENS)
 
 
 def logits_nll(logits, ids: list[int]) -> float:
@@ -326,7 +326,7 @@ def bench_model(name: str, args: argparse.Namespace, torch_default: int) -> dict
     engine = EnginePath(args.repository, name, args.threads)
     prompt = engine.prepare(PROMPT, args.tokens)  # tokenised once: neither path times tokenisation
     ids = prompt.ids
-    tokenizer = engine.engine.tokenizer
+    tokenizer = engine.engine.prompter.tokenizer
 
     # Optimum's configurations, (ORT intra-op threads, torch threads): the engine's ORT threads with
     # torch's default pool and with one torch thread, and one thread for both (its graph of many

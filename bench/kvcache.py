@@ -31,7 +31,7 @@ PATHS = ("in place", "copying")
 def step_ms(runner, cache, tokens: list[int], steps: int) -> float:
     """Median ms of `steps` decode steps from a private copy of `cache` (the in-place path writes into
     its buffers; the copy keeps every run starting from the same state)."""
-    cache = cache.select(list(range(cache.batch)))
+    cache = cache.keep(list(range(cache.batch)))
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -42,7 +42,7 @@ def step_ms(runner, cache, tokens: list[int], steps: int) -> float:
 
 
 def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
-    from server.engine.engine import Engine
+    from server.engine import Engine
     from server.engine.runner import Runner
 
     engine = Engine(args.repository, name, args.threads)
@@ -51,14 +51,14 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
         raise SystemExit(f"{name}'s graph has no GroupQueryAttention: its cache is always copied")
     copying = Runner(args.repository / name / engine.manifest.onnx_file, args.threads, share_buffer=False)
     text = Path(textwrap.__file__).read_text()  # real code (the standard library's), repeated as needed
-    ids = (engine.encode(text) * 8)[: max(args.contexts)]
+    ids = (engine.prompter.encode(text) * 8)[: max(args.contexts)]
     rows = []
     for length in args.contexts:
         logits, one = in_place.prefill(ids[:length])
         first = int(logits[-1].argmax())
         for batch in args.batches:
             cache = one.repeat(batch)
-            per_token = sum(v[0].nbytes for v in cache.tensors.values()) // cache.capacity
+            per_token = sum(v[0].nbytes for v in cache.past().values()) // cache.length
             times: dict[str, list[float]] = {p: [] for p in PATHS}
             others = []
             for round_ in range(args.repeats):

@@ -126,13 +126,13 @@ class EngineDirect:
         self.path = EnginePath(repository, name, threads)
 
     def single(self, ids: list[int], tokens: int) -> Run:
-        return self.path.run(self.path.engine.prepare(ids, tokens), tokens, ignore_eos=True)[0]
+        return self.path.run(self.path.engine.prompter.prepare(ids, tokens), tokens, ignore_eos=True)[0]
 
     def samples(self, ids: list[int], n: int, tokens: int) -> int:
-        from server.engine.engine import SamplingParams, Usage
+        from server.engine import SamplingParams, Usage
 
         params = SamplingParams(max_tokens=tokens, temperature=TEMPERATURE, n=n, seed=0, ignore_eos=True)
-        usage = [e for e in self.path.engine.generate(self.path.engine.prepare(ids, tokens), params) if isinstance(e, Usage)]
+        usage = [e for e in self.path.engine.generate(self.path.engine.prompter.prepare(ids, tokens), params) if isinstance(e, Usage)]
         return usage[0].completion_tokens
 
 
@@ -296,7 +296,7 @@ def singles(runs: list[Run]) -> dict:
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict:
-    from server.engine.engine import Engine
+    from server.engine import Engine
 
     repo, threads = args.repository, args.threads
     paths: dict[str, object] = {}
@@ -309,8 +309,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     if "engine int8" not in paths:
         raise SystemExit(f"export {name} first (slipstream export {name})")
     engine: Engine = paths["engine int8"].path.engine  # type: ignore[attr-defined]
-    text_ids = (engine.encode(Path(textwrap.__file__).read_text()) * 4)[: max(PROMPT_LENGTHS)]
-    prompt_ids = engine.encode(PROMPT)
+    text_ids = (engine.prompter.encode(Path(textwrap.__file__).read_text()) * 4)[: max(PROMPT_LENGTHS)]
+    prompt_ids = engine.prompter.encode(PROMPT)
     prefix = engine.manifest.prompt_prefix_ids
 
     print(f"[{name}] starting the server and loading the peers", flush=True)

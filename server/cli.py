@@ -12,10 +12,12 @@ from pathlib import Path
 from server.settings import Settings
 
 
-def add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field, so the CLI and the settings never drift apart. Flags default to
-    unset, so that only what is given overrides the SLIPSTREAM_* environment."""
+def add_settings_flags(parser: argparse.ArgumentParser, only: typing.Iterable[str] | None = None) -> None:
+    """One flag per Settings field (or per field named in `only`), so the CLI and the settings never
+    drift apart. Flags default to unset, so that only what is given overrides the SLIPSTREAM_* environment."""
     for name, field in Settings.model_fields.items():
+        if only is not None and name not in only:
+            continue
         flag = "--" + name.replace("_", "-")
         kind = typing.get_origin(field.annotation) or field.annotation
         help_text = field.description

@@ -11,6 +11,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "gemma3-270m"
+# What the engine reads wherever it runs: in this process, or inside Triton's python backend, which
+# `slipstream triton start` hands them to as SLIPSTREAM_* variables
+ENGINE_SETTINGS = ("threads", "max_queue", "max_batch_rows", "prefill_tokens_per_step")
 
 
 class Settings(BaseSettings):
@@ -103,6 +106,10 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(
         False, description="Put each request's prompt text in its access-log line (off: code is private)."
     )
+
+    def environment(self, names: tuple[str, ...] = ENGINE_SETTINGS) -> dict[str, str]:
+        """These settings as the SLIPSTREAM_* variables that give them to another process."""
+        return {f"SLIPSTREAM_{name.upper()}": str(getattr(self, name)) for name in names}
 
     def intra_op_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)

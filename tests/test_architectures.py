@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.engine import Delta, Engine, SamplingParams
+from server.engine import Delta, Engine, SamplingParams
 from server.models.export import BUILDER_ARCHITECTURES, export_checkpoint
 from server.verify import verify
 from tests.tiny_model import TINY_CONFIGS, build_tiny
@@ -29,7 +29,7 @@ def test_export_generate_verify(checkpoints: dict[str, Path], tmp_path: Path, ar
 
     engine = Engine(tmp_path, "m", threads=1)
     params = SamplingParams(max_tokens=8, temperature=0.0, logit_bias={0: -100.0}, n=2)
-    events = list(engine.generate(engine.prepare("def f(x):\n    return", 8), params))
+    events = list(engine.generate(engine.prompter.prepare("def f(x):\n    return", 8), params))
     texts = ["".join(e.text for e in events if isinstance(e, Delta) and e.index == i) for i in range(2)]
     assert texts[0] and texts[0] == texts[1]
 

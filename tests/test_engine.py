@@ -9,8 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from server.engine.engine import Delta, Engine, InvalidInput, SamplingParams, Usage
-from server.engine.runner import DeviceError, Runner
+from server.engine import Delta, DeviceError, Engine, InvalidInput, SamplingParams, Usage
+from server.engine.kvcache import DeviceBuffers, HostCache, InPlace, SharedBuffers
+from server.engine.runner import Runner
 from server.engine.sampling import sample
 from tests.conftest import TINY, TINY_CONTEXT, TINY_LLAMA
 
@@ -31,7 +32,7 @@ def run(engine: Engine, prompt: str, **params) -> tuple[dict[int, str], dict[int
     texts: dict[int, str] = {}
     finish: dict[int, str | None] = {}
     usage = None
-    for event in engine.generate(engine.prepare(prompt, params.get("max_tokens", 16)), SamplingParams(**params)):
+    for event in engine.generate(engine.prompter.prepare(prompt, params.get("max_tokens", 16)), SamplingParams(**params)):
         if isinstance(event, Delta):
             texts[event.index] = texts.get(event.index, "") + event.text
             finish[event.index] = event.finish_reason or finish.get(event.index)
@@ -54,14 +55,14 @@ def test_greedy_matches_optimum_generate_on_the_same_graph(engine: Engine, tiny_
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
 
-    ids = engine.encode(PROMPT)
+    ids = engine.prompter.encode(PROMPT)
     reference = ORTModelForCausalLM.from_pretrained(tiny_repo / TINY / "1")
     expected = reference.generate(torch.tensor([ids]), max_new_tokens=20, min_new_tokens=20, do_sample=False)
     assert greedy_ids(engine, ids, 20) == expected[0, len(ids) :].tolist()
 
 
 def test_batched_rows_decode_like_single_rows(engine: Engine) -> None:
-    ids = engine.encode(PROMPT)
+    ids = engine.prompter.encode(PROMPT)
     logits, cache = engine.runner.prefill(ids)
     batch = cache.repeat(3)
     first = int(logits[-1].argmax())
@@ -73,7 +74,7 @@ def test_batched_rows_decode_like_single_rows(engine: Engine) -> None:
 @pytest.mark.parametrize("which", ["engine", "fused_engine"])
 def test_both_graphs_skip_the_head_for_unread_positions(request, which: str) -> None:
     engine: Engine = request.getfixturevalue(which)
-    ids = engine.encode(PROMPT)
+    ids = engine.prompter.encode(PROMPT)
     last, _ = engine.runner.prefill(ids)
     every, _ = engine.runner.prefill(ids, all_logits=True)
     assert last.shape[0] == 1 and every.shape[0] == len(ids)
@@ -99,7 +100,7 @@ def test_same_seed_same_text_and_choices_independent_of_batch(fused_engine: Engi
 def test_max_tokens_length_and_usage(engine: Engine) -> None:
     texts, finish, usage = run(engine, PROMPT, max_tokens=10, temperature=0.0, logit_bias={0: -100.0}, n=2)
     assert finish == {0: "length", 1: "length"}
-    assert usage.completion_tokens == 20 and usage.prompt_tokens == len(engine.encode(PROMPT))
+    assert usage.completion_tokens == 20 and usage.prompt_tokens == len(engine.prompter.encode(PROMPT))
     assert texts[0] == texts[1]  # greedy
 
 
@@ -111,19 +112,19 @@ def test_eos_ends_a_choice_with_stop(engine: Engine) -> None:
 
 def test_long_prompt_is_trimmed_from_the_left(engine: Engine) -> None:
     long_prompt = "x = 1\n" * 200
-    prompt = engine.prepare(long_prompt, max_tokens=16)
+    prompt = engine.prompter.prepare(long_prompt, max_tokens=16)
     assert len(prompt.ids) == TINY_CONTEXT - 16 and prompt.trimmed > 0
-    assert prompt.ids == engine.encode(long_prompt)[-(TINY_CONTEXT - 16) :]
+    assert prompt.ids == engine.prompter.encode(long_prompt)[-(TINY_CONTEXT - 16) :]
     _, _, usage = run(engine, long_prompt, max_tokens=16, temperature=0.0)
     assert usage.prompt_tokens_trimmed == prompt.trimmed
 
 
 def test_prompt_that_cannot_fit_is_refused(engine: Engine) -> None:
     with pytest.raises(InvalidInput) as err:
-        engine.prepare("x", max_tokens=TINY_CONTEXT)
+        engine.prompter.prepare("x", max_tokens=TINY_CONTEXT)
     assert err.value.param == "max_tokens"
     with pytest.raises(InvalidInput) as err:
-        engine.prepare([5, 10**6], max_tokens=4)
+        engine.prompter.prepare([5, 10**6], max_tokens=4)
     assert err.value.param == "prompt"
 
 
@@ -131,7 +132,7 @@ def test_cancel_stops_generation(engine: Engine) -> None:
     import threading
 
     cancel = threading.Event()
-    events = engine.generate(engine.prepare(PROMPT, 50), SamplingParams(max_tokens=50, temperature=0.0, logit_bias={0: -100.0}), cancel)
+    events = engine.generate(engine.prompter.prepare(PROMPT, 50), SamplingParams(max_tokens=50, temperature=0.0, logit_bias={0: -100.0}), cancel)
     received = [next(events), next(events)]
     cancel.set()
     assert list(events) == [] and all(isinstance(e, Delta) for e in received)
@@ -184,7 +185,7 @@ def test_rows_of_different_lengths_decode_together_as_alone(request, which: str)
     the mask, holes and all; the fused graph packs rows at the start) decodes as it would alone, and
     goes on alone when the long one leaves."""
     engine: Engine = request.getfixturevalue(which)
-    prompts = [engine.encode("def heappush(heap, item):\n    heap.append(item)\n    "), engine.encode("x = 1\n")]
+    prompts = [engine.prompter.encode("def heappush(heap, item):\n    heap.append(item)\n    "), engine.prompter.encode("x = 1\n")]
     alone: list[list[np.ndarray]] = []
     caches = []
     for ids in prompts:
@@ -200,7 +201,7 @@ def test_rows_of_different_lengths_decode_together_as_alone(request, which: str)
     together: list[list[np.ndarray]] = [[alone[0][0]], [alone[1][0]]]
     for step in range(5):
         if step == 2:  # the long row leaves; the short one goes on in a trimmed cache
-            batch, rows = batch.select([1]), [1]
+            batch, rows = batch.keep([1]), [1]
         logits, batch = engine.runner.decode([int(together[r][-1].argmax()) for r in rows], batch)
         for i, r in enumerate(rows):
             together[r].append(logits[i])
@@ -221,7 +222,7 @@ def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_
     in_ortvalues = Runner(onnx_file, 1)
     in_ortvalues.kv_device = "cpu"
     assert shared.share_buffer and not copying.share_buffer
-    prompts = [fused_engine.encode("def heappush(heap, item):\n    heap.append(item)\n    "), fused_engine.encode("x = 1\n")]
+    prompts = [fused_engine.prompter.encode("def heappush(heap, item):\n    heap.append(item)\n    "), fused_engine.prompter.encode("x = 1\n")]
     runs: list[list[np.ndarray]] = []
     for runner in (shared, copying, in_ortvalues):
         firsts = [runner.prefill(ids) for ids in prompts]
@@ -230,23 +231,24 @@ def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_
         steps = []
         for step in range(12):
             if step == 4:  # a row leaves
-                backing = batch.backing
-                batch, tokens = batch.select([0, 2]), [tokens[0], tokens[2]]
+                backing = getattr(batch, "buffers", None)
+                batch, tokens = batch.keep([0, 2]), [tokens[0], tokens[2]]
                 if runner is shared:  # the later row moved down inside the same buffers
-                    assert backing is not None and batch.backing is backing
+                    assert backing is not None and batch.buffers is backing
             if step == 6:  # a row joins the running batch
-                backing = batch.backing
+                backing = getattr(batch, "buffers", None)
                 logits, joining = runner.prefill(prompts[0])
                 batch, tokens = batch.join(joining), tokens + [int(logits[-1].argmax())]
                 if runner is shared:  # written into a spare row: the batch's buffers did not move
-                    assert batch.backing is backing and all(np.shares_memory(batch.tensors[k], backing[k]) for k in backing)
-            if step == 8 and batch.shared:  # the buffers move into larger ones
-                batch = batch.reserve(batch.capacity + 1)
-            before = batch.tensors
+                    assert batch.buffers is backing and all(np.shares_memory(batch.past()[k], backing[k]) for k in backing)
+            if step == 8 and isinstance(batch, InPlace):  # the buffers move into larger ones
+                batch = type(batch).adopt(batch, batch.capacity + 1, runner.kv_device)
+            before = batch.buffers if isinstance(batch, SharedBuffers) else getattr(batch, "tensors", {})
             logits, batch = runner.decode(tokens, batch)
-            if batch.shared and runner is shared and step > 0:  # (the first step gives the prefill room)
-                assert all(batch.tensors[k] is before[k] for k in before)  # written in place, not copied
+            if isinstance(batch, SharedBuffers) and runner is shared and step > 0:  # (the first step gives the prefill room)
+                assert all(batch.buffers[k] is before[k] for k in before)  # written in place, not copied
             if runner is in_ortvalues and step > 0 and step not in (4, 6, 8):
+                assert isinstance(batch, DeviceBuffers)
                 assert all(isinstance(v, ort.OrtValue) and v is before[k] for k, v in batch.tensors.items())
             steps.append(logits)
             tokens = [int(t) for t in logits.argmax(axis=1)]
@@ -258,7 +260,7 @@ def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_
 
 def test_cuda_device_runs_or_says_what_it_needs(fused_engine: Engine, tiny_llama_repo: Path) -> None:
     onnx_file = tiny_llama_repo / TINY_LLAMA / fused_engine.manifest.onnx_file
-    ids = fused_engine.encode(PROMPT)
+    ids = fused_engine.prompter.encode(PROMPT)
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         with pytest.raises(DeviceError, match="onnxruntime-gpu"):
             Runner(onnx_file, 1, device="cuda")
@@ -270,3 +272,24 @@ def test_cuda_device_runs_or_says_what_it_needs(fused_engine: Engine, tiny_llama
         step, cache = gpu.decode(tokens[-1:], cache)
         tokens.append(int(step[0].argmax()))
     assert tokens == greedy_ids(fused_engine, ids, 9)
+
+
+@pytest.mark.parametrize("which", ["fp32_engine", "fused_engine"])
+def test_a_prompt_prefilled_on_top_of_a_past_read_out_and_written_in_equals_one_prefill(request, which: str) -> None:
+    """What a prefix cache stands on: a row's positions read out of a cache, written into a new one-row
+    cache, and the rest of a prompt prefilled on top of it give the logits and the cache of the whole
+    prompt prefilled at once (both graph kinds)."""
+    engine: Engine = request.getfixturevalue(which)
+    ids = engine.prompter.encode("def heappush(heap, item):\n    heap.append(item)\n    _siftdown(heap, 0, len(heap) - 1)\n")
+    split = len(ids) - 7
+    whole_logits, whole = engine.runner.prefill(ids, all_logits=True)
+    _, head = engine.runner.prefill(ids[:split])
+    past = HostCache.holding(head.read(0))
+    assert past.length == split and whole.read(0, split).keys() == past.past().keys()
+    for key, value in whole.read(0, split).items():
+        np.testing.assert_allclose(past.past()[key], value, atol=1e-5)
+    logits, cache = engine.runner.prefill(ids[split:], all_logits=True, past=past)
+    np.testing.assert_allclose(logits, whole_logits[split:], atol=1e-4)
+    assert cache.tokens().tolist() == [len(ids)]
+    token = int(logits[-1].argmax())
+    np.testing.assert_allclose(engine.runner.decode([token], cache)[0], engine.runner.decode([token], whole)[0], atol=1e-4)

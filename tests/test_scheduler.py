@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from server.engine.engine import Delta, Engine, SamplingParams, Usage
-from server.engine.scheduler import PREFILL_TOKENS_PER_STEP, QueueFull, Scheduler
+from server.engine import Delta, Engine, QueueFull, SamplingParams, Scheduler, Usage
+from server.engine.scheduler import Step
+from server.settings import Settings
 from tests.conftest import TINY_LLAMA
 
 NO_EOS = {0: -100.0}
+PREFILL_TOKENS_PER_STEP = Settings().prefill_tokens_per_step
 PROMPTS = ["def add(a, b):", "class Stack:\n    def __init__(self):", "import os\n", "x = [i * i for i in"]
 
 
@@ -21,9 +23,22 @@ def engine(tiny_llama_repo: Path) -> Engine:
     return Engine(tiny_llama_repo, TINY_LLAMA, threads=1)
 
 
+class Steps(list[Step]):
+    """What the scheduler's worker did, one entry per decode step."""
+
+    def max(self, field: str) -> int:
+        return max((getattr(s, field) for s in self), default=0)
+
+
+def scheduler_for(engine: Engine, max_waiting: int) -> tuple[Scheduler, Steps]:
+    steps = Steps()
+    settings = Settings()
+    return Scheduler(engine, max_waiting, settings.max_batch_rows, settings.prefill_tokens_per_step, steps.append), steps
+
+
 def alone(engine: Engine, prompt: str, params: SamplingParams) -> dict[int, str]:
     texts: dict[int, str] = {}
-    for event in engine.generate(engine.prepare(prompt, params.max_tokens), params):
+    for event in engine.generate(engine.prompter.prepare(prompt, params.max_tokens), params):
         if isinstance(event, Delta):
             texts[event.index] = texts.get(event.index, "") + event.text
     return texts
@@ -32,7 +47,7 @@ def alone(engine: Engine, prompt: str, params: SamplingParams) -> dict[int, str]
 async def collect(scheduler: Scheduler, engine: Engine, prompt: str, params: SamplingParams) -> tuple[dict[int, str], Usage]:
     texts: dict[int, str] = {}
     usage = None
-    async for event in scheduler.submit(engine.prepare(prompt, params.max_tokens), params):
+    async for event in scheduler.submit(engine.prompter.prepare(prompt, params.max_tokens), params):
         if isinstance(event, Delta):
             texts[event.index] = texts.get(event.index, "") + event.text
         else:
@@ -46,7 +61,7 @@ def test_requests_decode_together_and_each_gets_what_it_would_alone(engine: Engi
     params = [SamplingParams(max_tokens=12 + 3 * i, temperature=0.8 * (i % 2), seed=i, n=1 + i % 3, logit_bias=NO_EOS)
               for i in range(len(PROMPTS))]
     expected = [alone(engine, p, q) for p, q in zip(PROMPTS, params, strict=True)]
-    scheduler = Scheduler(engine, max_waiting=16)
+    scheduler, steps = scheduler_for(engine, max_waiting=16)
 
     async def run() -> list[tuple[dict[int, str], Usage]]:
         return await asyncio.gather(*(collect(scheduler, engine, p, q) for p, q in zip(PROMPTS, params, strict=True)))
@@ -57,20 +72,20 @@ def test_requests_decode_together_and_each_gets_what_it_would_alone(engine: Engi
         scheduler.close()
     assert [texts for texts, _ in results] == expected
     assert [usage.completion_tokens for _, usage in results] == [q.max_tokens * q.n for q in params]
-    assert scheduler.stats["max_batch_requests"] >= 2 and scheduler.stats["max_batch_rows"] >= 4
+    assert steps.max("requests") >= 2 and steps.max("rows") >= 4
     # fewer steps than decoding them one after the other
-    assert scheduler.stats["steps"] < sum(q.max_tokens - 1 for q in params)
+    assert len(steps) < sum(q.max_tokens - 1 for q in params)
 
 
 def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(engine: Engine) -> None:
-    scheduler = Scheduler(engine, max_waiting=16)
+    scheduler, steps = scheduler_for(engine, max_waiting=16)
     long = SamplingParams(max_tokens=100, temperature=0.0, logit_bias=NO_EOS)
     short = SamplingParams(max_tokens=10, temperature=0.0, logit_bias=NO_EOS)
 
     async def run() -> tuple[int, dict[int, str]]:
         async def abandoned() -> int:
             seen = 0
-            async for event in scheduler.submit(engine.prepare(PROMPTS[0], 100), long):
+            async for event in scheduler.submit(engine.prompter.prepare(PROMPTS[0], 100), long):
                 seen += isinstance(event, Delta)
                 if seen == 3:
                     break  # the client went away
@@ -81,7 +96,7 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(engine: Engin
 
     try:
         seen, texts = asyncio.run(run())
-        rows_after = scheduler.stats["rows_decoded"]
+        rows_after = sum(s.rows for s in steps)
     finally:
         scheduler.close()
     assert seen == 3 and texts == alone(engine, PROMPTS[1], short)
@@ -89,7 +104,7 @@ def test_a_cancelled_request_leaves_the_batch_and_the_others_go_on(engine: Engin
 
 
 def test_the_queue_is_bounded(engine: Engine) -> None:
-    scheduler = Scheduler(engine, max_waiting=2)
+    scheduler, steps = scheduler_for(engine, max_waiting=2)
     params = SamplingParams(max_tokens=30, temperature=0.0, logit_bias=NO_EOS)
 
     async def run() -> list[object]:
@@ -107,13 +122,13 @@ def test_the_queue_is_bounded(engine: Engine) -> None:
 def test_a_burst_of_prompts_is_prefilled_a_few_per_step_while_rows_decode(engine: Engine) -> None:
     """Prefilling every arrival before the next decode step would hold the live rows up for all of them."""
     long_prompt = "def f(x):\n    return x + 1\n" * 9  # ~100 tokens: three of them pass the budget
-    burst = [engine.prepare(long_prompt + f"# {i}\n", 4) for i in range(6)]
+    burst = [engine.prompter.prepare(long_prompt + f"# {i}\n", 4) for i in range(6)]
     assert sum(len(p.ids) for p in burst) > 2 * PREFILL_TOKENS_PER_STEP
-    scheduler = Scheduler(engine, max_waiting=16)
+    scheduler, steps = scheduler_for(engine, max_waiting=16)
 
     async def run() -> list[tuple[dict[int, str], Usage]]:
         first = asyncio.create_task(collect(scheduler, engine, PROMPTS[0], SamplingParams(max_tokens=60, logit_bias=NO_EOS)))
-        while scheduler.stats["steps"] < 2:  # the first request is decoding
+        while len(steps) < 2:  # the first request is decoding
             await asyncio.sleep(0.001)
         rest = [collect(scheduler, engine, long_prompt + f"# {i}\n", SamplingParams(max_tokens=4, logit_bias=NO_EOS))
                 for i in range(6)]
@@ -125,4 +140,4 @@ def test_a_burst_of_prompts_is_prefilled_a_few_per_step_while_rows_decode(engine
         scheduler.close()
     assert [usage.completion_tokens for _, usage in results] == [60] + [4] * 6
     longest = max(len(p.ids) for p in burst)
-    assert 0 < scheduler.stats["max_prefill_tokens_between_steps"] < PREFILL_TOKENS_PER_STEP + longest
+    assert 0 < steps.max("prefilled") < PREFILL_TOKENS_PER_STEP + longest

@@ -107,7 +107,7 @@ def test_a_failed_forced_export_keeps_the_earlier_one(tiny_checkpoint: Path, tmp
 def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoint: str, precision: str, ops: set[str]) -> None:
     import onnx
 
-    from server.engine.engine import Delta, Engine, SamplingParams
+    from server.engine import Delta, Engine, SamplingParams
 
     manifest = export_checkpoint(request.getfixturevalue(checkpoint), tmp_path, "m", precision=precision, log=lambda _l: None)
     assert manifest.precision == precision and len(manifest.content_sha256) == 64
@@ -122,7 +122,7 @@ def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoin
     if precision == "fp16":  # the CUDA graph's weights and cache; ONNX Runtime's CPU kernels run it here
         assert {init.data_type for init in graph.initializer if init.name.endswith("MatMul.weight")} == {onnx.TensorProto.FLOAT16}
     engine = Engine(tmp_path, "m", threads=1)
-    text = "".join(e.text for e in engine.generate(engine.prepare("def f(x):", 8), SamplingParams(max_tokens=8, temperature=0,
+    text = "".join(e.text for e in engine.generate(engine.prompter.prepare("def f(x):", 8), SamplingParams(max_tokens=8, temperature=0,
                                                    logit_bias={0: -100.0})) if isinstance(e, Delta))
     assert text
 

@@ -3,17 +3,18 @@ inside Triton's python backend.
 
 The public surface, what the rest of the server imports: the prompt side (Prompter, Prompt,
 InvalidInput), the sampling parameters, the events a generation yields, the Engine and its Scheduler
-(continuous batching, QueueFull past its bound), and the errors a model can raise when it loads.
+(continuous batching, QueueFull past its bound), the errors a model can raise when it loads, and
+the bare session (Runner) with log_softmax, for checking an export's logits (server/verify.py).
 """
 
 from server.engine.engine import Engine
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prompts import InvalidInput, Prompt, Prompter
-from server.engine.runner import DeviceError, GraphError
-from server.engine.sampling import SamplingParams
+from server.engine.runner import DeviceError, GraphError, Runner
+from server.engine.sampling import SamplingParams, log_softmax
 from server.engine.scheduler import QueueFull, Scheduler
 
 __all__ = [
     "Delta", "DeviceError", "Engine", "FinishReason", "GraphError", "InvalidInput", "Prompt", "Prompter", "QueueFull",
-    "SamplingParams", "Scheduler", "TokenLogprob", "Usage",
+    "Runner", "SamplingParams", "Scheduler", "TokenLogprob", "Usage", "log_softmax",
 ]

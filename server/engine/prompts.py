@@ -35,7 +35,7 @@ class Prompter:
     def __init__(self, repository: Path, name: str) -> None:
         self.manifest: Manifest = read_manifest(repository, name)
         self.tokenizer = Tokenizer.from_file(str(model_dir(repository, name) / self.manifest.tokenizer_file))
-        self._eos = frozenset(self.manifest.eos_token_ids)
+        self.eos = frozenset(self.manifest.eos_token_ids)
         self._vocab = self.manifest.vocab_size
 
     # --- prompt ---

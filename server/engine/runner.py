@@ -1,19 +1,21 @@
-"""One ONNX Runtime session and its KV cache: prefill a prompt, then decode one token per row per step.
+"""One ONNX Runtime session: prefill a prompt (on top of a past, or from nothing), then decode one
+token per row per step, each call taking a KV cache and returning the next (server/engine/kvcache.py).
 
 It reads the two graph shapes the store writes: onnxruntime-genai's fused graph (input_ids,
-attention_mask, past_key_values.N.key/value) and optimum's (the same plus position_ids). The cache is
-a dict of numpy arrays [batch, kv_heads, past, head_dim] fed back each step; rows can be copied (n
-samples of one prompt share its prefill) and dropped (a finished sample leaves the batch).
+attention_mask, past_key_values.N.key/value) and optimum's (the same plus position_ids). The fused
+graph writes the new keys and values into the cache's own buffers (InPlace); optimum's returns the
+past and the new tokens concatenated (HostCache).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from server.engine.kvcache import DeviceBuffers, HostCache, InPlace, KVCache, SharedBuffers
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -21,142 +23,6 @@ _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 class GraphError(RuntimeError):
     """The ONNX file is not a causal LM graph with a KV cache that this runner understands."""
-
-
-@dataclass
-class KVCache:
-    """Past keys and values of a batch of rows, which may hold different numbers of tokens.
-
-    mask[b, j] is 1 where row b holds a token at cache position j. Graphs that take position_ids
-    (optimum's) attend through the mask, so a row's tokens may have holes (a short row joined to a
-    longer batch); graphs that do not (onnxruntime-genai's GroupQueryAttention) derive each row's
-    length and positions from the mask's sum, so there every row is packed at the start.
-
-    A shared cache (GroupQueryAttention graphs) is a set of buffers with room beyond `length`: the
-    graph reads the past from them and writes each new token's key and value into them in place, so
-    a decode step copies nothing; a step that would overflow them moves the cache into buffers twice
-    as large. Otherwise the graph returns the past and the new tokens concatenated, a copy of the whole
-    cache per step.
-    """
-
-    # past_key_values.N.key/value -> [B, kv_heads, capacity >= length, head_dim]: numpy arrays, or OrtValues
-    # on the runner's device (CUDA), where a shared cache stays between steps
-    tensors: dict[str, np.ndarray | ort.OrtValue]
-    mask: np.ndarray  # [B, length] int64
-    shared: bool = False
-    # a shared cache in host memory: buffers with rows to spare, whose first B rows `tensors` are (views,
-    # still C-contiguous). A row joins by being written into the next spare row, and rows leave by the
-    # later rows moving down, so neither copies the whole batch nor allocates
-    backing: dict[str, np.ndarray] | None = None
-
-    @property
-    def length(self) -> int:
-        return self.mask.shape[1]
-
-    @property
-    def batch(self) -> int:
-        return self.mask.shape[0]
-
-    @property
-    def capacity(self) -> int:
-        value = next(iter(self.tensors.values()))
-        return value.shape[2] if isinstance(value, np.ndarray) else value.shape()[2]
-
-    def host(self) -> dict[str, np.ndarray]:
-        """The buffers as numpy arrays (a device cache is copied to host memory: rows joining or leaving
-        the batch are rearranged there, once per such event, not per step)."""
-        return {k: v if isinstance(v, np.ndarray) else v.numpy() for k, v in self.tensors.items()}
-
-    def tokens(self) -> np.ndarray:
-        """[B] tokens each row holds: the position of its next token."""
-        return self.mask.sum(axis=1)
-
-    def repeat(self, n: int) -> KVCache:
-        """n copies of a one-row cache: n samples of one prompt without n prefills."""
-        return KVCache({k: np.repeat(v, n, axis=0) for k, v in self.host().items()}, np.repeat(self.mask, n, axis=0),
-                       self.shared)
-
-    def select(self, rows: list[int]) -> KVCache:
-        """The given rows, trimmed to the longest of them (positions no row holds are dropped)."""
-        mask = self.mask[rows]
-        used = np.flatnonzero(mask.any(axis=0))
-        end = int(used[-1]) + 1 if used.size else 0
-        if self.backing is not None and all(a < b for a, b in zip(rows, rows[1:], strict=False)):
-            for i, row in enumerate(rows):  # ascending: each row is read before anything is written over it
-                if i != row:
-                    for buffer in self.backing.values():
-                        buffer[i, :, :end] = buffer[row, :, :end]
-            return KVCache({k: v[: len(rows)] for k, v in self.backing.items()}, mask[:, :end], True, self.backing)
-        capacity = self.capacity if self.shared else end
-        return KVCache({k: _sized(v[rows, :, :end], capacity) for k, v in self.host().items()}, mask[:, :end],
-                       self.shared)
-
-    def join(self, other: KVCache) -> KVCache:
-        """Both batches in one (self's rows first), the shorter padded at the end with empty positions."""
-        length = max(self.length, other.length)
-        masks = [np.pad(m, [(0, 0), (0, length - m.shape[1])]) for m in (self.mask, other.mask)]
-        mask = np.concatenate(masks)
-        theirs = other.host()
-        if self.shared and all(isinstance(v, np.ndarray) for v in self.tensors.values()):
-            backing = self.backing
-            rows = self.batch + other.batch
-            if backing is None or _rows(backing) < rows or self.capacity < other.length:
-                backing = _backed(self.host(), self.length, max(self.capacity, other.capacity), rows)
-            for k, buffer in backing.items():
-                buffer[self.batch : rows, :, : other.length] = theirs[k][:, :, : other.length]
-                buffer[self.batch : rows, :, other.length :] = 0  # a spare row may hold a row that left
-            return KVCache({k: v[:rows] for k, v in backing.items()}, mask, True, backing)
-        capacity = max(self.capacity, other.capacity) if self.shared else length  # a device cache: rearranged on the host
-        tensors = {}
-        for k, v in self.host().items():
-            w = theirs[k]
-            out = np.zeros((self.batch + other.batch, v.shape[1], capacity, v.shape[3]), v.dtype)
-            out[: self.batch, :, : self.length] = v[:, :, : self.length]
-            out[self.batch :, :, : other.length] = w[:, :, : other.length]
-            tensors[k] = out
-        return KVCache(tensors, mask, self.shared)
-
-    def reserve(self, length: int) -> KVCache:
-        """This cache with buffers that hold `length` positions (itself when they already do)."""
-        if self.capacity >= length:
-            return self
-        capacity = _round_up(max(length, 2 * self.capacity), _CAPACITY_STEP)
-        if self.backing is not None:
-            backing = _backed(self.host(), self.length, capacity, _rows(self.backing))
-            return KVCache({k: v[: self.batch] for k, v in backing.items()}, self.mask, True, backing)
-        return KVCache({k: _sized(v[:, :, :self.length], capacity) for k, v in self.host().items()}, self.mask,
-                       self.shared)
-
-
-def _rows(backing: dict[str, np.ndarray]) -> int:
-    return next(iter(backing.values())).shape[0]
-
-
-def _backed(tensors: dict[str, np.ndarray], length: int, capacity: int, rows: int) -> dict[str, np.ndarray]:
-    """Buffers of twice `rows` rows and `capacity` positions holding `tensors`' rows and first `length`
-    positions (np.zeros: pages no row has touched take no memory)."""
-    out = {}
-    for k, v in tensors.items():
-        buffer = np.zeros((max(2 * rows, 8), v.shape[1], capacity, v.shape[3]), v.dtype)
-        buffer[: v.shape[0], :, :length] = v[:, :, :length]
-        out[k] = buffer
-    return out
-
-
-_CAPACITY_STEP = 128  # shared buffers grow in whole multiples of this many positions
-
-
-def _round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
-
-
-def _sized(used: np.ndarray, capacity: int) -> np.ndarray:
-    """A C-contiguous [B, H, capacity, D] buffer whose first positions are `used` (the rest zero)."""
-    if used.shape[2] == capacity:
-        return np.ascontiguousarray(used)
-    out = np.zeros(used.shape[:2] + (capacity,) + used.shape[3:], used.dtype)
-    out[:, :, : used.shape[2]] = used
-    return out
 
 
 class DeviceError(RuntimeError):
@@ -209,10 +75,15 @@ class Runner:
             name: name.replace("present", "past_key_values", 1) for name in self._output_names[1:]
         }
 
-    def empty_cache(self, batch: int) -> KVCache:
-        shape = (batch, self._kv_heads, 0, self._head_dim)
-        return KVCache({name: np.zeros(shape, self._kv_dtype) for name in self._past_names},
-                       np.zeros((batch, 0), dtype=np.int64), self.share_buffer)
+    def empty_cache(self, batch: int) -> HostCache:
+        return HostCache.empty(self._past_names, batch, self._kv_heads, self._head_dim, self._kv_dtype)
+
+    @property
+    def _in_place(self) -> type[InPlace] | None:
+        """Where the cache lives between in-place steps: host buffers, or OrtValues on the device."""
+        if not self.share_buffer:
+            return None
+        return SharedBuffers if self.kv_device is None else DeviceBuffers
 
     def forward(self, ids: np.ndarray, cache: KVCache, keep: int | None = None) -> tuple[np.ndarray, KVCache]:
         # ids: [B, T] int64 -> logits: [B, T', V] float32 for the last T' = keep (default all) positions
@@ -228,42 +99,34 @@ class Runner:
             feed["position_ids"] = held[:, None] + np.arange(new, dtype=np.int64)
         if self._logits_to_keep:
             feed["logits_to_keep"] = np.array([keep or new], dtype=np.int64)
-        if cache.shared and (new == 1 or self._keep_bindable or not self._logits_to_keep):
+        in_place = self._in_place
+        if in_place is not None and (new == 1 or self._keep_bindable or not self._logits_to_keep):
             if new == 1 and not self._keep_bindable:
                 feed.pop("logits_to_keep", None)  # one new position: its logits are all there are
-            return self._run_in_place(feed, cache.reserve(mask.shape[1]), mask)
-        # a shared cache that must feed logits_to_keep (a prefill) takes the copying path once; the next
-        # step moves it into buffers with room
-        past = {k: v[:, :, : cache.length] for k, v in cache.host().items()}
-        outputs = self.session.run(self._output_names, feed | past)
+            return self._run_in_place(feed, in_place.adopt(cache, mask.shape[1], self.kv_device), mask)
+        # a prefill that must feed logits_to_keep (not bindable) takes the copying path once; the next
+        # step adopts its cache into buffers with room
+        outputs = self.session.run(self._output_names, feed | cache.past())
         present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:], strict=False)}
-        return outputs[0].astype(np.float32, copy=False), KVCache(present, mask, cache.shared)
+        return outputs[0].astype(np.float32, copy=False), HostCache(present, mask)
 
-    def _run_in_place(self, feed: dict[str, np.ndarray], cache: KVCache, mask: np.ndarray) -> tuple[np.ndarray, KVCache]:
+    def _run_in_place(self, feed: dict[str, np.ndarray], cache: InPlace, mask: np.ndarray) -> tuple[np.ndarray, KVCache]:
         # each past buffer is bound as its present output too: GroupQueryAttention then appends the new
         # tokens' keys and values in place (it sees the shared buffer) instead of copying the past
         binding = self.session.io_binding()
         for name, value in feed.items():
             binding.bind_cpu_input(name, value)
         binding.bind_output(self._output_names[0], "cpu")  # sampling reads the logits on the host
-        tensors = {}
-        for present, past in self._present_to_past.items():
-            buffer = cache.tensors[past]
-            if isinstance(buffer, np.ndarray):  # on the host a view, no copy; to a device an upload
-                buffer = ort.OrtValue.ortvalue_from_numpy(buffer, *((self.kv_device, 0) if self.kv_device else ()))
-            tensors[past] = buffer if self.kv_device else cache.tensors[past]
-            binding.bind_ortvalue_input(past, buffer)
-            binding.bind_ortvalue_output(present, buffer)
+        cache.bind(binding, self._present_to_past)
         self.session.run_with_iobinding(binding)
         logits = binding.get_outputs()[0].numpy()
-        backing = None if self.kv_device else cache.backing  # the views were written in place: same buffers
-        return logits.astype(np.float32, copy=False), KVCache(tensors, mask, shared=True, backing=backing)
+        return logits.astype(np.float32, copy=False), cache.written(mask)
 
-    def prefill(self, ids: list[int], all_logits: bool = False) -> tuple[np.ndarray, KVCache]:
+    def prefill(self, ids: list[int], all_logits: bool = False, past: KVCache | None = None) -> tuple[np.ndarray, KVCache]:
         # ids: T prompt tokens -> logits [T, V] (all_logits, to score the prompt) or [>=1, V] whose last
-        # row is the last position's; one-row cache
+        # row is the last position's; a one-row cache holding past's positions (if any) and the prompt's
         keep = None if all_logits else 1
-        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), self.empty_cache(1), keep)
+        logits, cache = self.forward(np.asarray([ids], dtype=np.int64), past or self.empty_cache(1), keep)
         return logits[0], cache
 
     def decode(self, tokens: list[int], cache: KVCache) -> tuple[np.ndarray, KVCache]:

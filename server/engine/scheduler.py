@@ -16,21 +16,19 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
-from server.engine.engine import Delta, Engine, Prompt, SamplingParams, Sequence, Usage
-from server.engine.runner import KVCache
+from server.engine.batch import Batch
+from server.engine.engine import Engine
+from server.engine.events import Delta, Usage
+from server.engine.prompts import Prompt
+from server.engine.sampling import SamplingParams
+from server.engine.sequence import Sequence
 
 log = logging.getLogger("slipstream.scheduler")
 
 _DONE = object()
 _STOP = object()
-# Rows decoded together at most; a request whose rows do not fit waits for rows to finish.
-MAX_BATCH_ROWS = 64
-# Prompt tokens prefilled between two decode steps while rows are decoding: a prefill holds up every
-# live row, so a burst of arrivals is admitted a few per step instead of all before the next token.
-# At least one request is admitted per step whatever its length.
-PREFILL_TOKENS_PER_STEP = 256
 
 
 class QueueFull(RuntimeError):
@@ -50,29 +48,40 @@ class _Request:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
 
 
+@dataclass(frozen=True)
+class Step:
+    """What one turn of the worker did, for an observer (tests, benchmarks): the decode step's rows and
+    requests, and the prompt tokens prefilled before it while rows were decoding."""
+
+    rows: int
+    requests: int
+    prefilled: int
+
+
 class Scheduler:
-    def __init__(self, engine: Engine, max_waiting: int, max_rows: int = MAX_BATCH_ROWS) -> None:
+    """One model's worker thread. `max_waiting` bounds the requests it holds (decoding and waiting);
+    `max_rows` the rows decoded together; `prefill_tokens` the prompt tokens prefilled between two
+    decode steps while rows decode (Settings: max_queue, max_batch_rows, prefill_tokens_per_step)."""
+
+    def __init__(self, engine: Engine, max_waiting: int, max_rows: int, prefill_tokens: int,
+                 observer: Callable[[Step], None] | None = None) -> None:
         self.engine = engine
-        self._max_waiting, self._max_rows = max_waiting, max_rows
+        self._max_waiting, self._max_rows, self._prefill_tokens = max_waiting, max_rows, prefill_tokens
+        self._observer = observer
         self._inbox: queue.Queue[object] = queue.Queue()
         self._pending = 0  # submitted and not finished: waiting or decoding
-        self.stats = {"steps": 0, "rows_decoded": 0, "max_batch_rows": 0, "max_batch_requests": 0,
-                      "max_prefill_tokens_between_steps": 0}
         # what the worker is doing now, read by /metrics: rows decoding, requests not yet admitted
         self.batch_rows = 0
         self.waiting = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.manifest.name}", daemon=True)
         self._thread.start()
 
-    @property
-    def pending(self) -> int:
-        return self._pending
-
     async def submit(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
         """Events of one generation as the worker produces them. Leaving the iteration early (the client
         disconnected, the task was cancelled) drops the request's rows at the next step."""
         if self._pending >= self._max_waiting:
-            raise QueueFull(f"{self._pending} requests are already queued (limit {self._max_waiting})")
+            raise QueueFull(f"{self._pending} requests are already decoding or waiting (limit {self._max_waiting}, "
+                            "max_queue)")
         request = _Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
         self._pending += 1
         try:
@@ -91,13 +100,13 @@ class Scheduler:
     # --- the worker thread ---
 
     def _run(self) -> None:
-        active: list[_Request] = []  # in the order of their rows in the batch
-        batch: KVCache | None = None
+        batch = Batch()
+        active: list[_Request] = []  # the requests whose sequences are in the batch
         waiting: list[_Request] = []
         while True:
             # block for work only when nothing decodes
             try:
-                item = self._inbox.get(block=not active and not waiting)
+                item = self._inbox.get(block=not batch and not waiting)
                 while True:
                     if item is _STOP:
                         return
@@ -105,94 +114,66 @@ class Scheduler:
                     item = self._inbox.get_nowait()
             except queue.Empty:
                 pass
-            active, batch = self._drop_cancelled(active, batch)
+            active = self._drop_cancelled(active, batch)
+            prefilled = self._admit(waiting, active, batch)
             self.waiting = len(waiting)
-            rows = sum(len(r.sequence.live) for r in active)  # type: ignore[union-attr]
-            decoding, prefilled = bool(active), 0
-            while waiting and (not active or rows + self._rows_of(waiting[0]) <= self._max_rows):
-                if decoding and prefilled >= PREFILL_TOKENS_PER_STEP:
-                    break
-                request = waiting.pop(0)
-                if request.cancel.is_set():
-                    request.send(_DONE)
-                    continue
-                prefilled += len(request.prompt.ids)
-                cache = self._admit(request)
-                if cache is not None:
-                    active.append(request)
-                    batch = cache if batch is None else batch.join(cache)
-                    rows += cache.batch
-            if decoding:
-                self.stats["max_prefill_tokens_between_steps"] = max(self.stats["max_prefill_tokens_between_steps"], prefilled)
-            self.waiting = len(waiting)
-            if not active:
-                self.batch_rows = 0
+            self.batch_rows = batch.rows
+            if not batch:
                 continue
-            active, batch = self._step(active, batch)  # type: ignore[arg-type]
+            if self._observer is not None:
+                self._observer(Step(batch.rows, len(active), prefilled))
+            try:
+                self.engine.step(batch)
+            except Exception as exc:  # noqa: BLE001 - every request in the batch learns of it
+                log.exception("decode step failed")
+                for request in active:
+                    request.send(exc)
+                    request.send(_DONE)
+                batch, active = Batch(), []
+                continue
+            for request in active:
+                self._deliver(request)
+            active = [r for r in active if not r.sequence.done]  # type: ignore[union-attr]
+            self.batch_rows = batch.rows  # rows still decoding: 0 once the batch is done
+
+    def _admit(self, waiting: list[_Request], active: list[_Request], batch: Batch) -> int:
+        """Prefill waiting requests into the batch while their rows fit, and while rows decode only up to
+        the prefill budget (at least one request); returns the prompt tokens prefilled while rows decoded."""
+        decoding, prefilled = bool(batch), 0
+        while waiting and (not batch or batch.rows + self._rows_of(waiting[0]) <= self._max_rows):
+            if decoding and prefilled >= self._prefill_tokens:
+                break
+            request = waiting.pop(0)
+            if request.cancel.is_set():
+                request.send(_DONE)
+                continue
+            prefilled += len(request.prompt.ids)
+            try:
+                sequence, cache = self.engine.start(request.prompt, request.params)
+            except Exception as exc:  # noqa: BLE001 - handed to the request's consumer, the worker goes on
+                request.send(exc)
+                request.send(_DONE)
+                continue
+            request.sequence = sequence
+            self._deliver(request)
+            if cache is not None:
+                batch.add(sequence, cache)
+                active.append(request)
+        return prefilled if decoding else 0
 
     @staticmethod
     def _rows_of(request: _Request) -> int:
         return request.params.best_of or request.params.n
 
-    def _admit(self, request: _Request) -> KVCache | None:
-        try:
-            sequence, cache = self.engine.start(request.prompt, request.params)
-        except Exception as exc:  # noqa: BLE001 - handed to the request's consumer, the worker goes on
-            request.send(exc)
+    @staticmethod
+    def _drop_cancelled(active: list[_Request], batch: Batch) -> list[_Request]:
+        gone = [r for r in active if r.cancel.is_set()]
+        if not gone:
+            return active
+        batch.remove([r.sequence for r in gone])  # type: ignore[misc]
+        for request in gone:
             request.send(_DONE)
-            return None
-        request.sequence = sequence
-        self._deliver(request)
-        return cache
-
-    def _step(self, active: list[_Request], batch: KVCache) -> tuple[list[_Request], KVCache | None]:
-        tokens = [t for r in active for t in r.sequence.tokens]  # type: ignore[union-attr]
-        stats = self.stats
-        stats["steps"] += 1
-        stats["rows_decoded"] += len(tokens)
-        stats["max_batch_rows"] = max(stats["max_batch_rows"], len(tokens))
-        stats["max_batch_requests"] = max(stats["max_batch_requests"], len(active))
-        self.batch_rows = len(tokens)
-        try:
-            logits, batch = self.engine.runner.decode(tokens, batch)
-        except Exception as exc:  # noqa: BLE001 - every request in the batch learns of it
-            log.exception("decode step failed")
-            for request in active:
-                request.send(exc)
-                request.send(_DONE)
-            return [], None
-        keep: list[int] = []
-        still: list[_Request] = []
-        offset = 0
-        for request in active:
-            sequence = request.sequence
-            assert sequence is not None
-            width = len(sequence.live)
-            kept = sequence.advance(logits[offset : offset + width])
-            self._deliver(request)
-            if kept:
-                keep.extend(offset + k for k in kept)
-                still.append(request)
-            offset += width
-        self.batch_rows = len(keep)  # rows still decoding: 0 once the batch is done, not the last step's size
-        if not keep:
-            return [], None
-        return still, batch.select(keep) if len(keep) < batch.batch else batch
-
-    def _drop_cancelled(self, active: list[_Request], batch: KVCache | None) -> tuple[list[_Request], KVCache | None]:
-        if batch is None or not any(r.cancel.is_set() for r in active):
-            return active, batch
-        keep, still, offset = [], [], 0
-        for request in active:
-            width = len(request.sequence.live)  # type: ignore[union-attr]
-            if request.cancel.is_set():
-                request.send(_DONE)
-            else:
-                keep.extend(range(offset, offset + width))
-                still.append(request)
-            offset += width
-        self.batch_rows = len(keep)
-        return still, batch.select(keep) if keep else None
+        return [r for r in active if not r.cancel.is_set()]
 
     @staticmethod
     def _deliver(request: _Request) -> None:
@@ -204,4 +185,4 @@ class Scheduler:
             request.send(_DONE)
 
 
-__all__ = ["MAX_BATCH_ROWS", "PREFILL_TOKENS_PER_STEP", "QueueFull", "Scheduler"]
+__all__ = ["QueueFull", "Scheduler", "Step"]

@@ -1,23 +1,27 @@
 """`slipstream triton start`: a real tritonserver on this machine serving model_repository/, in the
-foreground until Ctrl-C (or SIGTERM), for `slipstream serve --backend triton` to stand in front of."""
+foreground until Ctrl-C (or SIGTERM), for `slipstream serve --backend triton` to stand in front of.
+
+Its model and engine flags are the settings' own (server/cli.py add_settings_flags); the engine
+settings reach the model inside Triton as SLIPSTREAM_* variables. Only the ports and the start-up
+wait are Triton's."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import threading
-from pathlib import Path
 
-from server.settings import DEFAULT_MODEL, Settings
+from server.cli import add_settings_flags, settings_from
+from server.settings import ENGINE_SETTINGS
+
+_FLAGS = ("model", "model_repository", *ENGINE_SETTINGS)
 
 
 def add_triton_commands(commands: argparse._SubParsersAction) -> None:
     triton = commands.add_parser("triton", help="run Triton Inference Server on the model repository")
     actions = triton.add_subparsers(dest="triton_command", required=True)
     start = actions.add_parser("start", help="start tritonserver (from the nvidia-pytriton wheel) on 127.0.0.1")
-    start.add_argument("--model", action="append", default=None,
-                       help=f"an exported model to load (repeatable; default {DEFAULT_MODEL})")
-    start.add_argument("--model-repository", type=Path, default=None)
+    add_settings_flags(start, only=_FLAGS)
     start.add_argument("--http-port", type=int, default=8000)
     start.add_argument("--grpc-port", type=int, default=8001)
     start.add_argument("--metrics-port", type=int, default=8002)
@@ -29,15 +33,16 @@ def _start(args: argparse.Namespace) -> int:
     from server.models import store, triton_config
     from server.triton.launch import Ports, TritonServer, TritonUnavailable
 
-    repository = args.model_repository or Settings().model_repository
-    models = list(dict.fromkeys(args.model or [DEFAULT_MODEL]))
+    settings = settings_from(args)
+    repository, models = settings.model_repository, list(dict.fromkeys(settings.model))
     for name in models:
         try:
             manifest = store.read_manifest(repository, name)
         except store.ModelNotExported as exc:
             raise SystemExit(f"error: {exc}") from None
         triton_config.ensure(repository, manifest)
-    server = TritonServer(repository, models, Ports(args.http_port, args.grpc_port, args.metrics_port))
+    server = TritonServer(repository, models, Ports(args.http_port, args.grpc_port, args.metrics_port),
+                          env=settings.environment())
     try:
         server.start(timeout=args.timeout)
     except TritonUnavailable as exc:

@@ -67,12 +67,14 @@ def _backends(into: Path) -> Path:
 class TritonServer:
     """tritonserver as a child process, stopped by its own PID; its log goes to `log`."""
 
-    def __init__(self, repository: Path, models: list[str], ports: Ports | None = None, log: Path | None = None) -> None:
+    def __init__(self, repository: Path, models: list[str], ports: Ports | None = None, log: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.repository, self.models, self.ports = repository.resolve(), models, ports or Ports()
+        self._env = env or {}  # over this process's environment: the engine's SLIPSTREAM_* settings
         self._workdir = Path(tempfile.mkdtemp(prefix="slipstream-triton-"))
         self.log = log or self._workdir / "tritonserver.log"
         # shared-memory regions of this server's stubs carry this prefix, so leftovers are findable
-        self.shm_prefix = f"slipstream{os.getpid()}x{ports.grpc}_"
+        self.shm_prefix = f"slipstream{os.getpid()}x{self.ports.grpc}_"
         self.process: subprocess.Popen | None = None
 
     @property
@@ -102,7 +104,7 @@ class TritonServer:
 
     def environment(self) -> dict[str, str]:
         libs = [str(_wheel().parent / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
-        env = dict(os.environ)
+        env = {**os.environ, **self._env}
         env["LD_LIBRARY_PATH"] = os.pathsep.join([p for p in libs if p] + [env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env

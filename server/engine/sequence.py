@@ -1,0 +1,155 @@
+"""One request's rows between decode steps: the next token of each row from its logits (sampling,
+logprobs, detokenising, stop strings), which rows are still going, and the events not yet taken.
+
+Each row has its own seeded generator, so that a sample's text does not depend on the others in the
+batch. best_of buffers every row's deltas and releases the best n (by mean logprob) at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
+from server.engine.prompts import Prompt, Prompter
+from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample
+from server.engine.text import IncrementalDetokenizer, StopMatcher
+
+
+@dataclass
+class _Choice:
+    index: int
+    rng: np.random.Generator
+    detok: IncrementalDetokenizer
+    stops: StopMatcher
+    counts: dict[int, int] = field(default_factory=dict)
+    generated: int = 0
+    logprob_sum: float = 0.0
+    deltas: list[Delta] = field(default_factory=list)  # kept only when best_of buffers
+    finish_reason: FinishReason | None = None
+
+
+class Sequence:
+    def __init__(self, prompter: Prompter, prompt: Prompt, params: SamplingParams) -> None:
+        self.tokenizer, self.eos, self.prompt, self.params = prompter.tokenizer, prompter.eos, prompt, params
+        rows = params.best_of or params.n
+        self.choices = [self._new_choice(i) for i in range(rows)]
+        self.live = list(range(rows))  # choice indexes, in the order of this sequence's cache rows
+        self.tokens: list[int] = []  # the next token of each live row, fed to the next decode step
+        self.events: list[Delta | Usage] = []
+        self.steps = 0
+        self._buffer = rows > params.n  # best_of: rank all, return the best n, so nothing streams early
+
+    def _new_choice(self, index: int) -> _Choice:
+        rng = np.random.default_rng(None if self.params.seed is None else [self.params.seed, index])
+        return _Choice(index, rng, IncrementalDetokenizer(self.tokenizer, self.prompt.ids), StopMatcher(list(self.params.stop)))
+
+    @property
+    def done(self) -> bool:
+        return not self.live
+
+    def take(self) -> list[Delta | Usage]:
+        events, self.events = self.events, []
+        return events
+
+    def advance(self, logits: np.ndarray) -> list[int]:
+        """Decide one token for each live row from its logits ([live rows, V]); returns the positions (in
+        the previous live order) of the rows still going, whose cache rows the caller keeps."""
+        self.steps += 1
+        last = self.steps == self.params.max_tokens  # no forward pass after the last token
+        kept, tokens = [], []
+        for row, i in enumerate(self.live):
+            choice = self.choices[i]
+            token, delta = self._next_token(choice, logits[row])
+            self._emit(choice, delta)
+            if delta.finish_reason is not None:
+                continue
+            if last:
+                self._emit(choice, Delta(choice.index, self._drain(choice), None, "length"))
+                continue
+            kept.append(row)
+            tokens.append(token)
+        self.live = [self.live[r] for r in kept]
+        self.tokens = tokens
+        if not self.live:
+            self._end()
+        return kept
+
+    def close_all(self, reason: FinishReason) -> None:
+        for i in self.live:
+            choice = self.choices[i]
+            self._emit(choice, Delta(choice.index, self._drain(choice), None, reason))
+        self.live = []
+        self._end()
+
+    def echo(self, logits: np.ndarray) -> None:
+        """The prompt as the first text of each choice, with its own tokens' logprobs when asked for
+        (logits: [T, V], every prompt position's; the prefix is not echoed)."""
+        scored = None
+        if self.params.logprobs is not None:
+            scored = []
+            for pos in range(self.prompt.prefix, len(self.prompt.ids)):
+                token = self.prompt.ids[pos]
+                if pos == 0:  # token i is scored by position i-1: nothing scores the first
+                    scored.append(TokenLogprob(self._decode(token), None, None))
+                else:
+                    scored.append(self._token_logprob(token, log_softmax(logits[pos - 1]), self.params.logprobs))
+        self.events.extend(Delta(i, self.prompt.text, scored) for i in range(self.params.n))
+
+    # --- one row's next token ---
+
+    def _next_token(self, choice: _Choice, logits: np.ndarray) -> tuple[int, Delta]:
+        # logits: [V] for this row
+        params = self.params
+        token = sample(adjust_logits(logits, params, choice.counts), params, choice.rng)
+        choice.generated += 1
+        choice.counts[token] = choice.counts.get(token, 0) + 1
+        info = None
+        if params.logprobs is not None or (params.best_of or 0) > params.n:
+            logprobs = log_softmax(logits)
+            choice.logprob_sum += float(logprobs[token])
+            if params.logprobs is not None:
+                info = [self._token_logprob(token, logprobs, params.logprobs)]
+        if token in self.eos and not params.ignore_eos:
+            return token, Delta(choice.index, self._drain(choice), info, "stop")
+        text = choice.stops.push(choice.detok.add(token))
+        return token, Delta(choice.index, text, info, "stop" if choice.stops.stopped else None)
+
+    @staticmethod
+    def _drain(choice: _Choice) -> str:
+        """What generation leaves held back at its end: an unfinished character, a possible stop's start."""
+        text = choice.stops.push(choice.detok.flush())
+        return text + choice.stops.flush()
+
+    def _decode(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
+    def _token_logprob(self, token: int, logprobs: np.ndarray, top_n: int) -> TokenLogprob:
+        top = None
+        if top_n > 0:
+            best = np.argpartition(-logprobs, top_n - 1)[:top_n]
+            best = best[np.argsort(-logprobs[best])]
+            top = {}
+            for t in best:  # best first: tokens that decode alike (byte pieces) keep the higher value
+                top.setdefault(self._decode(int(t)), float(logprobs[t]))
+        return TokenLogprob(self._decode(token), float(logprobs[token]), top)
+
+    # --- events ---
+
+    def _emit(self, choice: _Choice, delta: Delta) -> None:
+        if delta.finish_reason:
+            choice.finish_reason = delta.finish_reason
+        if not (delta.text or delta.logprobs or delta.finish_reason):
+            return
+        (choice.deltas if self._buffer else self.events).append(delta)
+
+    def _end(self) -> None:
+        if self._buffer:
+            best = sorted(self.choices, key=lambda c: -c.logprob_sum / max(c.generated, 1))[: self.params.n]
+            for new_index, choice in enumerate(best):
+                self.events.extend(Delta(new_index, d.text, d.logprobs, d.finish_reason) for d in choice.deltas)
+        self.events.append(Usage(
+            prompt_tokens=len(self.prompt.ids),
+            completion_tokens=sum(c.generated for c in self.choices),
+            prompt_tokens_trimmed=self.prompt.trimmed,
+        ))
