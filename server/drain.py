@@ -21,10 +21,6 @@ class Drain:
         if self._deadline is None:
             self._deadline = time.monotonic() + max(0.0, self.grace_s - _MARGIN_S)
 
-    @property
-    def draining(self) -> bool:
-        return self._deadline is not None
-
     def seconds_left(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
 

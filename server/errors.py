@@ -1,11 +1,14 @@
-"""Typed errors and the one place that maps them to an HTTP status and an OpenAI error object.
-No status is ever decided by matching message text."""
+"""Typed errors, and the one table that turns an engine's or a backend's exception into one of them.
+
+Each API error carries its HTTP status and its OpenAI error type; the app answers with them
+(server/app.py) and a stream already under way sends them as an error event (server/serving.py).
+No status is ever decided by matching message text.
+"""
 
 from __future__ import annotations
 
-from fastapi import Request
-from fastapi.responses import JSONResponse
-
+from server.backends.base import BackendUnavailable, ModelFailed, ModelLoading
+from server.engine import InvalidInput, QueueFull
 from server.protocol import ErrorBody, ErrorResponse
 
 
@@ -52,11 +55,28 @@ class ModelUnavailable(APIError):
     status, type = 503, "model_unavailable"
 
 
-def to_response(exc: APIError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-    return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=headers)
+class ClientGone(Exception):
+    """The client disconnected before its response was ready; nobody reads what is sent back (499)."""
 
 
-async def handle_api_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    return to_response(exc)
+# The engine's and the backends' exceptions, each the API error it is answered with. A subclass
+# (TritonUnavailable) is answered as its base class; the Triton model's errors come back across the
+# wire as these same classes (server/triton/wire.py).
+API_ERRORS: dict[type[Exception], type[APIError]] = {
+    ModelLoading: ModelUnavailable,
+    ModelFailed: ModelUnavailable,
+    BackendUnavailable: ModelUnavailable,
+    QueueFull: Overloaded,
+    InvalidInput: InvalidRequest,
+}
+TRANSLATED = tuple(API_ERRORS)  # for an `except` clause
+
+
+def to_api_error(exc: Exception) -> APIError:
+    """The API error for `exc`: itself when it is one, its class's entry in API_ERRORS, else a 500."""
+    if isinstance(exc, APIError):
+        return exc
+    for cls in type(exc).__mro__:
+        if cls in API_ERRORS:
+            return API_ERRORS[cls](str(exc), getattr(exc, "param", None))
+    return APIError(f"{type(exc).__name__}: {exc}")

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.backends.base import Backend
+from server.backends.base import SERVING, Backend
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/copilot_internal/v2/token", "/health", "/ready",
@@ -61,15 +61,13 @@ class Metrics:
 class GenerationClock:
     """Times one generation's events for the metrics: the first text, then the gaps per choice."""
 
-    def __init__(self, metrics: Metrics | None, model: str) -> None:
+    def __init__(self, metrics: Metrics, model: str) -> None:
         self._metrics, self._model = metrics, model
         self._started = time.perf_counter()
         self._first = True
         self._last: dict[int, float] = {}
 
     def text(self, index: int) -> None:
-        if self._metrics is None:
-            return
         now = time.perf_counter()
         if self._first:
             self._metrics.ttft.labels(self._model).observe(now - self._started)
@@ -79,13 +77,11 @@ class GenerationClock:
         self._last[index] = now
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
-        if self._metrics is not None:
-            self._metrics.prompt_tokens.labels(self._model).inc(prompt_tokens)
-            self._metrics.completion_tokens.labels(self._model).inc(completion_tokens)
+        self._metrics.prompt_tokens.labels(self._model).inc(prompt_tokens)
+        self._metrics.completion_tokens.labels(self._model).inc(completion_tokens)
 
     def cancelled(self) -> None:
-        if self._metrics is not None:
-            self._metrics.cancelled.labels(self._model).inc()
+        self._metrics.cancelled.labels(self._model).inc()
 
 
 class _BackendCollector(Collector):
@@ -97,11 +93,11 @@ class _BackendCollector(Collector):
         waiting = GaugeMetricFamily("slipstream_queue_depth", "Requests waiting to join the batch", labels=["model"])
         ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])
         for name in self._backend.names:
-            load = self._backend.load_now(name)
+            load = self._backend.batch_load(name)
             if load is not None:
                 rows.add_metric([name], load[0])
                 waiting.add_metric([name], load[1])
-            ready.add_metric([name], 1.0 if self._backend.status(name) in ("ready", "standby") else 0.0)
+            ready.add_metric([name], 1.0 if self._backend.status(name) in SERVING else 0.0)
         yield from (rows, waiting, ready)
 
 

@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from server.engine.sampling import SamplingParams
+from server.backends.base import ModelStatus
+from server.engine import FinishReason, SamplingParams
 
 
 class FieldError(ValueError):
@@ -131,7 +132,7 @@ class Choice(BaseModel):
     text: str
     index: int
     logprobs: Logprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class Usage(BaseModel):
@@ -167,7 +168,7 @@ class ModelCard(BaseModel):
     context_length: int
     chat: bool = Field(description="Whether /v1/chat/completions serves this model (it has a chat template)")
     ready: bool = Field(description="Whether requests are served now (in memory, or loaded by the first request)")
-    status: Literal["ready", "standby", "loading", "failed"] = Field(
+    status: ModelStatus = Field(
         description="ready: in memory; standby: exported, loaded by its first request (load = lazy)"
     )
 
@@ -255,7 +256,7 @@ class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -276,7 +277,7 @@ class ChatChunkChoice(BaseModel):
     index: int
     delta: ChatDelta
     logprobs: ChatLogprobs | None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):

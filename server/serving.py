@@ -1,57 +1,112 @@
-"""A completion or chat request in, a response or a stream of SSE events out.
+"""A parsed completion or chat request in, its response out: JSON, or a stream of SSE events.
 
-Everything that can reject a request (model, limits, prompt encoding and trimming) happens in
-`prepare`, before the first byte is sent, so a bad request gets a proper 4xx status even when it
-asked to stream. Choices of several prompts are numbered prompt by prompt: index = prompt * n + i.
+`completion` and `chat` are the whole way from a route to a backend: resolve the model, check the
+request against the server's limits and encode its prompts, make the Job, then collect the
+generation into one JSON response or stream it (`_respond`). Everything that can refuse a request
+happens before the first byte goes out: the checks, then the wait for the generation's first event
+(a full queue, a backend down), so a refused request gets its own status even when it asked to
+stream. Engine and backend exceptions become API errors through the one table in server/errors.py.
+Choices of several prompts are numbered prompt by prompt: index = prompt * n + i.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import AsyncGenerator, AsyncIterator, Awaitable, Iterator, TypeVar
 
-from server.backends.base import Backend, BackendUnavailable, ModelFailed, ModelLoading
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import State
+
+from server.backends.base import Backend
 from server.drain import Drain
-from server.engine.engine import Delta, InvalidInput, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
-from server.engine.scheduler import QueueFull
-from server.errors import InvalidRequest, ModelNotFound, ModelUnavailable, Overloaded, RequestTimeout, ShuttingDown
-from server.metrics import GenerationClock, Metrics
-from server.protocol import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChatDelta,
-    ChatLogprobs,
-    Choice,
-    CompletionRequest,
-    CompletionResponse,
-    ErrorBody,
-    ErrorResponse,
-    Logprobs,
-    TokenLogprobEntry,
-    TopLogprob,
-    chat_completion_id,
-    completion_id,
+from server.engine import Delta, FinishReason, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
+from server.errors import (
+    TRANSLATED,
+    ClientGone,
+    InvalidRequest,
+    ModelNotFound,
+    RequestTimeout,
+    ShuttingDown,
+    to_api_error,
 )
-from server.protocol import Usage as WireUsage
+from server.metrics import GenerationClock, Metrics
+from server.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse
+from server.responses import ChatShape, Collected, CompletionShape, Shape, wire_usage
 from server.settings import Settings
+
+_R = TypeVar("_R")
+_DISCONNECT_POLL_S = 0.25
 
 
 @dataclass
 class Job:
+    """One request's generation, and where its timings, its access-log fields and the server's shutdown go."""
+
     model: str
     prompts: list[Prompt]
     params: SamplingParams
-    ignored: list[str] = field(default_factory=list)  # request fields this model cannot honour
-    timeout_s: float | None = None  # request_timeout_s: from the start of generation to its end
-    metrics: Metrics | None = None  # where its timings and token counts go (set by the app)
-    access: dict = field(default_factory=dict)  # its access-log fields (model, tokens), filled as it runs
-    drain: Drain | None = None  # the server's shutdown: a generation still going at its end is ended cleanly
+    metrics: Metrics
+    drain: Drain  # the server's shutdown: a generation still going at its end is ended cleanly
+    access: dict  # its access-log fields (model, tokens), filled as it runs; the log line reads them at the end
+    timeout_s: float | None  # request_timeout_s: from the start of generation to its end
+    ignored: list[str]  # request fields this model cannot honour (X-Slipstream-Ignored)
+
+
+async def completion(state: State, body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    """/v1/completions (and the Copilot plugin's engine route). `state` is the app's: settings, backend,
+    metrics, drain (server/app.py)."""
+    settings: Settings = state.settings
+    with _api_errors():
+        model, prompter = await _resolve(state.backend, body.model)
+        params = _sampling(settings, body, prompter)
+        texts = body.prompts()
+        rows = len(texts) * (params.best_of or params.n)
+        if rows > settings.max_n:  # a list of prompts multiplies the rows as n does
+            raise InvalidRequest(f"{len(texts)} prompts x {params.best_of or params.n} samples = {rows} sequences, above "
+                                 f"this server's limit of {settings.max_n} (max_n)", "prompt")
+        # fill-in-the-middle where the model has FIM sentinels; elsewhere the suffix is ignored, and said so
+        suffix = body.suffix if body.suffix is not None and prompter.fills_in_the_middle else None
+        prompts = [prompter.prepare(p, params.max_tokens, suffix=suffix) for p in texts]
+        for prompt in prompts:
+            _check_prompt_length(prompt, settings)
+        ignored = ["suffix"] if body.suffix and suffix is None else []
+        job = _job(state, request, model, prompts, params, body.stream, body.prompt, ignored)
+        return await _respond(state.backend, job, request, CompletionShape(model), body)
+
+
+async def chat(state: State, body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    """/v1/chat/completions, through the model's own chat template."""
+    settings: Settings = state.settings
+    backend: Backend = state.backend
+    with _api_errors():
+        model, prompter = await _resolve(backend, body.model)
+        if not prompter.chats:
+            chatty = [n for n in backend.names if (m := backend.manifest(n)) is not None and m.chat_template]
+            raise InvalidRequest(
+                f"model {model!r} has no chat template (a base model): use /v1/completions"
+                + (f", or chat with {', '.join(chatty)}" if chatty else ""),
+                "model",
+            )
+        params = _sampling(settings, body.as_completion(), prompter)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt = prompter.prepare(prompter.chat_prompt(messages), params.max_tokens, raw=False)
+        _check_prompt_length(prompt, settings)
+        logged = [m["content"] for m in messages]
+        job = _job(state, request, model, [prompt], params, body.stream, logged, [])
+        return await _respond(backend, job, request, ChatShape(model), body)
+
+
+@contextmanager
+def _api_errors() -> Iterator[None]:
+    """An engine's or a backend's exception raised before the response starts, as its API error; once a
+    stream has started, _stream sends it as an error event instead."""
+    try:
+        yield
+    except TRANSLATED as exc:
+        raise to_api_error(exc) from exc
 
 
 # --- checks, before anything is sent ---
@@ -61,16 +116,10 @@ async def _resolve(backend: Backend, requested: str | None) -> tuple[str, Prompt
     model = requested or backend.names[0]
     if model not in backend.names:
         raise ModelNotFound(f"model {model!r} is not served here; available: {', '.join(backend.names)}")
-    try:
-        engine = await backend.acquire(model)
-    except (ModelLoading, ModelFailed) as exc:
-        raise ModelUnavailable(str(exc)) from exc
-    if backend.queue_full(model):
-        raise Overloaded(f"model {model!r} has too many requests waiting; retry shortly")
-    return model, engine
+    return model, await backend.acquire(model)
 
 
-def _sampling(settings: Settings, request: CompletionRequest, engine: Prompter) -> SamplingParams:
+def _sampling(settings: Settings, request: CompletionRequest, prompter: Prompter) -> SamplingParams:
     params = request.to_sampling_params(
         default_max_tokens=settings.default_max_tokens, default_temperature=settings.default_temperature
     )
@@ -85,31 +134,11 @@ def _sampling(settings: Settings, request: CompletionRequest, engine: Prompter) 
     for name, value in (("n", request.n), ("best_of", request.best_of or 0)):
         if value > settings.max_n:
             raise InvalidRequest(f"{name}={value} is above this server's limit of {settings.max_n} (max_n)", name)
-    vocab = engine.manifest.vocab_size
+    vocab = prompter.manifest.vocab_size
     for token in params.logit_bias:
         if not 0 <= token < vocab:
             raise InvalidRequest(f"logit_bias names token {token}, outside the vocabulary [0, {vocab})", "logit_bias")
     return params
-
-
-async def prepare(backend: Backend, settings: Settings, request: CompletionRequest) -> Job:
-    model, engine = await _resolve(backend, request.model)
-    params = _sampling(settings, request, engine)
-    texts = request.prompts()
-    rows = len(texts) * (params.best_of or params.n)
-    if rows > settings.max_n:  # a list of prompts multiplies the rows as n does
-        raise InvalidRequest(f"{len(texts)} prompts x {params.best_of or params.n} samples = {rows} sequences, above this "
-                             f"server's limit of {settings.max_n} (max_n)", "prompt")
-    # fill-in-the-middle where the model has FIM sentinels; elsewhere the suffix is ignored, and said so
-    suffix = request.suffix if request.suffix is not None and engine.fills_in_the_middle else None
-    try:
-        prompts = [engine.prepare(p, params.max_tokens, suffix=suffix) for p in texts]
-    except InvalidInput as exc:
-        raise InvalidRequest(str(exc), exc.param) from exc
-    for prompt in prompts:
-        _check_prompt_length(prompt, settings)
-    ignored = ["suffix"] if request.suffix and suffix is None else []
-    return Job(model, prompts, params, ignored, settings.request_timeout_s)
 
 
 def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
@@ -119,29 +148,110 @@ def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
                              "(max_prompt_tokens)", "prompt")
 
 
-async def prepare_chat(backend: Backend, settings: Settings, request: ChatCompletionRequest) -> Job:
-    model, engine = await _resolve(backend, request.model)
-    if not engine.chats:
-        chatty = [n for n in backend.names if (m := backend.manifest(n)) is not None and m.chat_template]
-        raise InvalidRequest(
-            f"model {model!r} has no chat template (a base model): use /v1/completions"
-            + (f", or chat with {', '.join(chatty)}" if chatty else ""),
-            "model",
-        )
-    params = _sampling(settings, request.as_completion(), engine)
-    messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+def _job(state: State, request: Request, model: str, prompts: list[Prompt], params: SamplingParams, stream: bool,
+         prompt: object, ignored: list[str]) -> Job:
+    """The request's Job, whole; its access record is the request's, which the access-log line reads
+    when the response has ended (server/metrics.py). The prompt goes in it only with log_prompts."""
+    settings: Settings = state.settings
+    access: dict = {"model": model, "stream": stream, "n": params.n}
+    if settings.log_prompts:
+        access["prompt"] = prompt
+    request.state.access = access
+    return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored)
+
+
+# --- the response ---
+
+
+async def _respond(backend: Backend, job: Job, request: Request, shape: Shape,
+                   body: CompletionRequest | ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+    """The generation as one JSON response (cancelled if the client goes away first), or as SSE once
+    its first event is there: the one wait before the status line, so that a failure before it (the
+    queue full, the backend down) still gets its own status instead of a 200 with an error inside."""
+    headers = {"X-Slipstream-Ignored": ",".join(job.ignored)} if job.ignored else {}
+    if not body.stream:
+        got = await _while_connected(request, _collect(backend, job))
+        return JSONResponse(shape.response(got).model_dump(), headers=headers)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    events = _stream(backend, job, shape, include_usage)
+    first = await anext(events)
+
+    async def from_first() -> AsyncIterator[str]:
+        try:
+            yield first
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(from_first(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+
+
+async def _while_connected(request: Request, work: Awaitable[_R]) -> _R:
+    """A non-streaming response's work, cancelled (and with it the generation) when the client goes
+    away before it is done: an editor drops most requests as the user types on."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            raise ClientGone()
+
+
+async def _collect(backend: Backend, job: Job) -> Collected:
+    count = len(job.prompts) * job.params.n
+    texts: list[list[str]] = [[] for _ in range(count)]
+    logprobs: list[list[TokenLogprob] | None] = [None] * count
+    finish: list[FinishReason | None] = [None] * count
+    usages: list[Usage] = []
+    async for base, event in _events(backend, job):
+        if isinstance(event, Usage):
+            usages.append(event)
+            continue
+        index = base + event.index
+        texts[index].append(event.text)
+        if event.logprobs is not None:
+            logprobs[index] = (logprobs[index] or []) + event.logprobs
+        finish[index] = event.finish_reason or finish[index]
+    return Collected(["".join(t) for t in texts], logprobs, finish, wire_usage(usages))
+
+
+async def _stream(backend: Backend, job: Job, shape: Shape, include_usage: bool) -> AsyncGenerator[str, None]:
+    """SSE events: one chunk per delta, an optional usage chunk, then [DONE] (always last). An error
+    before the first chunk is raised (the response's status can still say it); after, it can no
+    longer change the status: it is sent as an error event."""
+    usages: list[Usage] = []
+    started = False
     try:
-        prompt = engine.prepare(engine.chat_prompt(messages), params.max_tokens, raw=False)
-    except InvalidInput as exc:
-        raise InvalidRequest(str(exc), exc.param) from exc
-    _check_prompt_length(prompt, settings)
-    return Job(model, [prompt], params, timeout_s=settings.request_timeout_s)
+        async for base, event in _events(backend, job):
+            if isinstance(event, Usage):
+                usages.append(event)
+            else:
+                started = True
+                yield _sse(shape.chunk(base + event.index, event))
+        if include_usage:
+            yield _sse(shape.usage_chunk(wire_usage(usages)))
+    except Exception as exc:  # the status line is gone: report in band, then end the stream properly
+        if not started:
+            raise  # nothing sent yet: the response still answers with the error's own status
+        body = ErrorResponse(error=ErrorBody(message=str(exc) or type(exc).__name__, type=to_api_error(exc).type))
+        yield _sse(body.model_dump_json())
+    yield _sse("[DONE]")
+
+
+def _sse(data: str) -> str:
+    return f"data: {data}\n\n"
 
 
 # --- generation events ---
 
 
 async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta | Usage]]:
+    """Every prompt's events in turn, each with its first choice's index; metrics and the access record
+    follow them. request_timeout_s and the server's shutdown end the generation (a RequestTimeout, a
+    ShuttingDown); leaving early cancels the rows still decoding."""
     loop = asyncio.get_running_loop()
     deadline = None if job.timeout_s is None else loop.time() + job.timeout_s
     clock = GenerationClock(job.metrics, job.model)
@@ -150,7 +260,7 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
         try:
             while True:
                 until, draining = deadline, False
-                left = job.drain.seconds_left() if job.drain is not None else None
+                left = job.drain.seconds_left()
                 if left is not None and (until is None or loop.time() + left < until):
                     until, draining = loop.time() + left, True
                 try:
@@ -162,7 +272,7 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
                     if draining:
                         clock.cancelled()
                         raise ShuttingDown("the server is shutting down: this generation was ended "
-                                           f"(shutdown_grace_s={job.drain.grace_s:g})", code="shutting_down") from exc  # type: ignore[union-attr]
+                                           f"(shutdown_grace_s={job.drain.grace_s:g})", code="shutting_down") from exc
                     raise
                 if isinstance(event, Usage):
                     clock.usage(event.prompt_tokens, event.completion_tokens)
@@ -178,174 +288,5 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
             clock.cancelled()
             raise RequestTimeout(f"the request ran past this server's limit of {job.timeout_s:g} s (request_timeout_s)",
                                  code="request_timeout") from exc
-        except QueueFull as exc:
-            raise Overloaded(str(exc)) from exc
-        except BackendUnavailable as exc:
-            raise ModelUnavailable(str(exc)) from exc
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
-
-
-def _wire_usage(usages: list[Usage]) -> WireUsage:
-    prompt = sum(u.prompt_tokens for u in usages)
-    completion = sum(u.completion_tokens for u in usages)
-    return WireUsage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_trimmed=sum(u.prompt_tokens_trimmed for u in usages),
-    )
-
-
-@dataclass
-class _Collected:
-    texts: list[str]
-    logprobs: list[list[TokenLogprob] | None]
-    finish: list[str | None]
-    usage: WireUsage
-
-
-async def _collect(backend: Backend, job: Job) -> _Collected:
-    count = len(job.prompts) * job.params.n
-    texts: list[list[str]] = [[] for _ in range(count)]
-    logprobs: list[list[TokenLogprob] | None] = [None] * count
-    finish: list[str | None] = [None] * count
-    usages: list[Usage] = []
-    async for base, event in _events(backend, job):
-        if isinstance(event, Usage):
-            usages.append(event)
-            continue
-        index = base + event.index
-        texts[index].append(event.text)
-        if event.logprobs is not None:
-            logprobs[index] = (logprobs[index] or []) + event.logprobs
-        finish[index] = event.finish_reason or finish[index]
-    return _Collected(["".join(t) for t in texts], logprobs, finish, _wire_usage(usages))
-
-
-# --- logprobs in the two wire layouts ---
-
-
-def _legacy_logprobs(items: list[TokenLogprob] | None, offset: int) -> tuple[Logprobs | None, int]:
-    """The legacy parallel arrays; text_offset: where each token starts in the choice's text (echoed
-    prompt included), counted on from `offset`."""
-    if items is None:
-        return None, offset
-    out = Logprobs()
-    for item in items:
-        out.tokens.append(item.token)
-        out.token_logprobs.append(item.logprob)
-        out.top_logprobs.append(item.top)
-        out.text_offset.append(offset)
-        offset += len(item.token)
-    return out, offset
-
-
-def _chat_logprobs(items: list[TokenLogprob] | None) -> ChatLogprobs | None:
-    if items is None:
-        return None
-
-    def entry(token: str, logprob: float) -> TopLogprob:
-        return TopLogprob(token=token, logprob=logprob, bytes=list(token.encode("utf-8")))
-
-    return ChatLogprobs(
-        content=[
-            TokenLogprobEntry(
-                **entry(i.token, i.logprob or 0.0).model_dump(),
-                top_logprobs=[entry(t, v) for t, v in (i.top or {}).items()],
-            )
-            for i in items
-        ]
-    )
-
-
-# --- responses ---
-
-
-async def complete(backend: Backend, job: Job) -> CompletionResponse:
-    got = await _collect(backend, job)
-    choices = [
-        Choice(text=text, index=i, logprobs=_legacy_logprobs(got.logprobs[i], 0)[0], finish_reason=got.finish[i])  # type: ignore[arg-type]
-        for i, text in enumerate(got.texts)
-    ]
-    return CompletionResponse(id=completion_id(), model=job.model, choices=choices, usage=got.usage)
-
-
-async def chat_complete(backend: Backend, job: Job) -> ChatCompletionResponse:
-    got = await _collect(backend, job)
-    choices = [
-        ChatChoice(
-            index=i, message=AssistantMessage(content=text), logprobs=_chat_logprobs(got.logprobs[i]),
-            finish_reason=got.finish[i],  # type: ignore[arg-type]
-        )
-        for i, text in enumerate(got.texts)
-    ]
-    return ChatCompletionResponse(id=chat_completion_id(), model=job.model, choices=choices, usage=got.usage)
-
-
-def stream(backend: Backend, job: Job, include_usage: bool) -> AsyncIterator[str]:
-    response_id = completion_id()
-    offsets: dict[int, int] = {}
-
-    def chunk(index: int, delta: Delta) -> str:
-        logprobs, offsets[index] = _legacy_logprobs(delta.logprobs, offsets.get(index, 0))
-        choice = Choice(text=delta.text, index=index, logprobs=logprobs, finish_reason=delta.finish_reason)  # type: ignore[arg-type]
-        return CompletionResponse(id=response_id, model=job.model, choices=[choice]).model_dump_json(exclude={"usage"})
-
-    def usage_chunk(usage: WireUsage) -> str:
-        return CompletionResponse(id=response_id, model=job.model, choices=[], usage=usage).model_dump_json()
-
-    return _sse_stream(backend, job, chunk, usage_chunk if include_usage else None)
-
-
-def chat_stream(backend: Backend, job: Job, include_usage: bool) -> AsyncIterator[str]:
-    response_id = chat_completion_id()
-    started: set[int] = set()
-
-    def chunk(index: int, delta: Delta) -> str:
-        # the first chunk of a choice names the role; a delta carries only the fields it has
-        role = None if index in started else "assistant"
-        started.add(index)
-        choice = ChatChunkChoice(
-            index=index, delta=ChatDelta(role=role, content=delta.text if delta.text or role else None),
-            logprobs=_chat_logprobs(delta.logprobs), finish_reason=delta.finish_reason,  # type: ignore[arg-type]
-        )
-        data = ChatCompletionChunk(id=response_id, model=job.model, choices=[choice]).model_dump(exclude={"usage"})
-        data["choices"][0]["delta"] = {k: v for k, v in data["choices"][0]["delta"].items() if v is not None}
-        return json.dumps(data)
-
-    def usage_chunk(usage: WireUsage) -> str:
-        return ChatCompletionChunk(id=response_id, model=job.model, choices=[], usage=usage).model_dump_json()
-
-    return _sse_stream(backend, job, chunk, usage_chunk if include_usage else None)
-
-
-async def _sse_stream(
-    backend: Backend, job: Job, chunk: Callable[[int, Delta], str],
-    usage_chunk: Callable[[WireUsage], str] | None,
-) -> AsyncIterator[str]:
-    """SSE events: one chunk per delta, an optional usage chunk, then [DONE] (always last). An error
-    before the first chunk is raised (the response's status can still say it); after, it can no
-    longer change the status: it is sent as an error event."""
-    usages: list[Usage] = []
-    started = False
-    try:
-        async for base, event in _events(backend, job):
-            if isinstance(event, Usage):
-                usages.append(event)
-            else:
-                started = True
-                yield _sse(chunk(base + event.index, event))
-        if usage_chunk is not None:
-            yield _sse(usage_chunk(_wire_usage(usages)))
-    except Exception as exc:  # the status line is gone: report in band, then end the stream properly
-        if not started:
-            raise  # nothing sent yet: the caller still answers with the error's own status
-        status_type = getattr(exc, "type", "server_error")
-        body = ErrorResponse(error=ErrorBody(message=str(exc) or type(exc).__name__, type=status_type))
-        yield _sse(body.model_dump_json())
-    yield _sse("[DONE]")
-
-
-def _sse(data: str) -> str:
-    return f"data: {data}\n\n"
+            await events.aclose()

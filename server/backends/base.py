@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Protocol
+from typing import AsyncGenerator, Literal, Protocol
 
-from server.engine.prompts import Prompt, Prompter
-from server.engine.sampling import SamplingParams
+from server.engine import Delta, Prompt, Prompter, SamplingParams, Usage
 from server.models.store import Manifest
+
+# ready: in memory (or on a Triton server); standby: exported, loaded by its first request (load = lazy)
+ModelStatus = Literal["ready", "standby", "loading", "failed"]
+SERVING: tuple[ModelStatus, ...] = ("ready", "standby")  # the statuses in which requests are served
 
 
 class ModelLoading(RuntimeError):
@@ -26,7 +29,7 @@ class Backend(Protocol):
 
     async def load(self) -> None: ...
 
-    def status(self, name: str) -> str: ...
+    def status(self, name: str) -> ModelStatus: ...
 
     @property
     def ready(self) -> bool: ...
@@ -37,12 +40,14 @@ class Backend(Protocol):
 
     def manifest(self, name: str) -> Manifest | None: ...
 
-    def queue_full(self, name: str) -> bool: ...
-
-    def load_now(self, name: str) -> tuple[int, int] | None:
-        """(rows decoding, requests waiting) now, where this process runs the batch; None elsewhere."""
+    def batch_load(self, name: str) -> tuple[int, int] | None:
+        """(rows decoding, requests waiting) now, for /metrics; None where the batch lives in another
+        process (Triton's: its own metrics show it) or the model has not loaded."""
         ...
 
-    def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator: ...
+    def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:
+        """The generation's events; QueueFull (from the model's scheduler) before the first one when the
+        model holds max_queue requests already."""
+        ...
 
     def close(self) -> None: ...

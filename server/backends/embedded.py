@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
-from server.backends.base import ModelFailed, ModelLoading
-from server.engine.engine import Delta, Engine, Prompt, SamplingParams, Usage
-from server.engine.scheduler import Scheduler
+from server.backends.base import SERVING, ModelFailed, ModelLoading, ModelStatus
+from server.engine import Delta, Engine, Prompt, Prompter, SamplingParams, Scheduler, Usage
 from server.models import catalog, store
 from server.settings import Settings
 
 log = logging.getLogger("slipstream.backend")
-
-# Requests queued per model beyond the one running; past it the API answers 429.
-_MAX_WAITING = 64
 
 
 class EmbeddedBackend:
@@ -48,7 +44,9 @@ class EmbeddedBackend:
         except Exception as exc:  # reported by readiness and by every request for this model
             self._fail(name, exc)
             return
-        self._schedulers[name] = Scheduler(engine, _MAX_WAITING)
+        # past max_queue requests in flight (decoding and waiting), submit raises QueueFull: a 429
+        s = self.settings
+        self._schedulers[name] = Scheduler(engine, s.max_queue, s.max_batch_rows, s.prefill_tokens_per_step)
         self._standby.discard(name)
         log.info("model %s ready (%s, %s)", name, engine.manifest.precision, engine.manifest.graph)
 
@@ -72,7 +70,7 @@ class EmbeddedBackend:
         self._ensure_exported(name)
         return Engine(self.settings.model_repository, name, self.settings.intra_op_threads(), self.settings.device)
 
-    def status(self, name: str) -> str:
+    def status(self, name: str) -> ModelStatus:
         """ready (in memory), standby (exported, loads on first request), loading, or failed."""
         if name in self._schedulers:
             return "ready"
@@ -82,10 +80,10 @@ class EmbeddedBackend:
 
     @property
     def ready(self) -> bool:
-        return all(self.status(n) in ("ready", "standby") for n in self.names)
+        return all(self.status(n) in SERVING for n in self.names)
 
-    async def acquire(self, name: str) -> Engine:
-        """The model's engine, loading a standby model first (concurrent first requests share one load;
+    async def acquire(self, name: str) -> Prompter:
+        """The model's prompt side, loading a standby model first (concurrent first requests share one load;
         a request that gives up does not cancel it). ModelLoading / ModelFailed say why there is none."""
         if name in self._standby and name not in self._schedulers:
             task = self._loading.get(name)
@@ -93,7 +91,7 @@ class EmbeddedBackend:
                 task = self._loading[name] = asyncio.create_task(self._load(name))
                 task.add_done_callback(lambda _t: self._loading.pop(name, None))
             await asyncio.shield(task)
-        return self.engine(name)
+        return self.engine(name).prompter
 
     def engine(self, name: str) -> Engine:
         """The loaded engine; ModelLoading / ModelFailed say why there is none yet."""
@@ -111,16 +109,12 @@ class EmbeddedBackend:
         except store.ModelNotExported:
             return None
 
-    def queue_full(self, name: str) -> bool:
-        scheduler = self._schedulers.get(name)
-        return scheduler is not None and scheduler.pending >= _MAX_WAITING
-
-    def load_now(self, name: str) -> tuple[int, int] | None:
+    def batch_load(self, name: str) -> tuple[int, int] | None:
         """(rows in the last decode step, requests waiting to be admitted), None before the model loads."""
         scheduler = self._schedulers.get(name)
         return None if scheduler is None else (scheduler.batch_rows, scheduler.waiting)
 
-    async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
+    async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:
         self.engine(name)
         async for event in self._schedulers[name].submit(prompt, params):
             yield event

@@ -15,7 +15,7 @@ import itertools
 import logging
 import uuid
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncGenerator, AsyncIterator
 
 import grpc
 import numpy as np
@@ -23,9 +23,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
-from server.backends.base import BackendUnavailable, ModelFailed, ModelLoading
-from server.engine.engine import Delta, InvalidInput, Prompt, Prompter, SamplingParams, Usage
-from server.engine.scheduler import QueueFull
+from server.backends.base import BackendUnavailable, ModelFailed, ModelLoading, ModelStatus
+from server.engine import Delta, Prompt, Prompter, SamplingParams, Usage
 from server.models import store
 from server.settings import Settings
 from server.triton import wire
@@ -67,7 +66,7 @@ class TritonBackend:
         await self._poll()
         self._health = asyncio.create_task(self._watch())
 
-    def status(self, name: str) -> str:
+    def status(self, name: str) -> ModelStatus:
         """ready (a Triton server has it ready), loading (not yet: no server has it), or failed."""
         if name in self._failures:
             return "failed"
@@ -96,10 +95,7 @@ class TritonBackend:
         except store.ModelNotExported:
             return None
 
-    def queue_full(self, name: str) -> bool:
-        return False  # Triton's model keeps the queue: a full one answers with a queue_full event
-
-    def load_now(self, name: str) -> tuple[int, int] | None:
+    def batch_load(self, name: str) -> tuple[int, int] | None:
         return None  # the batch lives inside tritonserver: its own metrics (port 8002) show it
 
     # --- health ---
@@ -138,7 +134,7 @@ class TritonBackend:
 
     # --- generation ---
 
-    async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
+    async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:
         """The request's events from the first Triton server that takes it: servers that have the model
         ready, in turn; one that fails before its first event is marked down and the next one tried."""
         ready = [url for url in self.urls if name in self._has[url]]
@@ -179,8 +175,8 @@ class TritonBackend:
                 try:
                     event = wire.load_event(result.as_numpy("event").reshape(-1)[0].decode())
                 except wire.RemoteError as exc:
-                    ended = True  # the model ended the request itself
-                    raise _local(exc) from exc
+                    ended = True  # the model ended the request itself: its engine's exception, as in process
+                    raise exc.local() from exc
                 if isinstance(event, Usage):
                     ended = True
                 yield event
@@ -211,15 +207,6 @@ def _string_input(name: str, value: str) -> triton_grpc.InferInput:
     tensor = triton_grpc.InferInput(name, [1], "BYTES")
     tensor.set_data_from_numpy(np.array([value.encode()], dtype=np.object_))
     return tensor
-
-
-def _local(exc: wire.RemoteError) -> Exception:
-    """The engine's own exception for an error event, so that the API answers as it does in process."""
-    if exc.kind == wire.QUEUE_FULL:
-        return QueueFull(str(exc))
-    if exc.kind == wire.INVALID_INPUT:
-        return InvalidInput(str(exc), exc.param or "prompt")
-    return RuntimeError(f"Triton model error: {exc}")
 
 
 def _reason(exc: BaseException) -> str:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's python backend stub
 
-from server.engine.engine import Engine, InvalidInput
-from server.engine.scheduler import QueueFull, Scheduler
+from server.engine.engine import Engine
+from server.engine.scheduler import Scheduler
 from server.triton import wire
 
 log = logging.getLogger("slipstream.triton")
@@ -61,13 +61,11 @@ class TritonPythonModel:
                 if sender.is_cancelled():
                     break  # leaving the iteration drops the request's rows; the final flag still ends it
                 sender.send(_response(wire.dump_event(event)))
-        except QueueFull as exc:
-            error = wire.dump_error(wire.QUEUE_FULL, str(exc))
-        except InvalidInput as exc:
-            error = wire.dump_error(wire.INVALID_INPUT, str(exc), exc.param)
+        except wire.REFUSALS as exc:  # a full queue, a bad field: the API answers with its status
+            error = wire.dump_exception(exc)
         except Exception as exc:  # noqa: BLE001 - the client learns of it; the model goes on
             log.exception("generation failed")
-            error = wire.dump_error(wire.INTERNAL, f"{type(exc).__name__}: {exc}")
+            error = wire.dump_exception(exc)
         _finish(sender, error)
 
     def finalize(self) -> None:

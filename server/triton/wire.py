@@ -5,8 +5,9 @@
     event                {"delta": {...}} | {"usage": {...}} | {"error": {"type", "message", "param"}}
 
 One response per event, then Triton's final flag. An error is an event too (then the final flag), so
-that a refusal keeps its kind (a full queue, a bad field) across the wire and the API answers with
-the right status.
+that a refusal keeps its kind (a full queue, a bad field) across the wire: the model sends the kind of
+the engine's exception, and the API raises that same exception again (RemoteError.local), which
+server/errors.py answers as it does in process.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, fields
 
-from server.engine.engine import Delta, Prompt, SamplingParams, TokenLogprob, Usage
+from server.engine import Delta, InvalidInput, Prompt, QueueFull, SamplingParams, TokenLogprob, Usage
 
-# error types: how the API maps them (429, 400, 500)
 QUEUE_FULL, INVALID_INPUT, INTERNAL = "queue_full", "invalid_input", "internal"
+# an error event's kind, each the engine exception it stands for, both ways; any other is INTERNAL
+_KINDS: dict[str, type[Exception]] = {QUEUE_FULL: QueueFull, INVALID_INPUT: InvalidInput}
+REFUSALS = tuple(_KINDS.values())  # what the model refuses a request with (the rest is its own failure)
 
 
 class RemoteError(RuntimeError):
@@ -26,6 +29,15 @@ class RemoteError(RuntimeError):
     def __init__(self, kind: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.kind, self.param = kind, param
+
+    def local(self) -> Exception:
+        """The engine's own exception that the model sent, so that the API answers as it does in process."""
+        cls = _KINDS.get(self.kind)
+        if cls is InvalidInput:
+            return InvalidInput(str(self), self.param or "prompt")
+        if cls is not None:
+            return cls(str(self))
+        return RuntimeError(f"Triton model error: {self}")
 
 
 def dump_prompt(prompt: Prompt) -> str:
@@ -61,6 +73,14 @@ def dump_event(event: Delta | Usage) -> str:
 
 def dump_error(kind: str, message: str, param: str | None = None) -> str:
     return json.dumps({"error": {"type": kind, "message": message, "param": param}})
+
+
+def dump_exception(exc: Exception) -> str:
+    """The error event for an exception the engine raised: its kind from _KINDS, INTERNAL for any other."""
+    kind = next((k for k, cls in _KINDS.items() if isinstance(exc, cls)), INTERNAL)
+    if kind == INTERNAL:
+        return dump_error(INTERNAL, f"{type(exc).__name__}: {exc}")
+    return dump_error(kind, str(exc), getattr(exc, "param", None))
 
 
 def load_event(text: str) -> Delta | Usage:
