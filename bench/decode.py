@@ -16,32 +16,24 @@ TTFT is the time to the first generated token (prefill + one sampling step); dec
 the tokens after it over the time after it, so prefill does not count. Weights GB/s is decode tok/s
 times the bytes of weights one decode step reads (every initializer except tables read only through
 Gather, i.e. embeddings, which are read a row at a time).
+The paths are in bench/paths.py; the machine's gauges and the weight bytes in bench/machine.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import multiprocessing
 import os
-import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from server.engine import Prompt
+from bench.machine import Busy, machine_info, wait_quiet, weight_bytes_per_token
+from bench.paths import ROOT, EnginePath, OptimumPath, Run, optimum_folder
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / ".cache"
 MODELS = ("gemma3-270m", "smollm2-135m")
 ENGINE = "engine"
 
@@ -58,221 +50,6 @@ def merge_intervals(intervals: List[List[int]]) -> List[List[int]]:
     [[1, 5]]
     """
 '''
-
-
-@dataclass
-class Run:
-    tokens: int  # generated tokens, the first one included
-    ttft_s: float  # start -> first generated token
-    total_s: float  # start -> generation finished
-    others_cores: float = 0.0  # CPU the rest of the machine took meanwhile, in cores (noise gauge)
-    waited_s: float = 0.0  # time spent waiting for a quiet machine before the run
-
-    @property
-    def decode_tok_s(self) -> float:
-        # the tokens after the first, over the time after it: prefill excluded
-        return (self.tokens - 1) / (self.total_s - self.ttft_s)
-
-
-# --- the two paths ---
-
-
-class EnginePath:
-    def __init__(self, repository: Path, name: str, threads: int) -> None:
-        from server.engine import Engine
-
-        self.engine = Engine(repository, name, threads)
-        self.onnx_file = repository / name / self.engine.manifest.onnx_file
-
-    def prepare(self, text: str, tokens: int) -> Prompt:
-        return self.engine.prompter.prepare(text, tokens)
-
-    def run(self, prompt: Prompt, tokens: int, ignore_eos: bool = False) -> tuple[Run, str]:
-        from server.engine import Delta, SamplingParams, Usage
-
-        params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=ignore_eos)
-        pieces, first, usage = [], None, None
-        start = time.perf_counter()
-        for item in self.engine.generate(prompt, params):
-            if isinstance(item, Delta):
-                if first is None:
-                    first = time.perf_counter()
-                pieces.append(item.text)
-            elif isinstance(item, Usage):
-                usage = item
-        end = time.perf_counter()
-        assert first is not None and usage is not None
-        return Run(usage.completion_tokens, first - start, end - start), "".join(pieces)
-
-
-class OptimumPath:
-    """ORTModelForCausalLM.generate on optimum's INT8 export, as a user would call it."""
-
-    def __init__(self, folder: Path, threads: int) -> None:
-        import onnxruntime as ort
-        from optimum.onnxruntime import ORTModelForCausalLM
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # the engine's settings (server/engine/runner.py)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.model = ORTModelForCausalLM.from_pretrained(
-            folder, session_options=options, provider="CPUExecutionProvider", local_files_only=True
-        )
-        self.onnx_file = folder / "model.onnx"
-
-    def run(self, ids: list[int], tokens: int, torch_threads: int) -> tuple[Run, list[int]]:
-        import torch
-
-        torch.set_num_threads(torch_threads)
-        clock = first_token_clock()
-        input_ids = torch.tensor([ids], dtype=torch.int64)
-        start = time.perf_counter()
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=tokens,
-            min_new_tokens=tokens,  # exactly `tokens`: no early EOS
-            pad_token_id=self.model.generation_config.eos_token_id,
-            streamer=clock,
-        )
-        end = time.perf_counter()
-        new = out[0, len(ids) :].tolist()
-        assert clock.at is not None
-        return Run(len(new), clock.at - start, end - start), new
-
-
-def first_token_clock():
-    """A streamer for transformers' generate() that notes when the first new token comes (generate
-    puts the prompt first, then each new token as it is chosen): `.at`, a perf_counter time."""
-    from transformers.generation.streamers import BaseStreamer
-
-    class FirstToken(BaseStreamer):
-        def __init__(self) -> None:
-            self.puts, self.at = 0, None
-
-        def put(self, value) -> None:
-            self.puts += 1
-            if self.puts == 2:
-                self.at = time.perf_counter()
-
-        def end(self) -> None:
-            pass
-
-    return FirstToken()
-
-
-# --- optimum's export, cached ---
-
-
-def optimum_folder(name: str) -> Path:
-    """bench/.cache/<name>-optimum-int8, exported from the bundled GGUF the first time (in a child
-    process: Gemma's export peaks near 7 GB and leaves torch threads and heap behind)."""
-    folder = CACHE / f"{name}-optimum-int8"
-    if not (folder / ".complete").is_file():
-        print(f"[{name}] exporting optimum's INT8 model to {folder} (once; cached)", flush=True)
-        started = time.perf_counter()
-        child = multiprocessing.get_context("spawn").Process(target=_export_optimum, args=(name, folder))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise SystemExit(f"[{name}] optimum export failed (exit {child.exitcode})")
-        print(f"[{name}] optimum export done in {time.perf_counter() - started:.0f} s", flush=True)
-    return folder
-
-
-def _export_optimum(name: str, folder: Path) -> None:
-    from server.models.catalog import lookup
-    from server.models.gguf import import_gguf
-    from server.models.optimum_export import export_optimum
-
-    shutil.rmtree(folder, ignore_errors=True)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=CACHE) as tmp:
-        work = Path(tmp)
-        hf_dir = import_gguf(lookup(name).locate_gguf(work), work / "hf")
-        export_optimum(hf_dir, folder, dynamic_int8=True)
-    (folder / ".complete").write_text("")
-
-
-# --- measurement ---
-
-
-class Busy:
-    """CPU the rest of the machine took, in cores: other processes' busy time (/proc/stat less this
-    process's own) plus steal (time the hypervisor gave our virtual CPUs to someone else)."""
-
-    _HZ = os.sysconf("SC_CLK_TCK")
-
-    def __init__(self) -> None:
-        self._start = self._now()
-
-    @staticmethod
-    def _now() -> tuple[float, float, float, float]:
-        # cpu  user nice system idle iowait irq softirq steal guest guest_nice (guest is inside user)
-        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        busy = f[0] + f[1] + f[2] + f[5] + f[6]
-        own = os.times()
-        return busy / Busy._HZ, f[7] / Busy._HZ, own.user + own.system, time.perf_counter()
-
-    def others(self) -> float:
-        busy, steal, own, wall = self._now()
-        b0, s0, o0, w0 = self._start
-        return max(0.0, (busy - b0) - (own - o0) + (steal - s0)) / (wall - w0)
-
-
-def wait_quiet(limit_s: float, below: float = 0.2, window_s: float = 0.5, windows: int = 2) -> float:
-    """Wait (at most limit_s) until other processes used under `below` cores for `windows` windows in
-    a row; returns the seconds waited. The machine is shared: a run during someone's test suite
-    measures the test suite."""
-    start, calm = time.perf_counter(), 0
-    while calm < windows and time.perf_counter() - start < limit_s:
-        gauge = Busy()
-        time.sleep(window_s)
-        calm = calm + 1 if gauge.others() < below else 0
-    return time.perf_counter() - start
-
-
-def weight_bytes_per_token(onnx_file: Path) -> int:
-    """Bytes of initializers one decode step reads: all but those read only through Gather (embedding
-    tables: one row per token). A table tied to the LM head is read whole, so it counts."""
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    model = onnx.load(str(onnx_file), load_external_data=False)
-    consumers: dict[str, list] = {}
-    graphs = [model.graph]
-    while graphs:  # subgraphs too (If branches of merged decoders)
-        graph = graphs.pop()
-        for node in graph.node:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
-            graphs.extend(a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH)
-
-    def gathered_only(name: str) -> bool:
-        # constant-folded reshapes (Transpose, Cast, ...) on the way to a Gather keep it row-wise
-        uses = consumers.get(name, [])
-        return bool(uses) and all(
-            (node.op_type == "Gather" and node.input[0] == name)
-            or (node.op_type in _FOLDED and gathered_only(node.output[0]))
-            for node in uses
-        )
-
-    total = 0
-    for init in model.graph.initializer:
-        if not gathered_only(init.name):
-            count = 1
-            for dim in init.dims:
-                count *= dim
-            total += count * tensor_dtype_to_np_dtype(init.data_type).itemsize
-    return total
-
-
-_FOLDED = frozenset({"Transpose", "Cast", "Reshape", "Identity"})
 
 
 def summarise(runs: list[Run], weight_bytes: int) -> dict:
@@ -418,33 +195,6 @@ def _line(run: Run) -> str:
 
 
 # --- report ---
-
-
-def machine_info(torch_default: int) -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for package in ("onnxruntime", "optimum", "optimum-onnx", "transformers", "torch", "numpy", "tokenizers"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch_default_threads": torch_default,
-        "load_average_at_start": os.getloadavg(),
-        "versions": versions,
-    }
 
 
 def markdown(results: dict, info: dict, config: dict) -> str:

@@ -22,7 +22,8 @@ import textwrap
 import time
 from pathlib import Path
 
-from bench.decode import ROOT, Busy, machine_info, wait_quiet
+from bench.machine import Busy, machine_info, wait_quiet
+from bench.paths import ROOT
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 PATHS = ("in place", "copying")

@@ -25,7 +25,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench.decode import MODELS, PROMPT, ROOT, Busy, EnginePath, Run, machine_info, wait_quiet
+from bench.decode import MODELS, PROMPT
+from bench.machine import Busy, machine_info, wait_quiet
+from bench.paths import ROOT, EnginePath, Run
 
 LLAMA_CPP = "llama.cpp"
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.decode import ROOT, machine_info
+from bench.machine import machine_info
+from bench.paths import ROOT
 
 PROMPT_TOKENS = 64
 

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.decode import MODELS, ROOT, machine_info, wait_quiet
+from bench.decode import MODELS
+from bench.machine import machine_info, wait_quiet
+from bench.paths import ROOT
 from bench.suite import add_run_flags
 
 PROMPT_LENGTHS = (32, 512, 1536)

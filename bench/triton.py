@@ -20,8 +20,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from bench.decode import machine_info
-from bench.suite import Bench, Server, add_run_flags, singles
+from bench.machine import machine_info
+from bench.suite import add_run_flags
+from bench.suite_cases import Bench, singles
+from bench.suite_paths import Server
 
 EMBEDDED, TRITON = "embedded", "triton"
 
