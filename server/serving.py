@@ -59,8 +59,9 @@ async def completion(state: State, body: CompletionRequest, request: Request) ->
     """/v1/completions (and the Copilot plugin's engine route). `state` is the app's: settings, backend,
     metrics, drain (server/app.py)."""
     settings: Settings = state.settings
+    backend: Backend = state.backend
     with _api_errors():
-        model, prompter = await _resolve(state.backend, body.model)
+        model, prompter = await _resolve(backend, body.model)
         params = _sampling(settings, body, prompter)
         texts = body.prompts()
         rows = len(texts) * (params.best_of or params.n)
@@ -74,7 +75,7 @@ async def completion(state: State, body: CompletionRequest, request: Request) ->
             _check_prompt_length(prompt, settings)
         ignored = ["suffix"] if body.suffix and suffix is None else []
         job = _job(state, request, model, prompts, params, body.stream, body.prompt, ignored)
-        return await _respond(state.backend, job, request, CompletionShape(model), body)
+        return await _respond(backend, job, request, CompletionShape(model), body)
 
 
 async def chat(state: State, body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
