@@ -4,7 +4,7 @@ The fp32 graph is the store's for the architectures onnxruntime-genai's builder 
 (CodeGen, StarCoder2, ...): export.py quantises it weight-only itself for int8 / int4 (MatMulNBits),
 so that a sample's text does not depend on its batch neighbours.
 
-With ``dynamic_int8`` it is the "optimum" benchmark peer (bench/decode.py): the stock optimum path
+With ``dynamic_int8`` it is the "optimum" benchmark peer (bench/paths.py OptimumPath, timed by bench/decode.py): the stock optimum path
 (``main_export`` with ``text-generation-with-past``, then ``ORTQuantizer``), what a user would
 otherwise pick. ``AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=False)`` is used
 on purpose: it quantises every MatMul (and the embedding Gather) to INT8, whereas

@@ -13,20 +13,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's python backend stub
 
-from server.engine.engine import Engine
-from server.engine.scheduler import Scheduler
+from server.engine import Engine, Scheduler
+from server.settings import Settings
 from server.triton import wire
 
 log = logging.getLogger("slipstream.triton")
-
-MAX_WAITING = 64  # the embedded backend's bound: past it a request gets a queue_full error event
 
 
 class TritonPythonModel:
@@ -34,10 +31,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         folder = Path(args["model_repository"])  # model_repository/<name>
-        threads = int(parameters.get("threads") or 0) or (os.cpu_count() or 1)  # 0: one per core
+        settings = engine_settings(parameters)
         device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
-        self.engine = Engine(folder.parent, args["model_name"], threads, device)
-        self.scheduler = Scheduler(self.engine, MAX_WAITING)
+        self.engine = Engine(folder.parent, args["model_name"], settings.intra_op_threads(), device)
+        self.scheduler = Scheduler(self.engine, settings.max_queue, settings.max_batch_rows,
+                                   settings.prefill_tokens_per_step)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="slipstream-triton-events", daemon=True)
         self._thread.start()
@@ -71,6 +69,14 @@ class TritonPythonModel:
     def finalize(self) -> None:
         self.scheduler.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def engine_settings(parameters: dict[str, str]) -> Settings:
+    """The one settings object, as the embedded backend reads it: SLIPSTREAM_* variables (which
+    `slipstream triton start` sets from its flags), a model's config.pbtxt `threads` parameter over
+    them where it is not 0 (0, the default written at export, leaves the choice to the settings)."""
+    threads = parameters.get("threads", "0")
+    return Settings(threads=int(threads)) if threads not in ("", "0") else Settings()
 
 
 def _string(request, name: str) -> str:
