@@ -33,7 +33,7 @@ from server.engine.prompts import Prompter
 from server.models.catalog import PRESETS
 from server.models.export import export_checkpoint
 from tests.conftest import TINY, ServerProcess
-from tests.test_api import NO_EOS, sse_payloads
+from tests.api_helpers import NO_EOS, sse_payloads
 from tests.test_metrics import access_lines, completion_lines
 from tests.tiny_model import build_tiny
 
