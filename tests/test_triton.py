@@ -192,3 +192,37 @@ def test_smollm2_int8_through_triton_streams_to_the_openai_client(bundled_repo: 
         start.terminate()  # the command stops its tritonserver on SIGTERM
         assert start.wait(timeout=60) == 0, log.read_text()[-3000:]
         log.unlink(missing_ok=True)
+
+
+def test_triton_start_hands_the_engine_settings_to_the_model(tiny_repo: Path) -> None:
+    """`slipstream triton start --max-queue 1` (the settings' own flag) reaches the scheduler inside
+    Triton: of concurrent long requests through the API, the ones past the first are refused with a 429."""
+    import concurrent.futures
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    ports = _ports()
+    command = [sys.executable, "-m", "slipstream.cli", "triton", "start", "--model", TINY, "--model-repository",
+               str(tiny_repo), "--max-queue", "1", "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
+               "--metrics-port", str(ports.metrics)]
+    triton = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in triton.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("put the API in front"):
+                break
+        assert triton.poll() is None, "".join(lines)
+        env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([f"127.0.0.1:{ports.grpc}"])}
+        with ServerProcess(tiny_repo, [TINY], env=env) as api:
+            body = {"prompt": PROMPT, "max_tokens": 100, "temperature": 0, "logit_bias": {"0": -100}}
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                statuses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/completions", json=body, timeout=60)
+                                         .status_code, range(6)))
+    finally:
+        triton.send_signal(signal.SIGTERM)
+        triton.wait(timeout=60)
+    assert 200 in statuses and 429 in statuses and set(statuses) == {200, 429}, statuses
