@@ -266,3 +266,25 @@ def test_each_limit_is_a_clear_4xx_naming_it(tiny_repo: Path) -> None:
             events = [line for line in s.iter_lines() if line.startswith("data: ")]
         assert events[-1] == "data: [DONE]" and "request_timeout_s" in events[-2]
         assert greedy(server.url, max_tokens=3)["usage"]["completion_tokens"] == 3  # the server is free again
+
+
+def test_past_max_queue_a_request_is_refused_with_429_before_any_byte(tiny_repo: Path) -> None:
+    """max_queue bounds the requests a model holds (decoding and waiting): one in flight with a limit of
+    1, the next gets a 429 with Retry-After at once, a stream too (its own status, not an error event)."""
+    import concurrent.futures
+
+    from tests.conftest import ServerProcess
+
+    # ~1 s of work on this model: the first request is still decoding when the others arrive
+    long_run = {"prompt": PROMPT, "max_tokens": 100, "n": 32, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_QUEUE": "1"}) as server:
+        with httpx.stream("POST", server.url + "/v1/completions", json=long_run | {"stream": True}, timeout=TIMEOUT) as s:
+            lines = s.iter_lines()  # kept: a dropped iterator closes the response (the client goes away)
+            assert s.status_code == 200 and next(lines).startswith("data: ")
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                plain, stream = pool.map(lambda body: post(server.url, body), [long_run, long_run | {"stream": True}])
+        for refused in (plain, stream):
+            assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
+            assert refused.headers["content-type"] == "application/json"
+            assert "max_queue" in refused.json()["error"]["message"]
+        assert greedy(server.url, max_tokens=3)["usage"]["completion_tokens"] == 3  # the first one done, room again
