@@ -77,7 +77,7 @@ def _within_limits(document: dict) -> dict:
 
 generating = schemathesis.openapi.from_dict(_within_limits(DOCUMENT), config=_config("positive")).include(method="POST")
 
-# Not a server error, with no exception: 503 (a model loading, the server shutting down), 429 (64 requests
+# Not a server error, with no exception: 503 (a model loading, the server shutting down), 429 (max_queue requests
 # queued) and 408 (300 s of generation) cannot happen to one request at a time on a ready server, so any
 # 5xx here is a bug. Not checked: positive_data_acceptance (the limits that depend on the model and the
 # settings, such as its context and vocabulary, max_n or the stop-list size, are not in the schema) and
