@@ -82,7 +82,8 @@ class Server:
         self.client = Client(self.url, timeout=600)
 
     def single(self, ids: list[int], tokens: int) -> Run:
-        timing = self.client.timed(ids, model=self.name, max_tokens=tokens, temperature=0, ignore_eos=True)
+        timing = self.client.timed(ids, model=self.name, max_tokens=tokens, temperature=0, ignore_eos=True,
+                                   cache_prompt=False)  # cold: the prefix cache would answer a repeated prompt
         if timing.completion_tokens != tokens:
             raise RuntimeError(f"the server generated {timing.completion_tokens} tokens, not {tokens}")
         # a first token whose text is held back (half a character) arrives with the next: the total then
@@ -90,7 +91,7 @@ class Server:
 
     def samples(self, ids: list[int], n: int, tokens: int) -> int:
         reply = self.client.complete(ids, model=self.name, max_tokens=tokens, temperature=TEMPERATURE, n=n, seed=0,
-                                     ignore_eos=True)
+                                     ignore_eos=True, cache_prompt=False)
         return reply["usage"]["completion_tokens"]
 
     def clients(self, ids: list[int], clients: int, requests: int, tokens: int) -> dict:
@@ -100,7 +101,8 @@ class Server:
         async def client_loop(index: int) -> list:
             async with AsyncClient(self.url, timeout=600) as client:
                 return [await client.timed(ids, model=self.name, max_tokens=tokens, temperature=TEMPERATURE,
-                                           seed=index * requests + r, ignore_eos=True) for r in range(requests)]
+                                           seed=index * requests + r, ignore_eos=True, cache_prompt=False)
+                        for r in range(requests)]
 
         async def everyone() -> list:
             return await asyncio.gather(*(client_loop(i) for i in range(clients)))

@@ -14,7 +14,7 @@ import time
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -88,17 +88,34 @@ class _BackendCollector(Collector):
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         rows = GaugeMetricFamily("slipstream_batch_rows", "Rows decoding now (0 when idle)", labels=["model"])
         waiting = GaugeMetricFamily("slipstream_queue_depth", "Requests waiting to join the batch", labels=["model"])
         ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])
+        cache = {
+            "lookups": CounterMetricFamily("slipstream_prefix_cache_lookups", "Prompts looked up in the prefix cache",
+                                           labels=["model"]),
+            "hits": CounterMetricFamily("slipstream_prefix_cache_hits", "Lookups that reused at least one token",
+                                        labels=["model"]),
+            "tokens_reused": CounterMetricFamily("slipstream_prefix_cache_reused_tokens",
+                                                 "Prompt tokens reused instead of prefilled", labels=["model"]),
+            "evictions": CounterMetricFamily("slipstream_prefix_cache_evictions",
+                                             "Stored runs dropped to stay under prefix_cache_mb", labels=["model"]),
+        }
+        held = GaugeMetricFamily("slipstream_prefix_cache_bytes", "Bytes of keys and values the prefix cache holds",
+                                 labels=["model"])
         for name in self._backend.names:
+            stats = self._backend.cache_stats(name)
+            if stats is not None:
+                for field, family in cache.items():
+                    family.add_metric([name], getattr(stats, field))
+                held.add_metric([name], stats.bytes)
             load = self._backend.batch_load(name)
             if load is not None:
                 rows.add_metric([name], load[0])
                 waiting.add_metric([name], load[1])
             ready.add_metric([name], 1.0 if self._backend.status(name) in SERVING else 0.0)
-        yield from (rows, waiting, ready)
+        yield from (rows, waiting, ready, *cache.values(), held)
 
 
 class MetricsMiddleware:

@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from server.backends.base import ModelStatus
 from server.engine import FinishReason, SamplingParams
@@ -57,6 +57,10 @@ class _SamplingRequest(BaseModel):
     # --- slipstream extensions ---
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off (llama.cpp, vLLM).")
     ignore_eos: bool = Field(False, description="Go on past EOS up to max_tokens (as llama.cpp and vLLM allow).")
+    cache_prompt: StrictBool = Field(
+        True, description="Reuse the prefix cache for this prompt and keep its keys and values there (llama.cpp's "
+        "field); false: prefilled from scratch and not kept."
+    )
 
     _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
 
@@ -135,10 +139,15 @@ class Choice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="Prompt tokens reused from the prefix cache instead of prefilled")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
     # --- slipstream extension: how many prompt tokens were cut from the left to fit the context ---
     prompt_tokens_trimmed: int = 0
 
@@ -171,6 +180,7 @@ class ModelCard(BaseModel):
     status: ModelStatus = Field(
         description="ready: in memory; standby: exported, loaded by its first request (load = lazy)"
     )
+    prefix_cache_mb: int = Field(0, description="The model's prefix-cache budget (prefix_cache_mb; 0: off)")
 
 
 class ModelList(BaseModel):

@@ -25,6 +25,7 @@ from server.protocol import (
     Choice,
     CompletionResponse,
     Logprobs,
+    PromptTokensDetails,
     TokenLogprobEntry,
     TopLogprob,
     chat_completion_id,
@@ -51,6 +52,7 @@ def wire_usage(usages: list[Usage]) -> WireUsage:
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in usages)),
         prompt_tokens_trimmed=sum(u.prompt_tokens_trimmed for u in usages),
     )
 

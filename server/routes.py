@@ -47,6 +47,8 @@ async def models(request: Request) -> ModelList:
     for name in backend.names:
         manifest = backend.manifest(name)
         status = backend.status(name)
+        stats = backend.cache_stats(name)  # the engine's own (0 when the budget was too small), else the setting
+        cache_mb = stats.budget_bytes >> 20 if stats is not None else request.app.state.settings.prefix_cache_mb
         cards.append(
             ModelCard(
                 id=name,
@@ -57,6 +59,7 @@ async def models(request: Request) -> ModelList:
                 chat=bool(manifest and manifest.chat_template),
                 ready=status in SERVING,
                 status=status,
+                prefix_cache_mb=cache_mb,
             )
         )
     return ModelList(data=cards)

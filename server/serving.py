@@ -12,14 +12,16 @@ Choices of several prompts are numbered prompt by prompt: index = prompt * n + i
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import AsyncGenerator, AsyncIterator, Awaitable, Iterator, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import State
 
+from server import auth
 from server.backends.base import Backend
 from server.drain import Drain
 from server.engine import Delta, FinishReason, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
@@ -74,7 +76,7 @@ async def completion(state: State, body: CompletionRequest, request: Request) ->
         for prompt in prompts:
             _check_prompt_length(prompt, settings)
         ignored = ["suffix"] if body.suffix and suffix is None else []
-        job = _job(state, request, model, prompts, params, body.stream, body.prompt, ignored)
+        job = _job(state, request, model, prompts, params, body, body.prompt, ignored)
         return await _respond(backend, job, request, CompletionShape(model), body)
 
 
@@ -96,7 +98,7 @@ async def chat(state: State, body: ChatCompletionRequest, request: Request) -> J
         prompt = prompter.prepare(prompter.chat_prompt(messages), params.max_tokens, raw=False)
         _check_prompt_length(prompt, settings)
         logged = [m["content"] for m in messages]
-        job = _job(state, request, model, [prompt], params, body.stream, logged, [])
+        job = _job(state, request, model, [prompt], params, body, logged, [])
         return await _respond(backend, job, request, ChatShape(model), body)
 
 
@@ -149,16 +151,29 @@ def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
                              "(max_prompt_tokens)", "prompt")
 
 
-def _job(state: State, request: Request, model: str, prompts: list[Prompt], params: SamplingParams, stream: bool,
-         prompt: object, ignored: list[str]) -> Job:
+def _job(state: State, request: Request, model: str, prompts: list[Prompt], params: SamplingParams,
+         body: CompletionRequest | ChatCompletionRequest, prompt: object, ignored: list[str]) -> Job:
     """The request's Job, whole; its access record is the request's, which the access-log line reads
-    when the response has ended (server/metrics.py). The prompt goes in it only with log_prompts."""
+    when the response has ended (server/metrics.py). The prompt goes in it only with log_prompts. Its
+    prompts reuse the prefix cache only among requests of the same API key (and not at all with
+    cache_prompt false)."""
     settings: Settings = state.settings
-    access: dict = {"model": model, "stream": stream, "n": params.n}
+    salt = _cache_salt(state.keys, request)
+    prompts = [replace(p, cache_salt=salt, cache_prompt=body.cache_prompt) for p in prompts]
+    access: dict = {"model": model, "stream": body.stream, "n": params.n}
     if settings.log_prompts:
         access["prompt"] = prompt
     request.state.access = access
     return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored)
+
+
+def _cache_salt(keys: list[str], request: Request) -> str:
+    """A digest of the request's API key where keys are on, so that a request never reuses keys and
+    values cached for another key (its response time would tell what the other typed); "" where the
+    server is open, one user's."""
+    if not keys:
+        return ""
+    return hashlib.sha256((auth.presented_key(request.headers) or "").encode()).hexdigest()
 
 
 # --- the response ---

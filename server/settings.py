@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MODEL = "gemma3-270m"
 # What the engine reads wherever it runs: in this process, or inside Triton's python backend, which
 # `slipstream triton start` hands them to as SLIPSTREAM_* variables
-ENGINE_SETTINGS = ("threads", "max_queue", "max_batch_rows", "prefill_tokens_per_step")
+ENGINE_SETTINGS = ("threads", "max_queue", "max_batch_rows", "prefill_tokens_per_step", "prefill_chunk_tokens",
+                   "prefix_cache_mb")
 
 
 class Settings(BaseSettings):
@@ -73,7 +74,16 @@ class Settings(BaseSettings):
     )
     prefill_tokens_per_step: int = Field(
         256, ge=1, description="Prompt tokens prefilled between two decode steps while rows decode (a prefill holds "
-        "up every live row); at least one request is admitted per step whatever its length."
+        "up every live row); at least one chunk is prefilled per step."
+    )
+    prefill_chunk_tokens: int = Field(
+        512, ge=64, description="A prompt is prefilled in chunks of at most this many tokens (a multiple of 64), "
+        "interleaved with the decode steps of the other rows, so that one long prompt does not hold them all up.",
+        multiple_of=64,
+    )
+    prefix_cache_mb: int = Field(
+        256, ge=0, description="Memory per model for the keys and values of earlier prompts and completions, reused "
+        "by a new prompt that starts the same way (least recently used evicted first); 0 turns it off."
     )
 
     # --- request limits and defaults ---
@@ -110,6 +120,11 @@ class Settings(BaseSettings):
     def environment(self, names: tuple[str, ...] = ENGINE_SETTINGS) -> dict[str, str]:
         """These settings as the SLIPSTREAM_* variables that give them to another process."""
         return {f"SLIPSTREAM_{name.upper()}": str(getattr(self, name)) for name in names}
+
+    def engine_options(self) -> dict[str, int]:
+        """What an Engine is built with, wherever it runs (backends/embedded.py, triton/model.py)."""
+        return {"threads": self.intra_op_threads(), "prefix_cache_mb": self.prefix_cache_mb,
+                "prefill_chunk_tokens": self.prefill_chunk_tokens}
 
     def intra_op_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)

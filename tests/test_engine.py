@@ -285,8 +285,8 @@ def test_a_prompt_prefilled_on_top_of_a_past_read_out_and_written_in_equals_one_
     whole_logits, whole = engine.runner.prefill(ids, all_logits=True)
     _, head = engine.runner.prefill(ids[:split])
     past = HostCache.holding(head.read(0))
-    assert past.length == split and whole.read(0, split).keys() == past.past().keys()
-    for key, value in whole.read(0, split).items():
+    assert past.length == split and whole.read(0, 0, split).keys() == past.past().keys()
+    for key, value in whole.read(0, 0, split).items():
         np.testing.assert_allclose(past.past()[key], value, atol=1e-5)
     logits, cache = engine.runner.prefill(ids[split:], all_logits=True, past=past)
     np.testing.assert_allclose(logits, whole_logits[split:], atol=1e-4)

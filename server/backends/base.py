@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import AsyncGenerator, Literal, Protocol
 
-from server.engine import Delta, Prompt, Prompter, SamplingParams, Usage
+from server.engine import CacheStats, Delta, Prompt, Prompter, SamplingParams, Usage
 from server.models.store import Manifest
 
 # ready: in memory (or on a Triton server); standby: exported, loaded by its first request (load = lazy)
@@ -43,6 +43,11 @@ class Backend(Protocol):
     def batch_load(self, name: str) -> tuple[int, int] | None:
         """(rows decoding, requests waiting) now, for /metrics; None where the batch lives in another
         process (Triton's: its own metrics show it) or the model has not loaded."""
+        ...
+
+    def cache_stats(self, name: str) -> CacheStats | None:
+        """The model's prefix-cache counters now (budget 0: off), for /metrics and /v1/models; None where
+        the engine runs in another process (Triton) or the model has not loaded."""
         ...
 
     def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:

@@ -8,7 +8,7 @@ import logging
 from typing import AsyncGenerator
 
 from server.backends.base import SERVING, ModelFailed, ModelLoading, ModelStatus
-from server.engine import Delta, Engine, Prompt, Prompter, SamplingParams, Scheduler, Usage
+from server.engine import CacheStats, Delta, Engine, Prompt, Prompter, SamplingParams, Scheduler, Usage
 from server.models import catalog, store
 from server.settings import Settings
 
@@ -68,7 +68,7 @@ class EmbeddedBackend:
 
     def _load_engine(self, name: str) -> Engine:
         self._ensure_exported(name)
-        return Engine(self.settings.model_repository, name, self.settings.intra_op_threads(), self.settings.device)
+        return Engine(self.settings.model_repository, name, device=self.settings.device, **self.settings.engine_options())
 
     def status(self, name: str) -> ModelStatus:
         """ready (in memory), standby (exported, loads on first request), loading, or failed."""
@@ -113,6 +113,10 @@ class EmbeddedBackend:
         """(rows in the last decode step, requests waiting to be admitted), None before the model loads."""
         scheduler = self._schedulers.get(name)
         return None if scheduler is None else (scheduler.batch_rows, scheduler.waiting)
+
+    def cache_stats(self, name: str) -> CacheStats | None:
+        scheduler = self._schedulers.get(name)
+        return None if scheduler is None else scheduler.engine.cache_stats
 
     async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:
         self.engine(name)

@@ -24,7 +24,7 @@ import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
 from server.backends.base import BackendUnavailable, ModelFailed, ModelLoading, ModelStatus
-from server.engine import Delta, Prompt, Prompter, SamplingParams, Usage
+from server.engine import CacheStats, Delta, Prompt, Prompter, SamplingParams, Usage
 from server.models import store
 from server.settings import Settings
 from server.triton import wire
@@ -97,6 +97,9 @@ class TritonBackend:
 
     def batch_load(self, name: str) -> tuple[int, int] | None:
         return None  # the batch lives inside tritonserver: its own metrics (port 8002) show it
+
+    def cache_stats(self, name: str) -> CacheStats | None:
+        return None  # so does the engine's prefix cache
 
     # --- health ---
 

@@ -9,12 +9,13 @@ the bare session (Runner) with log_softmax, for checking an export's logits (ser
 
 from server.engine.engine import Engine
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
+from server.engine.prefix_cache import CacheStats
 from server.engine.prompts import InvalidInput, Prompt, Prompter
 from server.engine.runner import DeviceError, GraphError, Runner
 from server.engine.sampling import SamplingParams, log_softmax
 from server.engine.scheduler import QueueFull, Scheduler
 
 __all__ = [
-    "Delta", "DeviceError", "Engine", "FinishReason", "GraphError", "InvalidInput", "Prompt", "Prompter", "QueueFull",
+    "CacheStats", "Delta", "DeviceError", "Engine", "FinishReason", "GraphError", "InvalidInput", "Prompt", "Prompter", "QueueFull",
     "Runner", "SamplingParams", "Scheduler", "TokenLogprob", "Usage", "log_softmax",
 ]

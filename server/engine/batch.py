@@ -4,10 +4,15 @@ finish or when its request is cancelled."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from server.engine.kvcache import KVCache
 from server.engine.sequence import Sequence
+
+# a row that finished in a step: its sequence, its choice, its row in the step's cache, that cache
+Finished = Callable[[Sequence, int, int, KVCache], None]
 
 
 class Batch:
@@ -31,15 +36,20 @@ class Batch:
         self.sequences.append(sequence)
         self.cache = cache if self.cache is None else self.cache.join(cache)
 
-    def advance(self, logits: np.ndarray, cache: KVCache) -> None:
+    def advance(self, logits: np.ndarray, cache: KVCache, finished: Finished | None = None) -> None:
         """After a decode step ([rows, V] logits, the cache it returned): each sequence decides its rows'
-        next tokens, and the rows that finished leave."""
+        next tokens, and the rows that finished leave (`finished` sees each one first: the sequence, its
+        choice and its row in `cache`)."""
         keep: list[int] = []
         still: list[Sequence] = []
         offset = 0
         for sequence in self.sequences:
             width = len(sequence.live)
+            before = list(sequence.live)
             kept = sequence.advance(logits[offset : offset + width])
+            if finished is not None and len(kept) < width:
+                for row in set(range(width)) - set(kept):
+                    finished(sequence, before[row], offset + row, cache)
             keep.extend(offset + k for k in kept)
             if kept:
                 still.append(sequence)

@@ -32,3 +32,4 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     prompt_tokens_trimmed: int = 0  # left-trimmed to fit the context window
+    cached_tokens: int = 0  # of prompt_tokens, reused from the prefix cache instead of prefilled

@@ -3,7 +3,7 @@
     cache.keep(rows)      rows leave (the others move up, in their order)
     cache.join(other)     rows join (other's after self's)
     cache.repeat(n)       n copies of a one-row cache (n samples of one prompt, one prefill)
-    cache.read(row, n)    a row's first n held positions, copied out to host arrays
+    cache.read(row, a, b) a row's held positions a..b, copied out to host arrays
     HostCache.holding(a)  a one-row cache holding given positions: a past to prefill on top of
     cache.past()          every row's positions as host arrays, what a graph that copies is fed
 
@@ -67,10 +67,10 @@ class KVCache(ABC):
     def repeat(self, n: int) -> KVCache:
         return HostCache({k: np.repeat(v, n, axis=0) for k, v in self.past().items()}, np.repeat(self.mask, n, axis=0))
 
-    def read(self, row: int, count: int | None = None) -> dict[str, np.ndarray]:
-        """The first `count` (default all) positions that `row` holds, packed: [1, kv_heads, count, head_dim]
-        copies, whatever the layout (holes or packed) and wherever the cache lives."""
-        held = np.flatnonzero(self.mask[row])[:count]
+    def read(self, row: int, start: int = 0, end: int | None = None) -> dict[str, np.ndarray]:
+        """Positions [start, end) of those that `row` holds (default all), packed: [1, kv_heads, end - start,
+        head_dim] copies, whatever the layout (holes or packed) and wherever the cache lives."""
+        held = np.flatnonzero(self.mask[row])[start:end]
         return {k: np.ascontiguousarray(v[row : row + 1, :, held]) for k, v in self.past().items()}
 
 

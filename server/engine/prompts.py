@@ -26,6 +26,8 @@ class Prompt:
     text: str  # what echo returns
     trimmed: int = 0
     prefix: int = 0  # how many of ids are the prefix
+    cache_salt: str = ""  # prefix-cache isolation: only prompts of the same salt (API key) share keys and values
+    cache_prompt: bool = True  # reuse and keep this prompt's keys and values (llama.cpp's field)
 
 
 class Prompter:

@@ -59,6 +59,8 @@ class Runner:
         if not (isinstance(self._kv_heads, int) and isinstance(self._head_dim, int)):
             raise GraphError(f"{onnx_path}: KV cache shape {first.shape} has no fixed heads/head_dim")
         self._kv_dtype = _ORT_TO_NUMPY[first.type]
+        # what one position of one row takes in the cache, every layer's key and value
+        self.kv_bytes_per_token = len(self._past_names) * self._kv_heads * self._head_dim * np.dtype(self._kv_dtype).itemsize
         self._position_ids = "position_ids" in inputs
         # GroupQueryAttention (the graphs without position_ids) writes into its past buffers when they
         # are bound as the present outputs too; optimum's attention concatenates, so it cannot

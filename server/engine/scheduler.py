@@ -1,7 +1,8 @@
 """Continuous batching: the live rows of every request decode together, one step at a time.
 
-One worker thread owns the model. Each turn it admits waiting requests (prefill, first token; their
-rows join the batch's KV cache; while rows decode, only up to a prefill budget per turn), then runs
+One worker thread owns the model. Each turn it admits waiting requests (their prompts prefilled chunk
+by chunk, then the first tokens; their rows join the batch's KV cache; while rows decode, only up to a
+prefill budget per turn, so a long prompt goes in between decode steps), then runs
 one decode step for every live row of every request, hands each request its new text, and drops at
 once the rows that finished and the requests whose client went away. One thread keeps ONNX Runtime's
 threads alone on the cores (two sessions running at once would fight over them and both slow down).
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 from server.engine.batch import Batch
-from server.engine.engine import Engine
+from server.engine.engine import Engine, Prefill
 from server.engine.events import Delta, Usage
 from server.engine.prompts import Prompt
 from server.engine.sampling import SamplingParams
@@ -42,7 +43,8 @@ class _Request:
     loop: asyncio.AbstractEventLoop
     out: asyncio.Queue[object]
     cancel: threading.Event = field(default_factory=threading.Event)
-    sequence: Sequence | None = None
+    prefill: Prefill | None = None  # its prompt on its way in, chunk by chunk
+    sequence: Sequence | None = None  # its rows, once the prompt is in
 
     def send(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
@@ -137,24 +139,33 @@ class Scheduler:
             self.batch_rows = batch.rows  # rows still decoding: 0 once the batch is done
 
     def _admit(self, waiting: list[_Request], active: list[_Request], batch: Batch) -> int:
-        """Prefill waiting requests into the batch while their rows fit, and while rows decode only up to
-        the prefill budget (at least one request); returns the prompt tokens prefilled while rows decoded."""
+        """Prefill the waiting requests in turn, chunk by chunk, into the batch while their rows fit; while
+        rows decode, only up to the prefill budget per turn (at least one chunk). Returns the prompt
+        tokens prefilled while rows decoded."""
         decoding, prefilled = bool(batch), 0
         while waiting and (not batch or batch.rows + self._rows_of(waiting[0]) <= self._max_rows):
             if decoding and prefilled >= self._prefill_tokens:
                 break
-            request = waiting.pop(0)
+            request = waiting[0]  # the head stays waiting while its chunks go in
             if request.cancel.is_set():
+                waiting.pop(0)
                 request.send(_DONE)
                 continue
-            prefilled += len(request.prompt.ids)
             try:
-                sequence, cache = self.engine.start(request.prompt, request.params)
+                if request.prefill is None:
+                    request.prefill = self.engine.start(request.prompt, request.params)
+                prefilled += self.engine.prefill(request.prefill)
+                if request.prefill.remaining:
+                    continue
+                waiting.pop(0)
+                sequence, cache = self.engine.first_tokens(request.prefill)
             except Exception as exc:  # noqa: BLE001 - handed to the request's consumer, the worker goes on
+                if waiting and waiting[0] is request:
+                    waiting.pop(0)
                 request.send(exc)
                 request.send(_DONE)
                 continue
-            request.sequence = sequence
+            request.prefill, request.sequence = None, sequence
             self._deliver(request)
             if cache is not None:
                 batch.add(sequence, cache)

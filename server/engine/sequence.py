@@ -23,6 +23,7 @@ class _Choice:
     detok: IncrementalDetokenizer
     stops: StopMatcher
     counts: dict[int, int] = field(default_factory=dict)
+    ids: list[int] = field(default_factory=list)  # the tokens decided so far
     generated: int = 0
     logprob_sum: float = 0.0
     deltas: list[Delta] = field(default_factory=list)  # kept only when best_of buffers
@@ -30,8 +31,9 @@ class _Choice:
 
 
 class Sequence:
-    def __init__(self, prompter: Prompter, prompt: Prompt, params: SamplingParams) -> None:
+    def __init__(self, prompter: Prompter, prompt: Prompt, params: SamplingParams, cached: int = 0) -> None:
         self.tokenizer, self.eos, self.prompt, self.params = prompter.tokenizer, prompter.eos, prompt, params
+        self.cached = cached  # prompt tokens reused from the prefix cache
         rows = params.best_of or params.n
         self.choices = [self._new_choice(i) for i in range(rows)]
         self.live = list(range(rows))  # choice indexes, in the order of this sequence's cache rows
@@ -75,6 +77,10 @@ class Sequence:
             self._end()
         return kept
 
+    def held(self, choice: int) -> list[int]:
+        """The tokens a live row's KV cache holds after a step: the prompt and all it decided but the last."""
+        return self.prompt.ids + self.choices[choice].ids[:-1]
+
     def close_all(self, reason: FinishReason) -> None:
         for i in self.live:
             choice = self.choices[i]
@@ -103,6 +109,7 @@ class Sequence:
         params = self.params
         token = sample(adjust_logits(logits, params, choice.counts), params, choice.rng)
         choice.generated += 1
+        choice.ids.append(token)
         choice.counts[token] = choice.counts.get(token, 0) + 1
         info = None
         if params.logprobs is not None or (params.best_of or 0) > params.n:
@@ -152,4 +159,5 @@ class Sequence:
             prompt_tokens=len(self.prompt.ids),
             completion_tokens=sum(c.generated for c in self.choices),
             prompt_tokens_trimmed=self.prompt.trimmed,
+            cached_tokens=self.cached,
         ))

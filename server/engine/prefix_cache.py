@@ -1,0 +1,145 @@
+"""Keys and values of earlier prompts (and of what finished requests generated), kept across requests
+and keyed by token ids, so that a new prompt prefills only what no earlier one held.
+
+A radix tree per salt (a salt per API key: a request never reuses what another key's requests left,
+whose timing would tell what they typed). Each node holds a run of tokens and their keys and values,
+[1, kv_heads, run, head_dim] per layer, on the host. A lookup walks the tree along the prompt, at token
+granularity, and returns the longest stored prefix (never the whole prompt: its last token is
+prefilled, to give the logits of the first new one). An insert stores only the positions not yet
+stored, splitting a node where a prompt leaves it. Past the memory budget, the least recently used
+leaves go first.
+
+Editor traffic is the case it is built for: each prompt is the file up to the cursor, so consecutive
+prompts share all but their last few tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+# reads positions [start, end) of the row that holds a prompt: KVCache.read bound to that row
+Reader = Callable[[int, int], dict[str, np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Node:
+    tokens: np.ndarray  # int64, the run from the parent to here
+    kv: dict[str, np.ndarray]  # past_key_values.N.key/value -> [1, kv_heads, len(tokens), head_dim]
+    parent: _Node | None
+    children: dict[int, _Node] = field(default_factory=dict)  # by first token
+    used: int = 0  # the LRU clock when a lookup or an insert last went through
+
+    @property
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.kv.values())
+
+
+@dataclass
+class CacheStats:
+    budget_bytes: int
+    bytes: int = 0  # held now
+    lookups: int = 0
+    hits: int = 0  # lookups that reused at least one token
+    tokens_reused: int = 0
+    tokens_stored: int = 0
+    evictions: int = 0  # nodes dropped to stay under the budget
+
+
+class PrefixCache:
+    def __init__(self, budget_bytes: int) -> None:
+        self.stats = CacheStats(budget_bytes)
+        self._roots: dict[str, _Node] = {}
+        self._clock = itertools.count(1)
+        self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share the engine
+
+    def lookup(self, salt: str, ids: list[int]) -> tuple[int, dict[str, np.ndarray] | None]:
+        """The longest stored prefix of `ids` short of its last token: (its length, its keys and values as
+        [1, kv_heads, length, head_dim] arrays), or (0, None)."""
+        with self._lock:
+            self.stats.lookups += 1
+            root = self._roots.get(salt)
+            if root is None or len(ids) < 2:
+                return 0, None
+            wanted = np.asarray(ids[:-1], dtype=np.int64)
+            now = next(self._clock)
+            pieces: list[dict[str, np.ndarray]] = []
+            node, at = root, 0
+            while at < len(wanted) and (child := node.children.get(int(wanted[at]))) is not None:
+                run = _common(child.tokens, wanted[at:])
+                child.used = now
+                pieces.append(child.kv if run == len(child.tokens) else {k: v[:, :, :run] for k, v in child.kv.items()})
+                at += run
+                if run < len(child.tokens):
+                    break
+                node = child
+            if not at:
+                return 0, None
+            self.stats.hits += 1
+            self.stats.tokens_reused += at
+            return at, {k: np.concatenate([p[k] for p in pieces], axis=2) for k in pieces[0]}
+
+    def insert(self, salt: str, ids: list[int], read: Reader) -> None:
+        """Store the keys and values of `ids` (those not stored yet, read from the row that holds them)."""
+        with self._lock:
+            tokens = np.asarray(ids, dtype=np.int64)
+            root = self._roots.setdefault(salt, _Node(tokens[:0], {}, None))
+            now = next(self._clock)
+            node, at = root, 0
+            while at < len(tokens):
+                child = node.children.get(int(tokens[at]))
+                if child is None:
+                    positions = read(at, len(tokens))
+                    leaf = _Node(tokens[at:].copy(), positions, node, used=now)
+                    node.children[int(tokens[at])] = leaf
+                    self.stats.bytes += leaf.nbytes
+                    self.stats.tokens_stored += len(tokens) - at
+                    break
+                run = _common(child.tokens, tokens[at:])
+                if run < len(child.tokens):
+                    child = self._split(child, run)
+                child.used = now
+                node, at = child, at + run
+            self._evict()
+
+    def _split(self, node: _Node, run: int) -> _Node:
+        """Cut `node` after `run` tokens: the head takes its place, the rest becomes the head's child."""
+        parent = node.parent
+        assert parent is not None
+        head = _Node(node.tokens[:run].copy(), {k: v[:, :, :run].copy() for k, v in node.kv.items()}, parent,
+                     used=node.used)
+        node.tokens, node.kv, node.parent = node.tokens[run:].copy(), {k: v[:, :, run:].copy() for k, v in node.kv.items()}, head
+        head.children[int(node.tokens[0])] = node
+        parent.children[int(head.tokens[0])] = head
+        return head
+
+    def _evict(self) -> None:
+        while self.stats.bytes > self.stats.budget_bytes:
+            leaves = [n for n in _walk(self._roots.values()) if not n.children and n.parent is not None]
+            if not leaves:
+                return
+            victim = min(leaves, key=lambda n: n.used)
+            assert victim.parent is not None
+            del victim.parent.children[int(victim.tokens[0])]
+            self.stats.bytes -= victim.nbytes
+            self.stats.evictions += 1
+
+
+def _common(run: np.ndarray, ids: np.ndarray) -> int:
+    """How many leading tokens `run` and `ids` share."""
+    n = min(len(run), len(ids))
+    differ = np.flatnonzero(run[:n] != ids[:n])
+    return int(differ[0]) if differ.size else n
+
+
+def _walk(roots: object) -> list[_Node]:
+    out, stack = [], list(roots)  # type: ignore[call-overload]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(node.children.values())
+    return out
