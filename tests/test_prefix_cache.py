@@ -153,8 +153,11 @@ def test_the_budget_is_kept_by_evicting_the_least_recently_used() -> None:
         stored[ids[0]] = positions(len(ids))
         cache.insert("", ids, lambda a, b, kv=stored[ids[0]]: {k: v[:, :, a:b] for k, v in kv.items()})
     assert cache.stats.bytes == 202 * per_token and cache.stats.evictions == 0
-    count, kv = cache.lookup("", prompts[0] + [7])  # prompt 0 used: prompt 1 is now the oldest
-    assert count == 101 and np.array_equal(kv["past_key_values.0.key"], stored[0]["past_key_values.0.key"])
+    count, runs = cache.lookup("", prompts[0] + [7])  # prompt 0 used: prompt 1 is now the oldest
+    key = "past_key_values.0.key"
+    assert count == 101 and np.array_equal(np.concatenate([r[key] for r in runs], axis=2), stored[0][key])
+    count, runs = cache.lookup("", prompts[0] + [7], multiple=16)  # cut down to the reuse grid
+    assert count == 96 and np.array_equal(np.concatenate([r[key] for r in runs], axis=2), stored[0][key][:, :, :96])
     extra = positions(101)
     cache.insert("", prompts[2], lambda a, b: {k: v[:, :, a:b] for k, v in extra.items()})
     assert cache.stats.bytes <= 250 * per_token and cache.stats.evictions == 1

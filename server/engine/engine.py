@@ -28,7 +28,7 @@ import numpy as np
 
 from server.engine.batch import Batch
 from server.engine.events import Delta, Usage
-from server.engine.kvcache import HostCache, KVCache
+from server.engine.kvcache import KVCache
 from server.engine.prefix_cache import CacheStats, PrefixCache
 from server.engine.prompts import Prompt, Prompter
 from server.engine.runner import Runner
@@ -117,11 +117,10 @@ class Engine:
         scored = params.echo and params.logprobs is not None
         if self.prefix_cache is None or not prompt.cache_prompt or scored:
             return Prefill(prompt, params, None, 0, 0, [] if scored else None)
-        found, positions = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids)
-        cached = found // self.grid * self.grid
-        if not cached or positions is None:
+        cached, runs = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids, self.grid)
+        if not cached:
             return Prefill(prompt, params, None, 0, 0, None)
-        past = HostCache.holding({k: v[:, :, :cached] for k, v in positions.items()})
+        past = self.runner.holding(runs, len(prompt.ids) + min(params.max_tokens, 256))  # room to decode in
         return Prefill(prompt, params, past, cached, cached, None)
 
     def prefill(self, pending: Prefill) -> int:

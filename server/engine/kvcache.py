@@ -181,6 +181,22 @@ class SharedBuffers(InPlace):
             buffers[k][self.batch : rows, :, other.length :] = 0  # a spare row may hold a row that left
         return SharedBuffers(buffers, mask)
 
+    @classmethod
+    def holding(cls, runs: list[dict[str, np.ndarray]], room: int) -> SharedBuffers:
+        """A one-row cache holding these runs of positions one after the other (as the prefix cache keeps
+        them), in buffers with room for `room` positions: one copy, straight into place."""
+        length = sum(next(iter(r.values())).shape[2] for r in runs)
+        first = runs[0]
+        buffers = {k: np.zeros((_spare(1), v.shape[1], _grown(max(room, length), 0), v.shape[3]), v.dtype)
+                   for k, v in first.items()}
+        at = 0
+        for run in runs:
+            width = next(iter(run.values())).shape[2]
+            for k, v in run.items():
+                buffers[k][0, :, at : at + width] = v[0]
+            at += width
+        return cls(buffers, np.ones((1, length), dtype=np.int64))
+
     def bind(self, binding: ort.IOBinding, present_to_past: dict[str, str]) -> None:
         for present, past in present_to_past.items():
             value = ort.OrtValue.ortvalue_from_numpy(self.buffers[past][: self.batch])  # a view: no copy

@@ -57,31 +57,40 @@ class PrefixCache:
         self._clock = itertools.count(1)
         self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share the engine
 
-    def lookup(self, salt: str, ids: list[int]) -> tuple[int, dict[str, np.ndarray] | None]:
-        """The longest stored prefix of `ids` short of its last token: (its length, its keys and values as
-        [1, kv_heads, length, head_dim] arrays), or (0, None)."""
+    def lookup(self, salt: str, ids: list[int], multiple: int = 1) -> tuple[int, list[dict[str, np.ndarray]]]:
+        """The longest stored prefix of `ids` short of its last token, cut down to a multiple of `multiple`
+        tokens: its length, and its keys and values as runs of [1, kv_heads, run, head_dim] arrays in
+        order (views of what is stored: copy them before the next insert)."""
         with self._lock:
             self.stats.lookups += 1
             root = self._roots.get(salt)
             if root is None or len(ids) < 2:
-                return 0, None
+                return 0, []
             wanted = np.asarray(ids[:-1], dtype=np.int64)
             now = next(self._clock)
-            pieces: list[dict[str, np.ndarray]] = []
+            path: list[tuple[_Node, int]] = []  # each node walked, with how many of its tokens match
             node, at = root, 0
             while at < len(wanted) and (child := node.children.get(int(wanted[at]))) is not None:
                 run = _common(child.tokens, wanted[at:])
                 child.used = now
-                pieces.append(child.kv if run == len(child.tokens) else {k: v[:, :, :run] for k, v in child.kv.items()})
+                path.append((child, run))
                 at += run
                 if run < len(child.tokens):
                     break
                 node = child
-            if not at:
-                return 0, None
+            found = at // multiple * multiple
+            if not found:
+                return 0, []
+            pieces, left = [], found
+            for child, run in path:
+                take = min(run, left)
+                pieces.append(child.kv if take == len(child.tokens) else {k: v[:, :, :take] for k, v in child.kv.items()})
+                left -= take
+                if not left:
+                    break
             self.stats.hits += 1
-            self.stats.tokens_reused += at
-            return at, {k: np.concatenate([p[k] for p in pieces], axis=2) for k in pieces[0]}
+            self.stats.tokens_reused += found
+            return found, pieces
 
     def insert(self, salt: str, ids: list[int], read: Reader) -> None:
         """Store the keys and values of `ids` (those not stored yet, read from the row that holds them)."""

@@ -80,6 +80,13 @@ class Runner:
     def empty_cache(self, batch: int) -> HostCache:
         return HostCache.empty(self._past_names, batch, self._kv_heads, self._head_dim, self._kv_dtype)
 
+    def holding(self, runs: list[dict[str, np.ndarray]], room: int) -> KVCache:
+        """A one-row past holding these runs of positions (a cached prefix), in the storage this runner's
+        next step uses, with room for `room` positions."""
+        if self._in_place is SharedBuffers:
+            return SharedBuffers.holding(runs, room)
+        return HostCache.holding({k: np.concatenate([r[k] for r in runs], axis=2) for k in runs[0]})
+
     @property
     def _in_place(self) -> type[InPlace] | None:
         """Where the cache lives between in-place steps: host buffers, or OrtValues on the device."""
