@@ -28,16 +28,25 @@ test: install  ## the whole suite: tiny models, then the real bundled models end
 	$(BIN)/python -m pytest
 
 BENCH_MODELS := smollm2-135m gemma3-270m
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 
-bench: install  ## every speed figure vs optimum, torch, llama.cpp (bench/results/suite.{json,md,png}); see bench/README.md
-	# llama.cpp's binding is optional (a source build of about 5 minutes, once): without it the rows say so
-	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(BIN)/python -m pip install --quiet llama-cpp-python==0.3.36 \
-		|| echo "llama-cpp-python did not build: the benchmark runs without llama.cpp"
+bench: install  ## every speed figure vs optimum, torch, llama.cpp, and the editor replay (bench/results/); see bench/README.md
+	# llama.cpp's binding and its OpenAI server are optional (a source build of about 8 minutes, once):
+	# without them the rows say so. Built without AMX: where the CPU has it (Sapphire Rapids), ggml's AMX
+	# kernels die of a general protection fault in a VM that does not grant the tile state
+	# (ggml-org/llama.cpp#20824); explicit -mno-amx-* win over -march=native. No wheel cache: a cached
+	# build with AMX would come back.
+	$(BIN)/python -c "import llama_cpp, sse_starlette, starlette_context" 2>/dev/null \
+		|| CFLAGS="$(NO_AMX)" CXXFLAGS="$(NO_AMX)" $(BIN)/python -m pip install \
+			--quiet --no-cache-dir -c requirements.lock "llama-cpp-python[server]==0.3.36" \
+			sse-starlette==3.7.0 starlette-context==0.3.6 diskcache==5.6.3 \
+		|| echo "llama-cpp-python[server] did not build: the benchmark runs without llama.cpp"
 	for m in $(BENCH_MODELS); do \
 		test -f model_repository/$$m/manifest.json || $(BIN)/slipstream export $$m || exit 1; \
 		test -f model_repository/$$m-int4/manifest.json || $(BIN)/slipstream export $$m --precision int4 || exit 1; \
 	done
 	$(BIN)/python -m bench.suite
+	$(BIN)/python -m bench.editor
 
 clean-models:
 	rm -rf model_repository/*/ model_repository/.build

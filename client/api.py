@@ -48,6 +48,7 @@ class Timing:
     chunks: int = 0  # text chunks (about one token each on servers that stream token by token)
     completion_tokens: int | None = None  # from the server's usage, when it sends one
     prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens: None where not reported
     finish_reason: str | None = None
 
 
@@ -113,12 +114,16 @@ class AsyncClient:
         response = await self._send("POST", "/v1/completions", json=_body(prompt, params, stream=False))
         return _normalise(response.status_code, response.json(), expect_choices=True)
 
-    async def timed(self, prompt: str | list, **params: Any) -> Timing:
+    async def timed(self, prompt: str | list, *, timing: Timing | None = None, **params: Any) -> Timing:
         """One streamed completion (n=1) with its timings: time to first token, the gaps between
-        chunks, the total; token counts from the usage the server sends last, where it does."""
+        chunks, the total; token counts from the usage the server sends last, where it does.
+
+        `timing` is filled as chunks arrive, so that a caller who cancels the call mid-stream (an editor
+        dropping the request in flight at the next keystroke: cancel the task, and the stream is closed,
+        which the server sees as the client going away) keeps what had arrived by then."""
         options = {**params, "stream_options": {"include_usage": True}}
         started = time.perf_counter()
-        timing = Timing(ttft_s=None, total_s=0.0)
+        timing = timing if timing is not None else Timing(ttft_s=None, total_s=0.0)
         last = started
         async for chunk in self.stream(prompt, **options):
             now = time.perf_counter()
@@ -136,6 +141,8 @@ class AsyncClient:
             if usage:
                 timing.completion_tokens = usage.get("completion_tokens")
                 timing.prompt_tokens = usage.get("prompt_tokens")
+                details = usage.get("prompt_tokens_details") or {}
+                timing.cached_tokens = details.get("cached_tokens") if isinstance(details, dict) else None
         timing.total_s = time.perf_counter() - started
         return timing
 

@@ -19,14 +19,22 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _positive(text: str) -> int:
+def _at_least(text: str, cast: type[int] | type[float], minimum: int, what: str) -> int | float:
     try:
-        value = int(text)
+        value = cast(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from exc
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value:g}")
     return value
+
+
+def _positive(text: str) -> int:
+    return int(_at_least(text, int, 1, "a whole number"))
+
+
+def _non_negative(text: str) -> float:
+    return float(_at_least(text, float, 0, "a number"))
 
 
 def _humaneval(args: argparse.Namespace) -> int:
@@ -201,8 +209,31 @@ def _load(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+def _editor(args: argparse.Namespace) -> int:
+    from eval.editor import EditorError, ReplayConfig, Target, run
+
+    urls, names, models = args.url or ["http://127.0.0.1:5000"], args.name or [], args.model or []
+    if len(names) > len(urls) or len(models) not in (0, 1, len(urls)):
+        print("error: give at most one --name per --url, and one --model for all servers or one per --url",
+              file=sys.stderr)
+        return 2
+    targets = [Target(names[i] if i < len(names) else url, url,
+                      (models[i] if len(models) > 1 else models[0]) if models else None) for i, url in enumerate(urls)]
+    config = ReplayConfig(sessions=args.sessions, words=args.words, prompt_chars=args.prompt_chars,
+                          max_tokens=args.max_tokens, word_ms=args.word_ms)
+    try:
+        result = run(targets, args.files, config, args.out)
+    except EditorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print((args.out / "editor.md").read_text())
+    lost = sum(s["passes"][p]["lost"] for r in result["runs"] for s in r["servers"] for p in s["passes"])
+    return 1 if lost else 0
+
+
 def add_bench_commands(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser("bench", help="load a server: `bench load` (the speed benchmarks are python -m bench.*)")
+    bench = commands.add_parser("bench", help="load a server (`bench load`), replay an editor (`bench editor`); the speed "
+                                   "benchmarks are python -m bench.*")
     kinds = bench.add_subparsers(dest="bench_command", required=True)
     load = kinds.add_parser("load", help="ramp to N streaming clients for a fixed time; no request may be lost")
     load.add_argument("--url", default="http://127.0.0.1:5000")
@@ -215,6 +246,25 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     load.add_argument("--temperature", type=float, default=0.8)
     load.add_argument("--out", type=Path, default=Path("eval-runs/load"))
     load.set_defaults(run=_load)
+
+    ed = kinds.add_parser("editor", help="replay editor sessions (a streaming request per typed word, cancelled at the "
+                          "next) against one or more servers, cold and warm; TTFT, latency, prompt reuse")
+    ed.add_argument("--url", action="append", help="a server, repeatable (default http://127.0.0.1:5000); the first "
+                    "is the reference the others' ratios are taken over")
+    ed.add_argument("--name", action="append", help="the label of each --url in the report, in order (default: its URL)")
+    ed.add_argument("--model", action="append", help="one model for all servers, or one per --url (default: each "
+                    "server's first)")
+    ed.add_argument("--files", type=Path, nargs="+", help="source files to retype (default: textwrap.py, npm's "
+                    "npm.js, regex.h where found)")
+    ed.add_argument("--sessions", type=_positive, default=1, help="sessions per file (default 1)")
+    ed.add_argument("--words", type=_positive, default=62, help="words typed per session, a request each (default 62)")
+    ed.add_argument("--prompt-chars", type=_positive, default=5000,
+                    help="characters of the file before the cursor in a prompt at most (default 5000, ~1.4k tokens)")
+    ed.add_argument("--max-tokens", type=_positive, default=24)
+    ed.add_argument("--word-ms", type=_non_negative, default=0.0, help="milliseconds between words; the request in "
+                    "flight is cancelled at the next word (default 0: each completion awaited, one at a time)")
+    ed.add_argument("--out", type=Path, default=Path("eval-runs/editor"))
+    ed.set_defaults(run=_editor)
 
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:

@@ -1,5 +1,6 @@
 """`slipstream serve` as a child process on 127.0.0.1: for the tests and the benchmarks, which talk to a
-real server over HTTP and stop it by its own PID."""
+real server over HTTP and stop it by its own PID. ChildServer is any such server (bench.editor starts
+llama.cpp's through it)."""
 
 from __future__ import annotations
 
@@ -23,30 +24,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """A real `slipstream serve` process on 127.0.0.1, stopped by its own PID."""
+class ChildServer:
+    """A server in a child process on 127.0.0.1 (its output in a log file in the temp folder), ready when
+    `ready_path` answers 200, stopped by its own PID."""
 
-    def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2,
-                 port: int | None = None) -> None:
-        self.port = port or free_port()  # a given port: a server restarted where its clients expect it
+    ready_path = "/ready"
+
+    def __init__(self, args: list[str], log_name: str, port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = Path(tempfile.gettempdir()) / f"slipstream-server-{self.port}.log"
-        args = [sys.executable, "-m", "slipstream.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--model-repository", str(repository), "--no-export-missing", "--threads", str(threads)]
-        for model in models:
-            args += ["--model", model]
+        self.log = Path(tempfile.gettempdir()) / f"{log_name}-{self.port}.log"
         with self.log.open("w") as sink:
             self.process = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
                                             env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        """Until /ready answers 200; a server that exits or never gets ready is stopped and its log shown."""
+        """Until `ready_path` answers 200; a server that exits or never gets ready is stopped and its log shown."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -54,7 +53,7 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> ChildServer:
         self.wait_ready()
         return self
 
@@ -74,3 +73,20 @@ class ServerProcess:
         """(resident, peak resident) memory of the server process, from /proc."""
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
         return tuple(int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM"))  # type: ignore[return-value]
+
+
+class ServerProcess(ChildServer):
+    """A real `slipstream serve` process on 127.0.0.1, stopped by its own PID."""
+
+    def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2,
+                 port: int | None = None) -> None:
+        port = port or free_port()  # a given port: a server restarted where its clients expect it
+        args = [sys.executable, "-m", "slipstream.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--model-repository", str(repository), "--no-export-missing", "--threads", str(threads)]
+        for model in models:
+            args += ["--model", model]
+        super().__init__(args, "slipstream-server", port, env)
+
+    def __enter__(self) -> ServerProcess:
+        self.wait_ready()
+        return self
