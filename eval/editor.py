@@ -30,7 +30,7 @@ import httpx
 
 from client.api import APIError, AsyncClient, Timing
 from eval import editor_report
-from eval.editor_sessions import Session, build, default_files, read_files
+from eval.editor_sessions import Request, Session, build, default_files, read_files
 
 PASSES = ("cold", "warm")
 
@@ -60,26 +60,6 @@ class ReplayConfig:
     word_ms: float = 0.0  # 0: each completion awaited; > 0: the next word after this long, cancelling
     stop: str = "\n\n"
     timeout_s: float = 300.0
-
-
-@dataclass
-class Request:
-    server: str
-    phase: str  # cold | warm
-    file: str
-    session: int
-    word: int
-    prompt_chars: int
-    sent_s: float  # since the pass's start
-    outcome: str  # completed | cancelled | error | lost
-    total_s: float  # sent -> end of stream, or -> cancelled
-    ttft_s: float | None = None  # sent -> first chunk with text (None: none came)
-    prompt_tokens: int | None = None  # from the server's usage (None: not reported, or cancelled before it)
-    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens (None: not reported)
-    completion_tokens: int | None = None
-    finish_reason: str | None = None
-    text: str = ""
-    detail: str | None = None
 
 
 @dataclass

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from eval.editor import Request
-    from eval.editor_sessions import Session
+    from eval.editor_sessions import Request, Session
 
 QUANTILES = (50, 90, 99)
 _RATIO_KEYS = [("ttft_ms", q) for q in QUANTILES] + [("latency_ms", q) for q in QUANTILES]

@@ -7,7 +7,7 @@ start that keeps the session's longest prompt within `prompt_chars`): an editor 
 window where it is while the user types, so consecutive prompts share all but their last few words;
 a window sliding with each word would share no prefix at all, which is not what editors send.
 Sessions of one file are spread evenly over it after its first `prompt_chars` characters, so that
-each has a full window of context before it.
+each has a full window of context before it. A Request is what one of its completions recorded.
 """
 
 from __future__ import annotations
@@ -86,3 +86,23 @@ def _window_start(text: str, first_cursor: int, last_cursor: int, prompt_chars: 
     line = text.find("\n", earliest - 1, last_cursor)
     start = line + 1 if line >= 0 else earliest
     return min(start, text.rfind("\n", 0, first_cursor) + 1)
+
+
+@dataclass
+class Request:
+    server: str
+    phase: str  # cold | warm
+    file: str
+    session: int
+    word: int
+    prompt_chars: int
+    sent_s: float  # since the pass's start
+    outcome: str  # completed | cancelled | error | lost
+    total_s: float  # sent -> end of stream, or -> cancelled
+    ttft_s: float | None = None  # sent -> first chunk with text (None: none came)
+    prompt_tokens: int | None = None  # from the server's usage (None: not reported, or cancelled before it)
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens (None: not reported)
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    text: str = ""
+    detail: str | None = None
