@@ -196,3 +196,18 @@ def test_chunked_prefill_gives_the_same_text_and_goes_in_between_decode_steps(ti
     # the long prompt went in one chunk per decode step of the running row, not all before the next one
     interleaved = [s for s in steps if s.prefilled]
     assert len(interleaved) >= 3 and max(s.prefilled for s in interleaved) <= 16
+
+
+@pytest.mark.bundled
+def test_a_budget_too_small_for_one_prompt_leaves_the_cache_off_and_serves_as_before(
+        bundled_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SmolLM2 keeps 45 KB a token: 8 MB holds less than one 2,048-token prompt."""
+    with caplog.at_level("WARNING", logger="slipstream.engine"):
+        engine = Engine(bundled_repo, "smollm2-135m", threads=2, prefix_cache_mb=8)
+    assert engine.prefix_cache is None and engine.cache_stats.budget_bytes == 0
+    assert [r.message for r in caplog.records if "prefix cache off" in r.message and "prefix_cache_mb=8" in r.message]
+    text = "def fibonacci(n):\n" * 30
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    first, usage = run(engine, text, params)
+    again, second = run(engine, text, params)
+    assert first == again and usage.cached_tokens == second.cached_tokens == 0
