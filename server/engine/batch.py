@@ -4,7 +4,7 @@ finish or when its request is cancelled."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -42,33 +42,36 @@ class Batch:
         choice and its row in `cache`)."""
         keep: list[int] = []
         still: list[Sequence] = []
-        offset = 0
-        for sequence in self.sequences:
-            width = len(sequence.live)
+        for sequence, first, width in self._spans():
             before = list(sequence.live)
-            kept = sequence.advance(logits[offset : offset + width])
+            kept = sequence.advance(logits[first : first + width])
             if finished is not None and len(kept) < width:
                 for row in set(range(width)) - set(kept):
-                    finished(sequence, before[row], offset + row, cache)
-            keep.extend(offset + k for k in kept)
+                    finished(sequence, before[row], first + row, cache)
+            keep.extend(first + k for k in kept)
             if kept:
                 still.append(sequence)
-            offset += width
         self._keep(still, keep, cache)
 
     def remove(self, leaving: list[Sequence]) -> None:
         """Drop these sequences' rows (their requests are gone) before the next step."""
         keep: list[int] = []
         still: list[Sequence] = []
-        offset = 0
-        for sequence in self.sequences:
-            width = len(sequence.live)
+        for sequence, first, width in self._spans():
             if not any(sequence is s for s in leaving):
-                keep.extend(range(offset, offset + width))
+                keep.extend(range(first, first + width))
                 still.append(sequence)
-            offset += width
         if self.cache is not None:
             self._keep(still, keep, self.cache)
+
+    def _spans(self) -> Iterator[tuple[Sequence, int, int]]:
+        """Each sequence with its first row in the cache and its number of live rows, as they are before
+        the caller advances it."""
+        first = 0
+        for sequence in self.sequences:
+            width = len(sequence.live)
+            yield sequence, first, width
+            first += width
 
     def _keep(self, sequences: list[Sequence], rows: list[int], cache: KVCache) -> None:
         self.sequences = sequences
