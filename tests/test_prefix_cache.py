@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.engine import Delta, Engine, Prompt, SamplingParams, Scheduler, Usage
+from server.engine import Engine, Prompt, SamplingParams, Scheduler, Usage
 from server.engine.kvcache import HostCache
 from server.engine.prefix_cache import PrefixCache
 from server.engine.scheduler import Step
 from tests.conftest import TINY, TINY_LLAMA
+from tests.engine_helpers import fold
 
 NO_EOS = {0: -100.0}
 GRID = 16  # the tiny models' context is 128 tokens: reuse on a finer grid than the real models' 64
@@ -44,15 +45,7 @@ def engines(request, tiny_repo: Path, tiny_llama_repo: Path) -> tuple[Engine, En
 def run(engine: Engine, text: str, params: SamplingParams, salt: str = "") -> tuple[dict[int, str], Usage]:
     prompt = engine.prompter.prepare(text, params.max_tokens)
     prompt.cache_salt = salt
-    texts: dict[int, str] = {}
-    usage = None
-    for event in engine.generate(prompt, params):
-        if isinstance(event, Delta):
-            texts[event.index] = texts.get(event.index, "") + event.text
-        else:
-            usage = event
-    assert usage is not None
-    return texts, usage
+    return fold(engine.generate(prompt, params))
 
 
 def editor_prompts(engine: Engine) -> list[str]:

@@ -12,6 +12,7 @@ from server.engine import Delta, Engine, QueueFull, SamplingParams, Scheduler, U
 from server.engine.scheduler import Step
 from server.settings import Settings
 from tests.conftest import TINY_LLAMA
+from tests.engine_helpers import fold
 
 NO_EOS = {0: -100.0}
 PREFILL_TOKENS_PER_STEP = Settings().prefill_tokens_per_step
@@ -37,23 +38,11 @@ def scheduler_for(engine: Engine, max_waiting: int) -> tuple[Scheduler, Steps]:
 
 
 def alone(engine: Engine, prompt: str, params: SamplingParams) -> dict[int, str]:
-    texts: dict[int, str] = {}
-    for event in engine.generate(engine.prompter.prepare(prompt, params.max_tokens), params):
-        if isinstance(event, Delta):
-            texts[event.index] = texts.get(event.index, "") + event.text
-    return texts
+    return fold(engine.generate(engine.prompter.prepare(prompt, params.max_tokens), params))[0]
 
 
 async def collect(scheduler: Scheduler, engine: Engine, prompt: str, params: SamplingParams) -> tuple[dict[int, str], Usage]:
-    texts: dict[int, str] = {}
-    usage = None
-    async for event in scheduler.submit(engine.prompter.prepare(prompt, params.max_tokens), params):
-        if isinstance(event, Delta):
-            texts[event.index] = texts.get(event.index, "") + event.text
-        else:
-            usage = event
-    assert usage is not None
-    return texts, usage
+    return fold([event async for event in scheduler.submit(engine.prompter.prepare(prompt, params.max_tokens), params)])
 
 
 def test_requests_decode_together_and_each_gets_what_it_would_alone(engine: Engine) -> None:
