@@ -27,6 +27,7 @@ import httpx
 from bench.decode import MODELS
 from bench.machine import machine_info, wait_quiet
 from bench.paths import ROOT
+from bench import results as results_file
 from testkit.server_process import ServerProcess
 
 PROMPT_TOKENS, SHARED_TOKENS = 1500, 1490
@@ -181,12 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     info = machine_info(args.threads)
     results = {name: bench_model(name, args) for name in args.models}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prefix.json").write_text(json.dumps({"machine": info, "models": results}, indent=2) + "\n")
-    text = markdown(results, info)
-    (args.out / "prefix.md").write_text(text)
-    plot(results, args.out / "prefix.png")
-    print(text)
+    results_file.write(args.out, "prefix", {"machine": info, "models": results}, markdown(results, info),
+                       lambda path: plot(results, path))
     return 0
 
 

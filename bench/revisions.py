@@ -37,6 +37,7 @@ from bench.decode import MODELS
 from bench.machine import machine_info, wait_quiet
 from bench.paths import ROOT
 from bench.suite import add_run_flags
+from bench import results as results_file
 
 PROMPT_LENGTHS = (32, 512, 1536)
 HTTP_TOKENS = 128
@@ -273,13 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         label = head.strip() + (" + uncommitted changes" if dirty else "")
     config = {"before": sha[:12], "after": label, "rounds": args.rounds,
               "threads": args.threads, "tokens": args.tokens, "models": args.models}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "revisions.json").write_text(json.dumps({"machine": info, "config": config, "models": results}, indent=2)
-                                              + "\n")
-    text = markdown(results, info, config)
-    (args.out / "revisions.md").write_text(text)
-    plot(results, args.out / "revisions.png")
-    print(text)
+    results_file.write(args.out, "revisions", {"machine": info, "config": config, "models": results},
+                       markdown(results, info, config), lambda path: plot(results, path))
     return 0
 
 

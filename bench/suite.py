@@ -27,7 +27,6 @@ report in bench/suite_report.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -36,6 +35,7 @@ from bench.machine import machine_info, memory_bandwidth_gb_s
 from bench.paths import ROOT
 from bench.suite_cases import bench_model
 from bench.suite_report import markdown, plot, ratios
+from bench import results as results_file
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 
@@ -64,13 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         results[name] = bench_model(name, args)
         results[name]["ratios"] = ratios(results[name], info["bandwidth_gb_s"], name)
-    args.out.mkdir(parents=True, exist_ok=True)
     config = vars(args) | {"repository": str(args.repository), "out": str(args.out)}
-    (args.out / "suite.json").write_text(json.dumps({"machine": info, "config": config, "models": results}, indent=2) + "\n")
-    text = markdown(results, info, args)
-    (args.out / "suite.md").write_text(text)
-    plot(results, args.out / "suite.png")
-    print(text)
+    results_file.write(args.out, "suite", {"machine": info, "config": config, "models": results},
+                       markdown(results, info, args), lambda path: plot(results, path))
     return 0
 
 
