@@ -14,7 +14,7 @@ DEFAULT_MODEL = "gemma3-270m"
 # What the engine reads wherever it runs: in this process, or inside Triton's python backend, which
 # `slipstream triton start` hands them to as SLIPSTREAM_* variables
 ENGINE_SETTINGS = ("threads", "max_queue", "max_batch_rows", "prefill_tokens_per_step", "prefill_chunk_tokens",
-                   "prefix_cache_mb")
+                   "prefix_cache_mb", "prefix_cache_exact")
 
 
 class Settings(BaseSettings):
@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         256, ge=0, description="Memory per model for the keys and values of earlier prompts and completions, reused "
         "by a new prompt that starts the same way (least recently used evicted first); 0 turns it off."
     )
+    prefix_cache_exact: bool = Field(
+        True, description="Reuse a cached prefix in whole tiles of the kernels' rows (measured at load: 2 positions "
+        "on an AVX-512 Xeon), so that a prompt's logits are the same bits warm or cold. Off, a prefix is reused to "
+        "the token: a position sooner, and logits only within the graph's own tolerance of a cold prefill's (up to "
+        "about one logit for the bundled int8 models).",
+    )
 
     # --- request limits and defaults ---
     default_max_tokens: int = Field(16, ge=1, description="max_tokens when a request gives none (OpenAI's default).")
@@ -121,10 +127,11 @@ class Settings(BaseSettings):
         """These settings as the SLIPSTREAM_* variables that give them to another process."""
         return {f"SLIPSTREAM_{name.upper()}": str(getattr(self, name)) for name in names}
 
-    def engine_options(self) -> dict[str, int]:
+    def engine_options(self) -> dict[str, int | None]:
         """What an Engine is built with, wherever it runs (backends/embedded.py, triton/model.py)."""
         return {"threads": self.intra_op_threads(), "prefix_cache_mb": self.prefix_cache_mb,
-                "prefill_chunk_tokens": self.prefill_chunk_tokens}
+                "prefill_chunk_tokens": self.prefill_chunk_tokens,
+                "reuse_grid": None if self.prefix_cache_exact else 1}  # None: the exact grid, measured at load
 
     def intra_op_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)

@@ -20,7 +20,7 @@ from tests.conftest import TINY, TINY_LLAMA
 from tests.engine_helpers import fold
 
 NO_EOS = {0: -100.0}
-GRID = 16  # the tiny models' context is 128 tokens: reuse on a finer grid than the real models' 64
+GRID = 16  # a fixed grid for the tests that count reused tokens
 FILE = '''import os
 
 
@@ -36,10 +36,17 @@ def walk(top):
 
 @pytest.fixture(scope="module", params=[TINY, TINY_LLAMA])
 def engines(request, tiny_repo: Path, tiny_llama_repo: Path) -> tuple[Engine, Engine]:
-    """(with the prefix cache, without) on the same export."""
+    """(with the prefix cache, on a grid of GRID, without) on the same export."""
     repository = tiny_repo if request.param == TINY else tiny_llama_repo
     return (Engine(repository, request.param, threads=1, prefix_cache_mb=8, reuse_grid=GRID),
             Engine(repository, request.param, threads=1, prefix_cache_mb=0, reuse_grid=GRID))
+
+
+@pytest.fixture(scope="module", params=[TINY, TINY_LLAMA])
+def exact(request, tiny_repo: Path, tiny_llama_repo: Path) -> Engine:
+    """With the prefix cache on its measured exact grid (the default), as served."""
+    repository = tiny_repo if request.param == TINY else tiny_llama_repo
+    return Engine(repository, request.param, threads=1, prefix_cache_mb=8)
 
 
 def run(engine: Engine, text: str, params: SamplingParams, salt: str = "") -> tuple[dict[int, str], Usage]:
@@ -69,6 +76,29 @@ def test_greedy_text_with_a_reused_prefix_is_the_cold_prefills(engines: tuple[En
     # the same prompt again: all but its last token reused, down to the grid
     _, again = run(warm, editor_prompts(warm)[-1], params)
     assert again.cached_tokens == (again.prompt_tokens - 1) // GRID * GRID
+
+
+def test_on_the_measured_grid_a_reused_prefix_gives_the_cold_prefills_bits(exact: Engine) -> None:
+    """Each editor prompt on the one before: the last position's logits (what picks the first token)
+    are the cold prefill's to the bit, and the prefix reused is the longest on the grid."""
+    assert exact.exact and exact.grid in (1, 2, 4, 8, 16, 32, 64)
+    cold = Engine.__new__(Engine)  # the same session without a prefix cache: no second load
+    cold.__dict__.update(exact.__dict__, prefix_cache=None)
+    params = SamplingParams(max_tokens=1, temperature=0.0)
+    for i, text in enumerate(editor_prompts(exact)):
+        prompt = exact.prompter.prepare(text, 1)
+        prompt.cache_salt = "bits"
+        warm = _prefilled(exact, prompt, params)
+        if i:
+            assert warm.cached > 0 and warm.cached % exact.grid == 0
+        assert np.array_equal(warm.last, _prefilled(cold, prompt, params).last), (exact.grid, warm.cached)
+
+
+def _prefilled(engine: Engine, prompt: Prompt, params: SamplingParams):
+    pending = engine.start(prompt, params)
+    while pending.remaining:
+        engine.prefill(pending)
+    return pending
 
 
 def test_logits_on_a_reused_prefix_agree_within_the_graphs_own_tolerance(engines: tuple[Engine, Engine]) -> None:

@@ -14,7 +14,7 @@ from tests.api_helpers import assert_error, post, sse_payloads
 from tests.conftest import TINY, TINY_LLAMA, ServerProcess
 from tests.test_metrics import scrape, value
 
-# 84 tokens of the tiny models' 128: past the first block of the 64-token reuse grid
+# 84 tokens of the tiny models' 128
 PROMPT = "def walk(top):\n    for entry in os.scandir(top):\n        if entry.is_dir():\n" * 2
 KEYS = ("sk-slip-alice-0123456789", "sk-slip-bob-9876543210")
 
@@ -30,14 +30,15 @@ def test_cached_tokens_are_reported_and_counted(duo_server: ServerProcess) -> No
     body = {"model": TINY, "prompt": PROMPT + "            yield", "max_tokens": 4, "temperature": 0}
     first = post(url, body)
     assert first.status_code == 200, first.text
+    stored = first.json()["usage"]["prompt_tokens"]
     reused = cached(post(url, body | {"prompt": body["prompt"] + " from walk(entry.path)"}))
-    assert reused == 64  # the prompt before it, down to the 64-token grid
+    assert stored - 64 < reused <= stored  # the prompt before it, down to the measured reuse grid (at most 64)
     assert cached(post(url, body | {"cache_prompt": False})) == 0
     # streaming: the usage chunk carries it
     raw = httpx.post(f"{url}/v1/completions", json=body | {"stream": True, "stream_options": {"include_usage": True}},
                      timeout=30).text
     usage = [json.loads(p) for p in sse_payloads(raw) if p != "[DONE]" and json.loads(p).get("usage")][-1]["usage"]
-    assert usage["prompt_tokens_details"]["cached_tokens"] == (usage["prompt_tokens"] - 1) // 64 * 64
+    assert usage["prompt_tokens"] - 64 < usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
     after = scrape(url)
     for name in ("slipstream_prefix_cache_lookups_total", "slipstream_prefix_cache_hits_total",
                  "slipstream_prefix_cache_reused_tokens_total"):
@@ -54,7 +55,9 @@ def test_chat_requests_sharing_a_system_prompt_reuse_it(duo_server: ServerProces
                        json=body | {"messages": [system, {"role": "user", "content": "Add two numbers."}]}, timeout=30)
     second = httpx.post(f"{duo_server.url}/v1/chat/completions",
                         json=body | {"messages": [system, {"role": "user", "content": "Reverse a list."}]}, timeout=30)
-    assert cached(first) == 0 and cached(second) == 64  # the system prompt's first 64-token block
+    # the template's start and the system prompt, to the reuse grid: all but the user's turn
+    shared = second.json()["usage"]["prompt_tokens"] - len("Reverse a list.")
+    assert cached(first) == 0 and shared - 64 < cached(second) < shared, second.json()["usage"]
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
@@ -80,7 +83,7 @@ def test_with_api_keys_a_request_never_reuses_another_keys_prefix(tiny_repo: Pat
 def test_a_long_editor_prompt_on_a_cached_prefix_completes_as_a_cold_one(bundled_server: ServerProcess,
                                                                            name: str) -> None:
     """The real models, past Gemma-3's 512-token sliding window: about 1,450 of 1,500 tokens reused (on
-    the 64-token grid), the greedy text and its logprobs are the cold prefill's, to the bit."""
+    the reuse grid measured at load), the greedy text and its logprobs are the cold prefill's, to the bit."""
     import textwrap
 
     tokens = httpx.post(f"{bundled_server.url}/v1/completions", timeout=120, json={

@@ -9,9 +9,10 @@ Four calls make it, and the scheduler (many requests) and `generate` (one) make 
     engine.step(batch)                               one decode step for every live row of the batch
 
 A prompt is prefilled in chunks of at most `prefill_chunk_tokens`, cut at the same absolute positions
-whatever is cached or running, and a cached prefix is reused up to a multiple of REUSE_GRID tokens, so
-that a prompt's numbers are the same bits warm or cold, alone or under traffic. The
-prefix cache keeps each prompt's keys and values, and each finished row's, for the next request.
+whatever is cached or running, and a cached prefix is reused up to a multiple of the kernels' tile
+(server/engine/reuse_grid.py measures it at load), so that a prompt's numbers are the same bits warm
+or cold, alone or under traffic; or, not exact, to the token. The prefix cache keeps each prompt's
+keys and values, and each finished row's, for the next request.
 n samples (or best_of) share one prefill: the one-row KV cache is copied into n rows. A finished row
 leaves the batch at once.
 """
@@ -40,12 +41,6 @@ log = logging.getLogger("slipstream.engine")
 
 # The prefix cache must hold at least a prompt this long (or the whole context) to be worth having.
 MIN_CACHED_PROMPT = 2048
-# Reused prefixes and prefill chunks start and end on this grid of absolute positions. A graph's
-# kernels work through a prefill's rows in blocks from its first row, and the rows of a block cut
-# short (a chunk's, a stored prompt's last ones) come out a few ULPs apart from the same rows in a
-# whole block: on the grid, every row is computed in the same block as in a cold prefill, so the keys,
-# values and logits are the same bits (measured: Gemma-3 needs 64, SmolLM2 2).
-REUSE_GRID = 64
 
 
 @dataclass
@@ -69,13 +64,29 @@ class Engine:
     """A model's prompt side (its Prompter), its ONNX Runtime session and its prefix cache."""
 
     def __init__(self, repository: Path, name: str, threads: int, device: str = "cpu", prefix_cache_mb: int = 0,
-                 prefill_chunk_tokens: int = 512, reuse_grid: int = REUSE_GRID) -> None:
+                 prefill_chunk_tokens: int = 512, reuse_grid: int | None = None) -> None:
+        """reuse_grid: reuse cached prefixes in multiples of this many positions; None, exactly: on the
+        finest grid that gives a cold prefill's bits on this machine (measured now, server/engine/reuse_grid.py)."""
         self.prompter = Prompter(repository, name)
         self.manifest = self.prompter.manifest
         self.runner = Runner(model_dir(repository, name) / self.manifest.onnx_file, threads, device=device)
-        self.grid = reuse_grid
-        self.prefill_chunk_tokens = -(-prefill_chunk_tokens // reuse_grid) * reuse_grid  # a whole number of blocks
+        self.prefill_chunk_tokens = prefill_chunk_tokens
+        self.grid = reuse_grid or 1
         self.prefix_cache = self._prefix_cache(prefix_cache_mb)
+        # exact: a reused prefix gives a cold prefill's bits (measured), so the rest of a prompt is never
+        # prefilled as one row alone (a one-row step takes the one-row kernels, whose sums differ), and
+        # what requests generated (computed one step at a time, the same way) is not kept for reuse
+        self.exact = reuse_grid is None and self.prefix_cache is not None
+        if self.exact:
+            from server.engine import reuse_grid as calibration
+
+            measured = calibration.measure(self)
+            if measured is None:
+                log.warning("%s: no grid up to %d positions makes a reused prefix give a cold prefill's bits on "
+                            "this machine: prefixes are reused to the token, with logits within the graph's own "
+                            "tolerance", name, calibration.CANDIDATES[-1])
+            self.grid, self.exact = measured or 1, measured is not None
+        self.prefill_chunk_tokens = -(-prefill_chunk_tokens // self.grid) * self.grid  # a whole number of tiles
         self.cache_stats = self.prefix_cache.stats if self.prefix_cache is not None else CacheStats(0)  # 0: off
 
     def _prefix_cache(self, megabytes: int) -> PrefixCache | None:
@@ -117,7 +128,7 @@ class Engine:
         scored = params.echo and params.logprobs is not None
         if self.prefix_cache is None or not prompt.cache_prompt or scored:
             return Prefill(prompt, params, None, 0, 0, [] if scored else None)
-        cached, runs = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids, self.grid)
+        cached, runs = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids, self.grid, leave=2 if self.exact else 1)
         if not cached:
             return Prefill(prompt, params, None, 0, 0, None)
         past = self.runner.holding(runs, len(prompt.ids) + min(params.max_tokens, 256))  # room to decode in
@@ -135,7 +146,10 @@ class Engine:
             pending.scored.append(logits)
         if not pending.remaining:
             pending.last = logits[-1:]
-            self._keep(pending.prompt, pending.prompt.ids, cache, 0)
+            prompt = pending.prompt.ids
+            # exact: a prompt's last rows in a tile cut short came out apart from the same rows in a whole
+            # tile, as they will be computed when a longer prompt is prefilled cold: those are not kept
+            self._keep(pending.prompt, prompt[: len(prompt) // self.grid * self.grid] if self.exact else prompt, cache, 0)
         return len(ids)
 
     def first_tokens(self, pending: Prefill) -> tuple[Sequence, KVCache | None]:
@@ -161,7 +175,7 @@ class Engine:
         (what they generated kept in the prefix cache first)."""
         assert batch.cache is not None, "a batch with live rows has their cache"
         logits, cache = self.runner.decode(batch.tokens(), batch.cache)
-        batch.advance(logits, cache, self._finished if self.prefix_cache is not None else None)
+        batch.advance(logits, cache, self._finished if self.prefix_cache is not None and not self.exact else None)
 
     def _finished(self, sequence: Sequence, choice: int, row: int, cache: KVCache) -> None:
         self._keep(sequence.prompt, sequence.held(choice), cache, row)

@@ -2,8 +2,10 @@
 and keyed by token ids, so that a new prompt prefills only what no earlier one held.
 
 A radix tree per salt (a salt per API key: a request never reuses what another key's requests left,
-whose timing would tell what they typed). Each node holds a run of tokens and their keys and values,
-[1, kv_heads, run, head_dim] per layer, on the host. A lookup walks the tree along the prompt, at token
+whose timing would tell what they typed). Each node holds a run of tokens and views of their keys and
+values, [1, kv_heads, run, head_dim] per layer, on the host, in the block that the insert read them
+into: splitting a node where a prompt leaves it (what every editor request does to the one before)
+copies nothing, and a block's memory counts against the budget until its last node goes. A lookup walks the tree along the prompt, at token
 granularity, and returns the longest stored prefix (never the whole prompt: its last token is
 prefilled, to give the logits of the first new one). An insert stores only the positions not yet
 stored, splitting a node where a prompt leaves it. Past the memory budget, the least recently used
@@ -27,16 +29,32 @@ Reader = Callable[[int, int], dict[str, np.ndarray]]
 
 
 @dataclass(eq=False)
-class _Node:
-    tokens: np.ndarray  # int64, the run from the parent to here
-    kv: dict[str, np.ndarray]  # past_key_values.N.key/value -> [1, kv_heads, len(tokens), head_dim]
-    parent: _Node | None
-    children: dict[int, _Node] = field(default_factory=dict)  # by first token
-    used: int = 0  # the LRU clock when a lookup or an insert last went through
+class _Block:
+    """What one insert read out of a row: the arrays that hold the memory. Nodes hold views of them, so
+    that splitting a node copies nothing; the block's bytes count until its last node is evicted."""
+
+    kv: dict[str, np.ndarray]  # past_key_values.N.key/value -> [1, kv_heads, positions, head_dim]
+    nodes: int = 0
 
     @property
     def nbytes(self) -> int:
         return sum(v.nbytes for v in self.kv.values())
+
+
+@dataclass(eq=False)
+class _Node:
+    tokens: np.ndarray  # int64, the run from the parent to here
+    block: _Block | None  # holds this run's keys and values at [start, start + len(tokens)); None: a root
+    start: int
+    parent: _Node | None
+    children: dict[int, _Node] = field(default_factory=dict)  # by first token
+    used: int = 0  # the LRU clock when a lookup or an insert last went through
+
+    def kv(self, take: int | None = None) -> dict[str, np.ndarray]:
+        """Views of this run's first `take` (default all) positions."""
+        assert self.block is not None
+        end = self.start + (len(self.tokens) if take is None else take)
+        return {k: v[:, :, self.start : end] for k, v in self.block.kv.items()}
 
 
 @dataclass
@@ -57,16 +75,16 @@ class PrefixCache:
         self._clock = itertools.count(1)
         self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share the engine
 
-    def lookup(self, salt: str, ids: list[int], multiple: int = 1) -> tuple[int, list[dict[str, np.ndarray]]]:
-        """The longest stored prefix of `ids` short of its last token, cut down to a multiple of `multiple`
-        tokens: its length, and its keys and values as runs of [1, kv_heads, run, head_dim] arrays in
-        order (views of what is stored: copy them before the next insert)."""
+    def lookup(self, salt: str, ids: list[int], multiple: int = 1, leave: int = 1) -> tuple[int, list[dict[str, np.ndarray]]]:
+        """The longest stored prefix of `ids` short of its last `leave` tokens, cut down to a multiple of
+        `multiple` tokens: its length, and its keys and values as runs of [1, kv_heads, run, head_dim]
+        arrays in order (views of what is stored: copy them before the next insert)."""
         with self._lock:
             self.stats.lookups += 1
             root = self._roots.get(salt)
-            if root is None or len(ids) < 2:
+            if root is None or len(ids) <= leave:
                 return 0, []
-            wanted = np.asarray(ids[:-1], dtype=np.int64)
+            wanted = np.asarray(ids[:-leave], dtype=np.int64)
             now = next(self._clock)
             path: list[tuple[_Node, int]] = []  # each node walked, with how many of its tokens match
             node, at = root, 0
@@ -84,7 +102,7 @@ class PrefixCache:
             pieces, left = [], found
             for child, run in path:
                 take = min(run, left)
-                pieces.append(child.kv if take == len(child.tokens) else {k: v[:, :, :take] for k, v in child.kv.items()})
+                pieces.append(child.kv(take))
                 left -= take
                 if not left:
                     break
@@ -96,16 +114,15 @@ class PrefixCache:
         """Store the keys and values of `ids` (those not stored yet, read from the row that holds them)."""
         with self._lock:
             tokens = np.asarray(ids, dtype=np.int64)
-            root = self._roots.setdefault(salt, _Node(tokens[:0], {}, None))
+            root = self._roots.setdefault(salt, _Node(tokens[:0], None, 0, None))
             now = next(self._clock)
             node, at = root, 0
             while at < len(tokens):
                 child = node.children.get(int(tokens[at]))
                 if child is None:
-                    positions = read(at, len(tokens))
-                    leaf = _Node(tokens[at:].copy(), positions, node, used=now)
-                    node.children[int(tokens[at])] = leaf
-                    self.stats.bytes += leaf.nbytes
+                    block = _Block(read(at, len(tokens)), nodes=1)
+                    node.children[int(tokens[at])] = _Node(tokens[at:].copy(), block, 0, node, used=now)
+                    self.stats.bytes += block.nbytes
                     self.stats.tokens_stored += len(tokens) - at
                     break
                 run = _common(child.tokens, tokens[at:])
@@ -116,12 +133,13 @@ class PrefixCache:
             self._evict()
 
     def _split(self, node: _Node, run: int) -> _Node:
-        """Cut `node` after `run` tokens: the head takes its place, the rest becomes the head's child."""
+        """Cut `node` after `run` tokens: the head takes its place, the rest becomes the head's child;
+        both view the same block."""
         parent = node.parent
-        assert parent is not None
-        head = _Node(node.tokens[:run].copy(), {k: v[:, :, :run].copy() for k, v in node.kv.items()}, parent,
-                     used=node.used)
-        node.tokens, node.kv, node.parent = node.tokens[run:].copy(), {k: v[:, :, run:].copy() for k, v in node.kv.items()}, head
+        assert parent is not None and node.block is not None
+        head = _Node(node.tokens[:run], node.block, node.start, parent, used=node.used)
+        node.block.nodes += 1
+        node.tokens, node.start, node.parent = node.tokens[run:], node.start + run, head
         head.children[int(node.tokens[0])] = node
         parent.children[int(head.tokens[0])] = head
         return head
@@ -134,7 +152,10 @@ class PrefixCache:
             victim = min(leaves, key=lambda n: n.used)
             assert victim.parent is not None
             del victim.parent.children[int(victim.tokens[0])]
-            self.stats.bytes -= victim.nbytes
+            assert victim.block is not None
+            victim.block.nodes -= 1
+            if not victim.block.nodes:
+                self.stats.bytes -= victim.block.nbytes
             self.stats.evictions += 1
 
 

@@ -109,12 +109,10 @@ class Runner:
         if self._logits_to_keep:
             feed["logits_to_keep"] = np.array([keep or new], dtype=np.int64)
         in_place = self._in_place
-        if in_place is not None and (new == 1 or self._keep_bindable or not self._logits_to_keep):
-            if new == 1 and not self._keep_bindable:
-                feed.pop("logits_to_keep", None)  # one new position: its logits are all there are
+        if in_place is not None:
+            if not self._keep_bindable:  # a graph whose logits_to_keep has a default (the store's fused
+                feed.pop("logits_to_keep", None)  # graphs bind it since format 4): every position's logits
             return self._run_in_place(feed, in_place.adopt(cache, mask.shape[1], self.kv_device), mask)
-        # a prefill that must feed logits_to_keep (not bindable) takes the copying path once; the next
-        # step adopts its cache into buffers with room
         outputs = self.session.run(self._output_names, feed | cache.past())
         present = {self._present_to_past[n]: v for n, v in zip(self._output_names[1:], outputs[1:], strict=False)}
         return outputs[0].astype(np.float32, copy=False), HostCache(present, mask)

@@ -38,16 +38,21 @@ def add_logits_to_keep(onnx_path: Path) -> bool:
     graph = model.graph
     if any(i.name == INPUT for i in graph.input):
         return True
+    # A graph only our runner runs (the fused one, GroupQueryAttention) takes it as a plain input:
+    # ONNX Runtime's IOBinding cannot bind an input that has a default, and the runner binds every
+    # input to prefill in place. optimum's graph keeps a default, for ORTModelForCausalLM.
+    optional = not any(node.op_type == "GroupQueryAttention" for node in graph.node)
     head = lm_head(graph)
     if head is None:
         return False
     hidden = head.input[0]  # [B, T, H]
     graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.INT64, [1]))
+    if optional:
+        # an input with an initializer is optional: a caller that knows nothing of it (optimum's
+        # ORTModelForCausalLM) gets the default, 0, which keeps every position
+        graph.initializer.append(helper.make_tensor(INPUT, TensorProto.INT64, [1], [0]))
     graph.initializer.extend(
         [
-            # an input with an initializer is optional: a caller that knows nothing of it (optimum's
-            # ORTModelForCausalLM) gets the default, 0, which keeps every position
-            helper.make_tensor(INPUT, TensorProto.INT64, [1], [0]),
             helper.make_tensor("logits_to_keep/ends", TensorProto.INT64, [1], [2**62]),
             helper.make_tensor("logits_to_keep/axes", TensorProto.INT64, [1], [1]),
         ]

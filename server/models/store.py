@@ -24,8 +24,10 @@ VERSION_DIR = "1"
 # 3: optimum's graphs quantised weight-only (MatMulNBits): their INT8 from before quantised
 #    activations over the whole batch, so under continuous batching a sample's text would depend on
 #    its neighbours. Fused graphs of format 2 are unchanged, so they need no rebuild.
-FORMAT_VERSION = 3
-_OLDEST_SERVED = {"genai-builder": 2, "optimum": 3}
+# 4: fused graphs take logits_to_keep as a plain input (no default), so that a prefill on top of a
+#    cached past binds it and runs in place: before, every multi-token prefill copied the whole past.
+FORMAT_VERSION = 4
+_OLDEST_SERVED = {"genai-builder": 4, "optimum": 3}
 
 
 class ModelNotExported(LookupError):
