@@ -293,3 +293,26 @@ def test_a_prompt_prefilled_on_top_of_a_past_read_out_and_written_in_equals_one_
     assert cache.tokens().tolist() == [len(ids)]
     token = int(logits[-1].argmax())
     np.testing.assert_allclose(engine.runner.decode([token], cache)[0], engine.runner.decode([token], whole)[0], atol=1e-4)
+
+
+def test_in_place_buffers_are_reused_only_once_no_cache_holds_them() -> None:
+    """A gone cache's buffers serve the next one (already paged in), never buffers that a live cache,
+    or a view of one, still holds."""
+    from server.engine.kvcache import SharedBuffers
+
+    run = {"past_key_values.0.key": np.ones((1, 2, 5, 4), np.float32)}
+
+    def base(cache: SharedBuffers) -> int:
+        return cache.buffers["past_key_values.0.key"].__array_interface__["data"][0]
+
+    first = SharedBuffers.holding([run], room=8)
+    held = base(first)
+    second = SharedBuffers.holding([run], room=8)  # first is alive: other buffers
+    assert base(second) != held
+    view = first.written(np.ones((1, 6), np.int64)).past()  # a view outlives every cache on the buffers
+    del first
+    third = SharedBuffers.holding([run], room=8)
+    assert base(third) != held
+    assert np.array_equal(view["past_key_values.0.key"][:, :, :5], run["past_key_values.0.key"])
+    del view
+    assert base(SharedBuffers.holding([run], room=8)) == held  # now they are free: reused

@@ -137,11 +137,8 @@ class InPlace(KVCache):
 class SharedBuffers(InPlace):
     # [rows to spare, kv_heads, capacity, head_dim]; the cache's B rows are the first B (views of them
     # stay C-contiguous, which ONNX Runtime binds without a copy)
-    buffers: dict[str, np.ndarray]
+    buffers: dict[str, np.ndarray]  # from the pool: back to it when no array on them is left
     mask: np.ndarray
-    # shared by every SharedBuffers on these buffers: when the last goes, the buffers go back to the
-    # pool for the next cache (past()'s views live no longer than the cache they came from)
-    owner: object
 
     @property
     def capacity(self) -> int:
@@ -162,8 +159,7 @@ class SharedBuffers(InPlace):
             capacity, rows = _grown(length, cache.capacity), cache.spare_rows
         else:
             capacity, rows = _grown(length, cache.length), _spare(cache.batch)
-        buffers, owner = _POOL.filled(cache.past(), capacity, rows)
-        return cls(buffers, cache.mask, owner)
+        return cls(_POOL.filled(cache.past(), capacity, rows), cache.mask)
 
     def keep(self, rows: list[int]) -> SharedBuffers:
         mask, end = _trimmed(self.mask[rows])
@@ -172,34 +168,33 @@ class SharedBuffers(InPlace):
                 if i != row:
                     for buffer in self.buffers.values():
                         buffer[i, :, :end] = buffer[row, :, :end]
-            return SharedBuffers(self.buffers, mask, self.owner)
+            return SharedBuffers(self.buffers, mask)
         picked = {k: v[rows, :, :end] for k, v in self.buffers.items()}
-        buffers, owner = _POOL.filled(picked, self.capacity, _spare(len(rows)))
-        return SharedBuffers(buffers, mask, owner)
+        return SharedBuffers(_POOL.filled(picked, self.capacity, _spare(len(rows))), mask)
 
     def join(self, other: KVCache) -> SharedBuffers:
         mask = _joined(self.mask, other.mask)
         rows = mask.shape[0]
-        buffers, owner = self.buffers, self.owner
+        buffers = self.buffers
         if self.spare_rows < rows or self.capacity < other.length:
-            buffers, owner = _POOL.filled(self.past(), max(self.capacity, _grown(other.length, 0)), _spare(rows))
+            buffers = _POOL.filled(self.past(), max(self.capacity, _grown(other.length, 0)), _spare(rows))
         for k, v in other.past().items():
             buffers[k][self.batch : rows, :, : other.length] = v
-        return SharedBuffers(buffers, mask, owner)
+        return SharedBuffers(buffers, mask)
 
     @classmethod
     def holding(cls, runs: list[dict[str, np.ndarray]], room: int) -> SharedBuffers:
         """A one-row cache holding these runs of positions one after the other (as the prefix cache keeps
         them), in buffers with room for `room` positions: one copy, straight into place."""
         length = sum(next(iter(r.values())).shape[2] for r in runs)
-        buffers, owner = _POOL.take(runs[0], _spare(1), _grown(max(room, length), 0))
+        buffers = _POOL.take(runs[0], _spare(1), _grown(max(room, length), 0))
         at = 0
         for run in runs:
             width = next(iter(run.values())).shape[2]
             for k, v in run.items():
                 buffers[k][0, :, at : at + width] = v[0]
             at += width
-        return cls(buffers, np.ones((1, length), dtype=np.int64), owner)
+        return cls(buffers, np.ones((1, length), dtype=np.int64))
 
     def bind(self, binding: ort.IOBinding, present_to_past: dict[str, str]) -> None:
         for present, past in present_to_past.items():
@@ -208,7 +203,7 @@ class SharedBuffers(InPlace):
             binding.bind_ortvalue_output(present, value)
 
     def written(self, mask: np.ndarray) -> SharedBuffers:
-        return SharedBuffers(self.buffers, mask, self.owner)
+        return SharedBuffers(self.buffers, mask)
 
 
 @dataclass
@@ -289,53 +284,57 @@ class _Pool:
     into new buffers took 40 ms, into buffers written before 8 ms, and an editor's every request starts
     by such a copy. What a reused buffer held beyond a row's length is left there: GroupQueryAttention
     reads each row's first `length` positions only (checked: the engine's tests give the same bits with
-    the rest NaN)."""
+    the rest NaN).
+
+    A set of buffers is one slab, and every array on it (each layer's buffer, every view of one: a
+    cache's past(), an OrtValue bound to it) has the slab's _Memory as its base, so the slab comes back
+    only when the last of them is gone."""
 
     def __init__(self, idle: int) -> None:
-        self.idle = idle  # at most this many sets of buffers wait for reuse; the oldest beyond are freed
-        self._free: list[dict[str, np.ndarray]] = []
+        self.idle = idle  # at most this many slabs wait for reuse; the oldest beyond are freed
+        self._free: list[tuple[np.ndarray, tuple]] = []  # (slab, its layout)
         self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share it
 
-    def take(self, like: dict[str, np.ndarray], rows: int, capacity: int) -> tuple[dict[str, np.ndarray], object]:
-        """Buffers of at least `rows` rows and `capacity` positions, shaped per layer as `like`'s arrays
-        ([_, kv_heads, _, head_dim]), and their owner: when the owner goes, they come back here."""
+    def take(self, like: dict[str, np.ndarray], rows: int, capacity: int) -> dict[str, np.ndarray]:
+        """Buffers of at least `rows` rows and `capacity` positions (at most twice that), shaped per layer
+        as `like`'s arrays ([_, kv_heads, _, head_dim])."""
+        first = next(iter(like.values()))
+        kind = (tuple(like), first.shape[1], first.shape[3], np.dtype(first.dtype))
         with self._lock:
-            fits = [i for i, s in enumerate(self._free) if _fits(s, like, rows, capacity)]
-            buffers = self._free.pop(min(fits, key=lambda i: _nbytes(self._free[i]))) if fits else None
-        if buffers is None:
-            buffers = {k: np.empty((rows, v.shape[1], capacity, v.shape[3]), v.dtype) for k, v in like.items()}
-        owner = _Owner()
-        weakref.finalize(owner, self._give_back, buffers).atexit = False
-        return buffers, owner
+            fits = [i for i, (_, (k, r, c)) in enumerate(self._free)
+                    if k == kind and rows <= r and capacity <= c <= 2 * capacity]
+            found = self._free.pop(min(fits, key=lambda i: self._free[i][0].nbytes)) if fits else None
+        if found is None:
+            slab = np.empty(len(like) * rows * first.shape[1] * capacity * first.shape[3], first.dtype)
+            layout: tuple = (kind, rows, capacity)
+        else:
+            slab, layout = found
+        (names, heads, head_dim, _), rows, capacity = layout
+        memory = _Memory(slab)
+        weakref.finalize(memory, self._give_back, slab, layout).atexit = False
+        whole = np.asarray(memory)  # it and its views have `memory` as their base
+        size = rows * heads * capacity * head_dim
+        return {name: whole[i * size : (i + 1) * size].reshape(rows, heads, capacity, head_dim)
+                for i, name in enumerate(names)}
 
-    def filled(self, past: dict[str, np.ndarray], capacity: int, rows: int) -> tuple[dict[str, np.ndarray], object]:
+    def filled(self, past: dict[str, np.ndarray], capacity: int, rows: int) -> dict[str, np.ndarray]:
         """take(), holding `past` in the first rows and positions."""
-        buffers, owner = self.take(past, rows, capacity)
+        buffers = self.take(past, rows, capacity)
         for k, v in past.items():
             buffers[k][: v.shape[0], :, : v.shape[2]] = v
-        return buffers, owner
+        return buffers
 
-    def _give_back(self, buffers: dict[str, np.ndarray]) -> None:
+    def _give_back(self, slab: np.ndarray, layout: tuple) -> None:
         with self._lock:
-            self._free.append(buffers)
+            self._free.append((slab, layout))
             del self._free[: -self.idle or len(self._free)]
 
 
-class _Owner:
-    """What the SharedBuffers on one set of buffers share (a plain object can be weakly referenced)."""
+class _Memory:
+    """A slab as the base object of the arrays on it: when it goes, no array on the slab is left."""
+
+    def __init__(self, slab: np.ndarray) -> None:
+        self.__array_interface__ = slab.__array_interface__
 
 
-def _fits(buffers: dict[str, np.ndarray], like: dict[str, np.ndarray], rows: int, capacity: int) -> bool:
-    """Same layers and shapes, enough rows and room, and no more than twice the room asked for."""
-    if buffers.keys() != like.keys():
-        return False
-    first, want = next(iter(buffers.values())), next(iter(like.values()))
-    return (first.dtype == want.dtype and first.shape[1] == want.shape[1] and first.shape[3] == want.shape[3]
-            and rows <= first.shape[0] and capacity <= first.shape[2] <= 2 * capacity)
-
-
-def _nbytes(buffers: dict[str, np.ndarray]) -> int:
-    return sum(v.nbytes for v in buffers.values())
-
-
-_POOL = _Pool(idle=2)
+_POOL = _Pool(idle=1)  # one editor request after another: the last one's buffers serve the next
