@@ -94,6 +94,32 @@ def test_on_the_measured_grid_a_reused_prefix_gives_the_cold_prefills_bits(exact
         assert np.array_equal(warm.last, _prefilled(cold, prompt, params).last), (exact.grid, warm.cached)
 
 
+def test_the_next_request_finds_its_prefix_in_the_buffers_the_one_before_left(exact: Engine) -> None:
+    """One request at a time, as an editor sends them: the last request's in-place buffers hold its
+    prompt when it ends, and the next prompt that starts the same way takes them and copies none of
+    its cached prefix (fused graph); its text and logits are still a cold prefill's."""
+    if not exact.runner.share_buffer:
+        pytest.skip("a copying graph's cache is made anew at each step: nothing is left in place")
+    cold = Engine.__new__(Engine)
+    cold.__dict__.update(exact.__dict__, prefix_cache=None)
+    params = SamplingParams(max_tokens=3, temperature=0.0, logit_bias=NO_EOS)
+    texts = editor_prompts(exact)[1:]
+    expected = [(_prefilled(cold, exact.prompter.prepare(t, 3), params).last, run(cold, t, params)[0]) for t in texts]
+    found = []
+    for text, (logits, completion) in zip(texts, expected, strict=True):
+        prompt = exact.prompter.prepare(text, 3)
+        prompt.cache_salt = "in place"
+        pending = exact.start(prompt, params)
+        found.append((pending.cached, getattr(pending.cache, "found", None)))
+        while pending.remaining:
+            exact.prefill(pending)
+        assert np.array_equal(pending.last, logits)
+        del pending  # its buffers back to the pool, unlabelled: the request below leaves them labelled
+        assert run(exact, text, params, salt="in place")[0] == completion
+    # the first prompt found only the prefix cache's copy; each after it, the buffers of the one before
+    assert all(cached > 0 and got == cached for cached, got in found[1:]), found
+
+
 def _prefilled(engine: Engine, prompt: Prompt, params: SamplingParams):
     pending = engine.start(prompt, params)
     while pending.remaining:

@@ -30,7 +30,7 @@ import numpy as np
 from server.engine.batch import Batch
 from server.engine.events import Delta, Usage
 from server.engine.kvcache import KVCache
-from server.engine.prefix_cache import CacheStats, PrefixCache
+from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
 from server.engine.prompts import Prompt, Prompter
 from server.engine.runner import Runner
 from server.engine.sampling import SamplingParams
@@ -131,7 +131,12 @@ class Engine:
         cached, runs = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids, self.grid, leave=2 if self.exact else 1)
         if not cached:
             return Prefill(prompt, params, None, 0, 0, None)
-        past = self.runner.holding(runs, len(prompt.ids) + min(params.max_tokens, 256))  # room to decode in
+        wanted, salt = np.asarray(prompt.ids[:cached], dtype=np.int64), prompt.cache_salt
+
+        def already(label: object) -> int:  # of the buffers a request alone in its batch left
+            return common_prefix(label.ids, wanted) if isinstance(label, _Held) and label.salt == salt else 0
+
+        past = self.runner.holding(runs, len(prompt.ids) + min(params.max_tokens, 256), already)  # room to decode in
         return Prefill(prompt, params, past, cached, cached, None)
 
     def prefill(self, pending: Prefill) -> int:
@@ -174,8 +179,16 @@ class Engine:
         """One decode step for every live row of the batch: each row's next token; finished rows leave
         (what they generated kept in the prefix cache first)."""
         assert batch.cache is not None, "a batch with live rows has their cache"
+        alone = batch.sequences[0] if batch.rows == 1 else None
+        choice = alone.live[0] if alone is not None else 0
         logits, cache = self.runner.decode(batch.tokens(), batch.cache)
         batch.advance(logits, cache, self._finished if self.prefix_cache is not None and not self.exact else None)
+        if alone is not None and not batch and self.prefix_cache is not None and alone.prompt.cache_prompt:
+            # the last row's buffers go back to the pool holding its prompt (and, not exact, what it
+            # generated): the next request that starts the same way takes them and copies none of it
+            prompt = alone.prompt.ids
+            ids = prompt[: len(prompt) // self.grid * self.grid] if self.exact else alone.held(choice)
+            cache.label(_Held(alone.prompt.cache_salt, np.asarray(ids, dtype=np.int64)))
 
     def _finished(self, sequence: Sequence, choice: int, row: int, cache: KVCache) -> None:
         self._keep(sequence.prompt, sequence.held(choice), cache, row)
@@ -183,6 +196,14 @@ class Engine:
     def _keep(self, prompt: Prompt, ids: list[int], cache: KVCache, row: int) -> None:
         if self.prefix_cache is not None and prompt.cache_prompt:
             self.prefix_cache.insert(prompt.cache_salt, ids, lambda start, end: cache.read(row, start, end))
+
+
+@dataclass(frozen=True)
+class _Held:
+    """What a one-row cache's row held when it was dropped: these ids' keys and values, for this salt."""
+
+    salt: str
+    ids: np.ndarray
 
 
 __all__ = ["Engine", "Prefill"]

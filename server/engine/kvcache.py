@@ -5,6 +5,7 @@
     cache.repeat(n)       n copies of a one-row cache (n samples of one prompt, one prefill)
     cache.read(row, a, b) a row's held positions a..b, copied out to host arrays
     HostCache.holding(a)  a one-row cache holding given positions: a past to prefill on top of
+    cache.label(what)     what a one-row cache's row holds, for the next holding() to find in its buffers
     cache.past()          every row's positions as host arrays, what a graph that copies is fed
 
 mask[b, j] is 1 where row b holds a token at cache position j. Graphs that take position_ids
@@ -31,11 +32,14 @@ from abc import ABC, abstractmethod
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
 
 _CAPACITY_STEP = 128  # in-place buffers grow in whole multiples of this many positions
+# of a free set of buffers' label: how many of the positions wanted its first row holds already
+Already = Callable[[object], int]
 
 
 class KVCache(ABC):
@@ -68,6 +72,10 @@ class KVCache(ABC):
 
     def repeat(self, n: int) -> KVCache:
         return HostCache({k: np.repeat(v, n, axis=0) for k, v in self.past().items()}, np.repeat(self.mask, n, axis=0))
+
+    def label(self, label: object) -> None:
+        """Say what the first row holds, as a one-row cache is dropped: in-place buffers go back to a pool,
+        and a prefix that `holding` finds already there is not copied again. Others hold nothing to find."""
 
     def read(self, row: int, start: int = 0, end: int | None = None) -> dict[str, np.ndarray]:
         """Positions [start, end) of those that `row` holds (default all), packed: [1, kv_heads, end - start,
@@ -139,6 +147,7 @@ class SharedBuffers(InPlace):
     # stay C-contiguous, which ONNX Runtime binds without a copy)
     buffers: dict[str, np.ndarray]  # from the pool: back to it when no array on them is left
     mask: np.ndarray
+    found: int = 0  # of the positions holding() was asked for, those it found in place (not copied)
 
     @property
     def capacity(self) -> int:
@@ -183,18 +192,28 @@ class SharedBuffers(InPlace):
         return SharedBuffers(buffers, mask)
 
     @classmethod
-    def holding(cls, runs: list[dict[str, np.ndarray]], room: int) -> SharedBuffers:
+    def holding(cls, runs: list[dict[str, np.ndarray]], room: int, already: Already | None = None) -> SharedBuffers:
         """A one-row cache holding these runs of positions one after the other (as the prefix cache keeps
-        them), in buffers with room for `room` positions: one copy, straight into place."""
+        them), in buffers with room for `room` positions: one copy, straight into place. `already` says
+        of a free set of buffers' label (see `label`) how many of these positions its first row holds
+        already: of the sets that fit, the one holding most is taken and only the rest is copied (an
+        editor's next request finds its prompt in the buffers of the one before)."""
         length = sum(next(iter(r.values())).shape[2] for r in runs)
-        buffers = _POOL.take(runs[0], _spare(1), _grown(max(room, length), 0))
+        buffers, held = _POOL.take(runs[0], _spare(1), _grown(max(room, length), 0), already)
+        held = min(held, length)
         at = 0
         for run in runs:
             width = next(iter(run.values())).shape[2]
-            for k, v in run.items():
-                buffers[k][0, :, at : at + width] = v[0]
+            if at + width > held:
+                start = max(held - at, 0)
+                for k, v in run.items():
+                    buffers[k][0, :, at + start : at + width] = v[0, :, start:]
             at += width
-        return cls(buffers, np.ones((1, length), dtype=np.int64))
+        return cls(buffers, np.ones((1, length), dtype=np.int64), held)
+
+    def label(self, label: object) -> None:
+        """Say what the first row holds (a one-row cache about to be dropped), for `holding` to find."""
+        _POOL.label(next(iter(self.buffers.values())), label)
 
     def bind(self, binding: ort.IOBinding, present_to_past: dict[str, str]) -> None:
         for present, past in present_to_past.items():
@@ -295,38 +314,53 @@ class _Pool:
         self._free: list[tuple[np.ndarray, tuple]] = []  # (slab, its layout)
         self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share it
 
-    def take(self, like: dict[str, np.ndarray], rows: int, capacity: int) -> dict[str, np.ndarray]:
+    def take(self, like: dict[str, np.ndarray], rows: int, capacity: int, already: Already | None = None
+             ) -> tuple[dict[str, np.ndarray], int]:
         """Buffers of at least `rows` rows and `capacity` positions (at most twice that), shaped per layer
-        as `like`'s arrays ([_, kv_heads, _, head_dim])."""
+        as `like`'s arrays ([_, kv_heads, _, head_dim]), and how many positions of what the caller wants
+        their first row holds already (`already` of their label; 0 for new ones)."""
         first = next(iter(like.values()))
         kind = (tuple(like), first.shape[1], first.shape[3], np.dtype(first.dtype))
         with self._lock:
-            fits = [i for i, (_, (k, r, c)) in enumerate(self._free)
+            fits = [i for i, (_, (k, r, c), _) in enumerate(self._free)
                     if k == kind and rows <= r and capacity <= c <= 2 * capacity]
-            found = self._free.pop(min(fits, key=lambda i: self._free[i][0].nbytes)) if fits else None
+            held = {i: already(self._free[i][2]) if already is not None and self._free[i][2] is not None else 0
+                    for i in fits}
+            best = max(fits, key=lambda i: (held[i], -self._free[i][0].nbytes), default=None)
+            found = self._free.pop(best) if best is not None else None
         if found is None:
             slab = np.empty(len(like) * rows * first.shape[1] * capacity * first.shape[3], first.dtype)
             layout: tuple = (kind, rows, capacity)
+            count = 0
         else:
-            slab, layout = found
+            slab, layout, _ = found
+            count = held[best]  # type: ignore[index]
         (names, heads, head_dim, _), rows, capacity = layout
         memory = _Memory(slab)
-        weakref.finalize(memory, self._give_back, slab, layout).atexit = False
+        weakref.finalize(memory, self._give_back, slab, layout, memory.label).atexit = False
         whole = np.asarray(memory)  # it and its views have `memory` as their base
         size = rows * heads * capacity * head_dim
         return {name: whole[i * size : (i + 1) * size].reshape(rows, heads, capacity, head_dim)
-                for i, name in enumerate(names)}
+                for i, name in enumerate(names)}, count
 
     def filled(self, past: dict[str, np.ndarray], capacity: int, rows: int) -> dict[str, np.ndarray]:
         """take(), holding `past` in the first rows and positions."""
-        buffers = self.take(past, rows, capacity)
+        buffers, _ = self.take(past, rows, capacity)
         for k, v in past.items():
             buffers[k][: v.shape[0], :, : v.shape[2]] = v
         return buffers
 
-    def _give_back(self, slab: np.ndarray, layout: tuple) -> None:
+    @staticmethod
+    def label(buffer: np.ndarray, label: object) -> None:
+        memory = buffer.base
+        while isinstance(memory, np.ndarray):  # a view of the slab's whole array
+            memory = memory.base
+        assert isinstance(memory, _Memory), "a pooled buffer's base is its slab's _Memory"
+        memory.label[0] = label
+
+    def _give_back(self, slab: np.ndarray, layout: tuple, label: list) -> None:
         with self._lock:
-            self._free.append((slab, layout))
+            self._free.append((slab, layout, label[0]))
             del self._free[: -self.idle or len(self._free)]
 
 
@@ -335,6 +369,7 @@ class _Memory:
 
     def __init__(self, slab: np.ndarray) -> None:
         self.__array_interface__ = slab.__array_interface__
+        self.label: list[object] = [None]  # what the first row holds, said before the last array goes
 
 
 _POOL = _Pool(idle=1)  # one editor request after another: the last one's buffers serve the next

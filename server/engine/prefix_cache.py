@@ -89,7 +89,7 @@ class PrefixCache:
             path: list[tuple[_Node, int]] = []  # each node walked, with how many of its tokens match
             node, at = root, 0
             while at < len(wanted) and (child := node.children.get(int(wanted[at]))) is not None:
-                run = _common(child.tokens, wanted[at:])
+                run = common_prefix(child.tokens, wanted[at:])
                 child.used = now
                 path.append((child, run))
                 at += run
@@ -125,7 +125,7 @@ class PrefixCache:
                     self.stats.bytes += block.nbytes
                     self.stats.tokens_stored += len(tokens) - at
                     break
-                run = _common(child.tokens, tokens[at:])
+                run = common_prefix(child.tokens, tokens[at:])
                 if run < len(child.tokens):
                     child = self._split(child, run)
                 child.used = now
@@ -159,7 +159,7 @@ class PrefixCache:
             self.stats.evictions += 1
 
 
-def _common(run: np.ndarray, ids: np.ndarray) -> int:
+def common_prefix(run: np.ndarray, ids: np.ndarray) -> int:
     """How many leading tokens `run` and `ids` share."""
     n = min(len(run), len(ids))
     differ = np.flatnonzero(run[:n] != ids[:n])

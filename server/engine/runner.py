@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from server.engine.kvcache import DeviceBuffers, HostCache, InPlace, KVCache, SharedBuffers
+from server.engine.kvcache import Already, DeviceBuffers, HostCache, InPlace, KVCache, SharedBuffers
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
@@ -80,11 +80,11 @@ class Runner:
     def empty_cache(self, batch: int) -> HostCache:
         return HostCache.empty(self._past_names, batch, self._kv_heads, self._head_dim, self._kv_dtype)
 
-    def holding(self, runs: list[dict[str, np.ndarray]], room: int) -> KVCache:
+    def holding(self, runs: list[dict[str, np.ndarray]], room: int, already: Already | None = None) -> KVCache:
         """A one-row past holding these runs of positions (a cached prefix), in the storage this runner's
-        next step uses, with room for `room` positions."""
+        next step uses, with room for `room` positions (`already`: see SharedBuffers.holding)."""
         if self._in_place is SharedBuffers:
-            return SharedBuffers.holding(runs, room)
+            return SharedBuffers.holding(runs, room, already)
         return HostCache.holding({k: np.concatenate([r[k] for r in runs], axis=2) for k in runs[0]})
 
     @property
