@@ -55,9 +55,11 @@ def test_chat_requests_sharing_a_system_prompt_reuse_it(duo_server: ServerProces
                        json=body | {"messages": [system, {"role": "user", "content": "Add two numbers."}]}, timeout=30)
     second = httpx.post(f"{duo_server.url}/v1/chat/completions",
                         json=body | {"messages": [system, {"role": "user", "content": "Reverse a list."}]}, timeout=30)
-    # the template's start and the system prompt, to the reuse grid: all but the user's turn
+    # the template's start and the system prompt, to the reuse grid: all but the user's turn (the first
+    # request may reuse the template's start from other tests' chats on this server, not the system prompt)
     shared = second.json()["usage"]["prompt_tokens"] - len("Reverse a list.")
-    assert cached(first) == 0 and shared - 64 < cached(second) < shared, second.json()["usage"]
+    assert shared - 64 < cached(second) < shared, second.json()["usage"]
+    assert cached(first) < cached(second) - 32, (first.json()["usage"], second.json()["usage"])
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
