@@ -151,10 +151,7 @@ class Engine:
             pending.scored.append(logits)
         if not pending.remaining:
             pending.last = logits[-1:]
-            prompt = pending.prompt.ids
-            # exact: a prompt's last rows in a tile cut short came out apart from the same rows in a whole
-            # tile, as they will be computed when a longer prompt is prefilled cold: those are not kept
-            self._keep(pending.prompt, prompt[: len(prompt) // self.grid * self.grid] if self.exact else prompt, cache, 0)
+            self._keep(pending.prompt, self._exact_part(pending.prompt.ids), cache, 0)
         return len(ids)
 
     def first_tokens(self, pending: Prefill) -> tuple[Sequence, KVCache | None]:
@@ -186,9 +183,14 @@ class Engine:
         if alone is not None and not batch and self.prefix_cache is not None and alone.prompt.cache_prompt:
             # the last row's buffers go back to the pool holding its prompt (and, not exact, what it
             # generated): the next request that starts the same way takes them and copies none of it
-            prompt = alone.prompt.ids
-            ids = prompt[: len(prompt) // self.grid * self.grid] if self.exact else alone.held(choice)
+            ids = self._exact_part(alone.prompt.ids) if self.exact else alone.held(choice)
             cache.label(_Held(alone.prompt.cache_salt, np.asarray(ids, dtype=np.int64)))
+
+    def _exact_part(self, prompt: list[int]) -> list[int]:
+        """The prompt positions worth reusing. Exact: those in whole tiles (a prompt's last rows in a tile
+        cut short came out apart from the same rows in a whole tile, as a longer prompt computes them
+        cold); else all."""
+        return prompt[: len(prompt) // self.grid * self.grid] if self.exact else prompt
 
     def _finished(self, sequence: Sequence, choice: int, row: int, cache: KVCache) -> None:
         self._keep(sequence.prompt, sequence.held(choice), cache, row)

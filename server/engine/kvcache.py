@@ -312,7 +312,7 @@ class _Pool:
 
     def __init__(self, idle: int) -> None:
         self.idle = idle  # at most this many slabs wait for reuse; the oldest beyond are freed
-        self._free: list[tuple[np.ndarray, tuple]] = []  # (slab, its layout)
+        self._free: list[tuple[np.ndarray, tuple, object]] = []  # (slab, its layout, its label or None)
         self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share it
 
     def take(self, like: dict[str, np.ndarray], rows: int, capacity: int, already: Already | None = None

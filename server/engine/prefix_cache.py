@@ -5,7 +5,8 @@ A radix tree per salt (a salt per API key: a request never reuses what another k
 whose timing would tell what they typed). Each node holds a run of tokens and views of their keys and
 values, [1, kv_heads, run, head_dim] per layer, on the host, in the block that the insert read them
 into: splitting a node where a prompt leaves it (what every editor request does to the one before)
-copies nothing, and a block's memory counts against the budget until its last node goes. A lookup walks the tree along the prompt, at token
+copies nothing, and a block's memory counts against the budget until its last node goes. A lookup
+walks the tree along the prompt, at token
 granularity, and returns the longest stored prefix (never the whole prompt: its last token is
 prefilled, to give the logits of the first new one). An insert stores only the positions not yet
 stored, splitting a node where a prompt leaves it. Past the memory budget, the least recently used
@@ -78,7 +79,7 @@ class PrefixCache:
     def lookup(self, salt: str, ids: list[int], multiple: int = 1, leave: int = 1) -> tuple[int, list[dict[str, np.ndarray]]]:
         """The longest stored prefix of `ids` short of its last `leave` tokens, cut down to a multiple of
         `multiple` tokens: its length, and its keys and values as runs of [1, kv_heads, run, head_dim]
-        arrays in order (views of what is stored: copy them before the next insert)."""
+        arrays in order (views of what is stored, which inserts and evictions leave as they are)."""
         with self._lock:
             self.stats.lookups += 1
             root = self._roots.get(salt)

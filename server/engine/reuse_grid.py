@@ -1,11 +1,12 @@
 """The finest grid of positions on which a reused prefix gives a cold prefill's very bits, measured on
 this machine at load.
 
-A graph's kernels work through a prefill's rows in tiles from the chunk's first row (MLAS's int8
-GEMMs take rows in pairs on an AVX-512 Xeon), and a row computed in a tile cut short comes out apart
-from the same row in a whole tile: by about one logit for the bundled int8 models, whose one-row
-path quantises differently. So a prefix reused to the token changes the numbers of the rows after
-it. Cut down to a multiple of the tile, every row is computed in the same tile as cold. The tile is
+A graph's kernels work through a prefill's rows in tiles from the chunk's first row (ONNX Runtime's
+int8 MatMulNBits takes rows in pairs on an AVX-512 Xeon), and a row computed in a tile cut short, or
+in a one-row chunk, comes out apart from the same row in a whole tile: by up to about 1.5 logits for
+the bundled int8 models (measured). So a prefix reused to the token changes the numbers of the rows
+after it. Cut down to a multiple of the tile, with at least two rows left to prefill, every row is
+computed in the same tile as cold (the engine does both when exact). The tile is
 the kernels' and the CPU's, not the model's, so it is measured, not assumed: a probe prompt is typed
 as an editor sends it, each prompt a few tokens past the one before and prefilled on it, on grids of
 1, 2, 4, ... positions, until one gives the cold prefill's logits to the bit.
