@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
+PLUGINS := tests/plugins
+PLUGINS_STAMP := $(PLUGINS)/node_modules/.installed-stamp
+
 .PHONY: install serve test bench clean-models
 
 $(STAMP): pyproject.toml requirements.lock Makefile
@@ -24,7 +27,13 @@ install: $(STAMP)
 serve: install  ## serve the default model (Gemma-3-270M, INT8) on 127.0.0.1:5000, exporting it first if needed
 	$(BIN)/slipstream serve
 
-test: install  ## the whole suite: tiny models, then the real bundled models end to end
+# the editor plugins' own clients the suite drives (the Copilot language server), at the versions in
+# tests/plugins/package-lock.json; npm's cache (~/.npm) keeps a second install off the network
+$(PLUGINS_STAMP): $(PLUGINS)/package.json $(PLUGINS)/package-lock.json
+	cd $(PLUGINS) && npm install --omit=optional --no-save --no-audit --no-fund --loglevel=error
+	touch $(PLUGINS_STAMP)
+
+test: install $(PLUGINS_STAMP)  ## the whole suite: tiny models, real editor plugins, then the real bundled models end to end
 	$(BIN)/python -m pytest
 
 BENCH_MODELS := smollm2-135m gemma3-270m

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
+from starlette.routing import Route
 
 from server import auth
 from server.backends.base import Backend
@@ -21,6 +22,7 @@ from server.errors import APIError, ClientGone
 from server.metrics import Metrics, MetricsMiddleware
 from server.openapi import document_schemas
 from server.protocol import ErrorBody, ErrorResponse
+from server.copilot import router as copilot_router
 from server.routes import router
 from server.settings import Settings
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     app.add_exception_handler(ClientDisconnect, _handle_body_cut)
     app.add_exception_handler(Exception, _handle_unexpected)
     app.include_router(router)
+    app.include_router(copilot_router)
     document_schemas(app)
     if keys:
         app.add_middleware(auth.APIKeyMiddleware, keys=keys)
@@ -56,7 +59,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     if settings.cors_origins:  # after the key check: outside it, so that preflights are answered first
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refused requests are counted too
+    routes = [r for r in (*app.router.routes, *router.routes, *copilot_router.routes) if isinstance(r, Route)]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outermost: refused requests are counted too
     return app
 
 

@@ -7,7 +7,8 @@ accepted in the header forms clients send: `Authorization: Bearer KEY` (OpenAI c
 Copilot plugin's completion calls), `Authorization: token KEY` (the Copilot plugin's call for a
 token), `X-API-Key: KEY` and `api-key: KEY`. Every configured key is compared in constant time
 (hmac.compare_digest, all of them, no early exit), so timing does not leak how much of a key matched
-or which key it was. Liveness, readiness and the API documents stay open (probes carry no key).
+or which key it was. Liveness, readiness and the API documents stay open (probes carry no key), and so does the Copilot
+agent's /telemetry, which holds nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 ENV_KEYS = "SLIPSTREAM_API_KEYS"
 ENV_KEYS_FILE = "SLIPSTREAM_API_KEYS_FILE"
-OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"})
+# /telemetry: the Copilot agent asks it for its (empty) experiment configuration without a bearer
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/telemetry"})
 
 
 class AuthConfigError(ValueError):

@@ -11,29 +11,32 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Iterable
+import uuid
+from typing import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.backends.base import SERVING, Backend
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/copilot_internal/v2/token", "/health", "/ready",
-          "/metrics", "/docs", "/openapi.json")
-_ENGINE_ROUTE = "/v1/engines/{engine}/completions"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 access_log = logging.getLogger("slipstream.access")
 _GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-def route_of(path: str) -> str:
-    if path in ROUTES:
-        return path
-    if path.startswith("/v1/engines/") and path.endswith("/completions"):
-        return _ENGINE_ROUTE
+def route_of(scope: Scope, routes: Sequence[Route]) -> str:
+    """The template of the route that served a request (`/v1/engines/{engine}/completions`): routing
+    leaves it in the scope; a request refused before routing (a missing key) is matched here."""
+    route = scope.get("route")
+    if isinstance(route, Route):
+        return route.path
+    for candidate in routes:
+        if candidate.matches(scope)[0] is not Match.NONE:
+            return candidate.path
     return "other"
 
 
@@ -120,34 +123,41 @@ class _BackendCollector(Collector):
 
 class MetricsMiddleware:
     """Counts every response by route and status, times it to its last byte, and writes its access-log
-    line (one JSON object: route, status, duration, client, and what the handler put in
-    scope["state"]["access"]: model, tokens, prompt only when log_prompts is on); outermost, so that a
-    request refused by the key check or by a limit is counted and logged too."""
+    line (one JSON object: route, status, duration, client, request id, the path of a request no route
+    matched, and what the handler put in scope["state"]["access"]: model, tokens, prompt only when
+    log_prompts is on); outermost, so that a request refused by the key check or by a limit is counted
+    and logged too. Every response carries its request id as X-Request-Id and as X-GitHub-Request-Id:
+    the Copilot agent refuses any answer without the latter ("does not appear to originate from GitHub")."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: Sequence[Route]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = route_of(scope["path"])
         started = time.perf_counter()
         status = [500]
+        request_id = uuid.uuid4().hex
+        id_headers = [(b"x-request-id", request_id.encode()), (b"x-github-request-id", request_id.encode())]
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), *id_headers]}
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
             elapsed = time.perf_counter() - started
+            route = route_of(scope, self.routes)
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.duration.labels(route).observe(elapsed)
             client = scope.get("client")
             line = {"method": scope.get("method"), "route": route, "status": status[0],
                     "duration_ms": round(1000 * elapsed, 1), "client": client[0] if client else None,
-                    **scope.get("state", {}).get("access", {})}
+                    "request_id": request_id, **scope.get("state", {}).get("access", {})}
+            if route == "other":  # what a plugin asked for that nothing serves (in the log, never a label)
+                line["path"] = scope["path"][:200]
             access_log.info(json.dumps(line))

@@ -4,12 +4,10 @@ metrics, drain, keys); a generation route parses its body and makes one call int
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from server import auth, serving
+from server import serving
 from server.backends.base import SERVING, Backend
 from server.body import parse_body
 from server.metrics import CONTENT_TYPE
@@ -17,7 +15,6 @@ from server.openapi import CHAT_DOC, COMPLETION_DOC
 from server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 router = APIRouter()
-_COPILOT_TOKEN_TTL_S = 1800
 
 
 @router.post("/v1/completions", openapi_extra=COMPLETION_DOC, response_model=None)
@@ -28,8 +25,12 @@ async def completions(request: Request) -> JSONResponse | StreamingResponse:
 
 @router.post("/v1/engines/{engine}/completions", openapi_extra=COMPLETION_DOC, response_model=None)
 async def engine_completions(engine: str, request: Request) -> JSONResponse | StreamingResponse:
-    """The Copilot plugin's route; the engine in the path (`codegen`, `copilot-codex`) is not a model name."""
+    """The Copilot plugin's route. The engine in the path is the model when it names one served here (the
+    agent takes it from our /models); other engines (`codegen`, `copilot-codex`) get the body's model or
+    the first served one."""
     body = await parse_body(request, CompletionRequest, request.app.state.settings.max_body_bytes)
+    if body.model is None and engine in request.app.state.backend.names:
+        body = body.model_copy(update={"model": engine})
     return await serving.completion(request.app.state, body, request)
 
 
@@ -64,14 +65,6 @@ async def models(request: Request) -> ModelList:
         )
     return ModelList(data=cards)
 
-
-@router.get("/copilot_internal/v2/token")
-async def copilot_token(request: Request) -> dict[str, object]:
-    """The token the Copilot plugin asks for before completing: with API keys set, only a request with a
-    valid key gets here, and its key is the token (the plugin then sends it as Bearer)."""
-    now = int(time.time())
-    token = auth.presented_key(request.headers) if request.app.state.keys else "slipstream-open"
-    return {"token": token, "expires_at": now + _COPILOT_TOKEN_TTL_S, "refresh_in": _COPILOT_TOKEN_TTL_S - 300}
 
 
 @router.get("/metrics", include_in_schema=False)

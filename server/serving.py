@@ -161,8 +161,11 @@ def _job(state: State, request: Request, model: str, prompts: list[Prompt], para
     salt = _cache_salt(state.keys, request)
     prompts = [replace(p, cache_salt=salt, cache_prompt=body.cache_prompt) for p in prompts]
     access: dict = {"model": model, "stream": body.stream, "n": params.n}
-    if settings.log_prompts:
+    if settings.log_prompts:  # the prompt and the text generated for it: the request's code, so off by default
         access["prompt"] = prompt
+        if getattr(body, "suffix", None) is not None:
+            access["suffix"] = body.suffix
+        access["completions"] = [""] * (len(prompts) * params.n)
     request.state.access = access
     return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored)
 
@@ -296,6 +299,8 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
                         job.access[key] = job.access.get(key, 0) + add
                 elif event.text:
                     clock.text(number * job.params.n + event.index)
+                    if "completions" in job.access:
+                        job.access["completions"][number * job.params.n + event.index] += event.text
                 yield number * job.params.n, event
         except (GeneratorExit, asyncio.CancelledError):  # the client went away: its rows are dropped
             clock.cancelled()

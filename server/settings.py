@@ -120,7 +120,8 @@ class Settings(BaseSettings):
         10.0, gt=0, description="On SIGTERM, how long in-flight generations may go on; past it they are ended cleanly."
     )
     log_prompts: bool = Field(
-        False, description="Put each request's prompt text in its access-log line (off: code is private)."
+        False, description="Put each request's prompt, suffix and generated texts in its access-log line (off: code is "
+        "private)."
     )
 
     def environment(self, names: tuple[str, ...] = ENGINE_SETTINGS) -> dict[str, str]:
