@@ -65,6 +65,14 @@ class _SamplingRequest(BaseModel):
     _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
 
 
+class InputExtra(BaseModel):
+    """Another file's code for the completion to draw on: llama.cpp's `input_extra` chunk."""
+
+    model_config = ConfigDict(extra="ignore")
+    filename: str = Field("tmp", max_length=1024)
+    text: str
+
+
 class CompletionRequest(_SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     best_of: int | None = Field(None, ge=1)
@@ -72,6 +80,10 @@ class CompletionRequest(_SamplingRequest):
     logprobs: int | None = Field(None, ge=0, le=5)
     max_tokens: int | None = Field(None, ge=0)
     suffix: str | None = None
+
+    # --- slipstream extension (llama.cpp's /infill field): other files of the project, laid out before
+    # the prompt with the model's repository tokens where it has them, trimmed first when it is long ---
+    input_extra: list[InputExtra] | None = None
 
     @field_validator("prompt")
     @classmethod

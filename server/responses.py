@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from server.engine import Delta, FinishReason, TokenLogprob, Usage
 from server.protocol import (
     AssistantMessage,
+    ErrorBody,
+    ErrorResponse,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -58,14 +60,40 @@ def wire_usage(usages: list[Usage]) -> WireUsage:
 
 
 class Shape(Protocol):
-    def response(self, got: Collected) -> BaseModel: ...
+    """A route's wire shape: its whole response, and its stream's media type and framed events."""
 
-    def chunk(self, index: int, delta: Delta) -> str: ...
+    media_type: str
 
-    def usage_chunk(self, usage: WireUsage) -> str: ...
+    def response(self, got: Collected) -> BaseModel | dict: ...
+
+    def chunk(self, index: int, delta: Delta) -> str | None: ...
+
+    def closing(self, usage: WireUsage, include_usage: bool) -> list[str]: ...
+
+    def error_event(self, message: str, kind: str) -> str: ...
 
 
-class CompletionShape:
+class OpenAIStream:
+    """The OpenAI routes' stream: server-sent events, a usage chunk when asked for, `[DONE]` last, an
+    error after the start as an error object in band."""
+
+    media_type = "text/event-stream"
+
+    def usage_chunk(self, usage: WireUsage) -> str:
+        raise NotImplementedError
+
+    def closing(self, usage: WireUsage, include_usage: bool) -> list[str]:
+        return [*([sse(self.usage_chunk(usage))] if include_usage else []), sse("[DONE]")]
+
+    def error_event(self, message: str, kind: str) -> str:
+        return sse(ErrorResponse(error=ErrorBody(message=message, type=kind)).model_dump_json()) + sse("[DONE]")
+
+
+def sse(data: str) -> str:
+    return f"data: {data}\n\n"
+
+
+class CompletionShape(OpenAIStream):
     """/v1/completions: text choices, legacy logprobs."""
 
     def __init__(self, model: str) -> None:
@@ -82,13 +110,13 @@ class CompletionShape:
     def chunk(self, index: int, delta: Delta) -> str:
         logprobs, self._offsets[index] = _legacy_logprobs(delta.logprobs, self._offsets.get(index, 0))
         choice = Choice(text=delta.text, index=index, logprobs=logprobs, finish_reason=delta.finish_reason)
-        return CompletionResponse(id=self._id, model=self._model, choices=[choice]).model_dump_json(exclude={"usage"})
+        return sse(CompletionResponse(id=self._id, model=self._model, choices=[choice]).model_dump_json(exclude={"usage"}))
 
     def usage_chunk(self, usage: WireUsage) -> str:
         return CompletionResponse(id=self._id, model=self._model, choices=[], usage=usage).model_dump_json()
 
 
-class ChatShape:
+class ChatShape(OpenAIStream):
     """/v1/chat/completions: assistant messages, chat logprobs."""
 
     def __init__(self, model: str) -> None:
@@ -113,7 +141,7 @@ class ChatShape:
         )
         data = ChatCompletionChunk(id=self._id, model=self._model, choices=[choice]).model_dump(exclude={"usage"})
         data["choices"][0]["delta"] = {k: v for k, v in data["choices"][0]["delta"].items() if v is not None}
-        return json.dumps(data)
+        return sse(json.dumps(data))
 
     def usage_chunk(self, usage: WireUsage) -> str:
         return ChatCompletionChunk(id=self._id, model=self._model, choices=[], usage=usage).model_dump_json()
@@ -152,4 +180,4 @@ def _chat_logprobs(items: list[TokenLogprob] | None) -> ChatLogprobs | None:
     )
 
 
-__all__ = ["ChatShape", "Collected", "CompletionShape", "Shape", "wire_usage"]
+__all__ = ["ChatShape", "Collected", "CompletionShape", "OpenAIStream", "Shape", "sse", "wire_usage"]

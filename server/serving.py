@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import AsyncGenerator, AsyncIterator, Awaitable, Iterator, TypeVar
+from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -24,7 +24,7 @@ from starlette.datastructures import State
 from server import auth
 from server.backends.base import Backend
 from server.drain import Drain
-from server.engine import Delta, FinishReason, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
+from server.engine import ContextFile, Delta, FinishReason, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
 from server.errors import (
     TRANSLATED,
     ClientGone,
@@ -35,7 +35,7 @@ from server.errors import (
     to_api_error,
 )
 from server.metrics import GenerationClock, Metrics
-from server.protocol import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse
+from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.responses import ChatShape, Collected, CompletionShape, Shape, wire_usage
 from server.settings import Settings
 
@@ -57,9 +57,12 @@ class Job:
     ignored: list[str]  # request fields this model cannot honour (X-Slipstream-Ignored)
 
 
-async def completion(state: State, body: CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    """/v1/completions (and the Copilot plugin's engine route). `state` is the app's: settings, backend,
-    metrics, drain (server/app.py)."""
+async def completion(state: State, body: CompletionRequest, request: Request,
+                     shape: Callable[[str], Shape] = CompletionShape,
+                     ignored: list[str] | None = None) -> JSONResponse | StreamingResponse:
+    """/v1/completions (and the Copilot plugin's engine route; Ollama's /api/generate and llama.cpp's
+    /infill in their own shapes). `state` is the app's: settings, backend, metrics, drain (server/app.py).
+    `ignored`: the fields the route already knows it cannot honour (X-Slipstream-Ignored)."""
     settings: Settings = state.settings
     backend: Backend = state.backend
     with _api_errors():
@@ -72,16 +75,18 @@ async def completion(state: State, body: CompletionRequest, request: Request) ->
                                  f"this server's limit of {settings.max_n} (max_n)", "prompt")
         # fill-in-the-middle where the model has FIM sentinels; elsewhere the suffix is ignored, and said so
         suffix = body.suffix if body.suffix is not None and prompter.fills_in_the_middle else None
-        prompts = [prompter.prepare(p, params.max_tokens, suffix=suffix) for p in texts]
+        extra = [ContextFile(e.filename, e.text) for e in body.input_extra or []]
+        prompts = [prompter.prepare(p, params.max_tokens, suffix=suffix, extra=extra) for p in texts]
         for prompt in prompts:
             _check_prompt_length(prompt, settings)
-        ignored = ["suffix"] if body.suffix and suffix is None else []
+        ignored = [*(ignored or []), *(["suffix"] if body.suffix and suffix is None else [])]
         job = _job(state, request, model, prompts, params, body, body.prompt, ignored)
-        return await _respond(backend, job, request, CompletionShape(model), body)
+        return await _respond(backend, job, request, shape(model), body)
 
 
-async def chat(state: State, body: ChatCompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
-    """/v1/chat/completions, through the model's own chat template."""
+async def chat(state: State, body: ChatCompletionRequest, request: Request,
+               shape: Callable[[str], Shape] = ChatShape, ignored: list[str] | None = None) -> JSONResponse | StreamingResponse:
+    """/v1/chat/completions (and Ollama's /api/chat in its shape), through the model's own chat template."""
     settings: Settings = state.settings
     backend: Backend = state.backend
     with _api_errors():
@@ -98,8 +103,8 @@ async def chat(state: State, body: ChatCompletionRequest, request: Request) -> J
         prompt = prompter.prepare(prompter.chat_prompt(messages), params.max_tokens, raw=False)
         _check_prompt_length(prompt, settings)
         logged = [m["content"] for m in messages]
-        job = _job(state, request, model, [prompt], params, body, logged, [])
-        return await _respond(backend, job, request, ChatShape(model), body)
+        job = _job(state, request, model, [prompt], params, body, logged, list(ignored or []))
+        return await _respond(backend, job, request, shape(model), body)
 
 
 @contextmanager
@@ -190,7 +195,8 @@ async def _respond(backend: Backend, job: Job, request: Request, shape: Shape,
     headers = {"X-Slipstream-Ignored": ",".join(job.ignored)} if job.ignored else {}
     if not body.stream:
         got = await _while_connected(request, _collect(backend, job))
-        return JSONResponse(shape.response(got).model_dump(), headers=headers)
+        whole = shape.response(got)
+        return JSONResponse(whole if isinstance(whole, dict) else whole.model_dump(), headers=headers)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     events = _stream(backend, job, shape, include_usage)
     first = await anext(events)
@@ -203,7 +209,7 @@ async def _respond(backend: Backend, job: Job, request: Request, shape: Shape,
         finally:
             await events.aclose()
 
-    return StreamingResponse(from_first(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
+    return StreamingResponse(from_first(), media_type=shape.media_type, headers={"Cache-Control": "no-cache", **headers})
 
 
 async def _while_connected(request: Request, work: Awaitable[_R]) -> _R:
@@ -238,30 +244,25 @@ async def _collect(backend: Backend, job: Job) -> Collected:
 
 
 async def _stream(backend: Backend, job: Job, shape: Shape, include_usage: bool) -> AsyncGenerator[str, None]:
-    """SSE events: one chunk per delta, an optional usage chunk, then [DONE] (always last). An error
-    before the first chunk is raised (the response's status can still say it); after, it can no
-    longer change the status: it is sent as an error event."""
+    """The shape's events: one per delta, then its closing ones (usage, the end). An error before the
+    first event is raised (the response's status can still say it); after, it can no longer change
+    the status: it is sent in band, as the shape sends errors."""
     usages: list[Usage] = []
     started = False
     try:
         async for base, event in _events(backend, job):
             if isinstance(event, Usage):
                 usages.append(event)
-            else:
+            elif (framed := shape.chunk(base + event.index, event)) is not None:
                 started = True
-                yield _sse(shape.chunk(base + event.index, event))
-        if include_usage:
-            yield _sse(shape.usage_chunk(wire_usage(usages)))
+                yield framed
     except Exception as exc:  # the status line is gone: report in band, then end the stream properly
         if not started:
             raise  # nothing sent yet: the response still answers with the error's own status
-        body = ErrorResponse(error=ErrorBody(message=str(exc) or type(exc).__name__, type=to_api_error(exc).type))
-        yield _sse(body.model_dump_json())
-    yield _sse("[DONE]")
-
-
-def _sse(data: str) -> str:
-    return f"data: {data}\n\n"
+        yield shape.error_event(str(exc) or type(exc).__name__, to_api_error(exc).type)
+        return
+    for framed in shape.closing(wire_usage(usages), include_usage):
+        yield framed
 
 
 # --- generation events ---

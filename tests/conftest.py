@@ -12,12 +12,14 @@ import pytest
 from testkit.server_process import ServerProcess, free_port  # noqa: F401 - the tests' import path
 from server.models import store
 from server.models.export import export_bundled, export_checkpoint
-from tests.tiny_model import build_tiny_codegen, build_tiny_llama
+from server.models.catalog import PRESETS
+from tests.tiny_model import build_tiny, build_tiny_codegen, build_tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = "tiny-codegen"
 TINY_LLAMA = "tiny-llama"
 TINY_CONTEXT = 128  # small, so that trimming is easy to reach
+FIM_MODEL = "starcoder2-3b"  # the preset (sentinels, repository tokens) a tiny StarCoder2 is exported under
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +62,18 @@ def duo_server(duo_repo: Path) -> Iterator[ServerProcess]:
     """The tiny Llama (chat template) and the tiny CodeGen (none) in one server, the Llama first."""
     with ServerProcess(duo_repo, [TINY_LLAMA, TINY]) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def fim_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny StarCoder2 exported with its FIM sentinels and its repository and file-separator tokens."""
+    fim = PRESETS[FIM_MODEL].fim
+    assert fim is not None
+    root = tmp_path_factory.mktemp("fim")
+    special = tuple(t for t in (fim.prefix, fim.suffix, fim.middle, fim.repo_name, fim.file_sep) if t)
+    checkpoint = build_tiny("starcoder2", root / "hf", special=special)
+    export_checkpoint(checkpoint, root / "repo", FIM_MODEL, preset=PRESETS[FIM_MODEL], log=lambda _line: None)
+    return root / "repo"
 
 
 @pytest.fixture(scope="session")

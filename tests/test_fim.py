@@ -11,20 +11,10 @@ import pytest
 
 from server.engine.prompts import Prompter
 from server.models.catalog import PRESETS
-from server.models.export import export_checkpoint
 from tests.conftest import ServerProcess
-from tests.tiny_model import build_tiny
 
 NAME = "starcoder2-3b"
 FIM = PRESETS[NAME].fim
-
-
-@pytest.fixture(scope="module")
-def fim_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fim")
-    checkpoint = build_tiny("starcoder2", root / "hf", special=(FIM.prefix, FIM.suffix, FIM.middle))
-    export_checkpoint(checkpoint, root / "repo", NAME, preset=PRESETS[NAME], log=lambda _line: None)
-    return root / "repo"
 
 
 def test_prompt_ids_in_prefix_suffix_middle_order(fim_repo: Path) -> None:

@@ -2,7 +2,7 @@
 inside Triton's python backend.
 
 The public surface, what the rest of the server imports: the prompt side (Prompter, Prompt,
-InvalidInput), the sampling parameters, the events a generation yields, the Engine and its Scheduler
+ContextFile, InvalidInput), the sampling parameters, the events a generation yields, the Engine and its Scheduler
 (continuous batching, QueueFull past its bound), the errors a model can raise when it loads, and
 the bare session (Runner) with log_softmax, for checking an export's logits (server/verify.py).
 """
@@ -10,12 +10,12 @@ the bare session (Runner) with log_softmax, for checking an export's logits (ser
 from server.engine.engine import Engine
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prefix_cache import CacheStats
-from server.engine.prompts import InvalidInput, Prompt, Prompter
+from server.engine.prompts import ContextFile, InvalidInput, Prompt, Prompter
 from server.engine.runner import DeviceError, GraphError, Runner
 from server.engine.sampling import SamplingParams, log_softmax
 from server.engine.scheduler import QueueFull, Scheduler
 
 __all__ = [
-    "CacheStats", "Delta", "DeviceError", "Engine", "FinishReason", "GraphError", "InvalidInput", "Prompt", "Prompter", "QueueFull",
+    "CacheStats", "ContextFile", "Delta", "DeviceError", "Engine", "FinishReason", "GraphError", "InvalidInput", "Prompt", "Prompter", "QueueFull",
     "Runner", "SamplingParams", "Scheduler", "TokenLogprob", "Usage", "log_softmax",
 ]

@@ -3,7 +3,7 @@ the context), and chat messages rendered through the model's own template."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -18,6 +18,14 @@ class InvalidInput(ValueError):
     def __init__(self, message: str, param: str) -> None:
         super().__init__(message)
         self.param = param
+
+
+@dataclass(frozen=True)
+class ContextFile:
+    """Another file of the project the completion may draw on (llama.cpp's input_extra chunk)."""
+
+    filename: str
+    text: str
 
 
 @dataclass
@@ -68,11 +76,13 @@ class Prompter:
     def fills_in_the_middle(self) -> bool:
         return self.manifest.fim is not None
 
-    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True, suffix: str | None = None) -> Prompt:
+    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True, suffix: str | None = None,
+                extra: list[ContextFile] | None = None) -> Prompt:
         """Prefix the prompt as the model needs (raw text; a rendered chat template brings its own start)
         and trim it from the left (editor prompts are long, and their end, next to the cursor, matters
         most) so that prompt + max_tokens fits the context. With a suffix (the code after the cursor)
-        and a model that has FIM sentinels: prefix-suffix-middle order, the model writes the middle."""
+        and a model that has FIM sentinels: prefix-suffix-middle order, the model writes the middle.
+        `extra`: other files of the project, laid out before it all (see _context)."""
         ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
         bad = [t for t in ids if not 0 <= t < self._vocab]
         if bad:
@@ -85,19 +95,55 @@ class Prompter:
                 f"{self.manifest.context_length} tokens",
                 "max_tokens",
             )
-        if suffix is not None and self.manifest.fim is not None:
-            return self._fill_in_the_middle(prompt, ids, suffix, prefix, room)
-        if not ids:
-            raise InvalidInput("prompt is empty", "prompt")
-        trimmed = max(0, len(ids) - room)
-        if trimmed:
-            ids = ids[trimmed:]
-            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        fim = suffix is not None and self.manifest.fim is not None
+        after = self.encode(suffix) if fim and suffix is not None else []
+        context, dropped = self._context(extra or [], room, len(ids) + len(after) + (3 if fim else 0))
+        if fim and suffix is not None:
+            made = self._fill_in_the_middle(prompt, ids, after, prefix + context, room - len(context))
         else:
-            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=False)
-        return Prompt(ids=prefix + ids, text=text, trimmed=trimmed, prefix=len(prefix))
+            if not ids:
+                raise InvalidInput("prompt is empty", "prompt")
+            room -= len(context)
+            trimmed = max(0, len(ids) - room)
+            if trimmed:
+                ids = ids[trimmed:]
+                text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            else:
+                text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids, skip_special_tokens=False)
+            made = Prompt(ids=prefix + context + ids, text=text, trimmed=trimmed)
+        return replace(made, prefix=len(prefix), trimmed=made.trimmed + dropped)
 
-    def _fill_in_the_middle(self, prompt: str | list[int], before: list[int], suffix: str, prefix: list[int],
+    def _context(self, files: list[ContextFile], room: int, cursor_needs: int) -> tuple[list[int], int]:
+        """Other files' code, before the code at the cursor: with the model's repository tokens where it
+        has them (repo_name, then file_sep + path + newline + code per file, as StarCoder2 and Qwen-Coder
+        were trained), else each under a `--- path ---` line. The code at the cursor comes first: the
+        files get what it does not need, at most half the room while it needs less; files are dropped
+        whole from the first (an editor sends the same files keystroke after keystroke, so the prompt's
+        start, and with it the prefix cache, stays put), the last one cut from its start if alone too
+        long. Returns the ids and how many tokens of the files were left out."""
+        if not files:
+            return [], 0
+        fim = self.manifest.fim
+        sep = self.tokenizer.token_to_id(fim.file_sep) if fim and fim.file_sep else None
+        chunks = [([sep] + self.encode(f"{f.filename}\n{f.text}") if sep is not None
+                   else self.encode(f"--- {f.filename} ---\n{f.text}\n\n")) for f in files]
+        head: list[int] = []
+        if sep is not None and fim and fim.repo_name:
+            head = [self.tokenizer.token_to_id(fim.repo_name), *self.encode("project\n")]
+        budget = room - max(min(cursor_needs, room), room // 2) - len(head)
+        kept: list[list[int]] = []
+        for chunk in reversed(chunks):  # the last file (the most recent one an editor sends) kept first
+            if len(chunk) > budget:
+                if not kept and budget > 0:
+                    kept.append(chunk[len(chunk) - budget:])
+                break
+            kept.append(chunk)
+            budget -= len(chunk)
+        ids = [t for chunk in reversed(kept) for t in chunk]
+        total = sum(len(c) for c in chunks)
+        return ((head + ids) if ids else []), total - len(ids)
+
+    def _fill_in_the_middle(self, prompt: str | list[int], before: list[int], after: list[int], prefix: list[int],
                             room: int) -> Prompt:
         """<prefix> before <suffix> after <middle>: the code before the cursor keeps its end, the code after
         it its start; the code after gets what the code before does not need, and at most half the room
@@ -105,7 +151,6 @@ class Prompter:
         fim = self.manifest.fim
         assert fim is not None
         sentinels = [self.tokenizer.token_to_id(t) for t in (fim.prefix, fim.suffix, fim.middle)]
-        after = self.encode(suffix)
         room -= len(sentinels)
         if room < 1:
             raise InvalidInput("max_tokens leaves no room for the prompt and suffix in the model's context of "

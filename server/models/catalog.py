@@ -83,11 +83,15 @@ def lookup(name: str) -> CatalogEntry:
 
 @dataclass(frozen=True)
 class Fim:
-    """Fill-in-the-middle sentinel tokens: prompt = prefix + code before + suffix + code after + middle."""
+    """Fill-in-the-middle sentinel tokens: prompt = prefix + code before + suffix + code after + middle;
+    and, for models trained on whole repositories, the tokens that lay out other files before it
+    (repo_name + name, then file_sep + path + code per file), kept where the tokenizer has them."""
 
     prefix: str
     suffix: str
     middle: str
+    repo_name: str | None = None
+    file_sep: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,9 +104,9 @@ class Preset:
     fim: Fim | None = None
 
 
-_STARCODER_FIM = Fim("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+_STARCODER_FIM = Fim("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<repo_name>", "<file_sep>")  # StarCoder2's
 _SANTACODER_FIM = Fim("<fim-prefix>", "<fim-suffix>", "<fim-middle>")  # hyphens, unlike StarCoder's
-_QWEN_FIM = Fim("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+_QWEN_FIM = Fim("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|repo_name|>", "<|file_sep|>")
 _CODELLAMA_FIM = Fim("\u2581<PRE>", "\u2581<SUF>", "\u2581<MID>")  # the pieces are "▁<PRE>" etc.
 _ENDOFTEXT = ("<|endoftext|>",)
 

@@ -359,7 +359,10 @@ def _fim_tokens(tokenizer, fim: catalog.Fim | None) -> store.FimTokens | None:
     missing = [t for t in (fim.prefix, fim.suffix, fim.middle) if tokenizer.token_to_id(t) is None]
     if missing:
         raise ExportError(f"fill-in-the-middle tokens {missing} are not in the tokenizer's vocabulary")
-    return store.FimTokens(prefix=fim.prefix, suffix=fim.suffix, middle=fim.middle)
+    # the repository tokens only where this tokenizer has them (StarCoder 1 has other ones: text separators then)
+    repo_name, file_sep = (t if t and tokenizer.token_to_id(t) is not None else None for t in (fim.repo_name, fim.file_sep))
+    return store.FimTokens(prefix=fim.prefix, suffix=fim.suffix, middle=fim.middle,
+                           repo_name=repo_name if file_sep else None, file_sep=file_sep)
 
 
 def _checkpoint_chat_template(hf_dir: Path, tok_config: dict) -> str | None:

@@ -42,6 +42,8 @@ class FimTokens(BaseModel):
     prefix: str
     suffix: str
     middle: str
+    repo_name: str | None = Field(None, description="Starts the other files of the repository (StarCoder2, Qwen-Coder)")
+    file_sep: str | None = Field(None, description="Starts each file: its path, a newline, its code")
 
 
 class Manifest(BaseModel):

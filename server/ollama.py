@@ -1,0 +1,226 @@
+"""Ollama's API, for the plugins that speak it (Continue, Twinny, Cody's local mode, the `ollama` client):
+/api/generate (with `suffix` through our fill-in-the-middle), /api/chat, streaming NDJSON; /api/tags,
+/api/show, /api/ps, /api/version. Each generation route converts its body into our completion or chat
+request and makes the one call into serving, with an Ollama shape for the answer. Errors come back in
+Ollama's shape, {"error": "..."}, with the status the same failure gets on the OpenAI routes."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ValidationError
+
+from server import serving
+from server.backends.base import SERVING, Backend
+from server.body import parse_body
+from server.engine import Delta
+from server.errors import APIError, InvalidRequest, ModelNotFound
+from server.models.store import MANIFEST, Manifest, model_dir
+from server.ollama_protocol import ChatRequest, GenerateRequest, ShowRequest
+from server.protocol import Usage as WireUsage
+from server.responses import Collected
+
+router = APIRouter(prefix="/api", include_in_schema=False)
+OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API these routes answer as (clients check it for features)
+_DONE_REASON = {"stop": "stop", "length": "length"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+class _NDJSON:
+    """Ollama's answer: one JSON object per line while it streams, the last with `done` and the counts
+    and durations (nanoseconds: prompt_eval is the time to the first token, eval the rest)."""
+
+    media_type = "application/x-ndjson"
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._started = time.perf_counter_ns()
+        self._first: int | None = None
+        self._finish = "stop"
+
+    def _piece(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _line(self, data: dict[str, Any]) -> str:
+        return json.dumps(data) + "\n"
+
+    def chunk(self, index: int, delta: Delta) -> str | None:
+        if self._first is None:
+            self._first = time.perf_counter_ns()
+        if delta.finish_reason is not None:
+            self._finish = _DONE_REASON.get(delta.finish_reason, "stop")
+        if not delta.text:
+            return None
+        return self._line({"model": self._model, "created_at": _now(), **self._piece(delta.text), "done": False})
+
+    def _done(self, usage: WireUsage, text: str = "") -> dict[str, Any]:
+        end = time.perf_counter_ns()
+        first = self._first or end
+        return {"model": self._model, "created_at": _now(), **self._piece(text), "done": True,
+                "done_reason": self._finish, "total_duration": end - self._started, "load_duration": 0,
+                "prompt_eval_count": usage.prompt_tokens, "prompt_eval_duration": first - self._started,
+                "eval_count": usage.completion_tokens, "eval_duration": end - first}
+
+    def closing(self, usage: WireUsage, include_usage: bool) -> list[str]:
+        return [self._line(self._done(usage))]
+
+    def error_event(self, message: str, kind: str) -> str:
+        return self._line({"error": message})
+
+    def response(self, got: Collected) -> dict[str, Any]:
+        self._first = self._first or time.perf_counter_ns()
+        self._finish = _DONE_REASON.get(got.finish[0] or "stop", "stop")
+        return self._done(got.usage, got.texts[0])
+
+
+class GenerateShape(_NDJSON):
+    def _piece(self, text: str) -> dict[str, Any]:
+        return {"response": text}
+
+
+class ChatShape(_NDJSON):
+    def _piece(self, text: str) -> dict[str, Any]:
+        return {"message": {"role": "assistant", "content": text}}
+
+
+async def _ollama_errors(work: Callable[[], Awaitable[Response]]) -> Response:
+    """Our API errors in Ollama's shape: {"error": message}, the same status."""
+    try:
+        return await work()
+    except APIError as exc:
+        cause = exc.__cause__
+        message = _located(cause) if isinstance(cause, ValidationError) else exc.message
+        return JSONResponse({"error": message}, status_code=exc.status,
+                            headers={"Retry-After": "1"} if exc.status in (429, 503) else None)
+    except ValidationError as exc:  # a value Ollama's body allows but ours does not (num_predict 0 on a chat)
+        return JSONResponse({"error": _located(exc)}, status_code=400)
+
+
+def _located(exc: ValidationError) -> str:
+    """The first error with its whole place in the body (options.temperature, messages.0.role)."""
+    first = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
+
+
+def _served(request: Request, name: str) -> tuple[str, Manifest | None]:
+    backend: Backend = request.app.state.backend
+    if name not in backend.names:
+        raise ModelNotFound(f"model '{name}' not found; served here: {', '.join(backend.names)}")
+    return name, backend.manifest(name)
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    return await parse_body(request, model, request.app.state.settings.max_body_bytes)
+
+
+@router.post("/generate")
+async def generate(request: Request) -> Response:
+    async def work() -> Response:
+        body: GenerateRequest = await _parse(request, GenerateRequest)
+        name, manifest = _served(request, body.served_name())
+        if body.images:
+            raise InvalidRequest(f"model '{name}' does not take images", "images")
+        if body.format:
+            raise InvalidRequest("format (structured outputs) is not supported by this server", "format")
+        ignored = body.common_ignored() + [f for f in ("template", "context") if getattr(body, f)]
+        if not body.prompt and not body.suffix:  # Ollama's way to load a model ahead of use
+            await request.app.state.backend.acquire(name)
+            return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
+                                 "done_reason": "load"})
+        shape = lambda _m: GenerateShape(body.model)  # noqa: E731 - the name as the client gave it
+        if not body.raw and body.suffix is None and manifest is not None and manifest.chat_template:
+            return await serving.chat(request.app.state, body.chat(name), request, shape, ignored=ignored)
+        if body.system:
+            ignored.append("system")  # a raw prompt, or a model without a chat template, has nowhere to put it
+        return await serving.completion(request.app.state, body.completion(name), request, shape, ignored=ignored)
+
+    return await _ollama_errors(work)
+
+
+@router.post("/chat")
+async def chat(request: Request) -> Response:
+    async def work() -> Response:
+        body: ChatRequest = await _parse(request, ChatRequest)
+        name, _manifest = _served(request, body.served_name())
+        if body.format:
+            raise InvalidRequest("format (structured outputs) is not supported by this server", "format")
+        if body.tools:
+            raise InvalidRequest("tools are not supported by this server", "tools")
+        if any(m.images for m in body.messages):
+            raise InvalidRequest(f"model '{name}' does not take images", "messages")
+        shape = lambda _m: ChatShape(body.model)  # noqa: E731
+        return await serving.chat(request.app.state, body.chat(name), request, shape, ignored=body.common_ignored())
+
+    return await _ollama_errors(work)
+
+
+def _details(manifest: Manifest | None) -> dict[str, Any]:
+    if manifest is None:
+        return {}
+    return {"parent_model": "", "format": "onnx", "family": manifest.architecture, "families": [manifest.architecture],
+            "parameter_size": f"{manifest.parameters / 1e6:.0f}M" if manifest.parameters < 1e9
+            else f"{manifest.parameters / 1e9:.1f}B", "quantization_level": manifest.precision.upper()}
+
+
+def _entry(request: Request, name: str) -> dict[str, Any]:
+    manifest = request.app.state.backend.manifest(name)
+    folder = model_dir(request.app.state.settings.model_repository, name)
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    written = (folder / MANIFEST).stat().st_mtime if (folder / MANIFEST).is_file() else 0.0
+    return {"name": f"{name}:latest", "model": f"{name}:latest",
+            "modified_at": datetime.fromtimestamp(written, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "size": sum(p.stat().st_size for p in files),
+            "digest": manifest.content_sha256 if manifest else "", "details": _details(manifest)}
+
+
+@router.get("/tags")
+async def tags(request: Request) -> dict[str, Any]:
+    return {"models": [_entry(request, name) for name in request.app.state.backend.names]}
+
+
+@router.get("/ps")
+async def running(request: Request) -> dict[str, Any]:
+    """The models in memory (every ready one stays there while the server runs)."""
+    backend: Backend = request.app.state.backend
+    return {"models": [{**_entry(request, name), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0}
+                       for name in backend.names if backend.status(name) in SERVING]}
+
+
+def _template(manifest: Manifest) -> str:
+    """What Ollama's /api/show calls the template: Continue reads `.Suffix` in it to send a suffix."""
+    if manifest.fim is not None:
+        fim = manifest.fim
+        return (f"{{{{- if .Suffix }}}}{fim.prefix}{{{{ .Prompt }}}}{fim.suffix}{{{{ .Suffix }}}}{fim.middle}"
+                "{{- else }}{{ .Prompt }}{{- end }}")
+    return manifest.chat_template or "{{ .Prompt }}"
+
+
+@router.post("/show")
+async def show(request: Request) -> Response:
+    async def work() -> Response:
+        body: ShowRequest = await _parse(request, ShowRequest)
+        if body.served_name() is None:
+            raise InvalidRequest("model is required", "model")
+        name, manifest = _served(request, body.served_name())
+        assert manifest is not None
+        capabilities = ["completion", *(["insert"] if manifest.fim else [])]
+        info = {"general.architecture": manifest.architecture, "general.parameter_count": manifest.parameters,
+                f"{manifest.architecture}.context_length": manifest.context_length}
+        return JSONResponse({"license": "", "modelfile": f"FROM {name}\n", "parameters": "",
+                             "template": _template(manifest), "details": _details(manifest), "model_info": info,
+                             "capabilities": capabilities, "modified_at": _entry(request, name)["modified_at"]})
+
+    return await _ollama_errors(work)
+
+
+@router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": OLLAMA_VERSION}
