@@ -23,6 +23,7 @@ from server.metrics import Metrics, MetricsMiddleware
 from server.openapi import document_schemas
 from server.protocol import ErrorBody, ErrorResponse
 from server.copilot import router as copilot_router
+from server.infill import router as infill_router
 from server.ollama import router as ollama_router
 from server.routes import router
 from server.settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     app.include_router(router)
     app.include_router(copilot_router)
     app.include_router(ollama_router)
+    app.include_router(infill_router)
     document_schemas(app)
     if keys:
         app.add_middleware(auth.APIKeyMiddleware, keys=keys)
@@ -61,7 +63,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     if settings.cors_origins:  # after the key check: outside it, so that preflights are answered first
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    routes = [r for r in (*app.router.routes, *router.routes, *copilot_router.routes, *ollama_router.routes) if isinstance(r, Route)]
+    routes = [r for r in (*app.router.routes, *router.routes, *copilot_router.routes, *ollama_router.routes,
+                                      *infill_router.routes) if isinstance(r, Route)]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outermost: refused requests are counted too
     return app
 

@@ -84,6 +84,10 @@ class CompletionRequest(_SamplingRequest):
     # --- slipstream extension (llama.cpp's /infill field): other files of the project, laid out before
     # the prompt with the model's repository tokens where it has them, trimmed first when it is long ---
     input_extra: list[InputExtra] | None = None
+    n_indent: int = Field(0, ge=0, description="llama.cpp's: a line after the first indented less than this many "
+                          "spaces ends the completion before it (0: off).")
+    t_max_predict_ms: int | None = Field(None, ge=0, description="llama.cpp's: past this many ms since the first "
+                                         "token, the completion ends at its next newline (0 or none: off).")
 
     @field_validator("prompt")
     @classmethod
@@ -134,6 +138,8 @@ class CompletionRequest(_SamplingRequest):
             logprobs=self.logprobs,
             echo=self.echo,
             ignore_eos=self.ignore_eos,
+            min_indent=self.n_indent,
+            max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None,
         )
 
 

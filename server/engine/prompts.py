@@ -99,9 +99,11 @@ class Prompter:
         after = self.encode(suffix) if fim and suffix is not None else []
         context, dropped = self._context(extra or [], room, len(ids) + len(after) + (3 if fim else 0))
         if fim and suffix is not None:
+            if not ids and not after and not context:  # other files alone: an editor's warm-up of the cache
+                raise InvalidInput("prompt and suffix are both empty", "prompt")
             made = self._fill_in_the_middle(prompt, ids, after, prefix + context, room - len(context))
         else:
-            if not ids:
+            if not ids and not context:  # other files alone make a prompt: an editor's warm-up of the cache
                 raise InvalidInput("prompt is empty", "prompt")
             room -= len(context)
             trimmed = max(0, len(ids) - room)
@@ -155,8 +157,6 @@ class Prompter:
         if room < 1:
             raise InvalidInput("max_tokens leaves no room for the prompt and suffix in the model's context of "
                                f"{self.manifest.context_length} tokens", "max_tokens")
-        if not before and not after:
-            raise InvalidInput("prompt and suffix are both empty", "prompt")
         keep_after = min(len(after), max(room // 2, room - len(before)))
         keep_before = min(len(before), room - keep_after)
         trimmed = (len(before) - keep_before) + (len(after) - keep_after)

@@ -32,6 +32,8 @@ class SamplingParams:
     logprobs: int | None = None  # top-N alternatives per token; None: no logprobs
     echo: bool = False
     ignore_eos: bool = False  # generate max_tokens whatever the model says (fixed-length latency runs)
+    min_indent: int = 0  # llama.cpp's n_indent: a later line indented less than this ends the completion before it
+    max_predict_s: float | None = None  # llama.cpp's t_max_predict_ms: past it from the first token, end at a newline
 
     @property
     def greedy(self) -> bool:

@@ -7,6 +7,7 @@ batch. best_of buffers every row's deltas and releases the best n (by mean logpr
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,6 +26,7 @@ class _Choice:
     counts: dict[int, int] = field(default_factory=dict)
     ids: list[int] = field(default_factory=list)  # the tokens decided so far
     generated: int = 0
+    newline: bool = False  # a newline generated (t_max_predict_ms ends a completion only after one)
     logprob_sum: float = 0.0
     deltas: list[Delta] = field(default_factory=list)  # kept only when best_of buffers
     finish_reason: FinishReason | None = None
@@ -40,11 +42,13 @@ class Sequence:
         self.tokens: list[int] = []  # the next token of each live row, fed to the next decode step
         self.events: list[Delta | Usage] = []
         self.steps = 0
+        self._first_at: float | None = None  # when the first token was decided (max_predict_s counts from it)
         self._buffer = rows > params.n  # best_of: rank all, return the best n, so nothing streams early
 
     def _new_choice(self, index: int) -> _Choice:
         rng = np.random.default_rng(None if self.params.seed is None else [self.params.seed, index])
-        return _Choice(index, rng, IncrementalDetokenizer(self.tokenizer, self.prompt.ids), StopMatcher(list(self.params.stop)))
+        stops = StopMatcher(list(self.params.stop), self.params.min_indent)
+        return _Choice(index, rng, IncrementalDetokenizer(self.tokenizer, self.prompt.ids), stops)
 
     @property
     def done(self) -> bool:
@@ -59,6 +63,9 @@ class Sequence:
         the previous live order) of the rows still going, whose cache rows the caller keeps."""
         self.steps += 1
         last = self.steps == self.params.max_tokens  # no forward pass after the last token
+        now = time.monotonic()
+        self._first_at = self._first_at or now
+        late = self.params.max_predict_s is not None and now - self._first_at > self.params.max_predict_s
         kept, tokens = [], []
         for row, i in enumerate(self.live):
             choice = self.choices[i]
@@ -66,7 +73,7 @@ class Sequence:
             self._emit(choice, delta)
             if delta.finish_reason is not None:
                 continue
-            if last:
+            if last or (late and choice.newline):
                 self._emit(choice, Delta(choice.index, self._drain(choice), None, "length"))
                 continue
             kept.append(row)
@@ -119,7 +126,9 @@ class Sequence:
                 info = [self._token_logprob(token, logprobs, params.logprobs)]
         if token in self.eos and not params.ignore_eos:
             return token, Delta(choice.index, self._drain(choice), info, "stop")
-        text = choice.stops.push(choice.detok.add(token))
+        piece = choice.detok.add(token)
+        choice.newline = choice.newline or "\n" in piece
+        text = choice.stops.push(piece)
         return token, Delta(choice.index, text, info, "stop" if choice.stops.stopped else None)
 
     @staticmethod

@@ -42,8 +42,9 @@ class StopMatcher:
     """Finds the earliest stop string in the generated text and holds back a tail that may be the start
     of one, so that no stop text (or part of one) ever reaches the client."""
 
-    def __init__(self, stops: list[str]) -> None:
+    def __init__(self, stops: list[str], min_indent: int = 0) -> None:
         self._stops = [s for s in stops if s]
+        self._min_indent = min_indent  # llama.cpp's n_indent: a line after the first indented less ends it
         self._text = ""
         self._emitted = 0
         self.stopped = False
@@ -55,6 +56,8 @@ class StopMatcher:
         self._text += piece
         search_from = max(0, self._emitted - max((len(s) for s in self._stops), default=0))
         hits = [i for s in self._stops if (i := self._text.find(s, search_from)) >= 0]
+        if (dedent := self._dedent()) is not None:
+            hits.append(dedent)
         if hits:
             self.stopped = True
             end = min(hits)
@@ -72,7 +75,27 @@ class StopMatcher:
         self._emitted = len(self._text)
         return out
 
+    def _dedent(self) -> int | None:
+        """Where the first line after the first newline that is indented less than min_indent starts
+        (its newline kept), once the line shows its first character."""
+        if not self._min_indent:
+            return None
+        start = self._text.find("\n")
+        while start >= 0:
+            line = self._text[start + 1:]
+            end = line.find("\n")
+            line = line if end < 0 else line[:end]
+            code = line.lstrip(" \t")
+            if code and len(line) - len(code) < self._min_indent:
+                return start + 1
+            start = self._text.find("\n", start + 1)
+        return None
+
     def _held_back(self) -> int:
+        if self._min_indent and "\n" in self._text:  # a line of whitespace so far may yet turn out dedented
+            tail = self._text[self._text.rfind("\n") + 1:]
+            if not tail.strip(" \t"):
+                return len(tail)
         longest = 0
         for stop in self._stops:
             for k in range(min(len(stop) - 1, len(self._text)), longest, -1):
