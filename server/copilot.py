@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from server import auth
 from server.backends.base import Backend
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter()
 _TOKEN_TTL_S = 1800
 
 

@@ -20,11 +20,12 @@ from server import serving
 from server.body import parse_body
 from server.engine import Delta
 from server.errors import APIError
+from server.openapi import route_doc
 from server.protocol import CompletionRequest, InputExtra
 from server.protocol import Usage as WireUsage
 from server.responses import Collected, sse
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter()
 # llama.cpp's fields that this server takes and does not act on (named back in X-Slipstream-Ignored)
 _NOT_DONE = ("samplers", "t_max_prompt_ms", "id_slot", "min_p", "repeat_penalty", "typical_p", "n_probs")
 _STOP_TYPE = {"stop": "eos", "length": "limit"}
@@ -63,6 +64,18 @@ class InfillRequest(BaseModel):
 
     def ignored(self) -> list[str]:
         return [name for name in _NOT_DONE if name in (self.model_extra or {})]
+
+
+class InfillErrorBody(BaseModel):
+    code: int
+    message: str
+    type: str
+
+
+class InfillError(BaseModel):
+    """llama.cpp's error answer: its code is the HTTP status."""
+
+    error: InfillErrorBody
 
 
 class InfillShape:
@@ -130,7 +143,7 @@ class InfillShape:
         return self._final(got.usage, got.texts[0])
 
 
-@router.post("/infill")
+@router.post("/infill", openapi_extra=route_doc(InfillRequest, error=InfillError))
 async def infill(request: Request) -> Response:
     try:
         body = await parse_body(request, InfillRequest, request.app.state.settings.max_body_bytes)

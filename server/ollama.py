@@ -21,11 +21,12 @@ from server.body import parse_body
 from server.engine import Delta
 from server.errors import APIError, InvalidRequest, ModelNotFound
 from server.models.store import MANIFEST, Manifest, model_dir
-from server.ollama_protocol import ChatRequest, GenerateRequest, ShowRequest
+from server.ollama_protocol import ChatRequest, GenerateRequest, OllamaError, ShowRequest
+from server.openapi import route_doc
 from server.protocol import Usage as WireUsage
 from server.responses import Collected
 
-router = APIRouter(prefix="/api", include_in_schema=False)
+router = APIRouter(prefix="/api")
 OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API these routes answer as (clients check it for features)
 _DONE_REASON = {"stop": "stop", "length": "length"}
 
@@ -117,19 +118,21 @@ def _served(request: Request, name: str) -> tuple[str, Manifest | None]:
     return name, backend.manifest(name)
 
 
+def _refuse(unsupported: str | None) -> None:
+    if unsupported is not None:
+        raise InvalidRequest(f"{unsupported} not supported by this server (its models take text only)", unsupported)
+
+
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
     return await parse_body(request, model, request.app.state.settings.max_body_bytes)
 
 
-@router.post("/generate")
+@router.post("/generate", openapi_extra=route_doc(GenerateRequest, error=OllamaError, stream="application/x-ndjson"))
 async def generate(request: Request) -> Response:
     async def work() -> Response:
         body: GenerateRequest = await _parse(request, GenerateRequest)
         name, manifest = _served(request, body.served_name())
-        if body.images:
-            raise InvalidRequest(f"model '{name}' does not take images", "images")
-        if body.format:
-            raise InvalidRequest("format (structured outputs) is not supported by this server", "format")
+        _refuse(body.unsupported())
         ignored = body.common_ignored() + [f for f in ("template", "context") if getattr(body, f)]
         if not body.prompt and not body.suffix:  # Ollama's way to load a model ahead of use
             await request.app.state.backend.acquire(name)
@@ -145,17 +148,12 @@ async def generate(request: Request) -> Response:
     return await _ollama_errors(work)
 
 
-@router.post("/chat")
+@router.post("/chat", openapi_extra=route_doc(ChatRequest, error=OllamaError, stream="application/x-ndjson"))
 async def chat(request: Request) -> Response:
     async def work() -> Response:
         body: ChatRequest = await _parse(request, ChatRequest)
         name, _manifest = _served(request, body.served_name())
-        if body.format:
-            raise InvalidRequest("format (structured outputs) is not supported by this server", "format")
-        if body.tools:
-            raise InvalidRequest("tools are not supported by this server", "tools")
-        if any(m.images for m in body.messages):
-            raise InvalidRequest(f"model '{name}' does not take images", "messages")
+        _refuse(body.unsupported())
         shape = lambda _m: ChatShape(body.model)  # noqa: E731
         return await serving.chat(request.app.state, body.chat(name), request, shape, ignored=body.common_ignored())
 
@@ -203,7 +201,7 @@ def _template(manifest: Manifest) -> str:
     return manifest.chat_template or "{{ .Prompt }}"
 
 
-@router.post("/show")
+@router.post("/show", openapi_extra=route_doc(ShowRequest, error=OllamaError))
 async def show(request: Request) -> Response:
     async def work() -> Response:
         body: ShowRequest = await _parse(request, ShowRequest)

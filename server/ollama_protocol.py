@@ -55,6 +55,10 @@ class _OllamaRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
 
+    def unsupported(self) -> str | None:
+        """The first field asked for that no model here does (structured output), else None."""
+        return "format" if self.format else None
+
     def served_name(self) -> str:
         """`name:latest` is `name`: Ollama's clients add the default tag."""
         return self.model.removesuffix(":latest")
@@ -73,6 +77,9 @@ class GenerateRequest(_OllamaRequest):
     raw: bool = False
     context: list[int] | None = None
     images: list[str] | None = None
+
+    def unsupported(self) -> str | None:
+        return "images" if self.images else super().unsupported()
 
     def completion(self, served: str) -> CompletionRequest:
         return CompletionRequest(model=served, prompt=self.prompt, suffix=self.suffix or None, stream=self.stream,
@@ -97,6 +104,11 @@ class ChatRequest(_OllamaRequest):
     messages: list[ChatTurn] = Field(min_length=1)
     tools: list[dict] | None = None
 
+    def unsupported(self) -> str | None:
+        if self.tools:
+            return "tools"
+        return "messages.images" if any(m.images for m in self.messages) else super().unsupported()
+
     def chat(self, served: str) -> ChatCompletionRequest:
         messages = [ChatMessage(role=m.role, content=m.content) for m in self.messages]
         return ChatCompletionRequest(model=served, messages=messages, stream=self.stream, **self.options.sampling())
@@ -111,3 +123,9 @@ class ShowRequest(BaseModel):
     def served_name(self) -> str | None:
         chosen = self.model or self.name
         return chosen.removesuffix(":latest") if chosen else None
+
+
+class OllamaError(BaseModel):
+    """Ollama's error answer."""
+
+    error: str

@@ -21,21 +21,28 @@ _ERROR_STATUSES = {
 }
 
 
-def _doc(request: type[BaseModel], response: type[BaseModel]) -> dict:
-    """A generation route's openapi_extra: its request body and its responses, errors included."""
+_COMPONENTS: list[type[BaseModel]] = []  # every model a route's openapi_extra refers to
+
+
+def route_doc(request: type[BaseModel], response: type[BaseModel] | None = None,
+              error: type[BaseModel] = ErrorResponse, stream: str = "text/event-stream") -> dict:
+    """A generation route's openapi_extra: its request body and its responses (the whole one, the
+    stream's media type), errors included in the route's own error shape."""
     ref = "#/components/schemas/{}".format
-    error = {"application/json": {"schema": {"$ref": ref(ErrorResponse.__name__)}}}
+    _COMPONENTS.extend(m for m in (request, response, error) if m is not None and m not in _COMPONENTS)
+    whole = {"schema": {"$ref": ref(response.__name__)}} if response is not None else {}
+    failed = {"application/json": {"schema": {"$ref": ref(error.__name__)}}}
     return {
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": ref(request.__name__)}}}},
         "responses": {
-            "200": {"content": {"application/json": {"schema": {"$ref": ref(response.__name__)}}, "text/event-stream": {}}},
-            **{status: {"description": why, "content": error} for status, why in _ERROR_STATUSES.items()},
+            "200": {"description": "The generation", "content": {"application/json": whole, stream: {}}},
+            **{status: {"description": why, "content": failed} for status, why in _ERROR_STATUSES.items()},
         },
     }
 
 
-COMPLETION_DOC = _doc(CompletionRequest, CompletionResponse)
-CHAT_DOC = _doc(ChatCompletionRequest, ChatCompletionResponse)
+COMPLETION_DOC = route_doc(CompletionRequest, CompletionResponse)
+CHAT_DOC = route_doc(ChatCompletionRequest, ChatCompletionResponse)
 
 
 def document_schemas(app: FastAPI) -> None:
@@ -47,7 +54,7 @@ def document_schemas(app: FastAPI) -> None:
             return app.openapi_schema
         schema = original()
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (CompletionRequest, CompletionResponse, ChatCompletionRequest, ChatCompletionResponse, ErrorResponse):
+        for model in _COMPONENTS:
             definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(definition.pop("$defs", {}))
             components[model.__name__] = definition
@@ -56,4 +63,4 @@ def document_schemas(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-__all__ = ["CHAT_DOC", "COMPLETION_DOC", "document_schemas"]
+__all__ = ["CHAT_DOC", "COMPLETION_DOC", "document_schemas", "route_doc"]

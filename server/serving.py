@@ -192,7 +192,7 @@ async def _respond(backend: Backend, job: Job, request: Request, shape: Shape,
     """The generation as one JSON response (cancelled if the client goes away first), or as SSE once
     its first event is there: the one wait before the status line, so that a failure before it (the
     queue full, the backend down) still gets its own status instead of a 200 with an error inside."""
-    headers = {"X-Slipstream-Ignored": ",".join(job.ignored)} if job.ignored else {}
+    headers = {"X-Slipstream-Ignored": ",".join(_header_safe(name) for name in job.ignored)} if job.ignored else {}
     if not body.stream:
         got = await _while_connected(request, _collect(backend, job))
         whole = shape.response(got)
@@ -210,6 +210,12 @@ async def _respond(backend: Backend, job: Job, request: Request, shape: Shape,
             await events.aclose()
 
     return StreamingResponse(from_first(), media_type=shape.media_type, headers={"Cache-Control": "no-cache", **headers})
+
+
+def _header_safe(name: str) -> str:
+    """A field name for a header value: a client's own option names (Ollama's options) may hold any
+    character, and a header takes printable ASCII only (a comma would split the list)."""
+    return "".join(c if " " < c <= "~" and c != "," else f"\\u{ord(c):04x}" for c in name)
 
 
 async def _while_connected(request: Request, work: Awaitable[_R]) -> _R:

@@ -72,6 +72,14 @@ def _within_limits(document: dict) -> dict:
         prompt={"anyOf": [text, listed(text, 2), listed(token, 64), listed(listed(token, 64), 2)]})
     bodies["ChatCompletionRequest"]["properties"].update(
         shared, max_tokens=up_to(24), max_completion_tokens=up_to(24), messages=listed({"$ref": "#/components/schemas/ChatMessage"}, 4))
+    # the plugins' routes (Ollama's, llama.cpp's /infill): the same models and short generations
+    named = {"enum": [TINY_LLAMA, TINY, f"{TINY}:latest"]}
+    for ollama in ("GenerateRequest", "ChatRequest"):
+        bodies[ollama]["properties"].update(model=named)
+    bodies["ChatRequest"]["properties"].update(messages=listed({"$ref": "#/components/schemas/ChatTurn"}, 4))
+    bodies["Options"]["properties"].update(num_predict=up_to(24, 0))
+    bodies["InfillRequest"]["properties"].update(model=shared["model"], n_predict={"type": "integer", "minimum": -1, "maximum": 24},
+                                                 input_extra=listed({"$ref": "#/components/schemas/InputExtra"}, 3))
     return document
 
 
@@ -121,12 +129,23 @@ def test_no_server_error_while_generating(case: schemathesis.Case, url: str) -> 
 
 def _call_and_check(case: schemathesis.Case, url: str) -> None:
     response = case.call_and_validate(base_url=url, checks=CHECKS)
-    if response.status_code == 200 and response.headers.get("content-type", [""])[0].startswith("text/event-stream"):
-        # a failure after the first event can no longer change the status: it would hide in the stream
+    kind = response.headers.get("content-type", [""])[0]
+    if response.status_code != 200:
+        return
+    # a failure after the first event can no longer change the status: it would hide in the stream
+    if kind.startswith("text/event-stream"):
         events = response.content.decode().split("\n\n")
-        assert events[-2:] == ["data: [DONE]", ""], events[-3:]
-        for event in events[:-2]:
+        if case.path == "/infill":  # llama.cpp's: no [DONE], the last event says stop (unless response_fields leave it out)
+            assert events[-1] == "" and json.loads(events[-2][len("data: "):]).get("stop", True) is True, events[-3:]
+            events = events[:-1]
+        else:
+            assert events[-2:] == ["data: [DONE]", ""], events[-3:]
+            events = events[:-2]
+        for event in events:
             assert event.startswith("data: ") and "error" not in json.loads(event[len("data: "):]), event
+    elif kind.startswith("application/x-ndjson"):  # Ollama's: one object per line, the last one done
+        lines = [json.loads(line) for line in response.content.decode().splitlines() if line]
+        assert lines[-1]["done"] is True and not any("error" in line for line in lines), lines[-3:]
 
 
 # --- what the fuzzing found: each got a 500 before its fix ------------------------------------------------

@@ -243,6 +243,19 @@ def test_copilot_token_then_completion_on_any_engine(server: ServerProcess) -> N
         assert choices[0]["finish_reason"] in ("stop", "length")
 
 
+def test_copilot_engine_naming_a_served_model_picks_it(server: ServerProcess) -> None:
+    """The agent names the model it took from our /models in the path: that model answers; the models
+    list it reads offers every served model as a completion model."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    listed = httpx.get(f"{server.url}/models", headers=headers, timeout=30).json()["data"]
+    assert [m["id"] for m in listed] == [FIM_MODEL, TINY] and all(m["capabilities"]["type"] == "completion" for m in listed)
+    for engine, model in ((TINY, TINY), (FIM_MODEL, FIM_MODEL), ("copilot-codex", FIM_MODEL)):
+        response = httpx.post(f"{server.url}/v1/engines/{engine}/completions", headers=headers, timeout=60,
+                              json={"prompt": "def f():", "max_tokens": 2})
+        assert response.status_code == 200 and response.json()["model"] == model
+        assert response.headers["x-github-request-id"] == response.headers["x-request-id"]
+
+
 # --- the openai package: legacy completions, streamed, with its api_key -----------------------------------
 
 

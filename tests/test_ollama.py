@@ -113,6 +113,7 @@ def test_models_listed_shown_and_loaded(client: ollama.Client) -> None:
     (lambda c: c.generate(model=TINY, prompt="x", images=[b"\x89PNG"]), 400, "images"),
     (lambda c: c.chat(model=TINY, messages=[{"role": "user", "content": "hi"}]), 400, "chat template"),
     (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "wizard", "content": "hi"}]), 400, "role"),
+    (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
     (lambda c: c.show("no-such-model"), 404, "not found"),
 ])
 def test_errors_in_ollamas_shape(client: ollama.Client, call, status: int, says: str) -> None:
@@ -138,3 +139,27 @@ def test_bad_json_and_streamed_errors_are_ollama_errors(duo_server: ServerProces
         assert stream.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in stream.iter_lines() if line]
     assert lines[-1]["done"] is True and all(line["done"] is False for line in lines[:-1])
+
+
+@pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/show", "/infill", "/v1/engines/tiny-codegen/completions"])
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b'{"model": 5}', b'{"model": "tiny-codegen", "prompt": {"a": 1}}',
+                                  b'{"model": "tiny-codegen", "options": []}', b'{"model": "tiny-codegen", "messages": "hi"}',
+                                  b'{"input_extra": [1, 2]}', b'{"model": "tiny-codegen", "n_predict": 1e400}',
+                                  b'{"model": "tiny-codegen", "prompt": "x", "options": {"seed": -3}}'])
+def test_odd_bodies_on_the_plugin_routes_never_get_a_500(duo_server: ServerProcess, path: str, body: bytes) -> None:
+    """A body a route cannot use gets a 4xx with an error; one it can (unknown fields are ignored, as
+    the plugins' own servers ignore them) gets its answer: never a 500."""
+    response = httpx.post(f"{duo_server.url}{path}", content=body, timeout=30)
+    assert response.status_code < 500, (response.status_code, response.text)
+    if response.status_code >= 400:
+        assert "error" in response.json()
+    if body.startswith(b"[") or body in (b'"x"', b"null", b'{"model": 5}'):
+        assert response.status_code == 400
+
+
+def test_an_unknown_option_with_any_name_is_named_back_safely(duo_server: ServerProcess) -> None:
+    """The fuzzer's find: an option name outside latin-1 (or with a comma) made the header a 500."""
+    body = {"model": TINY, "prompt": PROMPT, "stream": False, "options": {"\U0003c2e3,x": 1, **GREEDY}}
+    response = httpx.post(f"{duo_server.url}/api/generate", json=body, timeout=60)
+    assert response.status_code == 200
+    assert response.headers["x-slipstream-ignored"] == "options.\\u3c2e3\\u002cx"
