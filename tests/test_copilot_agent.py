@@ -34,10 +34,10 @@ def keyed_server(bundled_repo: Path) -> Iterator[ServerProcess]:
         yield server
 
 
-def settings(url: str) -> dict[str, Any]:
-    """The editor's settings, as VS Code keeps them (`github.copilot.advanced`, `telemetry`)."""
-    return {"github.copilot": {"advanced": {"debug.overrideProxyUrl": url, "debug.testOverrideProxyUrl": url}},
-            "telemetry": {"telemetryLevel": "off"}, "http": {}, "github-enterprise": {}}
+def settings() -> dict[str, Any]:
+    """The editor's settings, by the sections the agent asks for: none of its own is needed (the session
+    token's endpoints send it here); telemetry off, as the README says."""
+    return {"github.copilot": {}, "telemetry": {"telemetryLevel": "off"}, "http": {}, "github-enterprise": {}}
 
 
 def start_agent(url: str, token: str, home: Path) -> LanguageServer:
@@ -45,7 +45,7 @@ def start_agent(url: str, token: str, home: Path) -> LanguageServer:
         pytest.fail(f"{AGENT} is missing: `make test` installs it (npm install in tests/plugins)")
     env = {"GH_COPILOT_TOKEN": token, "GH_COPILOT_API_URL": url, "GH_COPILOT_SERVER_URL": url,
            "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-    config = settings(url)
+    config = settings()
 
     def configuration(params: dict[str, Any]) -> list[Any]:  # the agent pulls its settings by section
         return [config.get(item.get("section", ""), None) for item in params.get("items", [])]

@@ -256,6 +256,20 @@ def test_copilot_engine_naming_a_served_model_picks_it(server: ServerProcess) ->
         assert response.headers["x-github-request-id"] == response.headers["x-request-id"]
 
 
+def test_other_files_through_the_copilot_route(server: ServerProcess) -> None:
+    """`input_extra` (other files' code) on the Copilot and OpenAI routes alike: laid out before the
+    prompt with the model's file tokens, the same prompt on both routes."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    body = {"prompt": "def area(r):\n    return ", "suffix": "\n", "max_tokens": 4, "temperature": 0,
+            "input_extra": [{"filename": "geometry.py", "text": "import math\nPI = math.pi\n"}]}
+    copilot = httpx.post(f"{server.url}/v1/engines/{FIM_MODEL}/completions", json=body, headers=headers, timeout=60).json()
+    openai_route = httpx.post(f"{server.url}/v1/completions", json={**body, "model": FIM_MODEL}, headers=headers, timeout=60).json()
+    alone = httpx.post(f"{server.url}/v1/completions", json={**body, "model": FIM_MODEL, "input_extra": None},
+                       headers=headers, timeout=60).json()
+    assert copilot["choices"][0]["text"] == openai_route["choices"][0]["text"]
+    assert copilot["usage"]["prompt_tokens"] == openai_route["usage"]["prompt_tokens"] > alone["usage"]["prompt_tokens"] + 5
+
+
 # --- the openai package: legacy completions, streamed, with its api_key -----------------------------------
 
 
