@@ -140,6 +140,7 @@ class InfillShape:
 
     def response(self, got: Collected) -> dict[str, Any]:
         self._finish = got.finish[0] or "stop"
+        self._first = got.first_token_at
         return self._final(got.usage, got.texts[0])
 
 

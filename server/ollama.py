@@ -77,7 +77,7 @@ class _NDJSON:
         return self._line({"error": message})
 
     def response(self, got: Collected) -> dict[str, Any]:
-        self._first = self._first or time.perf_counter_ns()
+        self._first = None if got.first_token_at is None else int(got.first_token_at * 1e9)
         self._finish = _DONE_REASON.get(got.finish[0] or "stop", "stop")
         return self._done(got.usage, got.texts[0])
 

@@ -44,6 +44,7 @@ class Collected:
     logprobs: list[list[TokenLogprob] | None]
     finish: list[FinishReason | None]
     usage: WireUsage
+    first_token_at: float | None = None  # time.perf_counter() at the first token's event (timings)
 
 
 def wire_usage(usages: list[Usage]) -> WireUsage:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
@@ -237,16 +238,19 @@ async def _collect(backend: Backend, job: Job) -> Collected:
     logprobs: list[list[TokenLogprob] | None] = [None] * count
     finish: list[FinishReason | None] = [None] * count
     usages: list[Usage] = []
+    first_token_at = None
     async for base, event in _events(backend, job):
         if isinstance(event, Usage):
             usages.append(event)
             continue
         index = base + event.index
+        if first_token_at is None:
+            first_token_at = time.perf_counter()
         texts[index].append(event.text)
         if event.logprobs is not None:
             logprobs[index] = (logprobs[index] or []) + event.logprobs
         finish[index] = event.finish_reason or finish[index]
-    return Collected(["".join(t) for t in texts], logprobs, finish, wire_usage(usages))
+    return Collected(["".join(t) for t in texts], logprobs, finish, wire_usage(usages), first_token_at)
 
 
 async def _stream(backend: Backend, job: Job, shape: Shape, include_usage: bool) -> AsyncGenerator[str, None]:

@@ -46,6 +46,7 @@ def test_generate_streams_the_same_text_as_completions(client: ollama.Client, du
 def test_generate_whole_and_with_a_stop(client: ollama.Client, duo_server: ServerProcess) -> None:
     whole = client.generate(model=f"{TINY}:latest", prompt=PROMPT, options=GREEDY)
     assert whole.done and whole.response == openai_text(duo_server, model=TINY, prompt=PROMPT, max_tokens=8)
+    assert whole.eval_duration > 0 and 0 < whole.prompt_eval_duration < whole.total_duration  # timed, not streamed
     stop = whole.response[2:4]
     stopped = client.generate(model=TINY, prompt=PROMPT, options={**GREEDY, "stop": [stop]})
     assert stopped.response == whole.response[:whole.response.index(stop)] and stopped.done_reason == "stop"
