@@ -39,7 +39,7 @@ test: install $(PLUGINS_STAMP)  ## the whole suite: tiny models, real editor plu
 BENCH_MODELS := smollm2-135m gemma3-270m
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 
-bench: install  ## every speed figure vs optimum, torch, llama.cpp, and the editor replay (bench/results/); see bench/README.md
+bench: install  ## every speed figure vs optimum, torch, llama.cpp, the editor replay and llama.vim's /infill traffic (bench/results/); see bench/README.md
 	# llama.cpp's binding and its OpenAI server are optional (a source build of about 8 minutes, once):
 	# without them the rows say so. Built without AMX: where the CPU has it (Sapphire Rapids), ggml's AMX
 	# kernels die of a general protection fault in a VM that does not grant the tile state
@@ -56,6 +56,7 @@ bench: install  ## every speed figure vs optimum, torch, llama.cpp, and the edit
 	done
 	$(BIN)/python -m bench.suite
 	$(BIN)/python -m bench.editor
+	$(BIN)/python -m bench.infill
 
 clean-models:
 	rm -rf model_repository/*/ model_repository/.build
