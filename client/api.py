@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator, Mapping
 
 import httpx
 
@@ -82,8 +83,18 @@ class _Retries:
         return True
 
 
+# where a caller's key comes from when none is given ("" is none): ours first, then the one OpenAI's own
+# clients read, so that the harness measures a keyed server (ours, vLLM's --api-key, a hosted API)
+ENV_KEYS = ("SLIPSTREAM_API_KEY", "OPENAI_API_KEY")
+
+
+def key_from_environment(environ: Mapping[str, str] = os.environ) -> str | None:
+    return next((environ[name] for name in ENV_KEYS if environ.get(name)), None)
+
+
 class AsyncClient:
-    """`retry_window`: seconds for which a request rides through a server that is away (restarting):
+    """`api_key`: sent as a bearer; None reads SLIPSTREAM_API_KEY, then OPENAI_API_KEY; "" sends none.
+    `retry_window`: seconds for which a request rides through a server that is away (restarting):
     connections refused or dropped before the answer and 503s are retried with backoff until that long
     after its first failure (0: never; 429 and 503 are still retried `max_retries` times). A stream is
     sent again only before its first chunk: what a caller has received is never repeated."""
@@ -92,6 +103,7 @@ class AsyncClient:
         self, base_url: str = "http://127.0.0.1:5000", *, api_key: str | None = None,
         timeout: float = 120.0, max_retries: int = 2, backoff: float = 0.5, retry_window: float = 0.0,
     ) -> None:
+        api_key = key_from_environment() if api_key is None else api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
         self._max_retries, self._backoff, self._retry_window = max_retries, backoff, retry_window

@@ -7,7 +7,7 @@ import sys
 
 import httpx
 
-from client.api import APIError, Client
+from client.api import ENV_KEYS, APIError, Client
 
 
 def _complete(args: argparse.Namespace) -> int:
@@ -38,6 +38,13 @@ def _complete(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_api_key_flag(parser: argparse.ArgumentParser) -> None:
+    """--api-key for a command that talks to a server; slipstream/cli.py hands it to every client made."""
+    parser.add_argument("--api-key", default=None, metavar="KEY",
+                        help=f"the server's API key, sent as a bearer (default: ${ENV_KEYS[0]}, then ${ENV_KEYS[1]}; "
+                             "a flag shows in `ps`, the variables do not)")
+
+
 def add_complete_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("complete", help="complete a prompt against a running server, streaming")
     parser.add_argument("prompt")
@@ -48,4 +55,5 @@ def add_complete_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--stop", action="append", default=None)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--no-stream", action="store_true")
+    add_api_key_flag(parser)
     parser.set_defaults(run=_complete)

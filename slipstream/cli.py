@@ -5,9 +5,11 @@ in eval/cli.py)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
+from client.api import ENV_KEYS
 from client.cli import add_complete_command
 from eval.cli import add_bench_commands, add_eval_commands
 from server.cli import add_server_commands
@@ -27,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args: Any = build_parser().parse_args(argv)
+    if getattr(args, "api_key", None):  # --api-key: every client the command makes reads it from there
+        os.environ[ENV_KEYS[0]] = args.api_key
     return int(args.run(args) or 0)
 
 
