@@ -116,6 +116,10 @@ def run(
     problems = humaneval(limit)
     by_id = {p.task_id: p for p in problems}
     summaries = []
+    box = execution.detect_box()
+    print(f"generated code runs in the {box} box" + (
+        "" if box == "bwrap" else " (bubblewrap, the stronger one, is not installed here: apt install bubblewrap)"),
+        flush=True)
     for model in models:
         for temperature in temperatures:
             config = GenerationConfig(model=model, temperature=temperature, n=n, max_tokens=max_tokens,
@@ -135,7 +139,7 @@ def run(
                 model=model, temperature=temperature, problems=len(problems),
                 samples_per_problem=config.samples_per_problem, pass_at_k=score(problems, results),
                 greedy=temperature == 0, mode=mode, prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT, generation_s=round(generation_s, 2),
-                execution_s=round(execution_s, 2), box=execution.detect_box(),
+                execution_s=round(execution_s, 2), box=box,
                 samples_per_s_executed=round(executed / execution_s, 2) if executed else 0.0,
             )
             (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")

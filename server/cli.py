@@ -43,8 +43,10 @@ def _serve(args: argparse.Namespace) -> int:
     from server.models import catalog, store
     from server.models.export import ExportError, export_bundled
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings_from(args)
+    configure_logging(settings.log_level)
+    settings = settings.model_copy(update={"model_repository": settings.model_repository.resolve()})
+    logging.getLogger("slipstream.serve").info("model repository: %s", settings.model_repository)
     for name in settings.model:
         try:
             store.read_manifest(settings.model_repository, name)
@@ -64,10 +66,22 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     from server.drain import DrainingServer
 
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
                             timeout_graceful_shutdown=settings.shutdown_grace_s)  # our access log says more
     DrainingServer(config, app.state.drain).run()
     return 0
+
+
+def configure_logging(level: str) -> None:
+    """The server's log as text lines on stderr at `level`; the access log as JSON lines on stdout, one
+    object per request, alone on its line (a log shipper reads it as is), while the level is info or below."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    access = logging.getLogger("slipstream.access")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
+    access.setLevel(logging.INFO if logging.getLevelName(level.upper()) <= logging.INFO else logging.WARNING)
 
 
 def _export(args: argparse.Namespace) -> int:

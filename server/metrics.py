@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -155,7 +156,8 @@ class MetricsMiddleware:
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.duration.labels(route).observe(elapsed)
             client = scope.get("client")
-            line = {"method": scope.get("method"), "route": route, "status": status[0],
+            line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                    "method": scope.get("method"), "route": route, "status": status[0],
                     "duration_ms": round(1000 * elapsed, 1), "client": client[0] if client else None,
                     "request_id": request_id, **scope.get("state", {}).get("access", {})}
             if route == "other":  # what a plugin asked for that nothing serves (in the log, never a label)

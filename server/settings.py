@@ -11,6 +11,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "gemma3-270m"
+PROJECT = Path(__file__).resolve().parent.parent  # the checkout: `make serve` and `slipstream serve` anywhere share its store
 # What the engine reads wherever it runs: in this process, or inside Triton's python backend, which
 # `slipstream triton start` hands them to as SLIPSTREAM_* variables
 ENGINE_SETTINGS = ("threads", "max_queue", "max_batch_rows", "prefill_tokens_per_step", "prefill_chunk_tokens",
@@ -36,7 +37,9 @@ class Settings(BaseSettings):
         description="Model(s) to serve, by store name; the first answers requests without `model`.",
     )
     model_repository: Path = Field(
-        Path("model_repository"), description="Folder of exported models (Triton model repository layout)."
+        default_factory=lambda: PROJECT / "model_repository",
+        description="Folder of exported models (Triton model repository layout); by default the project's own, "
+        "wherever the command runs from (a relative path given is taken from the current folder).",
     )
     export_missing: bool = Field(True, description="Export a bundled model on start-up if it is not in the store yet.")
     load: Literal["eager", "lazy"] = Field(
@@ -118,6 +121,10 @@ class Settings(BaseSettings):
 
     shutdown_grace_s: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight generations may go on; past it they are ended cleanly."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="The server's log on stderr (text lines); at warning and above the access log "
+        "(JSON lines on stdout) is off too."
     )
     log_prompts: bool = Field(
         False, description="Put each request's prompt, suffix and generated texts in its access-log line (off: code is "

@@ -4,6 +4,7 @@ llama.cpp's through it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -90,3 +91,8 @@ class ServerProcess(ChildServer):
     def __enter__(self) -> ServerProcess:
         self.wait_ready()
         return self
+
+    def access_log(self) -> list[dict]:
+        """Its access log so far: the JSON lines it writes on stdout, one object per request."""
+        lines = self.log.read_text(errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{") and '"route"' in line]

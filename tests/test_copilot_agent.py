@@ -7,7 +7,6 @@ to this server, as the access log shows."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -81,20 +80,26 @@ def inline_completion(agent: LanguageServer, uri: str, attempts: int = 5) -> dic
     raise AssertionError(f"the agent returned no completion item:\n{agent.tail()}")
 
 
-def access_log(server: ServerProcess) -> list[dict[str, Any]]:
-    marker = "slipstream.access INFO "
-    return [json.loads(line.split(marker, 1)[1]) for line in server.log.read_text().splitlines() if marker in line]
+def logged_after(server: ServerProcess, before: int) -> list[dict[str, Any]]:
+    """The access-log lines since `before`, once the completion's is there (a line is written as its
+    response ends, which the agent may see first)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [line for line in server.access_log()[before:] if line["route"] != "/ready"]
+        if any(line["route"] == "/v1/engines/{engine}/completions" for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 def test_copilot_agent_completes_from_our_server(keyed_server: ServerProcess, tmp_path: Path) -> None:
-    logged_before = len(access_log(keyed_server))
+    logged_before = len(keyed_server.access_log())
     uri = (tmp_path / "project" / "maths.py").as_uri()
     (tmp_path / "project").mkdir()
     with start_agent(keyed_server.url, KEY, tmp_path) as agent:
         agent.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
                                                                "text": DOCUMENT}})
         item = inline_completion(agent, uri)["items"][0]
-    requests = [line for line in access_log(keyed_server)[logged_before:] if line["route"] not in ("/ready",)]
+    requests = logged_after(keyed_server, logged_before)
     completions = [line for line in requests if line["route"] == "/v1/engines/{engine}/completions"]
     assert completions, requests
     made = completions[-1]
@@ -113,7 +118,7 @@ def test_copilot_agent_completes_from_our_server(keyed_server: ServerProcess, tm
 
 
 def test_copilot_agent_with_a_wrong_key_gets_nothing(keyed_server: ServerProcess, tmp_path: Path) -> None:
-    logged_before = len(access_log(keyed_server))
+    logged_before = len(keyed_server.access_log())
     uri = (tmp_path / "project" / "maths.py").as_uri()
     (tmp_path / "project").mkdir()
     with start_agent(keyed_server.url, "not-one-of-the-keys", tmp_path) as agent:
@@ -121,6 +126,6 @@ def test_copilot_agent_with_a_wrong_key_gets_nothing(keyed_server: ServerProcess
                                                                "text": DOCUMENT}})
         with pytest.raises(AssertionError):
             inline_completion(agent, uri, attempts=2)
-    requests = access_log(keyed_server)[logged_before:]
+    requests = keyed_server.access_log()[logged_before:]
     assert any(line["route"] == "/copilot_internal/v2/token" and line["status"] == 401 for line in requests), requests
     assert not any(line["route"] == "/v1/engines/{engine}/completions" for line in requests)

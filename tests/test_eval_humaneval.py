@@ -37,6 +37,11 @@ def test_run_writes_human_eval_files_and_resumes(tiny_server, tmp_path: Path) ->
     assert len(results) == 9 and all(r["result"] == "passed" or r["result"].startswith(("failed", "timed out")) for r in results)
     summary = json.loads((sampled / "summary.json").read_text())
     assert set(summary["pass_at_k"]) == {"1"}  # 3 samples per problem: pass@10 is not reported
+    # the box that ran the code, said at the start and in the report (the one this machine allows)
+    from eval.execution import detect_box
+    box = detect_box()
+    assert done.stdout.startswith(f"generated code runs in the {box} box") and summary["box"] == box
+    assert f"| {box} |" in (tmp_path / "report.md").read_text()
     report = json.loads((tmp_path / "report.json").read_text())
     assert [(r["model"], r["temperature"]) for r in report] == [(TINY, 0.0), (TINY, 0.8)]
     assert (tmp_path / "report.md").read_text().count(TINY) == 2 and (tmp_path / "report.png").stat().st_size > 1000

@@ -64,10 +64,10 @@ def test_metrics_count_requests_tokens_latency_and_cancellations(tiny_server) ->
 
 
 def access_lines(log: str) -> list[dict]:
+    """The access log's lines: each a JSON object alone on its line (stdout), nothing before it."""
     import json
 
-    return [json.loads(line.split("slipstream.access INFO ", 1)[1]) for line in log.splitlines()
-            if "slipstream.access INFO " in line]
+    return [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"route"' in line]
 
 
 def completion_lines(server, at_least: int) -> list[dict]:
@@ -86,9 +86,11 @@ def test_access_log_lines_without_prompt_text_unless_asked(tiny_server, tiny_rep
 
     secret = "def secret_function_name_42():"
     before = len(completion_lines(tiny_server, 0))
-    done = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": secret, "max_tokens": 3}, timeout=TIMEOUT).json()
+    response = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": secret, "max_tokens": 3}, timeout=TIMEOUT)
+    done = response.json()
     last = completion_lines(tiny_server, before + 1)[-1]
     assert last["status"] == 200 and last["model"] == TINY and last["method"] == "POST" and last["duration_ms"] > 0
+    assert last["request_id"] == response.headers["x-request-id"] and last["time"].endswith("+00:00")
     assert last["prompt_tokens"] == done["usage"]["prompt_tokens"] and last["completion_tokens"] == 3
     assert secret not in tiny_server.log.read_text()
     with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_LOG_PROMPTS": "true"}) as server:
@@ -97,4 +99,9 @@ def test_access_log_lines_without_prompt_text_unless_asked(tiny_server, tiny_rep
         logged = completion_lines(server, 2)
     assert refused.status_code == 400
     assert [line.get("prompt") for line in logged][-2:] == [secret, None]
+    assert logged[-2]["completions"] and isinstance(logged[-2]["completions"][0], str)  # the generated text too
     assert logged[-1]["status"] == 400  # a refused request is logged too
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_LOG_LEVEL": "warning"}) as quiet:
+        httpx.post(f"{quiet.url}/v1/completions", json={"prompt": secret, "max_tokens": 2}, timeout=TIMEOUT)
+        time.sleep(0.5)
+        assert access_lines(quiet.log.read_text()) == [] and "INFO" not in quiet.log.read_text()
