@@ -13,6 +13,7 @@ from tests.conftest import ServerProcess
 from tests.test_metrics import scrape
 
 BODY = b'{"prompt": "def fib(n):", "max_tokens": 40, "stream": true}'
+HEAVY = b'{"prompt": "def fib(n):", "max_tokens": 110, "n": 16, "temperature": 1.0, "ignore_eos": true, "logprobs": 5, "stream": true}'
 
 
 def _connect(server: ServerProcess) -> socket.socket:
@@ -29,6 +30,10 @@ def _head(length: int) -> bytes:
 def _server_errors(server: ServerProcess) -> float:
     return sum(v for (name, labels), v in scrape(server.url).items()
                if name == "slipstream_requests_total" and dict(labels)["status"].startswith("5"))
+
+
+def _cancelled(server: ServerProcess) -> float:
+    return sum(v for (name, _), v in scrape(server.url).items() if name == "slipstream_cancelled_requests_total")
 
 
 def _batch_rows(server: ServerProcess) -> float:
@@ -53,15 +58,18 @@ def test_cut_bodies_and_dropped_connections_cost_nothing(tiny_server: ServerProc
         dropped = _connect(tiny_server)
         dropped.sendall(sent)
         dropped.close()
-    # a streaming request abandoned as soon as it is sent: its generation is cancelled, not left running
-    for _ in range(5):
+    # streaming requests abandoned as soon as they are sent: their generations are cancelled, not left
+    # running. Each is about a second of work (16 samples x 110 tokens with logprobs: 8 of them together
+    # took 4-7 s on two cores with nothing cancelled); cancelled, the batch is empty in well under 2 s
+    cancelled = _cancelled(tiny_server)
+    for _ in range(8):
         gone = _connect(tiny_server)
-        gone.sendall(_head(len(BODY)) + BODY)
+        gone.sendall(_head(len(HEAVY)) + HEAVY)
         gone.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _batch_rows(tiny_server) > 0:
-        time.sleep(0.2)
-    assert _batch_rows(tiny_server) == 0
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and (_batch_rows(tiny_server) > 0 or _cancelled(tiny_server) < cancelled + 8):
+        time.sleep(0.05)
+    assert _batch_rows(tiny_server) == 0 and _cancelled(tiny_server) >= cancelled + 8
     # and the server answers the next client in full
     answer = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": "def fib(n):", "max_tokens": 4}, timeout=60)
     assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("length", "stop")
