@@ -246,17 +246,40 @@ def test_logprobs(url, top):
     assert [len(lp[k]) for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")] == [count] * 4
     assert lp["text_offset"][0] == 0
     for i, token in enumerate(lp["tokens"]):
-        logprob, alternatives = lp["token_logprobs"][i], lp["top_logprobs"][i] or {}
+        logprob, alternatives = lp["token_logprobs"][i], lp["top_logprobs"][i]
         assert isinstance(token, str)
         assert isinstance(logprob, float) and logprob <= 0
-        assert len(alternatives) <= top + 1
-        assert all(v <= 0 for v in alternatives.values())
-        if alternatives:  # greedy: the chosen token is the most likely one
-            assert logprob >= max(alternatives.values()) - 1e-5
+        if top == 0:
+            assert alternatives is None
+        else:  # the asked number, fewer only where byte pieces decode alike (one key, the higher value)
+            assert len(alternatives) == top or (0 < len(alternatives) < top and "\ufffd" in alternatives)
+            assert all(isinstance(v, float) and v <= 0 for v in alternatives.values())
+            # greedy: the chosen token is the most likely one
+            assert logprob == pytest.approx(max(alternatives.values()), abs=1e-5)
             if "\ufffd" not in token:
                 assert alternatives[token] == pytest.approx(logprob, abs=1e-5)
         if i:
             assert lp["text_offset"][i] == lp["text_offset"][i - 1] + len(lp["tokens"][i - 1])
+
+
+def test_logprobs_are_the_models_own_distribution(url, tiny_repo):
+    """The first token's logprob and its top 5, against the exported graph run here on the same ids."""
+    import numpy as np
+
+    from server.engine import Prompter, Runner, log_softmax
+    from server.models.store import model_dir
+
+    prompter = Prompter(tiny_repo, TINY)
+    ids = prompter.prepare(PROMPT, 1).ids
+    logits, _cache = Runner(model_dir(tiny_repo, TINY) / prompter.manifest.onnx_file, threads=1).prefill(ids)
+    model = log_softmax(logits[-1])
+    expected: dict[str, float] = {}
+    for t in np.argsort(-model)[:5]:
+        expected.setdefault(prompter.tokenizer.decode([int(t)], skip_special_tokens=False), float(model[t]))
+    lp = complete(url, prompt=PROMPT, max_tokens=1, temperature=0, logprobs=5)["choices"][0]["logprobs"]
+    assert lp["token_logprobs"][0] == pytest.approx(float(model.max()), abs=1e-4)
+    assert lp["top_logprobs"][0].keys() == expected.keys()
+    assert all(lp["top_logprobs"][0][k] == pytest.approx(v, abs=1e-4) for k, v in expected.items())
 
 
 def test_no_logprobs_unless_asked(url):
