@@ -309,6 +309,25 @@ def test_best_of_returns_n(url):
     body = complete(url, prompt=PROMPT, max_tokens=6, temperature=1.0, seed=3, n=2, best_of=4, logit_bias=NO_EOS)
     assert [c["index"] for c in body["choices"]] == [0, 1]
     assert all(c["text"] and c["finish_reason"] == "length" for c in body["choices"])
+    # the same four samples (each row's generator is seeded by seed and row), scored: the best two by mean logprob
+    four = complete(url, prompt=PROMPT, max_tokens=6, temperature=1.0, seed=3, n=4, logprobs=0, logit_bias=NO_EOS)
+    mean = {c["text"]: sum(c["logprobs"]["token_logprobs"]) / 6 for c in four["choices"]}
+    assert len(mean) == 4  # four different samples, so the choice means something
+    assert {c["text"] for c in body["choices"]} == set(sorted(mean, key=mean.get, reverse=True)[:2])
+
+
+@pytest.mark.parametrize("penalty", ["presence_penalty", "frequency_penalty"])
+def test_penalties_keep_a_greedy_loop_from_repeating(url, penalty):
+    """The tiny model's greedy text loops over a few tokens; its logits are nearly flat, so a penalty of 2
+    on every token already generated makes each next token a new one."""
+    def tokens(**extra) -> list[str]:  # byte pieces left out: different tokens, the same "\ufffd" text
+        got = complete(url, prompt=PROMPT, max_tokens=30, temperature=0, logprobs=0, logit_bias=NO_EOS, **extra)
+        return [t for t in got["choices"][0]["logprobs"]["tokens"] if "\ufffd" not in t]
+
+    plain, penalised = tokens(), tokens(**{penalty: 2.0})
+    assert len(set(plain)) < len(plain)  # it repeats
+    assert len(set(penalised)) == len(penalised)  # it does not
+    assert len(set(tokens(**{penalty: -2.0}))) <= len(set(plain))  # a negative penalty favours repeats
 
 
 # --- context -------------------------------------------------------------------------------------
