@@ -81,12 +81,28 @@ class ServerProcess(ChildServer):
 
     def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2,
                  port: int | None = None) -> None:
-        port = port or free_port()  # a given port: a server restarted where its clients expect it
+        self._given_port = port is not None  # a given port: a server restarted where its clients expect it
+        self._repository, self._models, self._env, self._threads = repository, models, env, threads
+        self._launch(port or free_port())
+
+    def _launch(self, port: int) -> None:
         args = [sys.executable, "-m", "slipstream.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--model-repository", str(repository), "--no-export-missing", "--threads", str(threads)]
-        for model in models:
+                "--model-repository", str(self._repository), "--no-export-missing", "--threads", str(self._threads)]
+        for model in self._models:
             args += ["--model", model]
-        super().__init__(args, "slipstream-server", port, env)
+        super().__init__(args, "slipstream-server", port, self._env)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """As ChildServer's; a free port taken by another process between free_port() and the bind (it
+        closes its probe socket first) is tried again on another, up to three times."""
+        for attempt in range(3):
+            try:
+                return super().wait_ready(timeout)
+            except RuntimeError:
+                taken = "address already in use" in self.log.read_text(errors="replace").lower()
+                if self._given_port or not taken or attempt == 2:
+                    raise
+                self._launch(free_port())
 
     def __enter__(self) -> ServerProcess:
         self.wait_ready()

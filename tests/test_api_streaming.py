@@ -252,10 +252,11 @@ def test_limits_come_from_the_environment(tiny_repo: Path) -> None:
 def test_each_limit_is_a_clear_4xx_naming_it(tiny_repo: Path) -> None:
     from tests.conftest import ServerProcess
 
-    env = {"SLIPSTREAM_MAX_BODY_BYTES": "2048", "SLIPSTREAM_MAX_PROMPT_TOKENS": "40", "SLIPSTREAM_MAX_N": "32",
+    env = {"SLIPSTREAM_MAX_BODY_BYTES": "2048", "SLIPSTREAM_MAX_PROMPT_TOKENS": "40", "SLIPSTREAM_MAX_N": "64",
            "SLIPSTREAM_REQUEST_TIMEOUT_S": "0.3"}
-    # ~1 s of work on this model (32 rows x 100 tokens with top-5 logprobs); its first token comes in milliseconds
-    long_run = {"prompt": PROMPT, "max_tokens": 100, "n": 32, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
+    # 2-3 s of work on this model on two cores (64 rows x 120 tokens with top-5 logprobs), so far past the
+    # 0.3 s limit on a faster machine too; its first token comes in milliseconds
+    long_run = {"prompt": PROMPT, "max_tokens": 120, "n": 64, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
     with ServerProcess(tiny_repo, [TINY], env=env) as server:
         big = post(server.url, {"prompt": "x" * 3000})
         assert big.status_code == 413 and "max_body_bytes" in big.json()["error"]["message"]
@@ -270,8 +271,8 @@ def test_each_limit_is_a_clear_4xx_naming_it(tiny_repo: Path) -> None:
         assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "body_too_large"
         long_prompt = assert_error(post(server.url, {"prompt": "def f(x): return x\n" * 20, "max_tokens": 2}), 400, "prompt")
         assert "max_prompt_tokens" in long_prompt["message"]
-        rows = assert_error(post(server.url, {"prompt": [PROMPT, PROMPT, PROMPT], "n": 12}), 400, "prompt")
-        assert "36 sequences" in rows["message"] and "max_n" in rows["message"]
+        rows = assert_error(post(server.url, {"prompt": [PROMPT, PROMPT, PROMPT], "n": 22}), 400, "prompt")
+        assert "66 sequences" in rows["message"] and "max_n" in rows["message"]
         # past request_timeout_s: a plain response is a 408, a started stream ends with an error event
         late = post(server.url, long_run)
         assert late.status_code == 408 and "request_timeout_s" in late.json()["error"]["message"]
