@@ -80,10 +80,12 @@ def test_gemma_completes_a_function_body_that_parses(bundled_server, prompt: str
 
 
 def test_gemma_writes_a_function_that_works(bundled_server) -> None:
+    from eval import execution
+
     choice = gemma_greedy(bundled_server, HUMANEVAL_53)
-    namespace: dict = {}
-    exec(HUMANEVAL_53 + choice["text"], namespace)  # the model's own code, run for real
-    assert namespace["add"](2, 3) == 5 and namespace["add"](5, 7) == 12
+    program = HUMANEVAL_53 + choice["text"] + "\n\nassert add(2, 3) == 5 and add(5, 7) == 12\n"
+    [result] = execution.run_many([program], workers=1)  # the model's own code, run for real, in the box
+    assert result.passed, (result.status, result.stderr, choice["text"])
 
 
 def test_default_model_answers_curl_style_request(bundled_server) -> None:
