@@ -3,6 +3,8 @@ validation errors, models and health, the official `openai` client, client disco
 
 from __future__ import annotations
 
+import json
+
 import time
 from pathlib import Path
 
@@ -195,8 +197,10 @@ def test_openai_client(url):
 # --- disconnects ---------------------------------------------------------------------------------
 
 
-# ~1 s of work each on this model (16 samples x 110 tokens with top-5 logprobs): several together last
-# seconds, so a batch that empties within 2 s of the clients leaving was cancelled, not finished
+# ~0.5-1 s of work each on this model (16 samples x 110 tokens with top-5 logprobs); twelve are 192 rows,
+# three times the batch's 64: 4-7 s on two cores left alone, so a batch that empties within 2 s of the
+# clients leaving was cancelled, not finished
+ABANDONED = 12
 HEAVY = {"prompt": PROMPT, "max_tokens": 110, "n": 16, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
 
 
@@ -213,7 +217,7 @@ def test_client_disconnect_mid_stream(url, tiny_server):
     from tests.test_transport import _cancelled
 
     before = _cancelled(tiny_server)
-    for _ in range(4):
+    for _ in range(ABANDONED):
         with httpx.stream("POST", url + "/v1/completions", json={**HEAVY, "stream": True}, timeout=TIMEOUT) as response:
             assert response.status_code == 200
             events = 0
@@ -221,23 +225,34 @@ def test_client_disconnect_mid_stream(url, tiny_server):
                 events += line.startswith("data: ")
                 if events == 2:
                     break  # leaving the block closes the connection mid-stream
-    wait_for_an_empty_batch(tiny_server, before, 4)
+    wait_for_an_empty_batch(tiny_server, before, ABANDONED)
     body = greedy(url, max_tokens=5)
     assert body["usage"]["completion_tokens"] == 5
     assert tiny_server.process.poll() is None
 
 
-def test_client_disconnect_before_a_plain_response_cancels_the_generation(url, tiny_server):
-    from tests.test_transport import _cancelled
+def test_client_disconnect_before_a_plain_response_cancels_the_generation(tiny_repo: Path) -> None:
+    """Clients that give up on plain (not streamed) responses while their rows decode, 256 of them in one
+    batch (seconds of work: a batch that empties within 2 s was cancelled): the server notices while it
+    waits for each whole answer and drops the rows."""
+    from tests.conftest import ServerProcess
+    from tests.test_transport import _batch_rows, _cancelled, _connect, _head
 
-    before = _cancelled(tiny_server)
-    for _ in range(3):  # the client gives up at 0.3 s
-        with pytest.raises(httpx.ReadTimeout):
-            httpx.post(url + "/v1/completions", json=HEAVY, timeout=0.3)
-    wait_for_an_empty_batch(tiny_server, before, 3)
-    assert "client disconnected before its response: generation cancelled" in tiny_server.log.read_text()
-    body = greedy(url, max_tokens=5)
-    assert body["usage"]["completion_tokens"] == 5
+    body = json.dumps(HEAVY).encode()
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_BATCH_ROWS": "256"}) as server:
+        before = _cancelled(server)
+        clients = [_connect(server) for _ in range(16)]
+        for client in clients:
+            client.sendall(_head(len(body)) + body)
+        deadline = time.monotonic() + 60
+        while _batch_rows(server) < 256 and time.monotonic() < deadline:  # all sixteen decoding together
+            time.sleep(0.02)
+        assert _batch_rows(server) == 256, "the generations never all started"
+        for client in clients:
+            client.close()
+        wait_for_an_empty_batch(server, before, 16)
+        assert "client disconnected before its response: generation cancelled" in server.log.read_text()
+        assert greedy(server.url, max_tokens=5)["usage"]["completion_tokens"] == 5
 
 
 def test_limits_come_from_the_environment(tiny_repo: Path) -> None:
