@@ -53,9 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
         except store.ModelNotExported as missing:
             if not (settings.export_missing and name in catalog.CATALOG):
                 raise SystemExit(f"error: {missing}") from None
-            print(f"{missing}: exporting it now (about a minute)", flush=True)
+            # on stderr: stdout is the access log's, JSON lines only
+            print(f"{missing}: exporting it now (about a minute)", file=sys.stderr, flush=True)
             try:
-                export_bundled(name, settings.model_repository)
+                export_bundled(name, settings.model_repository, log=lambda line: print(line, file=sys.stderr, flush=True))
             except ExportError as exc:
                 raise SystemExit(f"error: {exc}") from exc
     from server.auth import AuthConfigError
