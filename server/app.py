@@ -79,8 +79,7 @@ def _backend(settings: Settings) -> Backend:
 
 async def _handle_api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
-    return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=exc.headers())
 
 
 async def _handle_client_gone(_request: Request, _exc: Exception) -> JSONResponse:

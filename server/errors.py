@@ -23,6 +23,10 @@ class APIError(Exception):
     def body(self) -> ErrorResponse:
         return ErrorResponse(error=ErrorBody(message=self.message, type=self.type, param=self.param, code=self.code))
 
+    def headers(self) -> dict[str, str] | None:
+        """What the answer carries besides its body, in any API's error shape: a retry hint where waiting helps."""
+        return {"Retry-After": "1"} if self.status in (429, 503) else None
+
 
 class InvalidRequest(APIError):
     status, type = 400, "invalid_request_error"

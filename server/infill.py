@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from server import serving
-from server.body import parse_body
+from server.body import located, parse_body
 from server.engine import Delta
 from server.errors import APIError
 from server.openapi import route_doc
@@ -152,8 +152,7 @@ async def infill(request: Request) -> Response:
         return await serving.completion(request.app.state, body.completion(), request, shape, ignored=body.ignored())
     except APIError as exc:  # llama.cpp's error shape: its code is the status
         return JSONResponse({"error": {"code": exc.status, "message": exc.message, "type": exc.type}},
-                            status_code=exc.status, headers={"Retry-After": "1"} if exc.status in (429, 503) else None)
+                            status_code=exc.status, headers=exc.headers())
     except ValidationError as exc:  # a value llama.cpp's body allows but our completion does not
-        first = exc.errors()[0]
-        message = f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
-        return JSONResponse({"error": {"code": 400, "message": message, "type": "invalid_request_error"}}, status_code=400)
+        return JSONResponse({"error": {"code": 400, "message": located(exc), "type": "invalid_request_error"}},
+                            status_code=400)

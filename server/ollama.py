@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from server import serving
 from server.backends.base import SERVING, Backend
-from server.body import parse_body
+from server.body import located, parse_body
 from server.engine import Delta
 from server.errors import APIError, InvalidRequest, ModelNotFound
 from server.models.store import MANIFEST, Manifest, model_dir
@@ -98,17 +98,10 @@ async def _ollama_errors(work: Callable[[], Awaitable[Response]]) -> Response:
         return await work()
     except APIError as exc:
         cause = exc.__cause__
-        message = _located(cause) if isinstance(cause, ValidationError) else exc.message
-        return JSONResponse({"error": message}, status_code=exc.status,
-                            headers={"Retry-After": "1"} if exc.status in (429, 503) else None)
+        message = located(cause) if isinstance(cause, ValidationError) else exc.message
+        return JSONResponse({"error": message}, status_code=exc.status, headers=exc.headers())
     except ValidationError as exc:  # a value Ollama's body allows but ours does not (num_predict 0 on a chat)
-        return JSONResponse({"error": _located(exc)}, status_code=400)
-
-
-def _located(exc: ValidationError) -> str:
-    """The first error with its whole place in the body (options.temperature, messages.0.role)."""
-    first = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
+        return JSONResponse({"error": located(exc)}, status_code=400)
 
 
 def _served(request: Request, name: str) -> tuple[str, Manifest | None]:
