@@ -29,9 +29,8 @@ EMBEDDED, TRITON = "embedded", "triton"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from testkit.server_process import free_port
+    from testkit.triton_process import start_triton
     from server.engine.prompts import Prompter
-    from server.triton.launch import Ports, TritonServer
 
     parser = argparse.ArgumentParser(prog="python -m bench.triton", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prompter = Prompter(args.repository, args.model)
     ids = (prompter.encode(Path(textwrap.__file__).read_text()))[:128]
-    triton = TritonServer(args.repository, [args.model], Ports(free_port(), free_port(), free_port())).start(timeout=300)
+    triton = start_triton(args.repository, [args.model], timeout=300)
     servers: dict[str, Server] = {}
     try:
         servers[EMBEDDED] = Server(args.repository, args.model, args.threads)

@@ -21,7 +21,8 @@ import pytest
 
 from client.api import Client
 from server.triton.launch import Ports
-from tests.conftest import ROOT, TINY, ServerProcess, free_port
+from testkit.triton_process import TritonCommand
+from tests.conftest import ROOT, TINY, ServerProcess
 from tests.test_metrics import access_lines
 
 PROBLEMS, SAMPLES = 20, 2  # HumanEval problems x samples per problem in the eval runs below
@@ -54,7 +55,7 @@ class Probe(threading.Thread):
         self.url, self.events, self.first = url, [], threading.Event()
 
     def run(self) -> None:
-        body = {"prompt": "def f(x):", "max_tokens": 100, "ignore_eos": True, "stream": True, "n": 4}
+        body = {"prompt": "def f(x):", "max_tokens": 110, "ignore_eos": True, "stream": True, "n": 32}  # ~1.5 s of work idle
         with httpx.stream("POST", f"{self.url}/v1/completions", json=body, timeout=60) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
@@ -62,25 +63,13 @@ class Probe(threading.Thread):
                     self.first.set()
 
 
-class TritonStart:
+class TritonStart(TritonCommand):
     """`slipstream triton start` in the background, as a user runs it, and the tritonserver it runs."""
 
-    def __init__(self, repository: Path, ports: Ports, log: Path) -> None:
-        self.log = log
-        with log.open("w") as sink:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "slipstream.cli", "triton", "start", "--model", TINY, "--model-repository", str(repository),
-                 "--http-port", str(ports.http), "--grpc-port", str(ports.grpc), "--metrics-port", str(ports.metrics)],
-                cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            wait_for(lambda: "tritonserver ready" in log.read_text() or self.process.poll() is not None, 120,
-                     "tritonserver did not start")
-            assert self.process.poll() is None, log.read_text()[-3000:]
-        except AssertionError:
-            self.stop()
-            raise
+    def __init__(self, repository: Path, log: Path, ports: Ports | None = None) -> None:
+        super().__init__(["--model", TINY, "--model-repository", str(repository)], log, timeout=120, ports=ports)
         [self.tritonserver] = [p for p in psutil.Process(self.process.pid).children() if p.name() == "tritonserver"]
-        self.shm_prefix = f"slipstream{self.process.pid}x{ports.grpc}_"  # its python stubs' regions (launch.py)
+        self.shm_prefix = f"slipstream{self.process.pid}x{self.ports.grpc}_"  # its python stubs' regions (launch.py)
 
     def leftovers(self) -> list[str]:
         """Processes of tritonserver's group (it and its python stubs) still running, and their shared memory."""
@@ -93,15 +82,6 @@ class TritonStart:
                 pass
         return group + [str(p) for p in Path("/dev/shm").glob(f"{self.shm_prefix}*")]
 
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()  # the command stops its tritonserver on SIGTERM
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        return self.process.wait()
-
     def clean(self) -> None:
         """What a failed test would leave: its tritonserver's group (stubs included) and their shared memory."""
         try:
@@ -113,10 +93,9 @@ class TritonStart:
 
 
 def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, tmp_path: Path) -> None:
-    ports = Ports(free_port(), free_port(), free_port())
-    first = TritonStart(tiny_repo, ports, tmp_path / "triton-1.log")
+    first = TritonStart(tiny_repo, tmp_path / "triton-1.log")
     second: TritonStart | None = None
-    env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([f"127.0.0.1:{ports.grpc}"])}
+    env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([first.grpc_url])}
     try:
         with ServerProcess(tiny_repo, [TINY], env=env) as api:
             load = subprocess.Popen(
@@ -138,7 +117,7 @@ def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, 
             # can hang on instead of exiting) and no shared memory behind
             assert first.process.wait(timeout=30) == 1 and "tritonserver exited with -9" in first.log.read_text()
             assert first.leftovers() == []
-            second = TritonStart(tiny_repo, ports, tmp_path / "triton-2.log")  # the same ports: the API finds it again
+            second = TritonStart(tiny_repo, tmp_path / "triton-2.log", first.ports)  # the same ports: the API finds it again
             api.wait_ready(timeout=30)
             assert load.poll() is None, "the load ended before Triton was back: nothing would be measured after it"
             stdout, stderr = load.communicate(timeout=120)

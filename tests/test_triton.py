@@ -13,21 +13,17 @@ import httpx
 import numpy as np
 import pytest
 
-from server.triton.launch import Ports, TritonServer, TritonUnavailable
-from tests.conftest import TINY, ServerProcess, free_port
+from server.triton.launch import TritonServer, TritonUnavailable
+from testkit.triton_process import TritonCommand, start_triton
+from tests.conftest import TINY, ServerProcess
 
 PROMPT = "def heappush(heap, item):\n    "
 
 
-def _ports() -> Ports:
-    return Ports(free_port(), free_port(), free_port())
-
-
 @pytest.fixture(scope="module")
 def triton(tiny_repo: Path) -> Iterator[TritonServer]:
-    server = TritonServer(tiny_repo, [TINY], _ports())
     try:
-        server.start(timeout=120)
+        server = start_triton(tiny_repo, [TINY])
     except TritonUnavailable as exc:
         pytest.fail(str(exc))
     yield server
@@ -130,8 +126,7 @@ def test_triton_metrics_and_health_are_reachable(triton: TritonServer) -> None:
 
 
 def test_triton_killed_gives_503_and_the_api_recovers_when_it_returns(tiny_repo: Path) -> None:
-    ports = _ports()
-    first = TritonServer(tiny_repo, [TINY], ports).start(timeout=120)
+    first = start_triton(tiny_repo, [TINY])
     env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([first.grpc_url])}
     second = None
     try:
@@ -145,7 +140,7 @@ def test_triton_killed_gives_503_and_the_api_recovers_when_it_returns(tiny_repo:
                 assert down.json()["error"]["type"] == "model_unavailable"
                 assert down.headers["Retry-After"]
             assert httpx.get(f"{api.url}/ready").status_code == 503
-            second = TritonServer(tiny_repo, [TINY], ports).start(timeout=120)
+            second = TritonServer(tiny_repo, [TINY], first.ports).start(timeout=120)  # where the API expects it
             api.wait_ready(timeout=30)  # the health check sees it again within a second or two
             assert _complete(api.url, max_tokens=4)["usage"]["completion_tokens"] >= 1
     finally:
@@ -160,27 +155,12 @@ def test_triton_killed_gives_503_and_the_api_recovers_when_it_returns(tiny_repo:
 def test_smollm2_int8_through_triton_streams_to_the_openai_client(bundled_repo: Path, tmp_path: Path) -> None:
     """The issue's end to end: `slipstream triton start` + `slipstream serve --backend triton` serve the
     bundled SmolLM2 INT8 to the official client, streaming, with the embedded backend's greedy text."""
-    import subprocess
-    import sys
-    import time
-
     import openai
 
-    from tests.conftest import ROOT
-
-    ports = _ports()
-    log = tmp_path / "triton-start.log"
-    with log.open("w") as sink:
-        start = subprocess.Popen(
-            [sys.executable, "-m", "slipstream.cli", "triton", "start", "--model", "smollm2-135m", "--model-repository",
-             str(bundled_repo), "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
-             "--metrics-port", str(ports.metrics)], cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    start = TritonCommand(["--model", "smollm2-135m", "--model-repository", str(bundled_repo)],
+                          tmp_path / "triton-start.log")
     try:
-        deadline = time.monotonic() + 180
-        while "tritonserver ready" not in log.read_text():
-            assert start.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.3)
-        env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([f"127.0.0.1:{ports.grpc}"])}
+        env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([start.grpc_url])}
         with ServerProcess(bundled_repo, ["smollm2-135m"], env=env) as api, \
                 ServerProcess(bundled_repo, ["smollm2-135m"]) as embedded:
             client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0, timeout=120)
@@ -190,40 +170,39 @@ def test_smollm2_int8_through_triton_streams_to_the_openai_client(bundled_repo: 
             reference = openai.OpenAI(base_url=f"{embedded.url}/v1", api_key="unused", max_retries=0, timeout=120)
             assert "".join(pieces) == reference.completions.create(**params).choices[0].text
     finally:
-        start.terminate()  # the command stops its tritonserver on SIGTERM
-        ended = start.wait(timeout=60)
-    assert ended == 0, log.read_text()[-3000:]  # after the body's own assertions, which a failure here would hide
+        ended = start.stop()  # the command stops its tritonserver on SIGTERM
+    assert ended == 0, start.output()[-3000:]  # after the body's own assertions, which a failure here would hide
 
 
-def test_triton_start_hands_the_engine_settings_to_the_model(tiny_repo: Path) -> None:
+def test_triton_start_hands_the_engine_settings_to_the_model(tiny_repo: Path, tmp_path: Path) -> None:
     """`slipstream triton start --max-queue 1` (the settings' own flag) reaches the scheduler inside
     Triton: of concurrent long requests through the API, the ones past the first are refused with a 429."""
     import concurrent.futures
-    import signal
-    import subprocess
-    import sys
 
-    from tests.conftest import ROOT
-
-    ports = _ports()
-    command = [sys.executable, "-m", "slipstream.cli", "triton", "start", "--model", TINY, "--model-repository",
-               str(tiny_repo), "--max-queue", "1", "--http-port", str(ports.http), "--grpc-port", str(ports.grpc),
-               "--metrics-port", str(ports.metrics)]
-    triton = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        lines = []
-        for line in triton.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if line.startswith("put the API in front"):
-                break
-        assert triton.poll() is None, "".join(lines)
-        env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([f"127.0.0.1:{ports.grpc}"])}
+    with TritonCommand(["--model", TINY, "--model-repository", str(tiny_repo), "--max-queue", "1"],
+                       tmp_path / "triton-start.log") as triton:
+        env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])}
         with ServerProcess(tiny_repo, [TINY], env=env) as api:
             body = {"prompt": PROMPT, "max_tokens": 100, "temperature": 0, "logit_bias": {"0": -100}}
             with concurrent.futures.ThreadPoolExecutor(6) as pool:
                 statuses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/completions", json=body, timeout=60)
                                          .status_code, range(6)))
-    finally:
-        triton.send_signal(signal.SIGTERM)
-        triton.wait(timeout=60)
     assert 200 in statuses and 429 in statuses and set(statuses) == {200, 429}, statuses
+
+
+def test_a_taken_port_is_named_and_other_ports_are_tried(tiny_repo: Path, tmp_path: Path) -> None:
+    """tritonserver goes on without its metrics service when that port is taken: start() says which port
+    instead of handing out a server whose metrics are another process's; the tests' helper tries others."""
+    import socket
+
+    from server.triton.launch import Ports, PortTaken
+    from testkit.triton_process import free_ports
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        for field in ("grpc", "metrics"):
+            ports = Ports(**{**free_ports().__dict__, field: taken})
+            with pytest.raises(PortTaken, match=f"port {taken} on 127.0.0.1 is taken"):
+                TritonServer(tiny_repo, [TINY], ports).start(timeout=120)

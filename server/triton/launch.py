@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,20 @@ import httpx
 
 class TritonUnavailable(RuntimeError):
     """tritonserver is not installed here, or did not become ready."""
+
+
+class PortTaken(TritonUnavailable):
+    """One of the server's ports was bound by another process."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"port {port} on 127.0.0.1 is taken by another process: tritonserver could not bind it "
+                         "(choose another with --http-port, --grpc-port or --metrics-port)")
+        self.port = port
+
+
+# tritonserver's line for a port it could not bind; the metrics service's failure does not stop it,
+# so start() looks for this line itself
+_TAKEN = re.compile(r"failed to start \w+ service: Unavailable - Socket '[^']*:(\d+)' already in use")
 
 
 @dataclass(frozen=True)
@@ -118,9 +133,13 @@ class TritonServer:
                                             start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            taken = _TAKEN.search(self.log_tail(100_000))
+            if taken:
+                self.stop()
+                raise PortTaken(int(taken.group(1)))
             if self.process.poll() is not None:
                 raise TritonUnavailable(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.ready():
+            if self.ready() and self._metrics_ready():
                 return self
             time.sleep(0.2)
         self.stop()
@@ -131,6 +150,14 @@ class TritonServer:
             return httpx.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
+
+    def _metrics_ready(self) -> bool:
+        """Its own metrics answer on the metrics port (and not another process's server)."""
+        try:
+            response = httpx.get(self.metrics_url, timeout=2)
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200 and "nv_" in response.text
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.is_file() else "(no log)"
