@@ -304,9 +304,10 @@ def test_past_max_queue_a_request_is_refused_with_429_before_any_byte(tiny_repo:
 
     from tests.conftest import ServerProcess
 
-    # ~1 s of work on this model: the first request is still decoding when the others arrive
-    long_run = {"prompt": PROMPT, "max_tokens": 100, "n": 32, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
-    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_QUEUE": "1"}) as server:
+    # ~4 s of work on this model (2 cores): the first request is still decoding when the others arrive,
+    # on a slow or busy machine too
+    long_run = {"prompt": PROMPT, "max_tokens": 100, "n": 128, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_QUEUE": "1", "SLIPSTREAM_MAX_N": "128"}) as server:
         with httpx.stream("POST", server.url + "/v1/completions", json=long_run | {"stream": True}, timeout=TIMEOUT) as s:
             lines = s.iter_lines()  # kept: a dropped iterator closes the response (the client goes away)
             assert s.status_code == 200 and next(lines).startswith("data: ")
