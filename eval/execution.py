@@ -99,6 +99,14 @@ def detect_box() -> Box:
     return "none"
 
 
+def box_line(box: Box) -> str:
+    """What a run says at its start about where generated code runs."""
+    if box == "bwrap":
+        return "generated code runs in the bwrap box (bubblewrap)"
+    return (f"generated code runs in the {box} box (bubblewrap, the stronger one, is not installed here: "
+            "apt install bubblewrap)")
+
+
 def _wrap(box: Box, argv: list[str]) -> list[str]:
     if box == "bwrap" and shutil.which("bwrap"):
         # the box's /tmp is its own: an interpreter or checkout that lives under /tmp is bound back, read-only

@@ -117,9 +117,7 @@ def run(
     by_id = {p.task_id: p for p in problems}
     summaries = []
     box = execution.detect_box()
-    print(f"generated code runs in the {box} box" + (
-        "" if box == "bwrap" else " (bubblewrap, the stronger one, is not installed here: apt install bubblewrap)"),
-        flush=True)
+    print(execution.box_line(box), flush=True)
     for model in models:
         for temperature in temperatures:
             config = GenerationConfig(model=model, temperature=temperature, n=n, max_tokens=max_tokens,

@@ -224,6 +224,7 @@ def study(runs: list[HumanEvalRun], out: Path, config: TimingConfig = TimingConf
     if not solutions:
         raise ValueError("no sample passed its tests: nothing to time")
     count = sum(len(g) for g in solutions.values())
+    log(execution.box_line(execution.detect_box()))
     log(f"timing {count} distinct solutions ({len(solutions)} canonical) of {len(solutions)} problems, "
         f"{config.repeats} repetitions each, on core {sorted(os.sched_getaffinity(0))[-1]}")
     measure(solutions, problems, config)

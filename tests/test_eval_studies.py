@@ -55,6 +55,8 @@ def test_perf_times_passing_samples_against_the_canonical_solution(tmp_path: Pat
     done = slipstream("perf", str(tmp_path), "--repeats", "2", "--rounds", "3", "--min-round-ms", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "perf.json").read_text())
+    assert f"generated code runs in the {result['box']} box" in done.stdout and result["box"] != "none"
+    assert f"{result['box']} box" in (tmp_path / "perf.md").read_text()
     by_code = {s["samples"][0]["sample"] if s["samples"] else "canonical": s for s in result["solutions"]}
     # the sample identical to the canonical solution is timed with it, once; the two slow ones once, together
     assert set(by_code) == {0, 1, 2} and [x["sample"] for x in by_code[1]["samples"]] == [1, 3]
