@@ -163,3 +163,13 @@ def test_the_bundled_smollm2_template(bundled_repo) -> None:
 def test_a_template_that_refuses_the_conversation() -> None:
     with pytest.raises(ChatTemplateError, match="roles must be user or assistant"):
         render(TEMPLATES["roles"], [{"role": "tool", "content": "x"}])
+
+
+@pytest.mark.parametrize("template, says", [
+    ("{% for m in messages %}{{ m.content }", "TemplateSyntaxError"),  # does not parse
+    ("{{ messages[0].content + 1 }}", "TypeError"),  # an expression that fails
+    ("{{ messages[5].content }}", "UndefinedError"),
+])
+def test_a_broken_template_is_a_chat_template_error(template: str, says: str) -> None:
+    with pytest.raises(ChatTemplateError, match=f"the model's chat template failed: {says}"):
+        render(template, MESSAGES)

@@ -59,8 +59,8 @@ def _is_content(node: nodes.Node, aliases: set[str]) -> bool:
 def reads_content_parts(template: str) -> bool:
     """Whether the template loops over a message's content: it expects OpenAI's list of parts
     ([{"type": "text", "text": ...}]). Gemma-3's first instruct template reads a system turn only that
-    way (`messages[0]['content'][0]['text']`), so a plain string there fails. vLLM detects it the same
-    way (its "openai" content format)."""
+    way (`messages[0]['content'][0]['text']`), so a plain string there fails. vLLM looks for such a loop
+    too (its "openai" content format)."""
     try:
         tree = _environment().parse(template)
     except TemplateError:
@@ -92,14 +92,14 @@ def render(template: str, messages: list[dict[str, str]], *, bos_token: str = ""
     turn only that way; Cogito's loops over parts but adds the system turn as a string)."""
     variables = dict(add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token, tools=tools,
                      documents=documents)
-    compiled = _compile(template)
     try:
+        compiled = _compile(template)
         return compiled.render(messages=messages, **variables)
     except ChatTemplateError:
         raise  # the template refused the conversation itself (raise_exception)
     except Exception as exc:  # a template is a program: TemplateError, and TypeError etc. from its expressions
         failure = ChatTemplateError(f"the model's chat template failed: {type(exc).__name__}: {exc}")
-        if not reads_content_parts(template):
+        if not reads_content_parts(template):  # (a template that does not parse reads none)
             raise failure from exc
     parts = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
     try:
