@@ -50,10 +50,10 @@ class TritonCommand:
         self.log = log
         for _ in range(ATTEMPTS if ports is None else 1):
             self.ports = ports or free_ports()
-            ports = ["--http-port", str(self.ports.http), "--grpc-port", str(self.ports.grpc),
+            flags = ["--http-port", str(self.ports.http), "--grpc-port", str(self.ports.grpc),
                      "--metrics-port", str(self.ports.metrics)]
             with log.open("w") as sink:
-                self.process = subprocess.Popen([sys.executable, "-m", "slipstream.cli", "triton", "start", *args, *ports],
+                self.process = subprocess.Popen([sys.executable, "-m", "slipstream.cli", "triton", "start", *args, *flags],
                                                 cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
             if self._wait_ready(timeout):
                 return

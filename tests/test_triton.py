@@ -206,3 +206,31 @@ def test_a_taken_port_is_named_and_other_ports_are_tried(tiny_repo: Path, tmp_pa
             ports = Ports(**{**free_ports().__dict__, field: taken})
             with pytest.raises(PortTaken, match=f"port {taken} on 127.0.0.1 is taken"):
                 TritonServer(tiny_repo, [TINY], ports).start(timeout=120)
+
+
+def test_the_tests_triton_command_tries_other_ports_when_one_is_taken(tiny_repo: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """testkit's TritonCommand, which the Triton tests start through: its first ports have the gRPC one
+    held by another socket; `slipstream triton start` says so and exits, and it starts again on others."""
+    import dataclasses
+    import socket
+
+    import testkit.triton_process as triton_process
+
+    drawn = []
+
+    def first_one_taken():
+        ports = real()
+        drawn.append(ports)
+        return dataclasses.replace(ports, grpc=holder.getsockname()[1]) if len(drawn) == 1 else ports
+
+    real = triton_process.free_ports
+    monkeypatch.setattr(triton_process, "free_ports", first_one_taken)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        with TritonCommand(["--model", TINY, "--model-repository", str(tiny_repo)], tmp_path / "start.log") as triton:
+            assert len(drawn) == 2 and triton.ports == drawn[1]
+            assert httpx.get(f"http://127.0.0.1:{triton.ports.http}/v2/health/ready").status_code == 200
+    assert triton.process.returncode == 0
+
