@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+PORT_ATTEMPTS = 3  # ports tried by a server whose free port another process took before it bound
 
 
 def free_port() -> int:
@@ -94,13 +95,13 @@ class ServerProcess(ChildServer):
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """As ChildServer's; a free port taken by another process between free_port() and the bind (it
-        closes its probe socket first) is tried again on another, up to three times."""
-        for attempt in range(3):
+        closes its probe socket first) is tried again on another, up to PORT_ATTEMPTS in all."""
+        for attempt in range(PORT_ATTEMPTS):
             try:
                 return super().wait_ready(timeout)
             except RuntimeError:
                 taken = "address already in use" in self.log.read_text(errors="replace").lower()
-                if self._given_port or not taken or attempt == 2:
+                if self._given_port or not taken or attempt == PORT_ATTEMPTS - 1:
                     raise
                 self._launch(free_port())
 
@@ -109,6 +110,7 @@ class ServerProcess(ChildServer):
         return self
 
     def access_log(self) -> list[dict]:
-        """Its access log so far: the JSON lines it writes on stdout, one object per request."""
+        """Its access log so far: the JSON lines it writes on stdout, each an object alone on its line
+        (nothing before it), one per request."""
         lines = self.log.read_text(errors="replace").splitlines()
         return [json.loads(line) for line in lines if line.startswith("{") and '"route"' in line]

@@ -4,7 +4,6 @@ validation errors, models and health, the official `openai` client, client disco
 from __future__ import annotations
 
 import json
-
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from tests.api_helpers import (
     texts,
 )
 from tests.conftest import TINY, TINY_CONTEXT
+from tests.test_transport import HEAVY_WORK, _batch_rows, _cancelled, _connect, _head, wait_for_an_empty_batch
 
 
 @pytest.fixture(scope="module")
@@ -197,25 +197,11 @@ def test_openai_client(url):
 # --- disconnects ---------------------------------------------------------------------------------
 
 
-# ~0.5-1 s of work each on this model (16 samples x 110 tokens with top-5 logprobs); twelve are 192 rows,
-# three times the batch's 64: 4-7 s on two cores left alone, so a batch that empties within 2 s of the
-# clients leaving was cancelled, not finished
-ABANDONED = 12
-HEAVY = {"prompt": PROMPT, "max_tokens": 110, "n": 16, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
-
-
-def wait_for_an_empty_batch(server, cancelled_before: float, cancelled: int, within_s: float = 2.0) -> None:
-    from tests.test_transport import _batch_rows, _cancelled
-
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline and (_batch_rows(server) > 0 or _cancelled(server) < cancelled_before + cancelled):
-        time.sleep(0.05)
-    assert _batch_rows(server) == 0 and _cancelled(server) >= cancelled_before + cancelled
+ABANDONED = 12  # heavy requests (tests/test_transport.py's HEAVY_WORK): three times the batch's rows
+HEAVY = {"prompt": PROMPT, **HEAVY_WORK}
 
 
 def test_client_disconnect_mid_stream(url, tiny_server):
-    from tests.test_transport import _cancelled
-
     before = _cancelled(tiny_server)
     for _ in range(ABANDONED):
         with httpx.stream("POST", url + "/v1/completions", json={**HEAVY, "stream": True}, timeout=TIMEOUT) as response:
@@ -236,7 +222,6 @@ def test_client_disconnect_before_a_plain_response_cancels_the_generation(tiny_r
     batch (seconds of work: a batch that empties within 2 s was cancelled): the server notices while it
     waits for each whole answer and drops the rows."""
     from tests.conftest import ServerProcess
-    from tests.test_transport import _batch_rows, _cancelled, _connect, _head
 
     body = json.dumps(HEAVY).encode()
     with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_BATCH_ROWS": "256"}) as server:

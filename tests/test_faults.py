@@ -23,7 +23,6 @@ from client.api import Client
 from server.triton.launch import Ports
 from testkit.triton_process import TritonCommand
 from tests.conftest import ROOT, TINY, ServerProcess
-from tests.test_metrics import access_lines
 
 PROBLEMS, SAMPLES = 20, 2  # HumanEval problems x samples per problem in the eval runs below
 
@@ -44,7 +43,7 @@ def lines(path: Path) -> list[dict]:
 
 def completed(api: ServerProcess) -> int:
     """Completions the API has answered whole, from its access log."""
-    return sum(line["route"] == "/v1/completions" and line["status"] == 200 for line in access_lines(api.log.read_text()))
+    return sum(line["route"] == "/v1/completions" and line["status"] == 200 for line in api.access_log())
 
 
 class Probe(threading.Thread):

@@ -34,7 +34,7 @@ from server.models.catalog import PRESETS
 from server.models.export import export_checkpoint
 from tests.conftest import TINY, ServerProcess
 from tests.api_helpers import NO_EOS, sse_payloads
-from tests.test_metrics import access_lines, completion_lines
+from tests.test_metrics import completion_lines
 from tests.tiny_model import build_tiny
 
 KEY = "sk-slip-editor-0123456789"
@@ -104,7 +104,7 @@ def tabby_read(response: httpx.Response) -> tuple[str, str, list[str]]:
 def test_tabby_fills_in_the_middle_with_its_key(server: ServerProcess, repository: Path) -> None:
     headers = {"Authorization": f"Bearer {KEY}", "Accept": "text/event-stream"}
     url = f"{server.url}/v1/completions"  # api_endpoint = "{server}/v1", Tabby adds /completions
-    before = len([line for line in access_lines(server.log.read_text()) if "completions" in line.get("route", "")])
+    before = len([line for line in server.access_log() if "completions" in line.get("route", "")])
     response = httpx.post(url, json=tabby_request(FIM_MODEL, BEFORE, AFTER), headers=headers, timeout=60)
     text, reason, unread = tabby_read(response)
     assert "x-slipstream-ignored" not in response.headers  # the suffix was used

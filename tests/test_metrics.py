@@ -63,19 +63,12 @@ def test_metrics_count_requests_tokens_latency_and_cancellations(tiny_server) ->
     assert value(scrape(url), "slipstream_requests_total", route="other", status="404") >= 1
 
 
-def access_lines(log: str) -> list[dict]:
-    """The access log's lines: each a JSON object alone on its line (stdout), nothing before it."""
-    import json
-
-    return [json.loads(line) for line in log.splitlines() if line.startswith("{") and '"route"' in line]
-
-
 def completion_lines(server, at_least: int) -> list[dict]:
     """The server's access-log lines of generation requests, once there are `at_least`: a line is written
     after its response has gone out, so the client may read its answer before the line is there."""
     deadline = time.monotonic() + 10
     while True:
-        lines = [line for line in access_lines(server.log.read_text()) if "completions" in line.get("route", "")]
+        lines = [line for line in server.access_log() if "completions" in line.get("route", "")]
         if len(lines) >= at_least or time.monotonic() > deadline:
             return lines
         time.sleep(0.05)
@@ -104,4 +97,4 @@ def test_access_log_lines_without_prompt_text_unless_asked(tiny_server, tiny_rep
     with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_LOG_LEVEL": "warning"}) as quiet:
         httpx.post(f"{quiet.url}/v1/completions", json={"prompt": secret, "max_tokens": 2}, timeout=TIMEOUT)
         time.sleep(0.5)
-        assert access_lines(quiet.log.read_text()) == [] and "INFO" not in quiet.log.read_text()
+        assert quiet.access_log() == [] and "INFO" not in quiet.log.read_text()

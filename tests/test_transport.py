@@ -4,6 +4,7 @@ no 5xx, no stuck generation, and the next request is answered."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -13,7 +14,10 @@ from tests.conftest import ServerProcess
 from tests.test_metrics import scrape
 
 BODY = b'{"prompt": "def fib(n):", "max_tokens": 40, "stream": true}'
-HEAVY = b'{"prompt": "def fib(n):", "max_tokens": 110, "n": 16, "temperature": 1.0, "ignore_eos": true, "logprobs": 5, "stream": true}'
+# 0.5-1 s of work per request on the tiny model (16 samples x 110 tokens with top-5 logprobs); twelve are
+# three times the batch's 64 rows: 4-7 s on two cores left alone, so a batch that empties within 2 s of
+# the clients leaving was cancelled, not finished
+HEAVY_WORK = {"max_tokens": 110, "n": 16, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
 
 
 def _connect(server: ServerProcess) -> socket.socket:
@@ -34,6 +38,14 @@ def _server_errors(server: ServerProcess) -> float:
 
 def _cancelled(server: ServerProcess) -> float:
     return sum(v for (name, _), v in scrape(server.url).items() if name == "slipstream_cancelled_requests_total")
+
+
+def wait_for_an_empty_batch(server: ServerProcess, cancelled_before: float, cancelled: int, within_s: float = 2.0) -> None:
+    """Until no row decodes and `cancelled` more requests are counted cancelled; asserted after `within_s`."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and (_batch_rows(server) > 0 or _cancelled(server) < cancelled_before + cancelled):
+        time.sleep(0.05)
+    assert _batch_rows(server) == 0 and _cancelled(server) >= cancelled_before + cancelled
 
 
 def _batch_rows(server: ServerProcess) -> float:
@@ -58,18 +70,14 @@ def test_cut_bodies_and_dropped_connections_cost_nothing(tiny_server: ServerProc
         dropped = _connect(tiny_server)
         dropped.sendall(sent)
         dropped.close()
-    # streaming requests abandoned as soon as they are sent: their generations are cancelled, not left
-    # running. Each is 0.5-1 s of work (16 samples x 110 tokens with logprobs; twelve are three times the
-    # batch's 64 rows: 4-7 s on two cores with nothing cancelled); cancelled, the batch empties in under 2 s
+    # streaming requests abandoned as soon as they are sent: their generations are cancelled, not left running
+    heavy = json.dumps({"prompt": "def fib(n):", **HEAVY_WORK, "stream": True}).encode()
     cancelled = _cancelled(tiny_server)
     for _ in range(12):
         gone = _connect(tiny_server)
-        gone.sendall(_head(len(HEAVY)) + HEAVY)
+        gone.sendall(_head(len(heavy)) + heavy)
         gone.close()
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and (_batch_rows(tiny_server) > 0 or _cancelled(tiny_server) < cancelled + 12):
-        time.sleep(0.05)
-    assert _batch_rows(tiny_server) == 0 and _cancelled(tiny_server) >= cancelled + 12
+    wait_for_an_empty_batch(tiny_server, cancelled, 12)
     # and the server answers the next client in full
     answer = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": "def fib(n):", "max_tokens": 4}, timeout=60)
     assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("length", "stop")
