@@ -76,11 +76,11 @@ def _check_text(key: str, value: object) -> None:
         raise InvalidRequest(f"{param}: a lone UTF-16 surrogate escape (\\ud800-\\udfff) is not text", param) from None
 
 
-__all__ = ["parse_body"]
-
-
 def located(exc: ValidationError) -> str:
     """The first error with its whole place in the body (options.temperature, messages.0.role), for the
     APIs whose errors carry no separate param (Ollama's, llama.cpp's)."""
     first = exc.errors()[0]
     return f"{'.'.join(str(p) for p in first['loc']) or 'body'}: {first['msg']}"
+
+
+__all__ = ["located", "parse_body"]

@@ -150,9 +150,13 @@ async def infill(request: Request) -> Response:
         body = await parse_body(request, InfillRequest, request.app.state.settings.max_body_bytes)
         shape = lambda model: InfillShape(model, body.response_fields)  # noqa: E731
         return await serving.completion(request.app.state, body.completion(), request, shape, ignored=body.ignored())
-    except APIError as exc:  # llama.cpp's error shape: its code is the status
-        return JSONResponse({"error": {"code": exc.status, "message": exc.message, "type": exc.type}},
-                            status_code=exc.status, headers=exc.headers())
+    except APIError as exc:
+        return _error(exc.status, exc.message, exc.type, exc.headers())
     except ValidationError as exc:  # a value llama.cpp's body allows but our completion does not
-        return JSONResponse({"error": {"code": 400, "message": located(exc), "type": "invalid_request_error"}},
-                            status_code=400)
+        return _error(400, located(exc), "invalid_request_error")
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """llama.cpp's error shape (InfillError, as the OpenAPI document says): its code is the status."""
+    body = InfillError(error=InfillErrorBody(code=status, message=message, type=kind))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
