@@ -119,12 +119,8 @@ def plot(results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(results)
-    x = range(len(names))
-    ax.bar([i - 0.2 for i in x], [results[n]["cold"]["latency_p50_ms"] for n in names], 0.4, label="cold")
-    ax.bar([i + 0.2 for i in x], [results[n]["warm"]["latency_p50_ms"] for n in names], 0.4, label="warm")
-    ax.set_xticks(list(x), names)
-    ax.set_ylabel("/infill latency p50, ms")
-    ax.legend()
+    results_file.side_by_side(ax, names, {phase: [results[n][phase]["latency_p50_ms"] for n in names]
+                                          for phase in ("cold", "warm")}, "/infill latency p50, ms")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -156,17 +156,11 @@ def plot(results: dict, path: Path) -> None:
 
     fig, (reuse, gaps) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(results)
-    x = range(len(names))
-    reuse.bar([i - 0.2 for i in x], [1000 * results[n]["reuse"]["cold_ttft_s"] for n in names], 0.4, label="cold")
-    reuse.bar([i + 0.2 for i in x], [1000 * results[n]["reuse"]["warm_ttft_s"] for n in names], 0.4, label="warm")
-    reuse.set_xticks(list(x), names)
-    reuse.set_ylabel(f"TTFT, ms ({PROMPT_TOKENS}-token prompt)")
-    reuse.legend()
-    gaps.bar([i - 0.2 for i in x], [results[n]["gaps_chunked"]["max_ms"] for n in names], 0.4, label="chunked")
-    gaps.bar([i + 0.2 for i in x], [results[n]["gaps_unchunked"]["max_ms"] for n in names], 0.4, label="one chunk")
-    gaps.set_xticks(list(x), names)
-    gaps.set_ylabel("longest gap between a stream's tokens, ms")
-    gaps.legend()
+    results_file.side_by_side(reuse, names, {phase: [1000 * results[n]["reuse"][f"{phase}_ttft_s"] for n in names]
+                                             for phase in ("cold", "warm")}, f"TTFT, ms ({PROMPT_TOKENS}-token prompt)")
+    results_file.side_by_side(gaps, names, {"chunked": [results[n]["gaps_chunked"]["max_ms"] for n in names],
+                                            "one chunk": [results[n]["gaps_unchunked"]["max_ms"] for n in names]},
+                              "longest gap between a stream's tokens, ms")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

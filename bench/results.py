@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def write(out: Path, stem: str, data: dict, text: str, plot: Callable[[Path], None]) -> None:
@@ -14,3 +14,14 @@ def write(out: Path, stem: str, data: dict, text: str, plot: Callable[[Path], No
     (out / f"{stem}.md").write_text(text)
     plot(out / f"{stem}.png")
     print(text)
+
+
+def side_by_side(ax: Any, names: list[str], bars: dict[str, list[float]], ylabel: str) -> None:
+    """One group of bars per name (a model), one bar per label in it (cold and warm, chunked and not)."""
+    width = 0.8 / len(bars)
+    for k, (label, values) in enumerate(bars.items()):
+        offset = (k - (len(bars) - 1) / 2) * width
+        ax.bar([i + offset for i in range(len(names))], values, width, label=label)
+    ax.set_xticks(list(range(len(names))), names)
+    ax.set_ylabel(ylabel)
+    ax.legend()
