@@ -53,6 +53,7 @@ bench: install  ## every speed figure vs optimum, torch, llama.cpp, the editor r
 	for m in $(BENCH_MODELS); do \
 		$(BIN)/slipstream export $$m || exit 1; \
 		$(BIN)/slipstream export $$m --precision int4 || exit 1; \
+		$(BIN)/slipstream export $$m --precision gguf || exit 1; \
 	done
 	$(BIN)/python -m bench.suite
 	$(BIN)/python -m bench.editor

@@ -1,4 +1,4 @@
-"""Single-stream greedy decode: our engine (int8 and int4 exports) against llama.cpp on the same GGUF.
+"""Single-stream greedy decode: our engine (the GGUF's own blocks, int8 and int4 exports) against llama.cpp on the same GGUF.
 
     .venv/bin/python -m bench.llamacpp [--models gemma3-270m smollm2-135m] [--repeats 5] [--tokens 64]
 
@@ -62,9 +62,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         gguf = lookup(name).locate_gguf(Path(tmp))
         engines = {f"engine {p}": EnginePath(args.repository, n, args.threads)
-                   for p, n in (("int8", name), ("int4", f"{name}-int4")) if (args.repository / n / "manifest.json").is_file()}
+                   for p, n in (("gguf", f"{name}-gguf"), ("int8", name), ("int4", f"{name}-int4"))
+                   if (args.repository / n / "manifest.json").is_file()}
         if not engines:
-            raise SystemExit(f"export {name} first (slipstream export {name}; --precision int4 for the int4 row)")
+            raise SystemExit(f"export {name} first (slipstream export {name}; --precision gguf / int4 for those rows)")
         first_engine = next(iter(engines.values()))
         prompt = first_engine.prepare(PROMPT, args.tokens)
         llama = LlamaCppPath(gguf, args.threads, context=len(prompt.ids) + args.tokens + 16)

@@ -92,17 +92,36 @@ def _export(args: argparse.Namespace) -> int:
     repository = args.model_repository or Settings().model_repository
     try:
         preset = catalog.PRESETS.get(args.model) if args.model else None
-        if args.from_hf or preset:
+        if args.from_gguf or args.from_ollama:
+            _export_gguf(args, repository)
+        elif args.from_hf or preset:
             source = Path(args.from_hf) if args.from_hf else download_preset(preset)
             export_checkpoint(source, repository, args.name, precision=args.precision, preset=preset, force=args.force)
         elif args.model:
             export_bundled(args.model, repository, precision=args.precision, name=args.name, force=args.force)
         else:
-            raise ExportError("name a bundled model (gemma3-270m, smollm2-135m) or a preset, or give --from-hf DIR")
+            raise ExportError("name a bundled model (gemma3-270m, smollm2-135m) or a preset, or give --from-hf DIR, "
+                              "--from-gguf FILE or --from-ollama NAME[:TAG]")
     except (ExportError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _export_gguf(args: argparse.Namespace, repository: Path) -> None:
+    """NAME --from-gguf FILE, or NAME --from-ollama MODEL[:TAG]: NAME (or --name) is the store name, else
+    one made from the file's or the Ollama model's name."""
+    from server.models import ollama_store
+    from server.models.export_gguf import export_gguf
+
+    name = args.name or args.model
+    if args.from_ollama:
+        gguf_path = ollama_store.find_gguf(args.from_ollama)
+        name = name or ollama_store.store_name(args.from_ollama)
+        source = f"ollama:{args.from_ollama} ({gguf_path})"
+    else:
+        gguf_path, source = Path(args.from_gguf), None
+    export_gguf(gguf_path, repository, name, precision=args.precision, force=args.force, source=source)
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -114,6 +133,7 @@ def _models(args: argparse.Namespace) -> int:
     for name, m in exported.items():
         size = store.size_on_disk(store.model_dir(repository, name)) / 1e6
         print(f"  {name:<16} {m.architecture:<12} {m.parameters / 1e6:7.1f}M params  {m.precision:<5} {size:6.0f} MB  ctx {m.context_length}")
+        print(f"  {'':<16} from {m.source}" + (f"  sha256 {m.source_sha256}" if m.source_sha256 else ""))
     if not exported:
         print("  (none)")
     print("bundled (slipstream export NAME):")
@@ -149,13 +169,19 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:
 
     export = commands.add_parser("export", help="build a model into the model repository")
     export.add_argument("model", nargs="?", help="a bundled model (gemma3-270m, smollm2-135m) or a catalog preset "
-                        "(codegen-350m-mono, starcoder2-3b, ...: see `slipstream models`)")
-    export.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face causal-LM checkpoint folder")
+                        "(codegen-350m-mono, starcoder2-3b, ...: see `slipstream models`); with --from-gguf or "
+                        "--from-ollama, the name to store it under")
+    sources = export.add_mutually_exclusive_group()
+    sources.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face causal-LM checkpoint folder")
+    sources.add_argument("--from-gguf", metavar="FILE", help="a GGUF file (llama.cpp's, LM Studio's, ...): llama, qwen2, "
+                         "qwen3, phi3, starcoder2, gemma, gemma2 or gemma3; NAME is then the store name")
+    sources.add_argument("--from-ollama", metavar="NAME[:TAG]", help="a model Ollama pulled, found in its store "
+                         "($OLLAMA_MODELS or ~/.ollama/models)")
     export.add_argument("--name", help="store name (default: the model's, or the folder's for --from-hf; "
                         "-fp32 / -int4 / -fp16 appended for those precisions of a bundled model)")
-    export.add_argument("--precision", choices=["fp32", "int8", "int4", "fp16"], default="int8",
+    export.add_argument("--precision", choices=["fp32", "int8", "int4", "fp16", "gguf"], default="int8",
                         help="int8 (default): 8-bit MatMuls; int4: 4-bit (fused graphs only); fp32: unquantised; "
-                        "fp16: the CUDA graph (fused graphs only)")
+                        "fp16: the CUDA graph (fused graphs only); gguf: a GGUF source's own quantised blocks")
     export.add_argument("--force", action="store_true", help="export again even if already exported")
     export.add_argument("--model-repository", type=Path, default=None)
     export.set_defaults(run=_export)
@@ -167,6 +193,6 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:
     verify = checks.add_parser("verify", help="check an export against its source checkpoint (transformers, fp32)")
     verify.add_argument("name")
     verify.add_argument("--reference", type=Path, default=None,
-                        help="the source checkpoint folder, when the manifest's is not on this machine")
+                        help="the source checkpoint folder or GGUF file, when the manifest's is not on this machine")
     verify.add_argument("--model-repository", type=Path, default=None)
     verify.set_defaults(run=_verify)

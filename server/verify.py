@@ -32,12 +32,12 @@ FP32_TOLERANCE = 5e-3  # max |log p_export - log p_reference| over the tokens th
 # those the reference gives at least e^FP32_FLOOR (4.5e-5). Far-tail log-probs (e^-30) carry float
 # noise of their own: Gemma-3's fp32 graph is off by 5.3e-3 at worst there, with NLL and top-1 equal.
 FP32_FLOOR = -10.0
-NLL_TOLERANCE = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.05, "int4": 0.35}
+NLL_TOLERANCE = {"fp32": 1e-3, "fp16": 0.01, "int8": 0.05, "int4": 0.35, "gguf": 0.05}
 # Measured on the bundled models (SmolLM2 / Gemma-3): int8 agrees at 0.935 / 0.958 (NLL +0.018 /
 # -0.007); int4 at 0.77 / 0.75 (NLL +0.19 / +0.24). Their references are the GGUFs' weights (Q4_1 /
 # Q4_K_M) dequantised: 4-bit grids with a float offset per block, which MatMulNBits' integer zero
 # points cannot hold, so int4 rounds weights that were rounded once already, onto another grid.
-AGREEMENT = {"fp32": 0.99, "fp16": 0.97, "int8": 0.90, "int4": 0.70}
+AGREEMENT = {"fp32": 0.99, "fp16": 0.97, "int8": 0.90, "int4": 0.70, "gguf": 0.90}
 # A reference "decided" where its top token beats the runner-up by this many nats.
 _DECIDED_MARGIN = 0.5
 _DECIDED_SHARE = 0.5
@@ -100,6 +100,10 @@ def verify(repository: Path, name: str, reference: Path | None = None, threads: 
     ids = corpus_ids(tokenizer, manifest.prompt_prefix_ids)[: manifest.context_length]
     exported = log_softmax(Runner(folder / manifest.onnx_file, threads).prefill(ids, all_logits=True)[0])
     with tempfile.TemporaryDirectory() as tmp:
+        if reference is not None and reference.is_file():  # a GGUF file given as the reference
+            from server.models.gguf import import_gguf
+
+            reference = import_gguf(reference, Path(tmp) / "hf", log=lambda _line: None)
         ref_dir = reference or _reference_dir(manifest, bundled, Path(tmp))
         expected = log_softmax(_reference_logits(ref_dir, ids))
     report.checks.extend(compare(exported, expected, ids, manifest.precision))
@@ -147,6 +151,16 @@ def _reference_dir(manifest: store.Manifest, bundled: catalog.CatalogEntry | Non
         from server.models.gguf import import_gguf
 
         return import_gguf(bundled.locate_gguf(tmp), tmp / "hf", log=lambda _line: None)
+    if manifest.source_file:  # a GGUF export: the file's weights, dequantised by transformers
+        from server.models.gguf import file_sha256, import_gguf
+
+        gguf_path = Path(manifest.source_file)
+        if not gguf_path.is_file():
+            raise FileNotFoundError(f"the source GGUF {gguf_path} is not here: give it with --reference FILE")
+        if file_sha256(gguf_path) != manifest.source_sha256:
+            raise FileNotFoundError(f"{gguf_path} is not the file {manifest.name} was exported from (its sha256 "
+                                    f"differs from {manifest.source_sha256[:12]}...): give that one with --reference FILE")
+        return import_gguf(gguf_path, tmp / "hf", log=lambda _line: None)
     source = Path(manifest.source)
     if not (source / "config.json").is_file():
         raise FileNotFoundError(

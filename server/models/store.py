@@ -50,13 +50,18 @@ class Manifest(BaseModel):
     name: str
     architecture: str = Field(description="Hugging Face model_type, e.g. gemma3_text, llama, codegen")
     parameters: int = Field(description="Parameter count of the source checkpoint (tied weights once)")
-    precision: Literal["int8", "int4", "fp32", "fp16"] = Field(description="fp16 is the CUDA graph")
+    precision: Literal["int8", "int4", "fp32", "fp16", "gguf"] = Field(
+        description="fp16 is the CUDA graph; gguf holds a GGUF file's own quantised blocks")
     graph: Literal["genai-builder", "optimum"] = Field(description="Which exporter wrote the ONNX graph")
     context_length: int
     vocab_size: int
     eos_token_ids: list[int]
     prompt_prefix_ids: list[int] = Field(description="Token ids put before raw code (BOS, <|endoftext|>, ...)")
     source: str = Field(description="Where the weights came from: a GGUF file or a checkpoint folder")
+    source_file: str = Field("", description="the source GGUF file's path, for exports from one")
+    source_sha256: str = Field("", description="sha256 of the source GGUF file, for exports from one")
+    requantised: list[str] = Field(default_factory=list, description="precision gguf: the file's tensors whose "
+                                   "block type has no exact form here, requantised to 8 bits")
     chat_template: str | None = Field(None, description="Jinja chat template, for models that chat")
     content_sha256: str = Field("", description="sha256 over the version folder's files (names and bytes), "
                                 "checked by `slipstream models verify`")

@@ -1,0 +1,65 @@
+"""`slipstream export NAME --from-gguf FILE` (and --from-ollama, and the bundled models): a GGUF file
+checked first (architecture, tokenizer, damage: nothing is written for a file we cannot serve), its
+weights and rebuilt tokenizer as a checkpoint folder, then the same graph export as any checkpoint, with
+everything the model needs read from the file: BOS, the end-of-generation tokens, the fill-in-the-middle
+and repository tokens, the chat template, the context length."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from server.models import catalog
+from server.models.export import ExportError, Log, existing_export, export_hf_folder, workspace
+from server.models.gguf import GGUFImportError, file_sha256, import_gguf, open_gguf
+from server.models.store import Manifest
+
+__all__ = ["export_gguf", "name_for"]
+
+
+def name_for(gguf_path: Path) -> str:
+    """A store name from a file name: "Qwen2.5-Coder-1.5B-Q4_K_M.gguf" -> "qwen2.5-coder-1.5b-q4_k_m"."""
+    stem = gguf_path.name.removesuffix(".gguf")
+    return re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.") or "model"
+
+
+def export_gguf(
+    gguf_path: Path, repository: Path, name: str | None = None, *, precision: str = "int8", force: bool = False,
+    log: Log = print, source: str | None = None, prefix_tokens: tuple[str, ...] | None = None,
+    eos_tokens: tuple[str, ...] | None = None,
+) -> Manifest:
+    """Export any GGUF file of a supported architecture. `prefix_tokens` / `eos_tokens` override what the
+    file says (the bundled SmolLM2 needs <|endoftext|> before raw code); `source` names the file's origin."""
+    gguf_path = gguf_path.resolve()
+    try:
+        facts = open_gguf(gguf_path)
+    except GGUFImportError as exc:
+        raise ExportError(str(exc)) from exc
+    name = name or name_for(gguf_path)
+    if (existing := existing_export(repository, name, force, log)) is not None:
+        return existing
+    log(f"[1/4] {name}: {gguf_path.name}: {facts.description}")
+    digest = file_sha256(gguf_path)
+    tokens = _token_texts(gguf_path)
+    with workspace(repository, name) as work:
+        log(f"[2/4] {name}: GGUF -> Hugging Face checkpoint")
+        try:
+            hf_dir = import_gguf(gguf_path, work / "hf", log=log)
+        except GGUFImportError as exc:
+            raise ExportError(str(exc)) from exc
+        fim = facts.fim
+        return export_hf_folder(
+            hf_dir, repository, name, work, source=source or str(gguf_path), source_sha256=digest, step=3, gguf_path=gguf_path,
+            precision=precision, log=log, chat_template=facts.chat_template,
+            prefix_tokens=prefix_tokens if prefix_tokens is not None else tuple(tokens[i] for i in facts.prompt_prefix_ids),
+            eos_tokens=eos_tokens or tuple(tokens[i] for i in facts.eos_token_ids),
+            fim=catalog.Fim(fim.prefix, fim.suffix, fim.middle, fim.repo_name, fim.file_sep) if fim else None,
+        )
+
+
+def _token_texts(gguf_path: Path) -> list[str]:
+    from gguf import GGUFReader
+
+    from server.models.gguf_fields import field
+
+    return field(GGUFReader(gguf_path), "tokenizer.ggml.tokens")
