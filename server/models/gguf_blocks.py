@@ -235,19 +235,14 @@ def _weights(blocks: Blocks, name: str) -> list[TensorProto]:
 
 def block_sums_nodes(x: str, k: int) -> tuple[str, list[onnx.NodeProto], list[TensorProto]]:
     """sums = x summed over each 32 weights of its last axis, [..., K/32]: what the correction of every
-    MatMul reading `x` multiplies. Built once per input, shared by the MatMuls that read it (gate and up)."""
+    MatMul reading `x` multiplies. One MatMul against a 0/1 matrix (one node, any rank: a Reshape and
+    ReduceSum need the shape computed, four more nodes, each costing more than the sum itself at M = 1);
+    built once per input and shared by the MatMuls that read it (gate and up)."""
     name = f"{x}/sums{k}"
-    lead, shape, grouped = f"{name}/lead", f"{name}/shape", f"{name}/grouped"
-    tensors = [_const(f"{name}_zero", [0]), _const(f"{name}_minus_one", [-1]),
-               _const(f"{name}_groups", [k // _OFFSET_GROUP, _OFFSET_GROUP])]
-    nodes = [
-        helper.make_node("Shape", [x], [f"{name}/x_shape"], name=f"{name}/x_shape"),
-        helper.make_node("Slice", [f"{name}/x_shape", f"{name}_zero", f"{name}_minus_one"], [lead], name=f"{name}/lead"),
-        helper.make_node("Concat", [lead, f"{name}_groups"], [shape], name=f"{name}/shape", axis=0),
-        helper.make_node("Reshape", [x, shape], [grouped], name=f"{name}/group"),
-        helper.make_node("ReduceSum", [grouped, f"{name}_minus_one"], [name], name=f"{name}/sum", keepdims=0),
-    ]
-    return name, nodes, tensors
+    groups = np.zeros((k, k // _OFFSET_GROUP), dtype=np.float32)
+    groups[np.arange(k), np.arange(k) // _OFFSET_GROUP] = 1.0
+    indicator = numpy_helper.from_array(groups, f"{name}_groups")
+    return name, [helper.make_node("MatMul", [x, indicator.name], [name], name=f"{name}/sum")], [indicator]
 
 
 def matmul_nodes(x: str, y: str, name: str, blocks: Blocks, accuracy_level: int = 4,
