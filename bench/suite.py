@@ -4,7 +4,8 @@
 
 Paths, per bundled model (all on --threads cores, the same prompt ids):
 
-- `engine int8`, `engine int4`: server.engine in this process on the model_repository exports;
+- `engine int8`, `engine int4`, `engine gguf` (the GGUF's own blocks): server.engine in this process on
+  the model_repository exports;
 - `server int8`: a `slipstream serve` child on 127.0.0.1, over HTTP through client.api (streaming);
 - `optimum`: optimum's ORTModelForCausalLM.generate on its own INT8 export (bench.decode's, cached);
 - `torch`: transformers' generate on the fp32 checkpoint imported from the GGUF (cached);
@@ -16,7 +17,7 @@ Cases: TTFT at prompt lengths 32, 512 and 1536 tokens; single-stream greedy deco
 exactly --tokens tokens); n = 1, 4, 16 samples of one prompt at temperature 0.8 (aggregate tok/s;
 llama-cpp-python has no batch: its n samples run one after another); 1, 4 and 16 concurrent
 streaming clients on the server (aggregate tok/s, p50/p95 latency); the HTTP + SSE overhead over the
-engine for a 128-token completion; the server's RSS; the machine's memory bandwidth, against which
+engine for a 128-token completion; the server's RSS (each export's, loaded alone); the machine's memory bandwidth, against which
 single-stream decode is set (the floor: bytes of weights per token / bandwidth). Protocol: a discarded
 warm-up per path and case, then --repeats rounds in alternating order, each run after a wait for a
 quiet machine. Results: bench/results/suite.{json,md,png}; the targets of issue 4 are checked at the end.

@@ -69,7 +69,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     repo, threads = args.repository, args.threads
     paths: dict[str, object] = {}
     missing: dict[str, str] = {}
-    for label, model in (("engine int8", name), ("engine int4", f"{name}-int4")):
+    for label, model in (("engine int8", name), ("engine int4", f"{name}-int4"), ("engine gguf", f"{name}-gguf")):
         if (repo / model / "manifest.json").is_file():
             paths[label] = EngineDirect(repo, model, threads)
         else:
@@ -85,6 +85,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     server = Server(repo, name, threads)
     paths["server int8"] = server
     rss_loaded = server.process.rss_bytes()[0]
+    rss_by_export = {"int8": rss_loaded / 2**20}
+    for precision in ("gguf", "int4"):  # what each other export holds once loaded, in a server of its own
+        if (repo / f"{name}-{precision}" / "manifest.json").is_file():
+            other = Server(repo, f"{name}-{precision}", threads)
+            rss_by_export[precision] = other.process.rss_bytes()[0] / 2**20
+            other.close()
     import onnxruntime as ort
     from optimum.onnxruntime import ORTModelForCausalLM
     from transformers import AutoModelForCausalLM
@@ -109,9 +115,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         return raw if label.startswith(("engine", "server")) else prefix + raw
 
     bench = Bench(name, args)
-    result: dict = {"missing": missing, "server_rss_mb_loaded": rss_loaded / 2**20,
+    result: dict = {"missing": missing, "server_rss_mb_loaded": rss_loaded / 2**20, "server_rss_mb_by_export": rss_by_export,
                     "weights_mb_per_token": {}, "ttft": {}, "samples": {}, "clients": {}}
-    for label in ("engine int8", "engine int4"):
+    for label in ("engine int8", "engine int4", "engine gguf"):
         if label in paths:
             onnx_file = paths[label].path.onnx_file  # type: ignore[attr-defined]
             result["weights_mb_per_token"][label] = weight_bytes_per_token(onnx_file) / 1e6
@@ -135,7 +141,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
         result["samples"][str(n)] = bench.measure(
             f"n={n}", {label: (lambda p=p, label=label: timed(p, label))
-                       for label, p in paths.items() if label != "engine int4"},
+                       for label, p in paths.items() if label not in ("engine int4", "engine gguf")},
             lambda runs: {"aggregate_tok_s_median": statistics.median(t / s for t, s in runs),
                           "runs": [{"tokens": t, "seconds": s} for t, s in runs]})
     client_prompt = text_ids[:128]

@@ -14,6 +14,10 @@ from bench.suite_cases import CLIENTS, HTTP_TOKENS, PROMPT_LENGTHS, SAMPLES
 TARGETS = (  # (key, what, minimum (or maximum when the name says "at most"))
     ("int8_over_llama_q8", "decode: engine int8 / llama.cpp Q8_0", 1.2),
     ("int4_over_llama_q4", "decode: engine int4 / llama.cpp Q4", 1.5),
+    ("gguf_over_llama_q4", "decode: engine gguf (the file's blocks) / llama.cpp on that file", 1.5),
+    ("ttft512_int8_over_gguf", "TTFT@512: engine int8 / engine gguf", 1.0),
+    ("ttft1536_int8_over_gguf", "TTFT@1536: engine int8 / engine gguf", 1.0),
+    ("rss_int8_over_gguf", "server RSS loaded: int8 export / gguf export", 1.0),
     ("int8_over_optimum", "decode: engine int8 / optimum generate", 2.0),
     ("int8_of_bandwidth_floor", "decode: engine int8 / bandwidth floor", 0.8),
     ("ttft512_llama_over_int8", "TTFT@512: llama.cpp Q8_0 / engine int8", 1.0),
@@ -32,12 +36,20 @@ def ratios(model: dict, bandwidth: float, name: str = RSS_TARGET_MODEL) -> dict[
     def div(a: float | None, b: float | None) -> float | None:
         return a / b if a is not None and b else None
 
+    def ttft_of(length: str, label: str) -> float | None:
+        return (model["ttft"].get(length, {}).get(label) or {}).get("ttft_ms_median")
+
     floor = bandwidth * 1e3 / model["weights_mb_per_token"]["engine int8"]  # tok/s if only weights moved
     ttft = model["ttft"]["512"]
     http = model["http"]
     return {
         "int8_over_llama_q8": div(decode("engine int8"), decode("llama.cpp Q8_0")),
         "int4_over_llama_q4": div(decode("engine int4"), decode("llama.cpp Q4")),
+        "gguf_over_llama_q4": div(decode("engine gguf"), decode("llama.cpp Q4")),
+        "ttft512_int8_over_gguf": div(ttft_of("512", "engine int8"), ttft_of("512", "engine gguf")),
+        "ttft1536_int8_over_gguf": div(ttft_of("1536", "engine int8"), ttft_of("1536", "engine gguf")),
+        "rss_int8_over_gguf": div(model.get("server_rss_mb_by_export", {}).get("int8"),
+                                  model.get("server_rss_mb_by_export", {}).get("gguf")),
         "int8_over_optimum": div(decode("engine int8"), decode("optimum")),
         "int8_of_bandwidth_floor": div(decode("engine int8"), floor),
         "ttft512_llama_over_int8": div((ttft.get("llama.cpp Q8_0") or {}).get("ttft_ms_median"),
@@ -94,7 +106,9 @@ def markdown(results: dict, info: dict, args: argparse.Namespace) -> str:
                          f"{'n/a' if met is None else ('yes' if met else '**no**')} |")
         lines += ["", f"Bandwidth floor for engine int8: {measured['bandwidth_floor_tok_s']:.0f} tok/s "
                   f"({model['weights_mb_per_token']['engine int8']:.0f} MB of weights per token); server RSS "
-                  f"{model['server_rss_mb_loaded']:.0f} MB loaded, {model['server_rss_mb_peak']:.0f} MB peak.", ""]
+                  f"{model['server_rss_mb_loaded']:.0f} MB loaded, {model['server_rss_mb_peak']:.0f} MB peak; loaded, by "
+                  "export: " + ", ".join(f"{p} {mb:.0f} MB" for p, mb in model.get("server_rss_mb_by_export", {}).items())
+                  + ".", ""]
     return "\n".join(lines)
 
 

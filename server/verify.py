@@ -100,13 +100,22 @@ def verify(repository: Path, name: str, reference: Path | None = None, threads: 
     ids = corpus_ids(tokenizer, manifest.prompt_prefix_ids)[: manifest.context_length]
     exported = log_softmax(Runner(folder / manifest.onnx_file, threads).prefill(ids, all_logits=True)[0])
     with tempfile.TemporaryDirectory() as tmp:
-        if reference is not None and reference.is_file():  # a GGUF file given as the reference
+        gguf = _source_gguf(manifest, bundled, reference, Path(tmp))
+        if gguf is not None:  # a GGUF source: its weights dequantised by transformers
             from server.models.gguf import import_gguf
 
-            reference = import_gguf(reference, Path(tmp) / "hf", log=lambda _line: None)
-        ref_dir = reference or _reference_dir(manifest, bundled, Path(tmp))
+            ref_dir = import_gguf(gguf, Path(tmp) / "hf", log=lambda _line: None)
+        else:
+            ref_dir = reference or _reference_dir(manifest)
         expected = log_softmax(_reference_logits(ref_dir, ids))
+        llama = _llama_cpp_logprobs(gguf, ids, threads) if gguf is not None else None
     report.checks.extend(compare(exported, expected, ids, manifest.precision))
+    if llama is not None:  # llama.cpp on the same file: how far the export is from what its users run
+        agree = float((exported[:-1].argmax(-1) == llama[:-1].argmax(-1)).mean())
+        delta = mean_nll(exported, ids) - mean_nll(llama, ids)
+        allowed = NLL_TOLERANCE[manifest.precision]
+        report.checks.append(Check("vs llama.cpp", f"NLL delta {delta:+.4f} (allowed {allowed}), top-1 agreement "
+                                   f"{agree:.4f}, on the same GGUF", abs(delta) <= max(allowed, 0.05)))
     return report
 
 
@@ -146,27 +155,46 @@ def _tokenizer_check(tokenizer, model: str) -> Check:
     return Check("tokenizer", value + (f"; differs on {wrong[0]!r}" if wrong else ""), not wrong)
 
 
-def _reference_dir(manifest: store.Manifest, bundled: catalog.CatalogEntry | None, tmp: Path) -> Path:
+def _source_gguf(manifest: store.Manifest, bundled: catalog.CatalogEntry | None, reference: Path | None,
+                 tmp: Path) -> Path | None:
+    """The GGUF file the export came from, where it did and is here: --reference FILE, the bundled
+    model's package, or the manifest's source file (checked to be the same bytes)."""
+    if reference is not None:
+        return reference if reference.is_file() else None
     if bundled is not None:
-        from server.models.gguf import import_gguf
+        return bundled.locate_gguf(tmp)
+    if not manifest.source_file:
+        return None
+    from server.models.gguf import file_sha256
 
-        return import_gguf(bundled.locate_gguf(tmp), tmp / "hf", log=lambda _line: None)
-    if manifest.source_file:  # a GGUF export: the file's weights, dequantised by transformers
-        from server.models.gguf import file_sha256, import_gguf
+    gguf_path = Path(manifest.source_file)
+    if not gguf_path.is_file():
+        raise FileNotFoundError(f"the source GGUF {gguf_path} is not here: give it with --reference FILE")
+    if file_sha256(gguf_path) != manifest.source_sha256:
+        raise FileNotFoundError(f"{gguf_path} is not the file {manifest.name} was exported from (its sha256 "
+                                f"differs from {manifest.source_sha256[:12]}...): give that one with --reference FILE")
+    return gguf_path
 
-        gguf_path = Path(manifest.source_file)
-        if not gguf_path.is_file():
-            raise FileNotFoundError(f"the source GGUF {gguf_path} is not here: give it with --reference FILE")
-        if file_sha256(gguf_path) != manifest.source_sha256:
-            raise FileNotFoundError(f"{gguf_path} is not the file {manifest.name} was exported from (its sha256 "
-                                    f"differs from {manifest.source_sha256[:12]}...): give that one with --reference FILE")
-        return import_gguf(gguf_path, tmp / "hf", log=lambda _line: None)
+
+def _reference_dir(manifest: store.Manifest) -> Path:
     source = Path(manifest.source)
     if not (source / "config.json").is_file():
         raise FileNotFoundError(
             f"the source checkpoint {manifest.source} is not here: give the reference with --reference DIR"
         )
     return source
+
+
+def _llama_cpp_logprobs(gguf: Path, ids: list[int], threads: int) -> np.ndarray | None:
+    """llama.cpp's log-probabilities for every position, where llama-cpp-python is installed (optional)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    model = Llama(model_path=str(gguf), n_ctx=len(ids) + 8, n_batch=512, n_threads=threads, n_threads_batch=threads,
+                  logits_all=True, verbose=False)
+    model.eval(ids)
+    return log_softmax(np.array(model.scores[: len(ids)], dtype=np.float32))
 
 
 def _reference_logits(checkpoint: Path, ids: list[int]) -> np.ndarray:
