@@ -231,7 +231,7 @@ def _build_fused(hf_dir: Path, built: Path, work: Path, precision: str) -> None:
     # fp16 is the CUDA graph (ONNX Runtime's CPU kernels run it too, slowly: enough to verify it here)
     builder_precision, target = ("fp16", "cuda") if precision == "fp16" else ("fp32", "cpu")
     cmd = [
-        sys.executable, "-m", "onnxruntime_genai.models.builder",
+        sys.executable, "-m", "server.models.builder_main",
         "-i", str(hf_dir), "-o", str(built), "-p", builder_precision, "-e", target, "-c", str(work / "cache"),
     ]
     log_file = work / "builder.log"
