@@ -168,3 +168,22 @@ def test_ollama_store_model_exports_and_is_listed(tmp_path: Path) -> None:
     listing = _slipstream("models", "--model-repository", repo, env=env)
     assert "tiny-coder-1b" in listing.stdout and f"sha256 {digest}" in listing.stdout
     assert "ollama:tiny-coder:1b" in listing.stdout
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_served(tmp_path: Path) -> None:
+    tiny = write_tiny_gguf("qwen2", tmp_path / "t.gguf", tokenizer="bpe", weights="Q8_0")
+    repo = tmp_path / "repo"
+    first = export_gguf(tiny.path, repo, "m", precision="int8", **QUIET)
+
+    def interrupt(line: str) -> None:  # a Ctrl-C while the graph is being built
+        if line.startswith("[3/4]"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(tiny.path, repo, "m", precision="gguf", force=True, log=interrupt)
+    assert store.check_content(repo, "m") == first  # the int8 export, whole, as it was
+    assert not (repo / ".build" / "m").exists()  # the scratch folder went with the interrupted run
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(tiny.path, repo, "other", log=interrupt)
+    with pytest.raises(store.ModelNotExported):  # a first export interrupted leaves nothing to serve
+        store.read_manifest(repo, "other")

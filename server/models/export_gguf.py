@@ -47,6 +47,8 @@ def export_gguf(
             hf_dir = import_gguf(gguf_path, work / "hf", log=log)
         except GGUFImportError as exc:
             raise ExportError(str(exc)) from exc
+        except Exception as exc:  # transformers' reader on a file it cannot make a model of: said, not a traceback
+            raise ExportError(f"{gguf_path.name}: transformers cannot read its weights ({type(exc).__name__}: {exc})") from exc
         fim = facts.fim
         return export_hf_folder(
             hf_dir, repository, name, work, source=source or str(gguf_path), source_sha256=digest, step=3, gguf_path=gguf_path,
