@@ -187,3 +187,11 @@ def test_an_interrupted_export_leaves_the_earlier_one_served(tmp_path: Path) -> 
         export_gguf(tiny.path, repo, "other", log=interrupt)
     with pytest.raises(store.ModelNotExported):  # a first export interrupted leaves nothing to serve
         store.read_manifest(repo, "other")
+
+
+def test_cli_refuses_a_bad_file_with_its_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "weights.gguf"
+    bad.write_text("GGML is not GGUF")
+    done = _slipstream("export", "mine", "--from-gguf", str(bad), "--model-repository", str(tmp_path / "repo"), env={})
+    assert done.returncode == 2 and "weights.gguf is not a GGUF file" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "repo").exists()
