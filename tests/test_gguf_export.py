@@ -195,3 +195,14 @@ def test_cli_refuses_a_bad_file_with_its_reason(tmp_path: Path) -> None:
     done = _slipstream("export", "mine", "--from-gguf", str(bad), "--model-repository", str(tmp_path / "repo"), env={})
     assert done.returncode == 2 and "weights.gguf is not a GGUF file" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "repo").exists()
+
+
+def test_a_block_type_with_no_exact_form_is_requantised_and_named(tmp_path: Path) -> None:
+    tiny = write_tiny_gguf("llama", tmp_path / "t.gguf", tokenizer="spm", weights="Q3_K")
+    manifest = export_gguf(tiny.path, tmp_path / "repo", "m", precision="gguf", **QUIET)
+    # every Q3_K matrix, named in the manifest (the builder packs Q, K and V: all three are named)
+    assert {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.1.ffn_down.weight",
+            "output.weight"} <= set(manifest.requantised)
+    report = verify(tmp_path / "repo", "m")
+    assert report.passed, "\n".join(report.lines())
+    assert "requantised" in next(c.value for c in report.checks if c.name == "blocks exact")

@@ -43,17 +43,18 @@ from transformers import (
 from tests.tiny_model import EOS, _corpus, _train_tokenizer
 
 ARCHITECTURES = ("llama", "qwen2", "starcoder2", "gemma", "gemma2", "gemma3", "phi3")
-WEIGHTS = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "mixed")
+WEIGHTS = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "mixed")
 SPM_VOCAB_SIZE = 500  # 256 byte pieces, the control pieces, ~240 merges
 SLIDING_WINDOW = 32
 Q = gguf.GGMLQuantizationType
-K_QUANTS = (Q.Q4_K, Q.Q5_K, Q.Q6_K)
+K_QUANTS = (Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 # general.file_type as llama.cpp names the result; "mixed" is what llama-quantize Q4_K_M writes
 _FILE_TYPE = {
     "F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
     "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
     "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_S, "Q5_K": gguf.LlamaFileType.MOSTLY_Q5_K_S,
     "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K, "mixed": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    "Q3_K": gguf.LlamaFileType.MOSTLY_Q3_K_M,
 }
 # GGUF key of each special token this module writes (add_bos_token_id & co. are add_uint32 on these keys;
 # the gguf package has no add_* method for the FIM keys, which llama.cpp reads all the same).
@@ -172,7 +173,7 @@ def write_tiny_gguf(
     vocab_size = tok.get_vocab_size() if isinstance(tok, Tokenizer) else tok.get_piece_size()
     # K-quant blocks span 256 values of a row, so every row length (hidden, heads * head_dim,
     # intermediate) must be a multiple of 256 for them; 64 wide is enough for the 32-value blocks.
-    big = weights in ("Q4_K", "Q5_K", "Q6_K", "mixed")
+    big = weights in ("Q4_K", "Q5_K", "Q6_K", "Q3_K", "mixed")
     config = _hf_config(architecture, vocab_size, context_length, special, big)
     _write_hparams(writer, architecture, config)
     state_dict = _write_tensors(writer, architecture, config, weights, np.random.default_rng(seed))
@@ -328,7 +329,9 @@ def _random_k_blocks(rows: int, cols: int, qtype: gguf.GGMLQuantizationType, rng
     _, type_size = gguf.GGML_QUANT_SIZES[qtype]
     blocks = rng.integers(0, 256, size=(rows * cols // 256, type_size), dtype=np.uint8)
     d = rng.uniform(1e-4, 2e-4, size=(len(blocks), 1)).astype(np.float16)
-    if qtype == Q.Q6_K:  # ql[128] qh[64] int8 scales[16] d: keep the scales within +-32
+    if qtype == Q.Q3_K:  # hmask[32] qs[64] scales[12] d: no exact MatMulNBits form (requantised on import)
+        blocks[:, 108:110] = d.view(np.uint8)
+    elif qtype == Q.Q6_K:  # ql[128] qh[64] int8 scales[16] d: keep the scales within +-32
         blocks[:, 192:208] = rng.integers(-32, 33, size=(len(blocks), 16), dtype=np.int8).view(np.uint8)
         blocks[:, 208:210] = d.view(np.uint8)
     else:  # Q4_K / Q5_K: d dmin scales[12] ...; dmin ~ d * mid-quant keeps the weights about centred
