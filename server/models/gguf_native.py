@@ -35,6 +35,7 @@ class NativeReport:
     imported: Counter = field(default_factory=Counter)  # GGUF type -> MatMuls holding its blocks
     kept_float: list[str] = field(default_factory=list)  # MatMuls whose file tensor is a float one
     requantised: list[str] = field(default_factory=list)  # GGUF tensors with no exact form, now 8-bit
+    not_in_file: list[str] = field(default_factory=list)  # MatMuls and Gathers on a table the file has not
     embedding: str = "fp32"
 
     def lines(self) -> list[str]:
@@ -42,6 +43,8 @@ class NativeReport:
         out = [f"  MatMuls from the file's blocks: {kinds}; embedding: {self.embedding}"]
         if self.kept_float:
             out.append(f"  float in the file, kept fp32: {len(self.kept_float)}")
+        if self.not_in_file:
+            out.append(f"  not a tensor of the file, left as built: {', '.join(self.not_in_file)}")
         if self.requantised:
             out.append(f"  no exact form, requantised to 8 bits: {', '.join(self.requantised)}")
         return out
@@ -119,8 +122,9 @@ def _file_blocks(rows: np.ndarray, file: _FileRows, report: NativeReport, label:
     builder packed tensors of different block types), or requantised where they cannot be held; None
     to keep a float weight."""
     picks = file.sources(rows)
-    if picks is None:
-        raise RuntimeError(f"{label}: its weight is not a tensor of the GGUF file (no row matches)")
+    if picks is None:  # a constant of the builder's own (a rotary table), not a weight of the file
+        report.not_in_file.append(label)
+        return None
     order = sorted({t for t, _ in picks})
     names = [file.tensors[t].name for t in order]
     if all(file.qtype(t) in _FLOATS for t in order):
