@@ -148,6 +148,8 @@ class MetricsMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), *id_headers]}
             await send(message)
 
+        # the handler's to read (request.state.request_id): a failure logged later names the request
+        scope.setdefault("state", {})["request_id"] = request_id
         try:
             await self.app(scope, receive, sending)
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -41,6 +42,7 @@ from server.responses import ChatShape, Collected, CompletionShape, Shape, wire_
 from server.settings import Settings
 
 _R = TypeVar("_R")
+_log = logging.getLogger("slipstream.serving")
 _DISCONNECT_POLL_S = 0.25
 
 
@@ -56,6 +58,7 @@ class Job:
     access: dict  # its access-log fields (model, tokens), filled as it runs; the log line reads them at the end
     timeout_s: float | None  # request_timeout_s: from the start of generation to its end
     ignored: list[str]  # request fields this model cannot honour (X-Slipstream-Ignored)
+    request_id: str = ""  # the X-Request-Id the response carries (server/metrics.py), for the log
 
 
 async def completion(state: State, body: CompletionRequest, request: Request,
@@ -173,7 +176,8 @@ def _job(state: State, request: Request, model: str, prompts: list[Prompt], para
             access["suffix"] = body.suffix
         access["completions"] = [""] * (len(prompts) * params.n)
     request.state.access = access
-    return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored)
+    return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored,
+               getattr(request.state, "request_id", ""))
 
 
 def _cache_salt(keys: list[str], request: Request) -> str:
@@ -269,7 +273,11 @@ async def _stream(backend: Backend, job: Job, shape: Shape, include_usage: bool)
     except Exception as exc:  # the status line is gone: report in band, then end the stream properly
         if not started:
             raise  # nothing sent yet: the response still answers with the error's own status
-        yield shape.error_event(str(exc) or type(exc).__name__, to_api_error(exc).type)
+        error = to_api_error(exc)
+        # the client reads it in its stream; the operator in the log and on the request's access-log line
+        _log.error("request %s: %s after its stream started (%s): %s", job.request_id, type(exc).__name__, error.type, exc)
+        job.access["error"] = f"{error.type}: {exc}"[:500]
+        yield shape.error_event(str(exc) or type(exc).__name__, error.type)
         return
     for framed in shape.closing(wire_usage(usages), include_usage):
         yield framed

@@ -52,10 +52,12 @@ class Probe(threading.Thread):
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.url, self.events, self.first = url, [], threading.Event()
+        self.request_id = ""
 
     def run(self) -> None:
         body = {"prompt": "def f(x):", "max_tokens": 110, "ignore_eos": True, "stream": True, "n": 32}  # ~1.5 s of work idle
         with httpx.stream("POST", f"{self.url}/v1/completions", json=body, timeout=60) as response:
+            self.request_id = response.headers["x-request-id"]
             for line in response.iter_lines():
                 if line.startswith("data: "):
                     self.events.append(line[6:])
@@ -110,6 +112,14 @@ def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, 
             assert not probe.is_alive(), "a stream in flight when Triton died hung"
             assert probe.events[-1] == "[DONE]", probe.events[-3:]
             assert json.loads(probe.events[-2])["error"]["type"] == "model_unavailable", probe.events[-3:]
+            # the operator sees it too: in the server's log and on the request's access-log line, by its id
+            assert f"request {probe.request_id}: " in api.log.read_text() and "after its stream started" in api.log.read_text()
+            def probe_lines() -> list[dict]:  # written when the server has sent the response's last byte
+                return [entry for entry in api.access_log() if entry.get("request_id") == probe.request_id]
+
+            wait_for(lambda: probe_lines() != [], 30, "the probe's request has no access-log line")
+            [line] = probe_lines()
+            assert line["error"].startswith("model_unavailable: "), line
             down = httpx.post(f"{api.url}/v1/completions", json={"prompt": "x", "max_tokens": 4, "stream": True}, timeout=30)
             assert down.status_code == 503 and down.headers["Retry-After"], down.text
             # the command sees its tritonserver gone and ends, leaving no python stub (one caught mid-request
