@@ -18,10 +18,11 @@ from server import auth
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
 from server.drain import Drain
+from server.error_shapes import error_response
 from server.errors import APIError, ClientGone
 from server.metrics import Metrics, MetricsMiddleware
 from server.openapi import document_schemas
-from server.protocol import ErrorBody, ErrorResponse
+from server.protocol import ErrorBody
 from server.copilot import router as copilot_router
 from server.infill import router as infill_router
 from server.ollama import router as ollama_router
@@ -77,27 +78,27 @@ def _backend(settings: Settings) -> Backend:
     return EmbeddedBackend(settings)
 
 
-async def _handle_api_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _handle_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return JSONResponse(exc.body().model_dump(), status_code=exc.status, headers=exc.headers())
+    return error_response(request.url.path, exc.status, exc.body().error, exc.headers())
 
 
-async def _handle_client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+async def _handle_client_gone(request: Request, _exc: Exception) -> JSONResponse:
     log.info("client disconnected before its response: generation cancelled")
-    return JSONResponse({"error": {"message": "client disconnected", "type": "cancelled"}}, status_code=499)
+    return error_response(request.url.path, 499, ErrorBody(message="client disconnected", type="cancelled"))
 
 
-async def _handle_body_cut(_request: Request, _exc: Exception) -> JSONResponse:
+async def _handle_body_cut(request: Request, _exc: Exception) -> JSONResponse:
     # nobody reads this answer; the 499 (nginx's "client closed request") keeps it out of the 5xx counts
     log.info("client disconnected before sending its whole request body")
-    return JSONResponse({"error": {"message": "client disconnected before sending its whole body", "type": "cancelled"}},
-                        status_code=499)
+    return error_response(request.url.path, 499,
+                          ErrorBody(message="client disconnected before sending its whole body", type="cancelled"))
 
 
-async def _handle_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    body = ErrorResponse(error=ErrorBody(message=f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
-    return JSONResponse(body.model_dump(), status_code=500)
+    return error_response(request.url.path, 500,
+                          ErrorBody(message=f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
 
 
 __all__ = ["create_app"]

@@ -22,6 +22,9 @@ from typing import Mapping
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from server.error_shapes import error_body
+from server.protocol import ErrorBody
+
 ENV_KEYS = "SLIPSTREAM_API_KEYS"
 ENV_KEYS_FILE = "SLIPSTREAM_API_KEYS_FILE"
 # /telemetry: the Copilot agent asks it for its (empty) experiment configuration without a bearer
@@ -79,7 +82,7 @@ def key_matches(presented: str | None, keys: list[str]) -> bool:
 
 
 class APIKeyMiddleware:
-    """401 with an OpenAI-shaped error for a request without a valid key, before routing."""
+    """401 for a request without a valid key, before routing, in its API's error shape."""
 
     def __init__(self, app: ASGIApp, keys: list[str]) -> None:
         self.app, self.keys = app, keys
@@ -94,8 +97,9 @@ class APIKeyMiddleware:
             return
         message = ("no API key: send Authorization: Bearer <key>" if presented is None
                    else "the API key is not valid")
-        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                     "code": "invalid_api_key"}}).encode()
+        # in the shape of the API the request was for: an Ollama client reads {"error": "..."}
+        error = ErrorBody(message=message, type="invalid_request_error", code="invalid_api_key")
+        body = json.dumps(error_body(scope["path"], 401, error)).encode()
         await send({"type": "http.response.start", "status": 401, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
             (b"www-authenticate", b'Bearer realm="slipstream"')]})

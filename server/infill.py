@@ -19,9 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from server import serving
 from server.body import located, parse_body
 from server.engine import Delta
+from server.error_shapes import InfillError, llama_cpp_body
 from server.errors import APIError
 from server.openapi import route_doc
-from server.protocol import CompletionRequest, InputExtra
+from server.protocol import CompletionRequest, ErrorBody, InputExtra
 from server.protocol import Usage as WireUsage
 from server.responses import Collected, sse
 
@@ -64,18 +65,6 @@ class InfillRequest(BaseModel):
 
     def ignored(self) -> list[str]:
         return [name for name in _NOT_DONE if name in (self.model_extra or {})]
-
-
-class InfillErrorBody(BaseModel):
-    code: int
-    message: str
-    type: str
-
-
-class InfillError(BaseModel):
-    """llama.cpp's error answer: its code is the HTTP status."""
-
-    error: InfillErrorBody
 
 
 class InfillShape:
@@ -158,5 +147,4 @@ async def infill(request: Request) -> Response:
 
 def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """llama.cpp's error shape (InfillError, as the OpenAPI document says): its code is the status."""
-    body = InfillError(error=InfillErrorBody(code=status, message=message, type=kind))
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return JSONResponse(llama_cpp_body(status, ErrorBody(message=message, type=kind)), status_code=status, headers=headers)

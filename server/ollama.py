@@ -19,10 +19,12 @@ from server import serving
 from server.backends.base import SERVING, Backend
 from server.body import located, parse_body
 from server.engine import Delta
+from server.error_shapes import ollama_body
 from server.errors import APIError, InvalidRequest, ModelNotFound
 from server.models.store import MANIFEST, Manifest, model_dir
 from server.ollama_protocol import ChatRequest, GenerateRequest, OllamaError, ShowRequest
 from server.openapi import route_doc
+from server.protocol import ErrorBody
 from server.protocol import Usage as WireUsage
 from server.responses import Collected
 
@@ -99,9 +101,10 @@ async def _ollama_errors(work: Callable[[], Awaitable[Response]]) -> Response:
     except APIError as exc:
         cause = exc.__cause__
         message = located(cause) if isinstance(cause, ValidationError) else exc.message
-        return JSONResponse({"error": message}, status_code=exc.status, headers=exc.headers())
+        return JSONResponse(ollama_body(exc.status, ErrorBody(message=message, type=exc.type)), status_code=exc.status,
+                            headers=exc.headers())
     except ValidationError as exc:  # a value Ollama's body allows but ours does not (num_predict 0 on a chat)
-        return JSONResponse({"error": located(exc)}, status_code=400)
+        return JSONResponse(ollama_body(400, ErrorBody(message=located(exc), type="invalid_request_error")), status_code=400)
 
 
 def _served(request: Request, name: str) -> tuple[str, Manifest | None]:

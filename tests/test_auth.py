@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import ollama
 import pytest
 
 from server.auth import AuthConfigError, key_matches, load_keys, presented_key
@@ -66,6 +67,18 @@ def test_a_locked_server(tiny_repo: Path, tmp_path: Path) -> None:
         preflight = http.options("/v1/completions", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
                                                               "Access-Control-Request-Headers": "authorization"})
         assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ORIGIN
+        # each API's clients get the refusal in their API's shape: Ollama's library, llama.vim's /infill
+        wrong_key = ollama.Client(host=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}x"})
+        with pytest.raises(ollama.ResponseError) as refused:
+            wrong_key.generate(model=TINY, prompt="def add(a, b):", options={"num_predict": 4})
+        assert refused.value.status_code == 401 and refused.value.error == "the API key is not valid"
+        assert http.post("/api/generate", json={"model": TINY, "prompt": "x"}).json() == {
+            "error": "no API key: send Authorization: Bearer <key>"}
+        keyed = ollama.Client(host=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}"})
+        assert keyed.generate(model=TINY, prompt="def add(a, b):", options={"num_predict": 4}).response
+        infill = http.post("/infill", json={"input_prefix": "def f(", "input_suffix": ")"})
+        assert infill.status_code == 401 and infill.json()["error"]["code"] == 401, infill.text
+        assert infill.json()["error"]["type"] == "invalid_request_error"
         log = server.log.read_text()
     assert KEY not in log and FILE_KEY not in log and "API keys required (2 configured)" in log
 
