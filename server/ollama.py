@@ -84,12 +84,12 @@ class _NDJSON:
         return self._done(got.usage, got.texts[0])
 
 
-class GenerateShape(_NDJSON):
+class OllamaGenerateShape(_NDJSON):
     def _piece(self, text: str) -> dict[str, Any]:
         return {"response": text}
 
 
-class ChatShape(_NDJSON):
+class OllamaChatShape(_NDJSON):
     def _piece(self, text: str) -> dict[str, Any]:
         return {"message": {"role": "assistant", "content": text}}
 
@@ -134,7 +134,7 @@ async def generate(request: Request) -> Response:
             await request.app.state.backend.acquire(name)
             return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
                                  "done_reason": "load"})
-        shape = lambda _m: GenerateShape(body.model)  # noqa: E731 - the name as the client gave it
+        shape = lambda _m: OllamaGenerateShape(body.model)  # noqa: E731 - the name as the client gave it
         if not body.raw and body.suffix is None and manifest is not None and manifest.chat_template:
             return await serving.chat(request.app.state, body.chat(name), request, shape, ignored=ignored)
         if body.system:
@@ -150,7 +150,7 @@ async def chat(request: Request) -> Response:
         body: ChatRequest = await _parse(request, ChatRequest)
         name, _manifest = _served(request, body.served_name())
         _refuse(body.unsupported())
-        shape = lambda _m: ChatShape(body.model)  # noqa: E731
+        shape = lambda _m: OllamaChatShape(body.model)  # noqa: E731
         return await serving.chat(request.app.state, body.chat(name), request, shape, ignored=body.common_ignored())
 
     return await _ollama_errors(work)
