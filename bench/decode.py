@@ -82,7 +82,7 @@ def nll_text_ids(engine: EnginePath) -> list[int]:
 def logits_nll(logits, ids: list[int]) -> float:
     import numpy as np
 
-    from server.engine.sampling import log_softmax
+    from server.engine import log_softmax
     from server.verify import mean_nll
 
     return mean_nll(log_softmax(np.asarray(logits, dtype=np.float32)), ids)

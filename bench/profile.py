@@ -47,7 +47,7 @@ def matmul_nbits_shapes(onnx_file: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def profile(onnx_file: Path, threads: int, batch: int, warmup: int, steps: int) -> dict:
-    from server.engine.runner import Runner
+    from server.engine import Runner
 
     runner = Runner(onnx_file, threads, profile_prefix=os.path.join(tempfile.mkdtemp(), "ort"))
     ids = list(range(1000, 1000 + PROMPT_TOKENS))

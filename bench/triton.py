@@ -30,7 +30,7 @@ EMBEDDED, TRITON = "embedded", "triton"
 
 def main(argv: list[str] | None = None) -> int:
     from testkit.triton_process import start_triton
-    from server.engine.prompts import Prompter
+    from server.engine import Prompter
 
     parser = argparse.ArgumentParser(prog="python -m bench.triton", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")

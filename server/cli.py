@@ -41,7 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from server.app import create_app
     from server.models import catalog, store
-    from server.models.export import ExportError, export_bundled
+    from server.models.export import ExportError
+    from server.models.export_gguf import export_bundled
 
     settings = settings_from(args)
     configure_logging(settings.log_level)
@@ -87,7 +88,8 @@ def configure_logging(level: str) -> None:
 
 def _export(args: argparse.Namespace) -> int:
     from server.models import catalog
-    from server.models.export import ExportError, download_preset, export_bundled, export_checkpoint
+    from server.models.export import ExportError, download_preset, export_checkpoint
+    from server.models.export_gguf import export_bundled
 
     repository = args.model_repository or Settings().model_repository
     try:

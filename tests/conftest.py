@@ -11,7 +11,8 @@ import pytest
 
 from testkit.server_process import ServerProcess, free_port  # noqa: F401 - the tests' import path
 from server.models import store
-from server.models.export import export_bundled, export_checkpoint
+from server.models.export import export_checkpoint
+from server.models.export_gguf import export_bundled
 from server.models.catalog import PRESETS
 from tests.tiny_model import build_tiny, build_tiny_codegen, build_tiny_llama
 

@@ -62,7 +62,7 @@ class EmbeddedBackend:
         except store.ModelNotExported:
             if not (self.settings.export_missing and name in catalog.CATALOG):
                 raise
-            from server.models.export import export_bundled
+            from server.models.export_gguf import export_bundled
 
             export_bundled(name, repository, log=lambda line: log.info("%s", line))
 

@@ -32,6 +32,7 @@ from server.engine.events import Delta, Usage
 from server.engine.kvcache import KVCache
 from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
 from server.engine.prompts import Prompt, Prompter
+from server.engine import reuse_grid as calibration
 from server.engine.runner import Runner
 from server.engine.sampling import SamplingParams
 from server.engine.sequence import Sequence
@@ -78,8 +79,6 @@ class Engine:
         # what requests generated (computed one step at a time, the same way) is not kept for reuse
         self.exact = reuse_grid is None and self.prefix_cache is not None
         if self.exact:
-            from server.engine import reuse_grid as calibration
-
             measured = calibration.measure(self)
             if measured is None:
                 log.warning("%s: no grid up to %d positions makes a reused prefix give a cold prefill's bits on "

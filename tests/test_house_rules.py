@@ -1,0 +1,110 @@
+"""The rules of docs/architecture.md, checked on the source: who may import whom, the engine's public
+surface, no import circle, no source file over 400 lines. Read from the files' syntax trees (every
+import, at module level or inside a function), so a rule broken anywhere fails here."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("server", "client", "eval", "slipstream", "testkit", "bench", "tests")
+MAX_LINES = 400
+# the engine runs in process and inside Triton's python backend: it knows neither HTTP nor Triton
+ENGINE_MUST_NOT = ("fastapi", "starlette", "uvicorn", "httpx", "tritonclient", "triton_python_backend_utils")
+FORBIDDEN = {  # package -> what it must not import
+    "client": ("server", "eval"),
+    "server": ("client", "eval"),
+    "eval": ("server",),
+}
+
+
+def _sources() -> list[Path]:
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout
+    return sorted({ROOT / p for p in (tracked + untracked).split() if p.split("/")[0] in PACKAGES and (ROOT / p).is_file()})
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """Every module a file imports (absolute names, relative ones resolved), with its line."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = _module(path).rsplit(".", 1)[0] if path.name != "__init__.py" else _module(path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            found.append((base, node.lineno))
+            # `from server.engine import reuse_grid` imports a module too
+            found += [(f"{base}.{alias.name}", node.lineno) for alias in node.names]
+    return found
+
+
+SOURCES = _sources()
+OURS = {_module(p) for p in SOURCES}
+
+
+def test_the_sources_were_found() -> None:
+    assert {"server.engine.engine", "client.api", "eval.humaneval", "server.models.export"} <= OURS
+
+
+def test_no_source_file_over_the_limit() -> None:
+    long = {str(p.relative_to(ROOT)): n for p in SOURCES if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"split these (at most {MAX_LINES} lines): {long}"
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_who_imports_whom(package: str) -> None:
+    broken = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in SOURCES if _module(p).split(".")[0] == package
+              for name, line in _imports(p) if name.split(".")[0] in FORBIDDEN[package]]
+    assert broken == []
+
+
+def test_the_engine_knows_no_http_and_no_triton() -> None:
+    broken = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in SOURCES if _module(p).startswith("server.engine")
+              for name, line in _imports(p) if name.split(".")[0] in ENGINE_MUST_NOT]
+    assert broken == []
+
+
+def test_the_engine_is_reached_through_its_public_surface() -> None:
+    engine_modules = {m for m in OURS if m.startswith("server.engine.")}
+    broken = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in SOURCES
+              if not _module(p).startswith("server.engine") and not _module(p).startswith("tests.")
+              for name, line in _imports(p) if name in engine_modules]
+    assert broken == []
+
+
+def test_no_import_circle() -> None:
+    graph = {_module(p): {name for name, _ in _imports(p) if name in OURS and name != _module(p)} for p in SOURCES}
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            # a package's own __init__ re-exporting its modules is not a circle with them
+            if module.startswith(target + ".") or target.startswith(module + "."):
+                continue
+            if state.get(target) == 1:
+                circles.append(path[path.index(target):] + [target])
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert circles == [], " ; ".join(" -> ".join(c) for c in circles)
