@@ -238,7 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per path, after one warm-up")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per run")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ORT intra-op threads: the engine, and optimum but for its (ORT 1, torch 1) configuration")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="ORT intra-op threads: the engine, and optimum but for its (ORT 1, torch 1) configuration")
     parser.add_argument(
         "--quiet-wait", type=float, default=60.0,
         help="before each run, wait up to this many seconds for other processes to leave the CPU idle",

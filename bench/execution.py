@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rate = {name: {"best": len(samples) / min(t), "median": len(samples) / statistics.median(t)} for name, t in times.items()}
     result = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
         "samples": len(samples), "workers": args.workers, "repeats": args.repeats, "box": box,
         "samples_per_s": rate,

@@ -43,8 +43,7 @@ def step_ms(runner, cache, tokens: list[int], steps: int) -> float:
 
 
 def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
-    from server.engine import Engine
-    from server.engine import Runner
+    from server.engine import Engine, Runner
 
     engine = Engine(args.repository, name, args.threads)
     in_place = engine.runner

@@ -35,7 +35,7 @@ def machine_info(torch_default: int) -> dict:
         except PackageNotFoundError:
             versions[package] = None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "platform": platform.platform(),

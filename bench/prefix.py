@@ -24,10 +24,10 @@ from pathlib import Path
 
 import httpx
 
+from bench import results as results_file
 from bench.decode import MODELS
 from bench.machine import machine_info, wait_quiet
 from bench.paths import ROOT
-from bench import results as results_file
 from testkit.server_process import ServerProcess
 
 PROMPT_TOKENS, SHARED_TOKENS = 1500, 1490
@@ -104,7 +104,7 @@ def gaps_case(url: str, model: str, ids: list[int], quiet: float) -> dict:
     long_body = {"model": model, "prompt": ids[:LONG_PROMPT_TOKENS], "max_tokens": 1, "cache_prompt": False}
     httpx.post(f"{url}/v1/completions", json=long_body, timeout=600)
     reader.join()
-    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     return {"p50_ms": 1000 * gaps[len(gaps) // 2], "p99_ms": 1000 * gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))],
             "max_ms": 1000 * gaps[-1], "tokens": len(stamps)}
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def write(out: Path, stem: str, data: dict, text: str, plot: Callable[[Path], None]) -> None:

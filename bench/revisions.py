@@ -33,11 +33,11 @@ from pathlib import Path
 
 import httpx
 
+from bench import results as results_file
 from bench.decode import MODELS
 from bench.machine import machine_info, wait_quiet
 from bench.paths import ROOT
 from bench.suite import add_run_flags
-from bench import results as results_file
 
 PROMPT_LENGTHS = (32, 512, 1536)
 HTTP_TOKENS = 128
@@ -197,7 +197,7 @@ def bench_model(name: str, trees: dict[str, Path], args: argparse.Namespace) -> 
     best = {case: {side: (max if "decode" in case else min)(v) for side, v in sides.items()} for case, sides in runs.items()}
     result = {case: {"median": {side: statistics.median(v) for side, v in sides.items()}, "best": best[case], "runs": sides}
               for case, sides in runs.items()}
-    for case, row in result.items():
+    for row in result.values():
         row["after_over_before"] = row["median"]["after"] / row["median"]["before"]
         row["best_after_over_before"] = row["best"]["after"] / row["best"]["before"]
     completion = f"{HTTP_TOKENS}-token completion"

@@ -32,11 +32,11 @@ import os
 import sys
 from pathlib import Path
 
+from bench import results as results_file
 from bench.machine import machine_info, memory_bandwidth_gb_s
 from bench.paths import ROOT
 from bench.suite_cases import bench_model
 from bench.suite_report import markdown, plot, ratios
-from bench import results as results_file
 
 MODELS = ("smollm2-135m", "gemma3-270m")
 

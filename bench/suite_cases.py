@@ -14,9 +14,9 @@ import gc
 import statistics
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from bench.decode import PROMPT
 from bench.machine import Busy, wait_quiet, weight_bytes_per_token

@@ -29,8 +29,8 @@ EMBEDDED, TRITON = "embedded", "triton"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from testkit.triton_process import start_triton
     from server.engine import Prompter
+    from testkit.triton_process import start_triton
 
     parser = argparse.ArgumentParser(prog="python -m bench.triton", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")

@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator, Mapping
+from typing import Any
 
 import httpx
 

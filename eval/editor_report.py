@@ -87,7 +87,7 @@ def result(runs: list[dict], config: dict, sessions: list[Session], machine: dic
     for run in runs:
         run["reference"], run["ratios"] = ratios(run["servers"])
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "config": config, "machine": machine,
         "sessions": [{"file": s.file, "index": s.index, "words": len(s.cursors), "window_start": s.window_start,
                       "first_cursor": s.cursors[0], "last_cursor": s.cursors[-1]} for s in sessions],

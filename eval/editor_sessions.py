@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import re
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 _WORD = re.compile(r"\S+")
 

@@ -11,9 +11,10 @@ import asyncio
 import json
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from client.api import AsyncClient
 from eval import instruct

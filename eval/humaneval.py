@@ -136,7 +136,8 @@ def run(
             summary = RunSummary(
                 model=model, temperature=temperature, problems=len(problems),
                 samples_per_problem=config.samples_per_problem, pass_at_k=score(problems, results),
-                greedy=temperature == 0, mode=mode, prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT, generation_s=round(generation_s, 2),
+                greedy=temperature == 0, mode=mode,
+                prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT, generation_s=round(generation_s, 2),
                 execution_s=round(execution_s, 2), box=box,
                 samples_per_s_executed=round(executed / execution_s, 2) if executed else 0.0,
             )

@@ -24,9 +24,9 @@ import math
 import os
 import re
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tqdm import tqdm
 
@@ -217,8 +217,9 @@ def summarise(runs: list[HumanEvalRun], solutions: dict[str, list[Solution]]) ->
     return rows
 
 
-def study(runs: list[HumanEvalRun], out: Path, config: TimingConfig = TimingConfig(), include_timeouts: bool = False,
+def study(runs: list[HumanEvalRun], out: Path, config: TimingConfig | None = None, include_timeouts: bool = False,
           log: Callable[[str], None] = print) -> dict:
+    config = config or TimingConfig()
     problems = {p.task_id: p for p in humaneval()}
     solutions = collect(runs, problems, include_timeouts)
     if not solutions:

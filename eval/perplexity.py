@@ -21,9 +21,9 @@ import asyncio
 import fnmatch
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from client.api import AsyncClient
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,15 +17,15 @@ from starlette.routing import Route
 from server import auth
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
+from server.copilot import router as copilot_router
 from server.drain import Drain
 from server.error_shapes import error_response
 from server.errors import APIError, ClientGone
+from server.infill import router as infill_router
 from server.metrics import Metrics, MetricsMiddleware
+from server.ollama import router as ollama_router
 from server.openapi import document_schemas
 from server.protocol import ErrorBody
-from server.copilot import router as copilot_router
-from server.infill import router as infill_router
-from server.ollama import router as ollama_router
 from server.routes import router
 from server.settings import Settings
 

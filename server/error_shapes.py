@@ -5,7 +5,8 @@ llama.cpp's (llama.vim's /infill) {"error": {"code", "message", "type"}}; everyt
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel

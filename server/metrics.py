@@ -12,8 +12,8 @@ import json
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -158,7 +158,7 @@ class MetricsMiddleware:
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.duration.labels(route).observe(elapsed)
             client = scope.get("client")
-            line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            line = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                     "method": scope.get("method"), "route": route, "status": status[0],
                     "duration_ms": round(1000 * elapsed, 1), "client": client[0] if client else None,
                     "request_id": request_id, **scope.get("state", {}).get("access", {})}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -34,7 +35,7 @@ _DONE_REASON = {"stop": "stop", "length": "length"}
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 class _NDJSON:
@@ -170,7 +171,7 @@ def _entry(request: Request, name: str) -> dict[str, Any]:
     files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
     written = (folder / MANIFEST).stat().st_mtime if (folder / MANIFEST).is_file() else 0.0
     return {"name": f"{name}:latest", "model": f"{name}:latest",
-            "modified_at": datetime.fromtimestamp(written, timezone.utc).isoformat().replace("+00:00", "Z"),
+            "modified_at": datetime.fromtimestamp(written, UTC).isoformat().replace("+00:00", "Z"),
             "size": sum(p.stat().st_size for p in files),
             "digest": manifest.content_sha256 if manifest else "", "details": _details(manifest)}
 

@@ -16,8 +16,6 @@ from pydantic import BaseModel
 from server.engine import Delta, FinishReason, TokenLogprob, Usage
 from server.protocol import (
     AssistantMessage,
-    ErrorBody,
-    ErrorResponse,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -26,6 +24,8 @@ from server.protocol import (
     ChatLogprobs,
     Choice,
     CompletionResponse,
+    ErrorBody,
+    ErrorResponse,
     Logprobs,
     PromptTokensDetails,
     TokenLogprobEntry,

@@ -15,9 +15,10 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse

@@ -9,9 +9,10 @@ import json
 import os
 import subprocess
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 Handler = Callable[[dict[str, Any]], Any]
 

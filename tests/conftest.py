@@ -4,16 +4,16 @@ on 127.0.0.1 that tests talk to over HTTP."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from testkit.server_process import ServerProcess, free_port  # noqa: F401 - the tests' import path
 from server.models import store
+from server.models.catalog import PRESETS
 from server.models.export import export_checkpoint
 from server.models.export_gguf import export_bundled
-from server.models.catalog import PRESETS
+from testkit.server_process import ServerProcess, free_port  # noqa: F401 - the tests' import path
 from tests.tiny_model import build_tiny, build_tiny_codegen, build_tiny_llama
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -74,7 +74,7 @@ def test_real_templates_render_as_transformers(model: str, conversation: str) ->
     ours = render(template, messages, bos_token="<s>", eos_token="</s>", tools=tools)
     if model == "library/gemma3:1b" and conversation in ("system", "tools"):
         # its template reads a system turn only as a list of parts: transformers fails on the string
-        with pytest.raises(Exception):
+        with pytest.raises(Exception):  # noqa: B017 - whichever error transformers' Jinja raises
             transformers_renders(template, tools, messages)
         assert ours == transformers_renders(template, tools, as_parts(messages))
         assert ours.startswith("<s><start_of_turn>user\nRéponds en français, s'il te plaît.\n\nÉcris")

@@ -132,7 +132,8 @@ def test_cancel_stops_generation(engine: Engine) -> None:
     import threading
 
     cancel = threading.Event()
-    events = engine.generate(engine.prompter.prepare(PROMPT, 50), SamplingParams(max_tokens=50, temperature=0.0, logit_bias={0: -100.0}), cancel)
+    params = SamplingParams(max_tokens=50, temperature=0.0, logit_bias={0: -100.0})
+    events = engine.generate(engine.prompter.prepare(PROMPT, 50), params, cancel)
     received = [next(events), next(events)]
     cancel.set()
     assert list(events) == [] and all(isinstance(e, Delta) for e in received)
@@ -222,7 +223,8 @@ def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_
     in_ortvalues = Runner(onnx_file, 1)
     in_ortvalues.kv_device = "cpu"
     assert shared.share_buffer and not copying.share_buffer
-    prompts = [fused_engine.prompter.encode("def heappush(heap, item):\n    heap.append(item)\n    "), fused_engine.prompter.encode("x = 1\n")]
+    prompts = [fused_engine.prompter.encode("def heappush(heap, item):\n    heap.append(item)\n    "),
+               fused_engine.prompter.encode("x = 1\n")]
     runs: list[list[np.ndarray]] = []
     for runner in (shared, copying, in_ortvalues):
         firsts = [runner.prefill(ids) for ids in prompts]

@@ -41,7 +41,7 @@ def test_sessions_share_their_prefix_and_keep_to_the_budget() -> None:
     assert sessions[0].cursors[-1] < sessions[1].cursors[0]  # spread over the file, not overlapping
     for s in sessions:
         prompts = s.prompts(texts[str(FILE)])
-        assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(prompts, prompts[1:]))
+        assert all(b.startswith(a) and len(b) > len(a) for a, b in zip(prompts, prompts[1:], strict=False))
         assert len(prompts[-1]) <= PROMPT_CHARS and s.window_start > 0
         assert texts[str(FILE)][s.window_start - 1] == "\n"  # a window starts at a line
 

@@ -84,7 +84,8 @@ def test_instruct_extraction_from_messy_replies() -> None:
 
     replies = {
         "prose around the block": f"Sure! Here it is:\n\n```python\n{FUNCTION}\n```\n\nThis adds a and b.",
-        "several blocks, the function in the second": f"Usage:\n```python\nprint(add(1, 2))\n```\nCode:\n```python\nimport math\n{FUNCTION}\n\nprint(add(1, 2))\n```",
+        "several blocks, the function in the second":
+            f"Usage:\n```python\nprint(add(1, 2))\n```\nCode:\n```python\nimport math\n{FUNCTION}\n\nprint(add(1, 2))\n```",
         "no language tag": f"```\n{FUNCTION}\n```",
         "no block, prose after": f"{FUNCTION}\n\nThis function returns the sum.",
         "an unclosed block": f"```python\n{FUNCTION}\n",

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 
 from server.engine.prompts import Prompter
 from server.models.catalog import PRESETS

@@ -26,8 +26,8 @@ from schemathesis.specs.openapi.checks import (
 
 from server.app import create_app
 from server.settings import Settings
-from tests.conftest import TINY, TINY_LLAMA, ServerProcess
 from tests.api_helpers import assert_error, post
+from tests.conftest import TINY, TINY_LLAMA, ServerProcess
 from tests.tiny_model import VOCAB_SIZE
 
 MAX_EXAMPLES = 60  # per operation and generation mode; about 30 s for the whole file on two cores

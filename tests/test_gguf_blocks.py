@@ -11,11 +11,17 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from gguf.quants import dequantize as gguf_dequantize, quantize as gguf_quantize
+from gguf.quants import dequantize as gguf_dequantize
+from gguf.quants import quantize as gguf_quantize
 from onnx import TensorProto, helper
 
 from server.models.gguf_blocks import (
-    Blocks, UnsupportedBlock, blocks_from_gguf, dequantize, gather_nodes, matmul_nodes,
+    Blocks,
+    UnsupportedBlock,
+    blocks_from_gguf,
+    dequantize,
+    gather_nodes,
+    matmul_nodes,
 )
 
 T = gguf.GGMLQuantizationType

@@ -108,3 +108,12 @@ def test_no_import_circle() -> None:
         if module not in state:
             visit(module, [module])
     assert circles == [], " ; ".join(" -> ".join(c) for c in circles)
+
+
+def test_ruff_finds_nothing() -> None:
+    """pyflakes, pycodestyle, import order, bugbear and pyupgrade (pyproject.toml [tool.ruff])."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", *PACKAGES], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

@@ -7,8 +7,8 @@ keystroke, n_indent and t_max_predict_ms, llama.cpp's response fields and error 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest

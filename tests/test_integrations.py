@@ -22,8 +22,8 @@ import json
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import openai
@@ -32,8 +32,8 @@ import pytest
 from server.engine.prompts import Prompter
 from server.models.catalog import PRESETS
 from server.models.export import export_checkpoint
-from tests.conftest import TINY, ServerProcess
 from tests.api_helpers import NO_EOS, sse_payloads
+from tests.conftest import TINY, ServerProcess
 from tests.test_metrics import completion_lines
 from tests.tiny_model import build_tiny
 

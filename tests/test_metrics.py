@@ -38,7 +38,8 @@ def test_metrics_count_requests_tokens_latency_and_cancellations(tiny_server) ->
         next(stream.iter_lines())
     after = scrape(url)
     for _ in range(50):  # the cancellation is counted when the server notices the closed connection
-        if value(after, "slipstream_cancelled_requests_total", model=TINY) > value(before, "slipstream_cancelled_requests_total", model=TINY):
+        cancelled = "slipstream_cancelled_requests_total"
+        if value(after, cancelled, model=TINY) > value(before, cancelled, model=TINY):
             break
         httpx.get(f"{url}/health", timeout=TIMEOUT)
         after = scrape(url)

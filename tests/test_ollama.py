@@ -6,8 +6,8 @@ and errors in Ollama's own shape."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import ollama
@@ -85,8 +85,8 @@ def openai_usage(server: ServerProcess, prompt: str) -> int:
 
 
 def test_suffix_on_a_model_without_sentinels_is_said_ignored(duo_server: ServerProcess) -> None:
-    body = {"model": TINY, "prompt": PROMPT, "suffix": "\nprint(1)\n", "stream": False, "options": GREEDY,
-            "keep_alive": "30m", "options": {**GREEDY, "num_ctx": 4096}}
+    body = {"model": TINY, "prompt": PROMPT, "suffix": "\nprint(1)\n", "stream": False, "keep_alive": "30m",
+            "options": {**GREEDY, "num_ctx": 4096}}
     response = httpx.post(f"{duo_server.url}/api/generate", json=body, timeout=60)
     assert response.status_code == 200
     assert set(response.headers["x-slipstream-ignored"].split(",")) == {"suffix", "keep_alive", "options.num_ctx"}
@@ -114,7 +114,8 @@ def test_models_listed_shown_and_loaded(client: ollama.Client) -> None:
     (lambda c: c.generate(model=TINY, prompt="x", images=[b"\x89PNG"]), 400, "images"),
     (lambda c: c.chat(model=TINY, messages=[{"role": "user", "content": "hi"}]), 400, "chat template"),
     (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "wizard", "content": "hi"}]), 400, "role"),
-    (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
+    (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "user", "content": "hi"}],
+                      tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
     (lambda c: c.show("no-such-model"), 404, "not found"),
 ])
 def test_errors_in_ollamas_shape(client: ollama.Client, call, status: int, says: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pathlib
 import sysconfig
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

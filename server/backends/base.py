@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import AsyncGenerator, Literal, Protocol
+from collections.abc import AsyncGenerator
+from typing import Literal, Protocol
 
 from server.engine import CacheStats, Delta, Prompt, Prompter, SamplingParams, Usage
 from server.models.store import Manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncGenerator
+from collections.abc import AsyncGenerator
 
 from server.backends.base import SERVING, ModelFailed, ModelLoading, ModelStatus
 from server.engine import CacheStats, Delta, Engine, Prompt, Prompter, SamplingParams, Scheduler, Usage

@@ -14,8 +14,8 @@ import asyncio
 import itertools
 import logging
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import AsyncGenerator, AsyncIterator
 
 import grpc
 import numpy as np
@@ -117,7 +117,7 @@ class TritonBackend:
             if not await asyncio.wait_for(client.is_server_ready(), _HEALTH_TIMEOUT_S):
                 raise TritonUnavailable("server not ready")
             ready = [await asyncio.wait_for(client.is_model_ready(n), _HEALTH_TIMEOUT_S) for n in self.names]
-        except (*_TRANSPORT_ERRORS, TritonUnavailable, asyncio.TimeoutError) as exc:
+        except (TimeoutError, *_TRANSPORT_ERRORS, TritonUnavailable) as exc:
             if url not in self._down or self._has[url]:
                 log.warning("Triton at %s is not usable: %s", url, _reason(exc))
             self._has[url], self._down[url] = set(), _reason(exc)

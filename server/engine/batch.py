@@ -4,7 +4,7 @@ finish or when its request is cancelled."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 

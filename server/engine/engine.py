@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from server.engine import reuse_grid as calibration
 from server.engine.batch import Batch
 from server.engine.events import Delta, Usage
 from server.engine.kvcache import KVCache
 from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
 from server.engine.prompts import Prompt, Prompter
-from server.engine import reuse_grid as calibration
 from server.engine.runner import Runner
 from server.engine.sampling import SamplingParams
 from server.engine.sequence import Sequence

@@ -28,12 +28,12 @@ that writes in place, and a step that would overflow them moves the cache into b
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import mmap
 import threading
 import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import onnxruntime as ort
@@ -74,7 +74,7 @@ class KVCache(ABC):
     def repeat(self, n: int) -> KVCache:
         return HostCache({k: np.repeat(v, n, axis=0) for k, v in self.past().items()}, np.repeat(self.mask, n, axis=0))
 
-    def label(self, label: object) -> None:
+    def label(self, label: object) -> None:  # noqa: B027 - a default that does nothing, on purpose
         """Say what the first row holds, as a one-row cache is dropped: in-place buffers go back to a pool,
         and a prefix that `holding` finds already there is not copied again. Others hold nothing to find."""
 

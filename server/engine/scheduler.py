@@ -16,8 +16,8 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
 
 from server.engine.batch import Batch
 from server.engine.engine import Engine, Prefill

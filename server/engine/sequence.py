@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prompts import Prompt, Prompter
 from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample

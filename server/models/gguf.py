@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass, field as dataclass_field
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from server.models.gguf_fields import GGUFImportError, field
 from server.models.store import FimTokens
@@ -118,7 +120,7 @@ def _end_ids(reader: Any, tokens: list[str], types: list[int], source: str) -> l
             ids.append(index)
     if not ids:
         raise GGUFImportError(f"{source}: the tokenizer names no EOS token (tokenizer.ggml.eos_token_id)")
-    control = {t: i for i, (t, kind) in enumerate(zip(tokens, types)) if kind in (3, 4)}
+    control = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=False)) if kind in (3, 4)}
     ids += [control[t] for t in _END_TEXTS if t in control and control[t] not in ids]
     return ids
 

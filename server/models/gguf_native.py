@@ -12,16 +12,22 @@ table is held once.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from server.models.gguf_blocks import (
-    Blocks, UnsupportedBlock, block_sums_nodes, blocks_from_gguf, dequantize, gather_nodes, matmul_nodes,
+    Blocks,
+    UnsupportedBlock,
+    block_sums_nodes,
+    blocks_from_gguf,
+    dequantize,
+    gather_nodes,
+    matmul_nodes,
 )
 
 __all__ = ["NativeReport", "write_native_graph"]
@@ -183,7 +189,7 @@ def _emit_matmul(x: str, y: str, name: str, parts: list[Part],
     if any(b.offsets is not None for b, _ in parts) and x not in sums:
         sums[x], nodes, tensors = block_sums_nodes(x, parts[0][0].k)
     outputs = [y] if len(parts) == 1 else [f"{name}/gguf{i}/output_0" for i in range(len(parts))]
-    for i, ((blocks, shared), out) in enumerate(zip(parts, outputs)):
+    for i, ((blocks, shared), out) in enumerate(zip(parts, outputs, strict=False)):
         label = shared or (f"{name}/gguf" if len(parts) == 1 else f"{name}/gguf{i}")
         more_nodes, more_tensors = matmul_nodes(x, out, label, blocks, sums=sums.get(x))
         nodes += more_nodes

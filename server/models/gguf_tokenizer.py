@@ -91,7 +91,7 @@ def _byte_level_bpe(reader: Any, tokens: list[str], names: dict[str, str], sourc
     types: list[int] = field(reader, "tokenizer.ggml.token_type", [])
     # control and user-defined tokens are whole pieces, never merged from bytes (as llama.cpp keeps them)
     tokenizer.add_tokens([AddedToken(t, special=kind == _CONTROL, normalized=False)
-                          for t, kind in zip(tokens, types) if kind in (_CONTROL, _USER_DEFINED)])
+                          for t, kind in zip(tokens, types, strict=False) if kind in (_CONTROL, _USER_DEFINED)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=names["bos"], eos_token=names["eos"], pad_token=names["pad"],
         model_input_names=["input_ids", "attention_mask"],

@@ -20,8 +20,8 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 MODEL_FILE = "model.onnx"
 # Copied by hand: ORTQuantizer saves config.json and the tokenizer, not this.
