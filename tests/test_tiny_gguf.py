@@ -189,4 +189,4 @@ def test_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no fill-in-the-middle"):
         write_tiny_gguf("phi3", tmp_path / "a.gguf", tokenizer="bpe", fim=True)
     with pytest.raises(ValueError, match="weights"):
-        write_tiny_gguf("llama", tmp_path / "b.gguf", tokenizer="bpe", weights="Q3_K")
+        write_tiny_gguf("llama", tmp_path / "b.gguf", tokenizer="bpe", weights="IQ2_XS")
