@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,7 +164,7 @@ class AsyncClient:
         response = await self._send("POST", "/v1/chat/completions", json={"messages": messages, **params, "stream": False})
         return response.json()
 
-    async def stream(self, prompt: str | list, **params: Any) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, prompt: str | list, **params: Any) -> AsyncGenerator[dict[str, Any], None]:
         """Chunks of a streaming completion as the server sends them; an error event raises APIError."""
         body = _body(prompt, params, stream=True)
         retries = self._retries("POST /v1/completions (stream)")
@@ -247,7 +247,7 @@ def _legacy_logprobs(content: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def _sse_data(response: httpx.Response) -> AsyncGenerator[str, None]:
     """The data of each server-sent event (multi-line data joined by newlines, as the SSE spec says)."""
     lines: list[str] = []
     async for line in response.aiter_lines():

@@ -84,7 +84,7 @@ async def _resolve_model(client: AsyncClient, target: Target) -> str:
         raise EditorError(f"{target.name}: no server answers at {target.url} ({type(exc).__name__}: {exc})") from exc
     except APIError as exc:
         raise EditorError(f"{target.name}: {target.url}/v1/models failed: {exc}") from exc
-    names = [m.get("id") for m in models if m.get("id")]
+    names = [str(m["id"]) for m in models if m.get("id")]
     if target.model is None:
         if not names:
             raise EditorError(f"{target.name}: {target.url} lists no model; name one with --model")

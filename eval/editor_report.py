@@ -38,7 +38,8 @@ def summarise(records: list[Request]) -> dict[str, Any]:
     outcomes = Counter(r.outcome for r in records)
     reported = [r for r in records if r.prompt_tokens is not None and r.cached_tokens is not None]
     prompt_tokens = [r.prompt_tokens for r in records if r.prompt_tokens is not None]
-    cached, prompted = sum(r.cached_tokens for r in reported), sum(r.prompt_tokens for r in reported)
+    cached = sum(r.cached_tokens or 0 for r in reported)  # reported: both are there
+    prompted = sum(r.prompt_tokens or 0 for r in reported)
     return {
         "requests": len(records),
         **{kind: outcomes.get(kind, 0) for kind in ("completed", "cancelled", "error", "lost")},
@@ -69,7 +70,7 @@ def ratios(servers: list[dict]) -> tuple[str | None, dict]:
     ran = [s for s in servers if "passes" in s]
     if not ran:
         return None, {}
-    reference, found = ran[0], {}
+    reference, found = ran[0], {}  # type: tuple[dict[str, Any], dict[str, dict[str, Any]]]
     for server in ran[1:]:
         found[server["name"]] = {}
         for phase, summary in server["passes"].items():

@@ -91,8 +91,8 @@ def box_works(box: Box) -> bool:
 def detect_box() -> Box:
     """The strongest box that works on this machine."""
     for box in ("bwrap", "unshare"):
-        if box_works(box):  # type: ignore[arg-type]
-            return box  # type: ignore[return-value]
+        if box_works(box):
+            return box
     log.warning(
         "no sandbox available (install bubblewrap, or run where `unshare -n` is allowed): generated code runs "
         "with rlimits and a timeout only, with network access and write access to this user's files"

@@ -159,7 +159,7 @@ async def _request(client: AsyncClient, problem: Problem, indices: list[int], co
             temperature=config.temperature, top_p=top_p, seed=seed,
             prompt_format=instruct.PROMPT_FORMAT if config.mode == "instruct" else config.prompt_format,
             mode=config.mode, finish_reason=choice.get("finish_reason"), completion_tokens=len(logprobs),
-            prompt_tokens=usage.get("prompt_tokens"), mean_logprob=total / len(logprobs) if logprobs else None,
+            prompt_tokens=usage.get("prompt_tokens"), mean_logprob=None if total is None else total / len(logprobs),
             sum_logprob=total, latency_s=latency,
         ))
     return samples

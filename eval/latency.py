@@ -96,8 +96,8 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 async def run_cell(cell: Cell, requests: int, warmup: int, text: str, seed: int, progress: tqdm | None = None,
                    timeout: float = 300.0) -> CellResult:
-    params = {"model": cell.model, "max_tokens": cell.max_tokens, "temperature": cell.temperature,
-              "ignore_eos": True, "seed": seed}
+    params: dict[str, Any] = {"model": cell.model, "max_tokens": cell.max_tokens, "temperature": cell.temperature,
+                              "ignore_eos": True, "seed": seed}
     timings: list[Timing] = []
     errors: list[str] = []
     async with AsyncClient(cell.url, timeout=timeout, max_retries=0) as client:
@@ -241,9 +241,9 @@ def _plots(out: Path, results: list[CellResult]) -> None:
     shortest = min(r.cell.prompt_tokens for r in base)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for url, model in series:
-        points = sorted((r.cell.concurrency, r.throughput_tok_s) for r in base
+        throughput = sorted((r.cell.concurrency, r.throughput_tok_s) for r in base
                         if (r.cell.url, r.cell.model, r.cell.prompt_tokens) == (url, model, shortest))
-        ax.plot([c for c, _ in points], [t for _, t in points], marker="o", label=label(url, model))
+        ax.plot([c for c, _ in throughput], [t for _, t in throughput], marker="o", label=label(url, model))
     ax.set_title(f"Throughput vs concurrency ({shortest}-token prompts)")
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("completion tokens / s")

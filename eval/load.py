@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -56,7 +57,7 @@ class Outcome:
 async def _client_loop(index: int, config: LoadConfig, client: AsyncClient, text: str, t0: float,
                        outcomes: list[Outcome], active: list[int]) -> None:
     await asyncio.sleep(config.ramp_s * index / max(config.clients, 1))
-    params = {"max_tokens": config.max_tokens, "temperature": config.temperature, "seed": index}
+    params: dict[str, Any] = {"max_tokens": config.max_tokens, "temperature": config.temperature, "seed": index}
     if config.model:
         params["model"] = config.model
     active[0] += 1

@@ -27,6 +27,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -194,7 +195,7 @@ def normalise(group: list[Solution]) -> dict[int, dict[str, float | None]]:
 def summarise(runs: list[HumanEvalRun], solutions: dict[str, list[Solution]]) -> list[dict]:
     """Per run: success rate (passing samples / samples), solutions timed, geometric-mean ratio to the
     canonical solution, mean z-score, problems covered."""
-    per_run: dict[str, dict[str, list]] = {r.label: {"ratio": [], "z": [], "problems": set()} for r in runs}
+    per_run: dict[str, dict[str, Any]] = {r.label: {"ratio": [], "z": [], "problems": set()} for r in runs}
     for group in solutions.values():
         for i, norm in normalise(group).items():
             for sample in group[i].samples:

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 # (markdown file, its plots): the order a reader wants them in
-STUDIES = (
+STUDIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("report.md", ("report.png",)),
     ("budget.md", ("budget.png",)),
     ("rank.md", ("rank.png",)),

@@ -7,12 +7,11 @@ import json
 from typing import TypeVar
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from server.errors import InvalidRequest, PayloadTooLarge
-from server.protocol import ChatCompletionRequest, CompletionRequest
 
-Body = TypeVar("Body", CompletionRequest, ChatCompletionRequest)
+Body = TypeVar("Body", bound=BaseModel)
 
 
 async def parse_body(request: Request, model: type[Body], limit: int) -> Body:

@@ -28,7 +28,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, only: typing.Iterable[st
         elif kind is typing.Literal:
             parser.add_argument(flag, dest=name, choices=typing.get_args(field.annotation), default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=field.annotation, default=None, help=help_text)
+            parser.add_argument(flag, dest=name, type=typing.cast(typing.Callable[[str], typing.Any], field.annotation),
+                                default=None, help=help_text)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -68,8 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     from server.drain import DrainingServer
 
+    # access_log off: ours says more. The grace is a float of seconds, which uvicorn waits as is (its annotation says int)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=settings.shutdown_grace_s)  # our access log says more
+                            timeout_graceful_shutdown=settings.shutdown_grace_s)  # type: ignore[arg-type]
     DrainingServer(config, app.state.drain).run()
     return 0
 
@@ -97,7 +99,11 @@ def _export(args: argparse.Namespace) -> int:
         if args.from_gguf or args.from_ollama:
             _export_gguf(args, repository)
         elif args.from_hf or preset:
-            source = Path(args.from_hf) if args.from_hf else download_preset(preset)
+            if args.from_hf:
+                source = Path(args.from_hf)
+            else:
+                assert preset is not None  # the branch's other way in
+                source = download_preset(preset)
             export_checkpoint(source, repository, args.name, precision=args.precision, preset=preset, force=args.force)
         elif args.model:
             export_bundled(args.model, repository, precision=args.precision, name=args.name, force=args.force)

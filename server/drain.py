@@ -32,6 +32,6 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
 
-    def handle_exit(self, sig: int, frame: object) -> None:  # type: ignore[override]
+    def handle_exit(self, sig: int, frame: object) -> None:
         self.drain.begin()
         super().handle_exit(sig, frame)  # type: ignore[arg-type]

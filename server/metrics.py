@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -92,7 +92,7 @@ class _BackendCollector(Collector):
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
 
-    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         rows = GaugeMetricFamily("slipstream_batch_rows", "Rows decoding now (0 when idle)", labels=["model"])
         waiting = GaugeMetricFamily("slipstream_queue_depth", "Requests waiting to join the batch", labels=["model"])
         ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])

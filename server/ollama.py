@@ -202,9 +202,9 @@ def _template(manifest: Manifest) -> str:
 async def show(request: Request) -> Response:
     async def work() -> Response:
         body: ShowRequest = await _parse(request, ShowRequest)
-        if body.served_name() is None:
+        if (served := body.served_name()) is None:
             raise InvalidRequest("model is required", "model")
-        name, manifest = _served(request, body.served_name())
+        name, manifest = _served(request, served)
         assert manifest is not None
         capabilities = ["completion", *(["insert"] if manifest.fim else [])]
         info = {"general.architecture": manifest.architecture, "general.parameter_count": manifest.parameters,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
@@ -112,9 +112,10 @@ class CompletionRequest(_SamplingRequest):
         """The prompt as a list of prompts, each text or token ids."""
         if isinstance(self.prompt, str):
             return [self.prompt]
-        if all(isinstance(p, int) for p in self.prompt):
-            return [self.prompt]  # type: ignore[list-item]
-        return self.prompt  # type: ignore[return-value]
+        if all(isinstance(p, int) for p in self.prompt):  # one prompt of token ids
+            return [cast(list[int], self.prompt)]
+        # the validator admits only lists of one kind: several texts, or several lists of ids
+        return cast(list[str] | list[list[int]], self.prompt)
 
     def stops(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -173,8 +173,8 @@ def _job(state: State, request: Request, model: str, prompts: list[Prompt], para
     access: dict = {"model": model, "stream": body.stream, "n": params.n}
     if settings.log_prompts:  # the prompt and the text generated for it: the request's code, so off by default
         access["prompt"] = prompt
-        if getattr(body, "suffix", None) is not None:
-            access["suffix"] = body.suffix
+        if (suffix := getattr(body, "suffix", None)) is not None:
+            access["suffix"] = suffix
         access["completions"] = [""] * (len(prompts) * params.n)
     request.state.access = access
     return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +16,15 @@ PROJECT = Path(__file__).resolve().parent.parent  # the checkout: `make serve` a
 # `slipstream triton start` hands them to as SLIPSTREAM_* variables
 ENGINE_SETTINGS = ("threads", "max_queue", "max_batch_rows", "prefill_tokens_per_step", "prefill_chunk_tokens",
                    "prefix_cache_mb", "prefix_cache_exact")
+
+
+class EngineOptions(TypedDict):
+    """The Engine's keyword arguments that come from Settings (server/engine/engine.py's constructor)."""
+
+    threads: int
+    prefix_cache_mb: int
+    prefill_chunk_tokens: int
+    reuse_grid: int | None
 
 
 class Settings(BaseSettings):
@@ -135,7 +144,7 @@ class Settings(BaseSettings):
         """These settings as the SLIPSTREAM_* variables that give them to another process."""
         return {f"SLIPSTREAM_{name.upper()}": str(getattr(self, name)) for name in names}
 
-    def engine_options(self) -> dict[str, int | None]:
+    def engine_options(self) -> EngineOptions:
         """What an Engine is built with, wherever it runs (backends/embedded.py, triton/model.py)."""
         return {"threads": self.intra_op_threads(), "prefix_cache_mb": self.prefix_cache_mb,
                 "prefill_chunk_tokens": self.prefill_chunk_tokens,

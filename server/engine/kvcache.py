@@ -338,7 +338,8 @@ class _Pool:
             count = held[best]  # type: ignore[index]
         (names, heads, head_dim, _), rows, capacity = layout
         memory = _Memory(slab)
-        weakref.finalize(memory, self._give_back, slab, layout, memory.label).atexit = False
+        finalizer = weakref.finalize(memory, self._give_back, slab, layout, memory.label)
+        finalizer.atexit = False  # type: ignore[misc]  # documented (weakref docs); typeshed's __slots__ omit it
         whole = np.asarray(memory)  # it and its views have `memory` as their base
         size = rows * heads * capacity * head_dim
         return {name: whole[i * size : (i + 1) * size].reshape(rows, heads, capacity, head_dim)

@@ -142,7 +142,7 @@ class Sequence:
         return self.tokenizer.decode([token], skip_special_tokens=False)
 
     def _token_logprob(self, token: int, logprobs: np.ndarray, top_n: int) -> TokenLogprob:
-        top = None
+        top: dict[str, float] | None = None
         if top_n > 0:
             best = np.argpartition(-logprobs, top_n - 1)[:top_n]
             best = best[np.argsort(-logprobs[best])]

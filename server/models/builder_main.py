@@ -14,7 +14,7 @@ import runpy
 
 def _gemma2_even_layers_slide() -> None:
     import onnxruntime_genai.models  # noqa: F401  (puts its folder on sys.path: builder.py imports `builders`)
-    from builders.gemma import Gemma2Model  # type: ignore[import-not-found]
+    from builders.gemma import Gemma2Model
 
     Gemma2Model.is_local = lambda self, layer_id: layer_id % 2 == 0  # Gemma 3 defines its own
 

@@ -177,8 +177,8 @@ def export_hf_folder(
         name=name,
         architecture=arch,
         parameters=parameters,
-        precision=precision,  # type: ignore[arg-type]
-        graph=graph,  # type: ignore[arg-type]
+        precision=precision,
+        graph=graph,
         context_length=_context_length(config),
         vocab_size=int(config.get("vocab_size") or tokenizer.get_vocab_size()),
         eos_token_ids=_eos_ids(config, hf_dir, tokenizer, eos_tokens),

@@ -10,6 +10,7 @@ architecture to its GGUF tables, the way it reads Gemma 2.
 from __future__ import annotations
 
 import hashlib
+import typing
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,7 +186,8 @@ def _teach_transformers_gemma() -> None:
 
     if "gemma" in ggml.GGUF_CONFIG_MAPPING:
         return
-    keys = {k: v for k, v in ggml.GGUF_CONFIG_MAPPING["gemma2"].items() if k != "attention.sliding_window"}
+    gemma2 = typing.cast(dict[str, str | None], ggml.GGUF_CONFIG_MAPPING["gemma2"])
+    keys = {k: v for k, v in gemma2.items() if k != "attention.sliding_window"}
     ggml.GGUF_CONFIG_MAPPING["gemma"] = keys
     reader.GGUF_TO_TRANSFORMERS_MAPPING["config"]["gemma"] = keys
     reader.GGUF_SUPPORTED_ARCHITECTURES.append("gemma")

@@ -13,6 +13,7 @@ Q4_K, Q5_K), a per-32-weight offset that the graph adds back as `ReduceSum(x in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gguf
 import numpy as np
@@ -254,7 +255,7 @@ def matmul_nodes(x: str, y: str, name: str, blocks: Blocks, accuracy_level: int 
     Returns (nodes, initializers); initializer names start with `name` and match gather_nodes' ones."""
     names = _names(name)
     tensors = _weights(blocks, name)
-    attrs = dict(K=blocks.k, N=blocks.n, bits=blocks.bits, block_size=blocks.block_size,
+    attrs: dict[str, Any] = dict(K=blocks.k, N=blocks.n, bits=blocks.bits, block_size=blocks.block_size,
                  accuracy_level=accuracy_level)
     if blocks.offsets is None:
         return [helper.make_node("MatMulNBits", [x, names["codes"], names["scales"]], [y], name=name,

@@ -83,13 +83,15 @@ class _FileRows:
 
     def sources(self, rows: np.ndarray) -> list[tuple[int, int]] | None:
         """For each row of `rows` [N, K], the (tensor, row) of the file holding it; None if any is not there."""
-        found = [self.index.get(h) for h in _hashes(rows).tolist()]
-        if not all(found):
-            return None
+        found: list[list[tuple[int, int]]] = []
+        for h in _hashes(rows).tolist():
+            if (candidates := self.index.get(h)) is None:
+                return None
+            found.append(candidates)
         # a row that several tensors hold alike (all zeros, say) goes to the tensor the unique rows name
-        votes = Counter(c[0][0] for c in found if len({t for t, _ in c}) == 1)  # type: ignore[union-attr]
+        votes = Counter(c[0][0] for c in found if len({t for t, _ in c}) == 1)
         # and, among equals, the row in the weight's own place: a tied table stays one whole tensor
-        return [max(c, key=lambda tr: (votes.get(tr[0], 0), tr[1] == i)) for i, c in enumerate(found)]  # type: ignore[arg-type]
+        return [max(c, key=lambda tr: (votes.get(tr[0], 0), tr[1] == i)) for i, c in enumerate(found)]
 
     def qtype(self, t_index: int) -> str:
         return self.tensors[t_index].tensor_type.name
@@ -161,7 +163,7 @@ def _file_blocks(rows: np.ndarray, file: _FileRows, report: NativeReport, label:
 
     report.requantised += [n for n in names if n not in report.requantised]
     q8 = quantize(rows, GGMLQuantizationType.Q8_0)
-    return [(blocks_from_gguf(q8, GGMLQuantizationType.Q8_0, rows.shape), "")]
+    return [(blocks_from_gguf(q8, GGMLQuantizationType.Q8_0, (rows.shape[0], rows.shape[1])), "")]
 
 
 def _one_layout(file: _FileRows, tensors: list[int]) -> bool:
