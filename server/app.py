@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from server import auth
+from server.app_state import AppState
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
 from server.copilot import router as copilot_router
@@ -33,7 +34,7 @@ log = logging.getLogger("slipstream.app")
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> FastAPI:
-    """The app, its state (settings, backend, metrics, drain, keys) read by the routes from app.state.
+    """The app, its state (settings, backend, metrics, drain, keys) read by the routes as app_state(request).
     The backend loads in the background once the app starts: liveness answers meanwhile."""
     keys = auth.load_keys(environ)  # AuthConfigError before anything loads: a lock that does not lock is no lock
     backend = _backend(settings)
@@ -46,9 +47,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
         backend.close()
 
     app = FastAPI(title="slipstream", version="0.1.0", lifespan=lifespan)
-    app.state.settings, app.state.backend, app.state.keys = settings, backend, keys
-    app.state.drain = Drain(settings.shutdown_grace_s)  # begun by the server on SIGTERM (cli.py)
-    app.state.metrics = metrics = Metrics(backend)
+    metrics = Metrics(backend)
+    app.state.slipstream = AppState(settings, backend, metrics, Drain(settings.shutdown_grace_s), keys)
     app.add_exception_handler(APIError, _handle_api_error)
     app.add_exception_handler(ClientGone, _handle_client_gone)
     app.add_exception_handler(ClientDisconnect, _handle_body_cut)

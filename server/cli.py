@@ -72,7 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     # access_log off: ours says more. The grace is a float of seconds, which uvicorn waits as is (its annotation says int)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
                             timeout_graceful_shutdown=settings.shutdown_grace_s)  # type: ignore[arg-type]
-    DrainingServer(config, app.state.drain).run()
+    DrainingServer(config, app.state.slipstream.drain).run()
     return 0
 
 

@@ -11,6 +11,7 @@ import time
 from fastapi import APIRouter, Request
 
 from server import auth
+from server.app_state import app_state
 from server.backends.base import Backend
 
 router = APIRouter()
@@ -31,7 +32,7 @@ async def copilot_token(request: Request) -> dict[str, object]:
     """The session token the agent asks for before completing: with API keys set, only a request with a
     valid key gets here, and its key is the token (the agent then sends it as Bearer)."""
     now = int(time.time())
-    token = auth.presented_key(request.headers) if request.app.state.keys else "slipstream-open"
+    token = auth.presented_key(request.headers) if app_state(request).keys else "slipstream-open"
     return {"token": token, "expires_at": now + _TOKEN_TTL_S, "refresh_in": _TOKEN_TTL_S - 300,
             "endpoints": _endpoints(request), "chat_enabled": False, "sku": "slipstream", "individual": True}
 
@@ -46,7 +47,7 @@ async def copilot_user(request: Request) -> dict[str, object]:
 async def copilot_models(request: Request) -> dict[str, object]:
     """Every served model as a completion model: the agent completes with the first (or the one its user
     picks) and names it in the completion's path, /v1/engines/{model}/completions."""
-    backend: Backend = request.app.state.backend
+    backend: Backend = app_state(request).backend
     return {"data": [{"id": name, "name": name, "object": "model", "version": name, "vendor": "slipstream",
                       "preview": False, "model_picker_enabled": True,
                       "capabilities": {"object": "model_capabilities", "type": "completion", "family": name,

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from server import serving
+from server.app_state import app_state
 from server.body import located, parse_body
 from server.engine import Delta
 from server.error_shapes import InfillError, llama_cpp_body
@@ -136,9 +137,9 @@ class InfillShape:
 @router.post("/infill", openapi_extra=route_doc(InfillRequest, error=InfillError))
 async def infill(request: Request) -> Response:
     try:
-        body = await parse_body(request, InfillRequest, request.app.state.settings.max_body_bytes)
+        body = await parse_body(request, InfillRequest, app_state(request).settings.max_body_bytes)
         shape = lambda model: InfillShape(model, body.response_fields)  # noqa: E731
-        return await serving.completion(request.app.state, body.completion(), request, shape, ignored=body.ignored())
+        return await serving.completion(app_state(request), body.completion(), request, shape, ignored=body.ignored())
     except APIError as exc:
         return _error(exc.status, exc.message, exc.type, exc.headers())
     except ValidationError as exc:  # a value llama.cpp's body allows but our completion does not

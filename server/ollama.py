@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from server import serving
+from server.app_state import app_state
 from server.backends.base import SERVING, Backend
 from server.body import located, parse_body
 from server.engine import Delta
@@ -109,7 +110,7 @@ async def _ollama_errors(work: Callable[[], Awaitable[Response]]) -> Response:
 
 
 def _served(request: Request, name: str) -> tuple[str, Manifest | None]:
-    backend: Backend = request.app.state.backend
+    backend: Backend = app_state(request).backend
     if name not in backend.names:
         raise ModelNotFound(f"model '{name}' not found; served here: {', '.join(backend.names)}")
     return name, backend.manifest(name)
@@ -121,7 +122,7 @@ def _refuse(unsupported: str | None) -> None:
 
 
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
-    return await parse_body(request, model, request.app.state.settings.max_body_bytes)
+    return await parse_body(request, model, app_state(request).settings.max_body_bytes)
 
 
 @router.post("/generate", openapi_extra=route_doc(GenerateRequest, error=OllamaError, stream="application/x-ndjson"))
@@ -132,15 +133,15 @@ async def generate(request: Request) -> Response:
         _refuse(body.unsupported())
         ignored = body.common_ignored() + [f for f in ("template", "context") if getattr(body, f)]
         if not body.prompt and not body.suffix:  # Ollama's way to load a model ahead of use
-            await request.app.state.backend.acquire(name)
+            await app_state(request).backend.acquire(name)
             return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
                                  "done_reason": "load"})
         shape = lambda _m: OllamaGenerateShape(body.model)  # noqa: E731 - the name as the client gave it
         if not body.raw and body.suffix is None and manifest is not None and manifest.chat_template:
-            return await serving.chat(request.app.state, body.chat(name), request, shape, ignored=ignored)
+            return await serving.chat(app_state(request), body.chat(name), request, shape, ignored=ignored)
         if body.system:
             ignored.append("system")  # a raw prompt, or a model without a chat template, has nowhere to put it
-        return await serving.completion(request.app.state, body.completion(name), request, shape, ignored=ignored)
+        return await serving.completion(app_state(request), body.completion(name), request, shape, ignored=ignored)
 
     return await _ollama_errors(work)
 
@@ -152,7 +153,7 @@ async def chat(request: Request) -> Response:
         name, _manifest = _served(request, body.served_name())
         _refuse(body.unsupported())
         shape = lambda _m: OllamaChatShape(body.model)  # noqa: E731
-        return await serving.chat(request.app.state, body.chat(name), request, shape, ignored=body.common_ignored())
+        return await serving.chat(app_state(request), body.chat(name), request, shape, ignored=body.common_ignored())
 
     return await _ollama_errors(work)
 
@@ -166,8 +167,8 @@ def _details(manifest: Manifest | None) -> dict[str, Any]:
 
 
 def _entry(request: Request, name: str) -> dict[str, Any]:
-    manifest = request.app.state.backend.manifest(name)
-    folder = model_dir(request.app.state.settings.model_repository, name)
+    manifest = app_state(request).backend.manifest(name)
+    folder = model_dir(app_state(request).settings.model_repository, name)
     files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
     written = (folder / MANIFEST).stat().st_mtime if (folder / MANIFEST).is_file() else 0.0
     return {"name": f"{name}:latest", "model": f"{name}:latest",
@@ -178,13 +179,13 @@ def _entry(request: Request, name: str) -> dict[str, Any]:
 
 @router.get("/tags")
 async def tags(request: Request) -> dict[str, Any]:
-    return {"models": [_entry(request, name) for name in request.app.state.backend.names]}
+    return {"models": [_entry(request, name) for name in app_state(request).backend.names]}
 
 
 @router.get("/ps")
 async def running(request: Request) -> dict[str, Any]:
     """The models in memory (every ready one stays there while the server runs)."""
-    backend: Backend = request.app.state.backend
+    backend: Backend = app_state(request).backend
     return {"models": [{**_entry(request, name), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0}
                        for name in backend.names if backend.status(name) in SERVING]}
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from server import serving
+from server.app_state import app_state
 from server.backends.base import SERVING, Backend
 from server.body import parse_body
 from server.metrics import CONTENT_TYPE
@@ -19,8 +20,8 @@ router = APIRouter()
 
 @router.post("/v1/completions", openapi_extra=COMPLETION_DOC, response_model=None)
 async def completions(request: Request) -> JSONResponse | StreamingResponse:
-    body = await parse_body(request, CompletionRequest, request.app.state.settings.max_body_bytes)
-    return await serving.completion(request.app.state, body, request)
+    body = await parse_body(request, CompletionRequest, app_state(request).settings.max_body_bytes)
+    return await serving.completion(app_state(request), body, request)
 
 
 @router.post("/v1/engines/{engine}/completions", openapi_extra=COMPLETION_DOC, response_model=None)
@@ -28,28 +29,28 @@ async def engine_completions(engine: str, request: Request) -> JSONResponse | St
     """The Copilot plugin's route. The engine in the path is the model when it names one served here (the
     agent takes it from our /models); other engines (`codegen`, `copilot-codex`) get the body's model or
     the first served one."""
-    body = await parse_body(request, CompletionRequest, request.app.state.settings.max_body_bytes)
-    if body.model is None and engine in request.app.state.backend.names:
+    body = await parse_body(request, CompletionRequest, app_state(request).settings.max_body_bytes)
+    if body.model is None and engine in app_state(request).backend.names:
         body = body.model_copy(update={"model": engine})
-    return await serving.completion(request.app.state, body, request)
+    return await serving.completion(app_state(request), body, request)
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_DOC, response_model=None)
 async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
     """Chat, through the model's own chat template; /v1/models says which models chat."""
-    body = await parse_body(request, ChatCompletionRequest, request.app.state.settings.max_body_bytes)
-    return await serving.chat(request.app.state, body, request)
+    body = await parse_body(request, ChatCompletionRequest, app_state(request).settings.max_body_bytes)
+    return await serving.chat(app_state(request), body, request)
 
 
 @router.get("/v1/models", response_model=ModelList)
 async def models(request: Request) -> ModelList:
-    backend: Backend = request.app.state.backend
+    backend: Backend = app_state(request).backend
     cards = []
     for name in backend.names:
         manifest = backend.manifest(name)
         status = backend.status(name)
         stats = backend.cache_stats(name)  # the engine's own (0 when the budget was too small), else the setting
-        cache_mb = stats.budget_bytes >> 20 if stats is not None else request.app.state.settings.prefix_cache_mb
+        cache_mb = stats.budget_bytes >> 20 if stats is not None else app_state(request).settings.prefix_cache_mb
         cards.append(
             ModelCard(
                 id=name,
@@ -70,7 +71,7 @@ async def models(request: Request) -> ModelList:
 @router.get("/metrics", include_in_schema=False)
 async def metrics_text(request: Request) -> Response:
     """Prometheus exposition (behind the API keys when they are set: scrapers send a bearer token)."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(app_state(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.get("/health")
@@ -81,6 +82,6 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    backend: Backend = request.app.state.backend
+    backend: Backend = app_state(request).backend
     status = {name: backend.status(name) for name in backend.names}
     return JSONResponse({"ready": backend.ready, "models": status}, status_code=200 if backend.ready else 503)

@@ -22,9 +22,9 @@ from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.datastructures import State
 
 from server import auth
+from server.app_state import AppState
 from server.backends.base import Backend
 from server.drain import Drain
 from server.engine import ContextFile, Delta, FinishReason, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
@@ -62,7 +62,7 @@ class Job:
     request_id: str = ""  # the X-Request-Id the response carries (server/metrics.py), for the log
 
 
-async def completion(state: State, body: CompletionRequest, request: Request,
+async def completion(state: AppState, body: CompletionRequest, request: Request,
                      shape: Callable[[str], Shape] = CompletionShape,
                      ignored: list[str] | None = None) -> JSONResponse | StreamingResponse:
     """/v1/completions (and the Copilot plugin's engine route; Ollama's /api/generate and llama.cpp's
@@ -89,7 +89,7 @@ async def completion(state: State, body: CompletionRequest, request: Request,
         return await _respond(backend, job, request, shape(model), body)
 
 
-async def chat(state: State, body: ChatCompletionRequest, request: Request,
+async def chat(state: AppState, body: ChatCompletionRequest, request: Request,
                shape: Callable[[str], Shape] = ChatShape, ignored: list[str] | None = None) -> JSONResponse | StreamingResponse:
     """/v1/chat/completions (and Ollama's /api/chat in its shape), through the model's own chat template."""
     settings: Settings = state.settings
@@ -161,7 +161,7 @@ def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
                              "(max_prompt_tokens)", "prompt")
 
 
-def _job(state: State, request: Request, model: str, prompts: list[Prompt], params: SamplingParams,
+def _job(state: AppState, request: Request, model: str, prompts: list[Prompt], params: SamplingParams,
          body: CompletionRequest | ChatCompletionRequest, prompt: object, ignored: list[str]) -> Job:
     """The request's Job, whole; its access record is the request's, which the access-log line reads
     when the response has ended (server/metrics.py). The prompt goes in it only with log_prompts. Its
