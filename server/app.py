@@ -64,8 +64,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     if settings.cors_origins:  # after the key check: outside it, so that preflights are answered first
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    routes = [r for r in (*app.router.routes, *router.routes, *copilot_router.routes, *ollama_router.routes,
-                                      *infill_router.routes) if isinstance(r, Route)]
+    routes = [r for r in app.router.routes if isinstance(r, Route)]  # the included routers' routes are among them
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outermost: refused requests are counted too
     return app
 
