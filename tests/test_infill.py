@@ -148,6 +148,11 @@ def test_t_max_predict_ms_ends_at_a_newline(tiny_server: ServerProcess, tiny_rep
     bounded = post(tiny_server, "/v1/completions", {**body, "t_max_predict_ms": 1}).json()
     assert unbounded["usage"]["completion_tokens"] == 60
     assert bounded["usage"]["completion_tokens"] < 60 and bounded["choices"][0]["finish_reason"] == "length"
+    # past the time, the completion ends only at a newline: with none possible, it runs to max_tokens
+    tokenizer = Prompter(tiny_repo, TINY).tokenizer
+    no_newline = {str(i): -100 for i in range(tokenizer.get_vocab_size()) if "\n" in tokenizer.decode([i])}
+    waiting = post(tiny_server, "/v1/completions", {**body, "logit_bias": no_newline, "t_max_predict_ms": 1}).json()
+    assert waiting["usage"]["completion_tokens"] == 60 and "\n" not in waiting["choices"][0]["text"]
 
 
 def test_n_indent_ends_before_a_dedented_line() -> None:
