@@ -101,3 +101,15 @@ def test_a_long_editor_prompt_on_a_cached_prefix_completes_as_a_cold_one(bundled
     warm_lp = warm.json()["choices"][0]["logprobs"]["token_logprobs"]
     cold_lp = cold.json()["choices"][0]["logprobs"]["token_logprobs"]
     assert warm_lp == cold_lp
+
+
+def test_a_server_over_its_budget_evicts_and_counts(tiny_repo: Path) -> None:
+    """prefix_cache_mb 1: distinct prompts past a megabyte of keys and values (the tiny CodeGen holds 1 KiB a
+    token) push the oldest out; the bytes held stay within the budget and the evictions are counted."""
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_PREFIX_CACHE_MB": "1"}) as server:
+        for i in range(24):  # about 100 tokens each, none a prefix of another
+            prompt = f"# module {i}\n" + PROMPT.replace("walk", f"walk_{i}").replace("top", f"top{i}")
+            assert post(server.url, {"model": TINY, "prompt": prompt, "max_tokens": 2}).status_code == 200
+        metrics = scrape(server.url)
+    assert value(metrics, "slipstream_prefix_cache_evictions_total", model=TINY) > 0
+    assert 0 < value(metrics, "slipstream_prefix_cache_bytes", model=TINY) <= 1 << 20
