@@ -31,6 +31,7 @@ from server.routes import router
 from server.settings import Settings
 
 log = logging.getLogger("slipstream.app")
+ROUTERS = (router, copilot_router, ollama_router, infill_router)  # every API the app serves, listed once
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> FastAPI:
@@ -53,10 +54,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     app.add_exception_handler(ClientGone, _handle_client_gone)
     app.add_exception_handler(ClientDisconnect, _handle_body_cut)
     app.add_exception_handler(Exception, _handle_unexpected)
-    app.include_router(router)
-    app.include_router(copilot_router)
-    app.include_router(ollama_router)
-    app.include_router(infill_router)
+    for api in ROUTERS:
+        app.include_router(api)
     document_schemas(app)
     if keys:
         app.add_middleware(auth.APIKeyMiddleware, keys=keys)
@@ -64,7 +63,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
     if settings.cors_origins:  # after the key check: outside it, so that preflights are answered first
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
-    routes = [r for r in app.router.routes if isinstance(r, Route)]  # the included routers' routes are among them
+    # the app's own routes (documents) and each API's: FastAPI keeps an included router's routes apart
+    routes = [r for r in (*app.router.routes, *(r for api in ROUTERS for r in api.routes)) if isinstance(r, Route)]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outermost: refused requests are counted too
     return app
 
