@@ -140,9 +140,9 @@ def _models(args: argparse.Namespace) -> int:
     print(f"exported in {repository}:")
     for name, m in exported.items():
         size = store.size_on_disk(store.model_dir(repository, name)) / 1e6
-        print(f"  {name:<16} {m.architecture:<12} {m.parameters / 1e6:7.1f}M params  {m.precision:<5} {size:6.0f} MB  "
+        print(f"  {name:<20} {m.architecture:<12} {m.parameters / 1e6:7.1f}M params  {m.precision:<5} {size:6.0f} MB  "
               f"ctx {m.context_length}")
-        print(f"  {'':<16} from {m.source}" + (f"  sha256 {m.source_sha256}" if m.source_sha256 else ""))
+        print(f"  {'':<20} from {m.source}" + (f"  sha256 {m.source_sha256}" if m.source_sha256 else ""))
     if not exported:
         print("  (none)")
     print("bundled (slipstream export NAME):")
