@@ -4,7 +4,8 @@ One K x N weight (Gemma-3-270M's 640 x 2048 MLP shape), 2 intra-op threads, M = 
 per form: 4-bit symmetric blocks of 32 (Q4_0's form); the same plus the offsets correction (Q4_1, Q4_K);
 8-bit blocks of 32 (Q8_0, Q5_0, Q5_1, Q5_K); 8-bit blocks of 16 (Q6_K); each at accuracy_level 0 (fp32
 activations) and 4 (int8 activations where MLAS has the kernel); and plain fp32 MatMul. Prints a table
-with the CPU's name and how much CPU the rest of the shared machine took meanwhile.
+with the CPU's name and how much CPU the rest of the shared machine took meanwhile; writes
+bench/results/gguf_blocks.{json,md,png}.
 
     .venv/bin/python -m bench.gguf_blocks_probe
 """
@@ -19,7 +20,9 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from bench import results as results_file
 from bench.machine import Busy, wait_quiet
+from bench.paths import ROOT
 from server.models.gguf_blocks import Blocks, matmul_nodes
 
 K, N, THREADS, MS = 640, 2048, 2, (1, 16)
@@ -101,13 +104,31 @@ def main() -> None:
     rows = [(label, [best[label, m] for m in MS]) for label in sessions]
     others = gauge.others()
 
-    print(f"MatMulNBits probe: K={K} N={N}, {THREADS} threads, onnxruntime {ort.__version__}")
-    print(f"CPU: {_cpu_name()} ({len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} logical)")
-    print(f"others' CPU during the run: {others:.2f} cores (waited {waited:.1f} s for a quiet machine)")
-    print(f"| form | {' | '.join(f'M={m} us/call' for m in MS)} |")
-    print(f"|---|{'---|' * len(MS)}")
-    for label, times in rows:
-        print(f"| {label} | {' | '.join(f'{t:.1f}' for t in times)} |")
+    cpu = _cpu_name()
+    lines = [f"MatMulNBits probe: K={K} N={N}, {THREADS} threads, onnxruntime {ort.__version__}",
+             f"CPU: {cpu} ({len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} logical)",
+             f"others' CPU during the run: {others:.2f} cores (waited {waited:.1f} s for a quiet machine)", "",
+             f"| form | {' | '.join(f'M={m} us/call' for m in MS)} |", f"|---|{'---|' * len(MS)}"]
+    lines += [f"| {label} | {' | '.join(f'{t:.1f}' for t in times)} |" for label, times in rows]
+    data = {"cpu": cpu, "onnxruntime": ort.__version__, "K": K, "N": N, "threads": THREADS, "others_cores": others,
+            "us_per_call": {label: dict(zip((f"M={m}" for m in MS), times, strict=True)) for label, times in rows}}
+
+    def plot(path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.barh([label for label, _ in rows], [times[0] for _, times in rows])
+        ax.set_xscale("log")
+        ax.set_xlabel(f"us per call, M={MS[0]} (log scale)")
+        ax.set_title(f"MatMulNBits forms of GGUF blocks, K={K} N={N}; {cpu}")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+    results_file.write(ROOT / "bench" / "results", "gguf_blocks", data, "\n".join(lines) + "\n", plot)
 
 
 if __name__ == "__main__":
