@@ -104,6 +104,14 @@ def test_not_a_gguf_file_is_refused_before_anything_is_written(tmp_path: Path) -
     assert not (tmp_path / "repo").exists()
 
 
+def test_a_store_name_with_a_path_in_it_is_refused(tmp_path: Path) -> None:
+    tiny = write_tiny_gguf("qwen2", tmp_path / "t.gguf", tokenizer="bpe", weights="Q8_0")
+    for name in ("../outside", "a/b", ".hidden", ""):
+        with pytest.raises(ExportError, match="store name"):
+            export_gguf(tiny.path, tmp_path / "repo", name or " ", **QUIET)
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "outside").exists()
+
+
 def test_truncated_gguf_is_refused(tmp_path: Path) -> None:
     tiny = write_tiny_gguf("llama", tmp_path / "t.gguf", tokenizer="spm", weights="Q8_0")
     data = tiny.path.read_bytes()

@@ -16,6 +16,8 @@ from server.models.store import Manifest
 
 __all__ = ["export_bundled", "export_gguf", "name_for"]
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+
 
 def name_for(gguf_path: Path) -> str:
     """A store name from a file name: "Qwen2.5-Coder-1.5B-Q4_K_M.gguf" -> "qwen2.5-coder-1.5b-q4_k_m"."""
@@ -36,6 +38,8 @@ def export_gguf(
     except GGUFImportError as exc:
         raise ExportError(str(exc)) from exc
     name = name or name_for(gguf_path)
+    if not _NAME.fullmatch(name):  # a folder of the repository, and a model name in URLs: no path in it
+        raise ExportError(f"store name {name!r}: use letters, digits, '.', '_' and '-' (not first), nothing else")
     if (existing := existing_export(repository, name, force, log)) is not None:
         return existing
     log(f"[1/4] {name}: {gguf_path.name}: {facts.description}")
