@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from server.models import catalog, store, triton_config
+from server.models.gguf import GGUFSource
 from server.models.store import Manifest
 
 Log = Callable[[str], None]
@@ -127,13 +128,13 @@ def export_hf_folder(
     hf_dir: Path, repository: Path, name: str, work: Path, *, source: str, step: int, log: Log,
     prefix_tokens: tuple[str, ...] | None = None, eos_tokens: tuple[str, ...] | None = None,
     chat_template: str | None = None, precision: str = "int8", fim: catalog.Fim | None = None,
-    source_sha256: str = "", gguf_path: Path | None = None,
+    source_sha256: str = "", gguf_file: GGUFSource | None = None,
 ) -> Manifest:
     from tokenizers import Tokenizer
 
     if precision not in PRECISIONS:
         raise ExportError(f"precision {precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
-    if precision == "gguf" and gguf_path is None:
+    if precision == "gguf" and gguf_file is None:
         raise ExportError("precision gguf keeps a GGUF file's own blocks: export from a GGUF (--from-gguf, --from-ollama)")
     config = json.loads((hf_dir / "config.json").read_text())
     arch = config.get("model_type", "")
@@ -165,7 +166,7 @@ def export_hf_folder(
         for config_file in ("config.json", "generation_config.json"):  # the folder stays loadable by optimum
             if (built / config_file).is_file():
                 shutil.copyfile(built / config_file, version / config_file)
-    requantised = _finish_graph(built / "model.onnx", version, precision, log, gguf_path)
+    requantised = _finish_graph(built / "model.onnx", version, precision, log, gguf_file)
     log(f"  graph written in {time.perf_counter() - started:.0f} s")
 
     log(f"[{total}/{total}] {name}: tokenizer and manifest")
@@ -186,7 +187,7 @@ def export_hf_folder(
         source=source,
         source_sha256=source_sha256,
         # a file assembled in the scratch folder (the bundled Gemma) is gone after the export: not named
-        source_file=str(gguf_path) if gguf_path is not None and work.parent not in gguf_path.parents else "",
+        source_file=str(gguf_file.path) if gguf_file is not None and work.parent not in gguf_file.path.parents else "",
         requantised=requantised,
         chat_template=chat_template or _checkpoint_chat_template(hf_dir, tok_config),
         format_version=store.FORMAT_VERSION,
@@ -219,7 +220,7 @@ def _build_fused(hf_dir: Path, built: Path, work: Path, precision: str) -> None:
         raise ExportError(f"onnxruntime-genai builder failed (exit {result.returncode}):\n{tail}")
 
 
-def _finish_graph(source: Path, version: Path, precision: str, log: Log, gguf_path: Path | None) -> list[str]:
+def _finish_graph(source: Path, version: Path, precision: str, log: Log, gguf_file: GGUFSource | None) -> list[str]:
     """Both exporters' fp32 (or fp16) graph into the version folder: quantised the same way whichever
     wrote it (weight-only MatMulNBits: activations are quantised per row, so a row's result does not
     depend on the others in the batch, which continuous batching needs; optimum's own dynamic INT8
@@ -229,11 +230,11 @@ def _finish_graph(source: Path, version: Path, precision: str, log: Log, gguf_pa
     if precision in ("fp32", "fp16"):
         for f in source.parent.glob(source.name + "*"):
             shutil.move(str(f), version / f.name)
-    elif precision == "gguf" and gguf_path is not None:
+    elif precision == "gguf" and gguf_file is not None:
         from server.models.gguf_native import write_native_graph
 
-        log(f"  MatMuls and embedding from {gguf_path.name}'s own blocks")
-        report = write_native_graph(source, gguf_path, version / "model.onnx", log)
+        log(f"  MatMuls and embedding from {gguf_file.path.name}'s own blocks")
+        report = write_native_graph(source, gguf_file, version / "model.onnx", log)
         for line in report.lines():
             log(line)
         requantised = report.requantised

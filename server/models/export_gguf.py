@@ -44,18 +44,18 @@ def export_gguf(
         return existing
     log(f"[1/4] {name}: {gguf_path.name}: {facts.description}")
     digest = file_sha256(gguf_path)
-    tokens = _token_texts(gguf_path)
+    tokens = facts.tokens
     with workspace(repository, name) as work:
         log(f"[2/4] {name}: GGUF -> Hugging Face checkpoint")
         try:
-            hf_dir = import_gguf(gguf_path, work / "hf", log=log)
+            hf_dir = import_gguf(gguf_path, work / "hf", log=log, source=facts)
         except GGUFImportError as exc:
             raise ExportError(str(exc)) from exc
         except Exception as exc:  # transformers' reader on a file it cannot make a model of: said, not a traceback
             raise ExportError(f"{gguf_path.name}: transformers cannot read its weights ({type(exc).__name__}: {exc})") from exc
         fim = facts.fim
         return export_hf_folder(
-            hf_dir, repository, name, work, source=source or str(gguf_path), source_sha256=digest, step=3, gguf_path=gguf_path,
+            hf_dir, repository, name, work, source=source or str(gguf_path), source_sha256=digest, step=3, gguf_file=facts,
             precision=precision, log=log, chat_template=facts.chat_template,
             prefix_tokens=prefix_tokens if prefix_tokens is not None else tuple(tokens[i] for i in facts.prompt_prefix_ids),
             eos_tokens=eos_tokens or tuple(tokens[i] for i in facts.eos_token_ids),
@@ -83,10 +83,3 @@ def export_bundled(
             source=f"{entry.package}:{gguf_path.name}", prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
         )
 
-
-def _token_texts(gguf_path: Path) -> list[str]:
-    from gguf import GGUFReader
-
-    from server.models.gguf_fields import field
-
-    return field(GGUFReader(gguf_path), "tokenizer.ggml.tokens")

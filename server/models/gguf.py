@@ -18,7 +18,7 @@ from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
-from server.models.gguf_fields import GGUFImportError, field
+from server.models.gguf_fields import CONTROL, USER_DEFINED, GGUFImportError, field
 from server.models.store import FimTokens
 
 __all__ = ["ARCHITECTURES", "GGUFImportError", "GGUFSource", "open_gguf", "import_gguf", "file_sha256"]
@@ -49,9 +49,12 @@ _FIM_KEYS = {"pre": ("fim_pre", "prefix"), "suf": ("fim_suf", "suffix"), "mid": 
 
 @dataclass(frozen=True)
 class GGUFSource:
-    """What a GGUF file says about its model, read without loading its weights."""
+    """What a GGUF file says about its model, read without loading its weights; and its reader, kept for
+    what comes next (the tokenizer, the blocks): parsing a large vocabulary's header takes seconds."""
 
     path: Path
+    reader: Any = dataclass_field(repr=False, compare=False)  # gguf.GGUFReader, over the mapped file
+    tokens: list[str] = dataclass_field(repr=False)  # the vocabulary's texts, by id
     architecture: str  # the file's general.architecture
     model_type: str  # transformers' name for it
     context_length: int
@@ -86,7 +89,7 @@ def open_gguf(path: Path) -> GGUFSource:
     # llama.cpp's defaults when the file is silent: SentencePiece vocabularies add BOS, byte-level BPE ones do not
     add_bos = field(reader, "tokenizer.ggml.add_bos_token", field(reader, "tokenizer.ggml.model") == "llama")
     return GGUFSource(
-        path=path, architecture=arch, model_type=ARCHITECTURES[arch], context_length=context,
+        path=path, reader=reader, tokens=tokens, architecture=arch, model_type=ARCHITECTURES[arch], context_length=context,
         vocab_size=len(tokens), prompt_prefix_ids=[bos] if add_bos and bos is not None else [],
         eos_token_ids=_end_ids(reader, tokens, types, path.name), fim=_fim(reader, tokens),
         chat_template=field(reader, "tokenizer.chat_template"),
@@ -121,7 +124,7 @@ def _end_ids(reader: Any, tokens: list[str], types: list[int], source: str) -> l
             ids.append(index)
     if not ids:
         raise GGUFImportError(f"{source}: the tokenizer names no EOS token (tokenizer.ggml.eos_token_id)")
-    control = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=False)) if kind in (3, 4)}
+    control = {t: i for i, (t, kind) in enumerate(zip(tokens, types, strict=False)) if kind in (CONTROL, USER_DEFINED)}
     ids += [control[t] for t in _END_TEXTS if t in control and control[t] not in ids]
     return ids
 
@@ -151,16 +154,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def import_gguf(gguf_path: Path, out_dir: Path, log: Callable[[str], None] = print) -> Path:
-    """Write a Hugging Face checkpoint folder (fp32 weights + the rebuilt tokenizer) for a GGUF file."""
-    from gguf import GGUFReader
+def import_gguf(gguf_path: Path, out_dir: Path, log: Callable[[str], None] = print,
+                source: GGUFSource | None = None) -> Path:
+    """Write a Hugging Face checkpoint folder (fp32 weights + the rebuilt tokenizer) for a GGUF file
+    (`source`: the file already opened, by open_gguf)."""
     from transformers import AutoModelForCausalLM
 
     from server.models.gguf_tokenizer import build_tokenizer
 
-    source = open_gguf(gguf_path)
+    source = source or open_gguf(gguf_path)
     log(f"  rebuilding the tokenizer from the GGUF fields ({gguf_path.name})")
-    tokenizer = build_tokenizer(GGUFReader(gguf_path), gguf_path.name)
+    tokenizer = build_tokenizer(source.reader, gguf_path.name)
     if source.architecture == "gemma":
         _teach_transformers_gemma()
     log(f"  dequantising {gguf_path.name} with transformers")

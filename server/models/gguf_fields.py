@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# SentencePiece's token types, which GGUF reuses (tokenizer.ggml.token_type): pieces kept whole, never merged
+CONTROL, USER_DEFINED = 3, 4
+
 
 class GGUFImportError(RuntimeError):
     """A GGUF file that cannot be served: not GGUF, damaged, or holding what we cannot import (named)."""

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from server.models.gguf import GGUFSource
 from server.models.gguf_blocks import (
     Blocks,
     UnsupportedBlock,
@@ -69,11 +70,10 @@ def _hashes(rows: np.ndarray) -> np.ndarray:
 class _FileRows:
     """Every row of the file's 2-D tensors, by hash of its dequantised values."""
 
-    def __init__(self, gguf_path: Path) -> None:
-        from gguf import GGUFReader
+    def __init__(self, gguf_file: GGUFSource) -> None:
         from gguf.quants import dequantize as gguf_dequantize
 
-        self.tensors = [t for t in GGUFReader(gguf_path).tensors if len(t.shape) == 2]
+        self.tensors = [t for t in gguf_file.reader.tensors if len(t.shape) == 2]
         self.index: dict[int, list[tuple[int, int]]] = {}
         self._blocks: dict[int, Blocks | None] = {}
         for t_index, tensor in enumerate(self.tensors):
@@ -201,14 +201,15 @@ def _emit_matmul(x: str, y: str, name: str, parts: list[Part],
     return nodes, tensors
 
 
-def write_native_graph(fp32_onnx: Path, gguf_path: Path, dst: Path, log: Callable[[str], None] = print) -> NativeReport:
+def write_native_graph(fp32_onnx: Path, gguf_file: GGUFSource, dst: Path,
+                       log: Callable[[str], None] = print) -> NativeReport:
     """Rewrite the builder's fp32 graph with the GGUF file's blocks; saved to `dst` with external data."""
     model = onnx.load(str(fp32_onnx), load_external_data=True)
     graph = model.graph
     weights = {t.name: t for t in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
-    log(f"  hashing every row of {gguf_path.name}")
-    file = _FileRows(gguf_path)
+    log(f"  hashing every row of {gguf_file.path.name}")
+    file = _FileRows(gguf_file)
     report = NativeReport()
     new_nodes: list[onnx.NodeProto] = []
     added: dict[str, onnx.TensorProto] = {}

@@ -15,12 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from server.models.gguf_fields import GGUFImportError, field
+from server.models.gguf_fields import CONTROL, USER_DEFINED, GGUFImportError, field
 
 __all__ = ["build_tokenizer", "PRE_TOKENIZERS"]
 
-# SentencePiece's token types, which GGUF reuses (tokenizer.ggml.token_type).
-_CONTROL, _USER_DEFINED = 3, 4
 
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _CASED = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
@@ -90,8 +88,8 @@ def _byte_level_bpe(reader: Any, tokens: list[str], names: dict[str, str], sourc
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     types: list[int] = field(reader, "tokenizer.ggml.token_type", [])
     # control and user-defined tokens are whole pieces, never merged from bytes (as llama.cpp keeps them)
-    tokenizer.add_tokens([AddedToken(t, special=kind == _CONTROL, normalized=False)
-                          for t, kind in zip(tokens, types, strict=False) if kind in (_CONTROL, _USER_DEFINED)])
+    tokenizer.add_tokens([AddedToken(t, special=kind == CONTROL, normalized=False)
+                          for t, kind in zip(tokens, types, strict=False) if kind in (CONTROL, USER_DEFINED)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=names["bos"], eos_token=names["eos"], pad_token=names["pad"],
         model_input_names=["input_ids", "attention_mask"],
