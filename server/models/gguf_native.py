@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -109,8 +110,7 @@ class _FileRows:
 
 def _take(parts: list[Blocks], picks: list[tuple[int, int]], order: list[int]) -> Blocks | None:
     """The rows `picks` (part, row) of blocks that share one layout, as one Blocks; None if they do not."""
-    layouts = {(b.bits, b.block_size, b.zero, b.offsets is None, b.k) for b in parts}
-    if len(layouts) != 1:
+    if len({_layout(b) for b in parts}) != 1:
         return None
     base = np.cumsum([0] + [b.n for b in parts])
     rows = np.array([base[order.index(t)] + r for t, r in picks])
@@ -168,7 +168,12 @@ def _file_blocks(rows: np.ndarray, file: _FileRows, report: NativeReport, label:
 
 def _one_layout(file: _FileRows, tensors: list[int]) -> bool:
     found = [file.blocks(t) for t in tensors]
-    return all(found) and len({(b.bits, b.block_size, b.zero, b.offsets is None) for b in found}) == 1  # type: ignore[union-attr]
+    return all(found) and len({_layout(b) for b in found}) == 1  # type: ignore[arg-type]
+
+
+def _layout(blocks: Blocks) -> tuple[int, int, int, bool, int]:
+    """What blocks must share to be read by one MatMulNBits."""
+    return blocks.bits, blocks.block_size, blocks.zero, blocks.offsets is None, blocks.k
 
 
 def _runs(picks: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
@@ -214,6 +219,13 @@ def write_native_graph(fp32_onnx: Path, gguf_file: GGUFSource, dst: Path,
     new_nodes: list[onnx.NodeProto] = []
     added: dict[str, onnx.TensorProto] = {}
     sums: dict[str, str] = {}
+    # by initializer: a tied table is read by the embedding's Gather and by the head's MatMul, matched once
+    found: dict[str, list[Part] | None] = {}
+
+    def file_blocks(name: str, rows: Callable[[], np.ndarray], label: str) -> list[Part] | None:
+        if name not in found:
+            found[name] = _file_blocks(rows(), file, report, label)
+        return found[name]
 
     def emit(nodes: list[onnx.NodeProto], tensors: list[onnx.TensorProto]) -> None:
         new_nodes.extend(nodes)
@@ -222,13 +234,13 @@ def write_native_graph(fp32_onnx: Path, gguf_file: GGUFSource, dst: Path,
 
     for node in graph.node:
         if node.op_type == "MatMul" and node.input[1] in weights and len(weights[node.input[1]].dims) == 2:
-            rows = np.ascontiguousarray(numpy_helper.to_array(weights[node.input[1]]).T)  # [N, K]
-            parts = _file_blocks(rows, file, report, node.name)
+            weight = weights[node.input[1]]
+            parts = file_blocks(weight.name, partial(_rows_of, weight), node.name)
             if parts is not None:
                 emit(*_emit_matmul(node.input[0], node.output[0], node.name, parts, sums))
                 continue
         elif node.op_type == "Gather" and (table := _table(node.input[0], weights, producers)) is not None:
-            parts = _file_blocks(table, file, report, node.name)
+            parts = file_blocks(*table, node.name)
             if parts is not None and len(parts) == 1:
                 blocks, shared = parts[0]
                 report.embedding = f"{blocks.qtype} blocks" + (", shared with the LM head" if shared else "")
@@ -245,13 +257,21 @@ def write_native_graph(fp32_onnx: Path, gguf_file: GGUFSource, dst: Path,
     return report
 
 
-def _table(name: str, weights: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto]) -> np.ndarray | None:
-    """An embedding table [V, K]: an initializer, or the builder's Transpose of a tied LM head's weight."""
+def _rows_of(weight: onnx.TensorProto) -> np.ndarray:
+    """A MatMul's weight [K, N] as the file's rows [N, K]."""
+    return np.ascontiguousarray(numpy_helper.to_array(weight).T)
+
+
+def _table(name: str, weights: dict[str, onnx.TensorProto],
+           producers: dict[str, onnx.NodeProto]) -> tuple[str, Callable[[], np.ndarray]] | None:
+    """An embedding table [V, K], by the initializer it is: an initializer, or the builder's Transpose of
+    a tied LM head's weight (whose rows are then those of the head's MatMul)."""
     if name in weights and len(weights[name].dims) == 2:
-        return numpy_helper.to_array(weights[name])
+        return name, lambda: numpy_helper.to_array(weights[name])
     node = producers.get(name)
     if node is not None and node.op_type == "Transpose" and node.input[0] in weights:
-        return np.ascontiguousarray(numpy_helper.to_array(weights[node.input[0]]).T)
+        source = weights[node.input[0]]
+        return source.name, partial(_rows_of, source)
     return None
 
 
