@@ -45,7 +45,7 @@ def step_ms(runner, cache, tokens: list[int], steps: int) -> float:
 def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
     from server.engine import Engine, Runner
 
-    engine = Engine(args.repository, name, args.threads)
+    engine = Engine.load(args.repository, name, args.threads)
     in_place = engine.runner
     if not in_place.share_buffer:
         raise SystemExit(f"{name}'s graph has no GroupQueryAttention: its cache is always copied")

@@ -42,7 +42,7 @@ class EnginePath:
     def __init__(self, repository: Path, name: str, threads: int) -> None:
         from server.engine import Engine
 
-        self.engine = Engine(repository, name, threads)
+        self.engine = Engine.load(repository, name, threads)
         self.onnx_file = repository / name / self.engine.manifest.onnx_file
 
     def prepare(self, text: str, tokens: int) -> Prompt:

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
@@ -18,6 +19,7 @@ from server import auth
 from server.app_state import AppState
 from server.backends.base import Backend
 from server.backends.embedded import EmbeddedBackend
+from server.body import located
 from server.copilot import router as copilot_router
 from server.drain import Drain
 from server.error_shapes import error_response
@@ -79,7 +81,9 @@ def _backend(settings: Settings) -> Backend:
 
 async def _handle_api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return error_response(request.url.path, exc.status, exc.body().error, exc.headers())
+    cause = exc.__cause__  # a body that failed validation: its whole place, for the shapes without a param
+    where = located(cause) if isinstance(cause, ValidationError) else None
+    return error_response(request.url.path, exc.status, exc.body().error, exc.headers(), where)
 
 
 async def _handle_client_gone(request: Request, _exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from server.ollama_protocol import OllamaError
 from server.protocol import ErrorBody, ErrorResponse
 
-__all__ = ["InfillError", "InfillErrorBody", "error_body", "error_response", "llama_cpp_body", "ollama_body"]
+__all__ = ["InfillError", "InfillErrorBody", "error_body", "error_response"]
 
 
 class InfillErrorBody(BaseModel):
@@ -29,29 +29,34 @@ class InfillError(BaseModel):
     error: InfillErrorBody
 
 
-def ollama_body(_status: int, error: ErrorBody) -> dict[str, Any]:
-    return OllamaError(error=error.message).model_dump()
+# `where`: a body's validation error with its whole place in the body (options.temperature,
+# messages.0.role), for the shapes that have no `param` to name the field with
 
 
-def llama_cpp_body(status: int, error: ErrorBody) -> dict[str, Any]:
-    return InfillError(error=InfillErrorBody(code=status, message=error.message, type=error.type)).model_dump()
+def _ollama_body(_status: int, error: ErrorBody, where: str | None = None) -> dict[str, Any]:
+    return OllamaError(error=where or error.message).model_dump()
 
 
-def _openai_body(_status: int, error: ErrorBody) -> dict[str, Any]:
+def _llama_cpp_body(status: int, error: ErrorBody, where: str | None = None) -> dict[str, Any]:
+    return InfillError(error=InfillErrorBody(code=status, message=where or error.message, type=error.type)).model_dump()
+
+
+def _openai_body(_status: int, error: ErrorBody, _where: str | None = None) -> dict[str, Any]:
     return ErrorResponse(error=error).model_dump()
 
 
 # path prefix -> the API's shape; the first that matches (OpenAI's, the Copilot plugin's and ours: the rest)
-_SHAPES: tuple[tuple[str, Callable[[int, ErrorBody], dict[str, Any]]], ...] = (
-    ("/api/", ollama_body),
-    ("/infill", llama_cpp_body),
+_SHAPES: tuple[tuple[str, Callable[[int, ErrorBody, str | None], dict[str, Any]]], ...] = (
+    ("/api/", _ollama_body),
+    ("/infill", _llama_cpp_body),
 )
 
 
-def error_body(path: str, status: int, error: ErrorBody) -> dict[str, Any]:
+def error_body(path: str, status: int, error: ErrorBody, where: str | None = None) -> dict[str, Any]:
     shape = next((s for prefix, s in _SHAPES if path.startswith(prefix)), _openai_body)
-    return shape(status, error)
+    return shape(status, error, where)
 
 
-def error_response(path: str, status: int, error: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error_body(path, status, error), status_code=status, headers=headers)
+def error_response(path: str, status: int, error: ErrorBody, headers: dict[str, str] | None = None,
+                   where: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(path, status, error, where), status_code=status, headers=headers)

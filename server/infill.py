@@ -13,19 +13,20 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from server import serving
 from server.app_state import app_state
-from server.body import located, parse_body
-from server.engine import Delta
-from server.error_shapes import InfillError, llama_cpp_body
-from server.errors import APIError
+from server.body import parse_body
+from server.engine import ContextFile, Delta, SamplingParams
+from server.error_shapes import InfillError
+from server.generation import GenerationRequest, Texts, with_defaults
 from server.openapi import route_doc
-from server.protocol import CompletionRequest, ErrorBody, InputExtra
+from server.protocol import InputExtra
 from server.protocol import Usage as WireUsage
 from server.responses import Collected, sse
+from server.settings import Settings
 
 router = APIRouter()
 # llama.cpp's fields that this server takes and does not act on (named back in X-Slipstream-Ignored)
@@ -55,14 +56,19 @@ class InfillRequest(BaseModel):
     cache_prompt: StrictBool = True
     response_fields: list[str] | None = None
 
-    def completion(self) -> CompletionRequest:
-        return CompletionRequest(
-            model=self.model, prompt=self.input_prefix + self.prompt, suffix=self.input_suffix,
-            input_extra=self.input_extra, max_tokens=None if self.n_predict < 0 else self.n_predict,
-            n_indent=self.n_indent, t_max_predict_ms=self.t_max_predict_ms, temperature=self.temperature,
-            top_k=self.top_k, top_p=self.top_p, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, seed=None if self.seed in (None, -1) else self.seed,
-            stop=self.stop or None, stream=self.stream, cache_prompt=self.cache_prompt)
+    def generation(self, settings: Settings) -> GenerationRequest:
+        """The neutral request: the code before the cursor (input_prefix + prompt) to continue, input_suffix
+        filled in the middle, input_extra as other files; n_predict -1 and seed -1 are the defaults."""
+        extra = tuple(ContextFile(e.filename, e.text) for e in self.input_extra)
+        asked = SamplingParams(top_k=self.top_k, top_p=self.top_p, stop=tuple(self.stop),
+                               seed=None if self.seed in (None, -1) else self.seed,
+                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+                               min_indent=self.n_indent,
+                               max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None)
+        params = with_defaults(settings, asked, max_tokens=None if self.n_predict < 0 else self.n_predict,
+                               temperature=self.temperature)
+        return GenerationRequest(model=self.model, prompt=Texts([self.input_prefix + self.prompt], self.input_suffix, extra),
+                                 params=params, stream=self.stream, cache_prompt=self.cache_prompt, ignored=self.ignored())
 
     def ignored(self) -> list[str]:
         return [name for name in _NOT_DONE if name in (self.model_extra or {})]
@@ -136,16 +142,8 @@ class InfillShape:
 
 @router.post("/infill", openapi_extra=route_doc(InfillRequest, error=InfillError))
 async def infill(request: Request) -> Response:
-    try:
-        body = await parse_body(request, InfillRequest, app_state(request).settings.max_body_bytes)
-        shape = lambda model: InfillShape(model, body.response_fields)  # noqa: E731
-        return await serving.completion(app_state(request), body.completion(), request, shape, ignored=body.ignored())
-    except APIError as exc:
-        return _error(exc.status, exc.message, exc.type, exc.headers())
-    except ValidationError as exc:  # a value llama.cpp's body allows but our completion does not
-        return _error(400, located(exc), "invalid_request_error")
-
-
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """llama.cpp's error shape (InfillError, as the OpenAPI document says): its code is the status."""
-    return JSONResponse(llama_cpp_body(status, ErrorBody(message=message, type=kind)), status_code=status, headers=headers)
+    """Errors answer in llama.cpp's shape through the app's hook for this path (server/error_shapes.py)."""
+    state = app_state(request)
+    body = await parse_body(request, InfillRequest, state.settings.max_body_bytes)
+    shape = lambda model: InfillShape(model, body.response_fields)  # noqa: E731
+    return await serving.generate(state, body.generation(state.settings), request, shape)

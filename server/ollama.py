@@ -1,32 +1,30 @@
 """Ollama's API, for the plugins that speak it (Continue, Twinny, Cody's local mode, the `ollama` client):
 /api/generate (with `suffix` through our fill-in-the-middle), /api/chat, streaming NDJSON; /api/tags,
-/api/show, /api/ps, /api/version. Each generation route converts its body into our completion or chat
-request and makes the one call into serving, with an Ollama shape for the answer. Errors come back in
-Ollama's shape, {"error": "..."}, with the status the same failure gets on the OpenAI routes."""
+/api/show, /api/ps, /api/version. Each generation route converts its body into the neutral request
+(server/ollama_protocol.py) and makes the one call into serving, with an Ollama shape for the answer.
+Errors come back in Ollama's shape, {"error": "..."}, with the status the same failure gets on the
+OpenAI routes: the app's error hook picks the shape by the path (server/error_shapes.py)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from server import serving
 from server.app_state import app_state
 from server.backends.base import SERVING, Backend
-from server.body import located, parse_body
+from server.body import parse_body
 from server.engine import Delta
-from server.error_shapes import ollama_body
-from server.errors import APIError, InvalidRequest, ModelNotFound
+from server.errors import InvalidRequest, ModelNotFound
 from server.models.store import MANIFEST, Manifest, model_dir
 from server.ollama_protocol import ChatRequest, GenerateRequest, OllamaError, ShowRequest
 from server.openapi import route_doc
-from server.protocol import ErrorBody
 from server.protocol import Usage as WireUsage
 from server.responses import Collected
 
@@ -96,19 +94,6 @@ class OllamaChatShape(_NDJSON):
         return {"message": {"role": "assistant", "content": text}}
 
 
-async def _ollama_errors(work: Callable[[], Awaitable[Response]]) -> Response:
-    """Our API errors in Ollama's shape: {"error": message}, the same status."""
-    try:
-        return await work()
-    except APIError as exc:
-        cause = exc.__cause__
-        message = located(cause) if isinstance(cause, ValidationError) else exc.message
-        return JSONResponse(ollama_body(exc.status, ErrorBody(message=message, type=exc.type)), status_code=exc.status,
-                            headers=exc.headers())
-    except ValidationError as exc:  # a value Ollama's body allows but ours does not (num_predict 0 on a chat)
-        return JSONResponse(ollama_body(400, ErrorBody(message=located(exc), type="invalid_request_error")), status_code=400)
-
-
 def _served(request: Request, name: str) -> tuple[str, Manifest | None]:
     backend: Backend = app_state(request).backend
     if name not in backend.names:
@@ -127,35 +112,27 @@ async def _parse(request: Request, model: type[BaseModel]) -> Any:
 
 @router.post("/generate", openapi_extra=route_doc(GenerateRequest, error=OllamaError, stream="application/x-ndjson"))
 async def generate(request: Request) -> Response:
-    async def work() -> Response:
-        body: GenerateRequest = await _parse(request, GenerateRequest)
-        name, manifest = _served(request, body.served_name())
-        _refuse(body.unsupported())
-        ignored = body.common_ignored() + [f for f in ("template", "context") if getattr(body, f)]
-        if not body.prompt and not body.suffix:  # Ollama's way to load a model ahead of use
-            await app_state(request).backend.acquire(name)
-            return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
-                                 "done_reason": "load"})
-        shape = lambda _m: OllamaGenerateShape(body.model)  # noqa: E731 - the name as the client gave it
-        if not body.raw and body.suffix is None and manifest is not None and manifest.chat_template:
-            return await serving.chat(app_state(request), body.chat(name), request, shape, ignored=ignored)
-        if body.system:
-            ignored.append("system")  # a raw prompt, or a model without a chat template, has nowhere to put it
-        return await serving.completion(app_state(request), body.completion(name), request, shape, ignored=ignored)
-
-    return await _ollama_errors(work)
+    state = app_state(request)
+    body: GenerateRequest = await _parse(request, GenerateRequest)
+    name, manifest = _served(request, body.served_name())
+    _refuse(body.unsupported())
+    if not body.prompt and not body.suffix:  # Ollama's way to load a model ahead of use
+        await state.backend.acquire(name)
+        return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
+                             "done_reason": "load"})
+    chats = manifest is not None and bool(manifest.chat_template)
+    shape = lambda _m: OllamaGenerateShape(body.model)  # noqa: E731 - the name as the client gave it
+    return await serving.generate(state, body.generation(state.settings, name, chats), request, shape)
 
 
 @router.post("/chat", openapi_extra=route_doc(ChatRequest, error=OllamaError, stream="application/x-ndjson"))
 async def chat(request: Request) -> Response:
-    async def work() -> Response:
-        body: ChatRequest = await _parse(request, ChatRequest)
-        name, _manifest = _served(request, body.served_name())
-        _refuse(body.unsupported())
-        shape = lambda _m: OllamaChatShape(body.model)  # noqa: E731
-        return await serving.chat(app_state(request), body.chat(name), request, shape, ignored=body.common_ignored())
-
-    return await _ollama_errors(work)
+    state = app_state(request)
+    body: ChatRequest = await _parse(request, ChatRequest)
+    name, _manifest = _served(request, body.served_name())
+    _refuse(body.unsupported())
+    shape = lambda _m: OllamaChatShape(body.model)  # noqa: E731
+    return await serving.generate(state, body.generation(state.settings, name), request, shape)
 
 
 def _details(manifest: Manifest | None) -> dict[str, Any]:
@@ -201,20 +178,17 @@ def _template(manifest: Manifest) -> str:
 
 @router.post("/show", openapi_extra=route_doc(ShowRequest, error=OllamaError))
 async def show(request: Request) -> Response:
-    async def work() -> Response:
-        body: ShowRequest = await _parse(request, ShowRequest)
-        if (served := body.served_name()) is None:
-            raise InvalidRequest("model is required", "model")
-        name, manifest = _served(request, served)
-        assert manifest is not None
-        capabilities = ["completion", *(["insert"] if manifest.fim else [])]
-        info = {"general.architecture": manifest.architecture, "general.parameter_count": manifest.parameters,
-                f"{manifest.architecture}.context_length": manifest.context_length}
-        return JSONResponse({"license": "", "modelfile": f"FROM {name}\n", "parameters": "",
-                             "template": _template(manifest), "details": _details(manifest), "model_info": info,
-                             "capabilities": capabilities, "modified_at": _entry(request, name)["modified_at"]})
-
-    return await _ollama_errors(work)
+    body: ShowRequest = await _parse(request, ShowRequest)
+    if (served := body.served_name()) is None:
+        raise InvalidRequest("model is required", "model")
+    name, manifest = _served(request, served)
+    assert manifest is not None
+    capabilities = ["completion", *(["insert"] if manifest.fim else [])]
+    info = {"general.architecture": manifest.architecture, "general.parameter_count": manifest.parameters,
+            f"{manifest.architecture}.context_length": manifest.context_length}
+    return JSONResponse({"license": "", "modelfile": f"FROM {name}\n", "parameters": "",
+                         "template": _template(manifest), "details": _details(manifest), "model_info": info,
+                         "capabilities": capabilities, "modified_at": _entry(request, name)["modified_at"]})
 
 
 @router.get("/version")

@@ -1,5 +1,5 @@
 """Wire models of Ollama's API (/api/generate, /api/chat, /api/show), as Continue, Twinny and the
-official `ollama` client send them, and their mapping onto our completion and chat requests.
+official `ollama` client send them, and their conversion into the neutral request (server/generation.py).
 
 Ollama streams unless told not to (`stream` defaults to true), names models `name:tag`, and takes its
 sampling parameters in `options`. Options we do not implement are served without and named in
@@ -7,11 +7,13 @@ X-Slipstream-Ignored, as a suffix on a model without FIM sentinels is."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest
+from server.engine import SamplingParams
+from server.generation import Conversation, GenerationRequest, Texts, with_defaults
+from server.settings import Settings
 
 # what Ollama's options hold that the engine does not do (context size, mirostat, ...): named back as ignored
 _SUPPORTED_OPTIONS = frozenset({"temperature", "top_p", "top_k", "num_predict", "stop", "seed",
@@ -33,14 +35,16 @@ class Options(BaseModel):
     def ignored(self) -> list[str]:
         return [f"options.{name}" for name in sorted(self.model_extra or {}) if name not in _SUPPORTED_OPTIONS]
 
-    def sampling(self) -> dict[str, Any]:
-        """As our request's fields; num_predict below 0 (to the end, to the context) is the server's own
+    def params(self, settings: Settings) -> SamplingParams:
+        """As our sampling parameters; num_predict below 0 (to the end, to the context) is the server's own
         max_tokens default, as a request without max_tokens gets."""
-        fields: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                                  "stop": self.stop, "seed": self.seed, "presence_penalty": self.presence_penalty,
-                                  "frequency_penalty": self.frequency_penalty,
-                                  "max_tokens": self.num_predict if self.num_predict is not None and self.num_predict >= 0 else None}
-        return {k: v for k, v in fields.items() if v is not None}
+        asked = SamplingParams(top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
+                               stop=tuple(self.stop or ()), seed=self.seed,
+                               presence_penalty=self.presence_penalty or 0.0,
+                               frequency_penalty=self.frequency_penalty or 0.0)
+        to_end = self.num_predict is None or self.num_predict < 0
+        return with_defaults(settings, asked, max_tokens=None if to_end else self.num_predict,
+                             temperature=self.temperature)
 
 
 class _OllamaRequest(BaseModel):
@@ -68,6 +72,11 @@ class _OllamaRequest(BaseModel):
         return [*self.options.ignored(), *(["keep_alive"] if self.keep_alive is not None else []),
                 *(["logprobs"] if self.logprobs else []), *(["think"] if self.think else [])]
 
+    def _generation(self, settings: Settings, served: str, prompt: Texts | Conversation,
+                    ignored: list[str]) -> GenerationRequest:
+        return GenerationRequest(model=served, prompt=prompt, params=self.options.params(settings), stream=self.stream,
+                                 ignored=[*self.common_ignored(), *ignored])
+
 
 class GenerateRequest(_OllamaRequest):
     prompt: str = ""
@@ -81,15 +90,17 @@ class GenerateRequest(_OllamaRequest):
     def unsupported(self) -> str | None:
         return "images" if self.images else super().unsupported()
 
-    def completion(self, served: str) -> CompletionRequest:
-        return CompletionRequest(model=served, prompt=self.prompt, suffix=self.suffix or None, stream=self.stream,
-                                 **self.options.sampling())
-
-    def chat(self, served: str) -> ChatCompletionRequest:
-        """raw false on a model with a chat template: the prompt is a user turn (after the system prompt)."""
-        messages = [*([ChatMessage(role="system", content=self.system)] if self.system else []),
-                    ChatMessage(role="user", content=self.prompt)]
-        return ChatCompletionRequest(model=served, messages=messages, stream=self.stream, **self.options.sampling())
+    def generation(self, settings: Settings, served: str, chats: bool) -> GenerationRequest:
+        """A prompt to continue (with its suffix filled in the middle), or, with raw false on a model that
+        `chats` (has a chat template), a user turn after the system prompt."""
+        ignored = [f for f in ("template", "context") if getattr(self, f)]
+        if not self.raw and self.suffix is None and chats:
+            messages = [*([{"role": "system", "content": self.system}] if self.system else []),
+                        {"role": "user", "content": self.prompt}]
+            return self._generation(settings, served, Conversation(messages), ignored)
+        if self.system:
+            ignored.append("system")  # a raw prompt, or a model without a chat template, has nowhere to put it
+        return self._generation(settings, served, Texts([self.prompt], self.suffix or None), ignored)
 
 
 class ChatTurn(BaseModel):
@@ -109,9 +120,9 @@ class ChatRequest(_OllamaRequest):
             return "tools"
         return "messages.images" if any(m.images for m in self.messages) else super().unsupported()
 
-    def chat(self, served: str) -> ChatCompletionRequest:
-        messages = [ChatMessage(role=m.role, content=m.content) for m in self.messages]
-        return ChatCompletionRequest(model=served, messages=messages, stream=self.stream, **self.options.sampling())
+    def generation(self, settings: Settings, served: str) -> GenerationRequest:
+        messages = [{"role": m.role, "content": m.content} for m in self.messages]
+        return self._generation(settings, served, Conversation(messages), [])
 
 
 class ShowRequest(BaseModel):

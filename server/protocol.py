@@ -1,4 +1,5 @@
-"""Wire models of the completion API (shared/reference/api-contract.md), and nothing else.
+"""Wire models of the OpenAI completion and chat APIs (shared/reference/api-contract.md), and their
+conversion into the neutral request serving takes (server/generation.py).
 
 Fields follow the OpenAI legacy Completions reference in its order, then a marked block of our
 extensions. Unknown fields (the Copilot plugin's `nwo`, `extra`, ...) are accepted and ignored.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from server.backends.base import ModelStatus
-from server.engine import FinishReason, SamplingParams
+from server.engine import ContextFile, FinishReason, SamplingParams
+from server.generation import Conversation, GenerationRequest, Texts, with_defaults
+from server.settings import Settings
 
 
 class FieldError(ValueError):
@@ -63,6 +67,27 @@ class _SamplingRequest(BaseModel):
     )
 
     _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
+
+    def _asked(self) -> SamplingParams:
+        """The sampling fields both requests share (max_tokens and temperature are with_defaults')."""
+        return SamplingParams(
+            top_p=self.top_p, top_k=self.top_k, n=self.n, stop=_stops(self.stop), seed=self.seed,
+            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
+            logit_bias=dict(self.logit_bias or {}), ignore_eos=self.ignore_eos)
+
+    def _generation(self, settings: Settings, prompt: Texts | Conversation, params: SamplingParams,
+                    max_tokens: int | None) -> GenerationRequest:
+        return GenerationRequest(
+            model=self.model, prompt=prompt,
+            params=with_defaults(settings, params, max_tokens=max_tokens, temperature=self.temperature),
+            stream=self.stream, include_usage=bool(self.stream_options and self.stream_options.include_usage),
+            cache_prompt=self.cache_prompt)
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 class InputExtra(BaseModel):
@@ -117,31 +142,14 @@ class CompletionRequest(_SamplingRequest):
         # the validator admits only lists of one kind: several texts, or several lists of ids
         return cast(list[str] | list[list[int]], self.prompt)
 
-    def stops(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
-    def to_sampling_params(self, *, default_max_tokens: int, default_temperature: float) -> SamplingParams:
-        """request value -> server default -> spec default."""
-        return SamplingParams(
-            max_tokens=default_max_tokens if self.max_tokens is None else self.max_tokens,
-            temperature=default_temperature if self.temperature is None else self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            n=self.n,
-            best_of=self.best_of,
-            stop=self.stops(),
-            seed=self.seed,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            logit_bias=dict(self.logit_bias or {}),
-            logprobs=self.logprobs,
-            echo=self.echo,
-            ignore_eos=self.ignore_eos,
-            min_indent=self.n_indent,
-            max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None,
-        )
+    def generation(self, settings: Settings) -> GenerationRequest:
+        """As the neutral request serving takes: each prompt, the suffix and other files, OpenAI's sampling
+        fields and llama.cpp's n_indent and t_max_predict_ms (our documented extensions)."""
+        extra = tuple(ContextFile(e.filename, e.text) for e in self.input_extra or [])
+        params = replace(self._asked(), best_of=self.best_of, logprobs=self.logprobs, echo=self.echo,
+                         min_indent=self.n_indent,
+                         max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None)
+        return self._generation(settings, Texts(self.prompts(), self.suffix, extra), params, self.max_tokens)
 
 
 class Logprobs(BaseModel):
@@ -251,15 +259,10 @@ class ChatCompletionRequest(_SamplingRequest):
             raise FieldError("top_logprobs requires logprobs: true", "top_logprobs")
         return self
 
-    def as_completion(self) -> CompletionRequest:
-        """The same sampling request in the completion shape: one validated path to SamplingParams."""
-        shared = {name: getattr(self, name) for name in _SamplingRequest.model_fields}
-        return CompletionRequest(
-            prompt="-",  # replaced by the rendered conversation
-            logprobs=(self.top_logprobs or 0) if self.logprobs else None,
-            max_tokens=self.max_completion_tokens or self.max_tokens,
-            **shared,
-        )
+    def generation(self, settings: Settings) -> GenerationRequest:
+        messages = [{"role": m.role, "content": m.text()} for m in self.messages]
+        params = replace(self._asked(), logprobs=(self.top_logprobs or 0) if self.logprobs else None)
+        return self._generation(settings, Conversation(messages), params, self.max_completion_tokens or self.max_tokens)
 
 
 class TopLogprob(BaseModel):

@@ -14,14 +14,16 @@ from server.body import parse_body
 from server.metrics import CONTENT_TYPE
 from server.openapi import CHAT_DOC, COMPLETION_DOC
 from server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from server.responses import ChatShape, CompletionShape
 
 router = APIRouter()
 
 
 @router.post("/v1/completions", openapi_extra=COMPLETION_DOC, response_model=None)
 async def completions(request: Request) -> JSONResponse | StreamingResponse:
-    body = await parse_body(request, CompletionRequest, app_state(request).settings.max_body_bytes)
-    return await serving.completion(app_state(request), body, request)
+    state = app_state(request)
+    body = await parse_body(request, CompletionRequest, state.settings.max_body_bytes)
+    return await serving.generate(state, body.generation(state.settings), request, CompletionShape)
 
 
 @router.post("/v1/engines/{engine}/completions", openapi_extra=COMPLETION_DOC, response_model=None)
@@ -29,17 +31,19 @@ async def engine_completions(engine: str, request: Request) -> JSONResponse | St
     """The Copilot plugin's route. The engine in the path is the model when it names one served here (the
     agent takes it from our /models); other engines (`codegen`, `copilot-codex`) get the body's model or
     the first served one."""
-    body = await parse_body(request, CompletionRequest, app_state(request).settings.max_body_bytes)
-    if body.model is None and engine in app_state(request).backend.names:
+    state = app_state(request)
+    body = await parse_body(request, CompletionRequest, state.settings.max_body_bytes)
+    if body.model is None and engine in state.backend.names:
         body = body.model_copy(update={"model": engine})
-    return await serving.completion(app_state(request), body, request)
+    return await serving.generate(state, body.generation(state.settings), request, CompletionShape)
 
 
 @router.post("/v1/chat/completions", openapi_extra=CHAT_DOC, response_model=None)
 async def chat_completions(request: Request) -> JSONResponse | StreamingResponse:
     """Chat, through the model's own chat template; /v1/models says which models chat."""
-    body = await parse_body(request, ChatCompletionRequest, app_state(request).settings.max_body_bytes)
-    return await serving.chat(app_state(request), body, request)
+    state = app_state(request)
+    body = await parse_body(request, ChatCompletionRequest, state.settings.max_body_bytes)
+    return await serving.generate(state, body.generation(state.settings), request, ChatShape)
 
 
 @router.get("/v1/models", response_model=ModelList)

@@ -1,7 +1,8 @@
 """A parsed completion or chat request in, its response out: JSON, or a stream of SSE events.
 
-`completion` and `chat` are the whole way from a route to a backend: resolve the model, check the
-request against the server's limits and encode its prompts, make the Job, then collect the
+`generate` is the whole way from a route to a backend: it takes the neutral request each API
+converted its body into (server/generation.py), resolves the model, checks the request against the
+server's limits and encodes its prompts, makes the Job, then collects the
 generation into one JSON response or stream it (`_respond`). Everything that can refuse a request
 happens before the first byte goes out: the checks, then the wait for the generation's first event
 (a full queue, a backend down), so a refused request gets its own status even when it asked to
@@ -27,7 +28,7 @@ from server import auth
 from server.app_state import AppState
 from server.backends.base import Backend
 from server.drain import Drain
-from server.engine import ContextFile, Delta, FinishReason, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
+from server.engine import Delta, FinishReason, Prompt, Prompter, SamplingParams, TokenLogprob, Usage
 from server.errors import (
     TRANSLATED,
     ClientGone,
@@ -37,9 +38,9 @@ from server.errors import (
     ShuttingDown,
     to_api_error,
 )
+from server.generation import Conversation, GenerationRequest, Texts
 from server.metrics import GenerationClock, Metrics
-from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.responses import ChatShape, Collected, CompletionShape, Shape, wire_usage
+from server.responses import Collected, Shape, wire_usage
 from server.settings import Settings
 
 _R = TypeVar("_R")
@@ -62,54 +63,49 @@ class Job:
     request_id: str = ""  # the X-Request-Id the response carries (server/metrics.py), for the log
 
 
-async def completion(state: AppState, body: CompletionRequest, request: Request,
-                     shape: Callable[[str], Shape] = CompletionShape,
-                     ignored: list[str] | None = None) -> JSONResponse | StreamingResponse:
-    """/v1/completions (and the Copilot plugin's engine route; Ollama's /api/generate and llama.cpp's
-    /infill in their own shapes). `state` is the app's: settings, backend, metrics, drain (server/app.py).
-    `ignored`: the fields the route already knows it cannot honour (X-Slipstream-Ignored)."""
+async def generate(state: AppState, asked: GenerationRequest, request: Request,
+                   shape: Callable[[str], Shape]) -> JSONResponse | StreamingResponse:
+    """Every generation route's one call (OpenAI's completions and chat, the Copilot plugin's, Ollama's,
+    llama.cpp's /infill), each having converted its body into `asked`; `shape(model)` answers in the
+    route's wire shape. `state` is the app's: settings, backend, metrics, drain (server/app.py)."""
     settings: Settings = state.settings
     backend: Backend = state.backend
     with _api_errors():
-        model, prompter = await _resolve(backend, body.model)
-        params = _sampling(settings, body, prompter)
-        texts = body.prompts()
-        rows = len(texts) * (params.best_of or params.n)
-        if rows > settings.max_n:  # a list of prompts multiplies the rows as n does
-            raise InvalidRequest(f"{len(texts)} prompts x {params.best_of or params.n} samples = {rows} sequences, above "
-                                 f"this server's limit of {settings.max_n} (max_n)", "prompt")
-        # fill-in-the-middle where the model has FIM sentinels; elsewhere the suffix is ignored, and said so
-        suffix = body.suffix if body.suffix is not None and prompter.fills_in_the_middle else None
-        extra = [ContextFile(e.filename, e.text) for e in body.input_extra or []]
-        prompts = [prompter.prepare(p, params.max_tokens, suffix=suffix, extra=extra) for p in texts]
+        model, prompter = await _resolve(backend, asked.model)
+        _check_sampling(settings, asked.params, prompter)
+        if isinstance(asked.prompt, Conversation):
+            prompts, ignored = [_conversation(backend, model, prompter, asked.prompt, asked.params)], asked.ignored
+        else:
+            prompts, ignored = _texts(settings, prompter, asked.prompt, asked.params), asked.ignored
+            if asked.prompt.suffix and not prompter.fills_in_the_middle:
+                ignored = [*ignored, "suffix"]  # no FIM sentinels: served without it, and said so
         for prompt in prompts:
             _check_prompt_length(prompt, settings)
-        ignored = [*(ignored or []), *(["suffix"] if body.suffix and suffix is None else [])]
-        job = _job(state, request, model, prompts, params, body, body.prompt, ignored)
-        return await _respond(backend, job, request, shape(model), body)
+        job = _job(state, request, model, prompts, asked, ignored)
+        return await _respond(backend, job, request, shape(model), asked)
 
 
-async def chat(state: AppState, body: ChatCompletionRequest, request: Request,
-               shape: Callable[[str], Shape] = ChatShape, ignored: list[str] | None = None) -> JSONResponse | StreamingResponse:
-    """/v1/chat/completions (and Ollama's /api/chat in its shape), through the model's own chat template."""
-    settings: Settings = state.settings
-    backend: Backend = state.backend
-    with _api_errors():
-        model, prompter = await _resolve(backend, body.model)
-        if not prompter.chats:
-            chatty = [n for n in backend.names if (m := backend.manifest(n)) is not None and m.chat_template]
-            raise InvalidRequest(
-                f"model {model!r} has no chat template (a base model): use /v1/completions"
-                + (f", or chat with {', '.join(chatty)}" if chatty else ""),
-                "model",
-            )
-        params = _sampling(settings, body.as_completion(), prompter)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = prompter.prepare(prompter.chat_prompt(messages), params.max_tokens, raw=False)
-        _check_prompt_length(prompt, settings)
-        logged = [m["content"] for m in messages]
-        job = _job(state, request, model, [prompt], params, body, logged, list(ignored or []))
-        return await _respond(backend, job, request, shape(model), body)
+def _texts(settings: Settings, prompter: Prompter, texts: Texts, params: SamplingParams) -> list[Prompt]:
+    rows = len(texts.items) * (params.best_of or params.n)
+    if rows > settings.max_n:  # a list of prompts multiplies the rows as n does
+        raise InvalidRequest(f"{len(texts.items)} prompts x {params.best_of or params.n} samples = {rows} sequences, "
+                             f"above this server's limit of {settings.max_n} (max_n)", "prompt")
+    # fill-in-the-middle where the model has FIM sentinels; elsewhere the suffix is ignored
+    suffix = texts.suffix if prompter.fills_in_the_middle else None
+    return [prompter.prepare(p, params.max_tokens, suffix=suffix, extra=list(texts.extra)) for p in texts.items]
+
+
+def _conversation(backend: Backend, model: str, prompter: Prompter, chat: Conversation,
+                  params: SamplingParams) -> Prompt:
+    """The conversation through the model's own chat template."""
+    if not prompter.chats:
+        chatty = [n for n in backend.names if (m := backend.manifest(n)) is not None and m.chat_template]
+        raise InvalidRequest(
+            f"model {model!r} has no chat template (a base model): use /v1/completions"
+            + (f", or chat with {', '.join(chatty)}" if chatty else ""),
+            "model",
+        )
+    return prompter.prepare(prompter.chat_prompt(chat.messages), params.max_tokens, raw=False)
 
 
 @contextmanager
@@ -132,10 +128,7 @@ async def _resolve(backend: Backend, requested: str | None) -> tuple[str, Prompt
     return model, await backend.acquire(model)
 
 
-def _sampling(settings: Settings, request: CompletionRequest, prompter: Prompter) -> SamplingParams:
-    params = request.to_sampling_params(
-        default_max_tokens=settings.default_max_tokens, default_temperature=settings.default_temperature
-    )
+def _check_sampling(settings: Settings, params: SamplingParams, prompter: Prompter) -> None:
     if params.max_tokens > settings.max_tokens_limit:
         raise InvalidRequest(
             f"max_tokens={params.max_tokens} is above this server's limit of {settings.max_tokens_limit}", "max_tokens"
@@ -144,14 +137,13 @@ def _sampling(settings: Settings, request: CompletionRequest, prompter: Prompter
         raise InvalidRequest(
             f"{len(params.stop)} stop sequences given; this server allows {settings.max_stop_sequences}", "stop"
         )
-    for name, value in (("n", request.n), ("best_of", request.best_of or 0)):
+    for name, value in (("n", params.n), ("best_of", params.best_of or 0)):
         if value > settings.max_n:
             raise InvalidRequest(f"{name}={value} is above this server's limit of {settings.max_n} (max_n)", name)
     vocab = prompter.manifest.vocab_size
     for token in params.logit_bias:
         if not 0 <= token < vocab:
             raise InvalidRequest(f"logit_bias names token {token}, outside the vocabulary [0, {vocab})", "logit_bias")
-    return params
 
 
 def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
@@ -161,20 +153,21 @@ def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
                              "(max_prompt_tokens)", "prompt")
 
 
-def _job(state: AppState, request: Request, model: str, prompts: list[Prompt], params: SamplingParams,
-         body: CompletionRequest | ChatCompletionRequest, prompt: object, ignored: list[str]) -> Job:
+def _job(state: AppState, request: Request, model: str, prompts: list[Prompt], asked: GenerationRequest,
+         ignored: list[str]) -> Job:
     """The request's Job, whole; its access record is the request's, which the access-log line reads
     when the response has ended (server/metrics.py). The prompt goes in it only with log_prompts. Its
     prompts reuse the prefix cache only among requests of the same API key (and not at all with
     cache_prompt false)."""
     settings: Settings = state.settings
     salt = _cache_salt(state.keys, request)
-    prompts = [replace(p, cache_salt=salt, cache_prompt=body.cache_prompt) for p in prompts]
-    access: dict = {"model": model, "stream": body.stream, "n": params.n}
+    prompts = [replace(p, cache_salt=salt, cache_prompt=asked.cache_prompt) for p in prompts]
+    params = asked.params
+    access: dict = {"model": model, "stream": asked.stream, "n": params.n}
     if settings.log_prompts:  # the prompt and the text generated for it: the request's code, so off by default
-        access["prompt"] = prompt
-        if (suffix := getattr(body, "suffix", None)) is not None:
-            access["suffix"] = suffix
+        access["prompt"] = asked.logged()
+        if isinstance(asked.prompt, Texts) and asked.prompt.suffix is not None:
+            access["suffix"] = asked.prompt.suffix
         access["completions"] = [""] * (len(prompts) * params.n)
     request.state.access = access
     return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored,
@@ -194,17 +187,16 @@ def _cache_salt(keys: list[str], request: Request) -> str:
 
 
 async def _respond(backend: Backend, job: Job, request: Request, shape: Shape,
-                   body: CompletionRequest | ChatCompletionRequest) -> JSONResponse | StreamingResponse:
+                   asked: GenerationRequest) -> JSONResponse | StreamingResponse:
     """The generation as one JSON response (cancelled if the client goes away first), or as SSE once
     its first event is there: the one wait before the status line, so that a failure before it (the
     queue full, the backend down) still gets its own status instead of a 200 with an error inside."""
     headers = {"X-Slipstream-Ignored": ",".join(_header_safe(name) for name in job.ignored)} if job.ignored else {}
-    if not body.stream:
+    if not asked.stream:
         got = await _while_connected(request, _collect(backend, job))
         whole = shape.response(got)
         return JSONResponse(whole if isinstance(whole, dict) else whole.model_dump(), headers=headers)
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    events = _stream(backend, job, shape, include_usage)
+    events = _stream(backend, job, shape, asked.include_usage)
     first = await anext(events)
 
     async def from_first() -> AsyncIterator[str]:

@@ -27,7 +27,7 @@ def test_export_generate_verify(checkpoints: dict[str, Path], tmp_path: Path, ar
     assert manifest.architecture == architecture and manifest.precision == precision
     assert manifest.graph == ("genai-builder" if architecture in BUILDER_ARCHITECTURES else "optimum")
 
-    engine = Engine(tmp_path, "m", threads=1)
+    engine = Engine.load(tmp_path, "m", threads=1)
     params = SamplingParams(max_tokens=8, temperature=0.0, logit_bias={0: -100.0}, n=2)
     events = list(engine.generate(engine.prompter.prepare("def f(x):\n    return", 8), params))
     texts = ["".join(e.text for e in events if isinstance(e, Delta) and e.index == i) for i in range(2)]

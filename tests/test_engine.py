@@ -20,12 +20,12 @@ PROMPT = "def heappush(heap, item):\n    "
 
 @pytest.fixture(scope="module")
 def engine(tiny_repo: Path) -> Engine:
-    return Engine(tiny_repo, TINY, threads=1)
+    return Engine.load(tiny_repo, TINY, threads=1)
 
 
 @pytest.fixture(scope="module")
 def fused_engine(tiny_llama_repo: Path) -> Engine:
-    return Engine(tiny_llama_repo, TINY_LLAMA, threads=1)
+    return Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1)
 
 
 def run(engine: Engine, prompt: str, **params) -> tuple[dict[int, str], dict[int, str | None], Usage]:
@@ -177,7 +177,7 @@ def fp32_engine(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
 
     repository = tmp_path_factory.mktemp("fp32")
     export_checkpoint(tiny_checkpoint, repository, "m", precision="fp32", log=lambda _l: None)
-    return Engine(repository, "m", threads=1)
+    return Engine.load(repository, "m", threads=1)
 
 
 @pytest.mark.parametrize("which", ["fp32_engine", "fused_engine"])

@@ -52,7 +52,7 @@ def test_gguf_exports_serve_and_match_the_file(tmp_path: Path, architecture: str
     assert manifest.context_length == 128
     assert manifest.prompt_prefix_ids == ([tiny.special["bos"]] if tiny.add_bos else [])
     assert tiny.special["eos"] in manifest.eos_token_ids
-    engine = Engine(tmp_path / "repo", "m", threads=1)
+    engine = Engine.load(tmp_path / "repo", "m", threads=1)
     for text in TEXTS:  # the file's own tokenizer's ids (llama.cpp's, for the real files)
         assert engine.prompter.encode(text) == _golden(tiny, text), text
     if fim:  # the sentinels the file names, in prefix-suffix-middle order

@@ -168,7 +168,7 @@ def test_n_indent_ends_before_a_dedented_line() -> None:
 @pytest.mark.parametrize("body, status, says", [
     ({"input_prefix": "x", "n_predict": -5}, 400, "n_predict"),
     ({"input_prefix": "x", "model": "no-such-model"}, 404, "not served"),
-    ({"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}, 400, "input_extra"),
+    ({"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}, 400, "input_extra.0.text"),  # its whole place
     ({"input_prefix": "x", "cache_prompt": "yes"}, 400, "cache_prompt"),
 ])
 def test_errors_in_llama_cpps_shape(tiny_server: ServerProcess, body: dict, status: int, says: str) -> None:

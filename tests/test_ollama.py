@@ -131,6 +131,10 @@ def test_bad_json_and_streamed_errors_are_ollama_errors(duo_server: ServerProces
     assert response.status_code == 400 and set(response.json()) == {"error"}
     response = httpx.post(f"{duo_server.url}/api/chat", json={"model": TINY_LLAMA, "messages": []}, timeout=30)
     assert response.status_code == 400 and "messages" in response.json()["error"]
+    # no param in Ollama's error: the message names the field's whole place in the body
+    response = httpx.post(f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": "x",
+                                                                   "options": {"temperature": 5}}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"].startswith("options.temperature:")
     # a request the server refuses before streaming keeps its status even though Ollama streams by default
     response = httpx.post(f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": "x",
                                                                    "options": {"num_predict": 10 ** 9}}, timeout=30)

@@ -38,15 +38,15 @@ def walk(top):
 def engines(request, tiny_repo: Path, tiny_llama_repo: Path) -> tuple[Engine, Engine]:
     """(with the prefix cache, on a grid of GRID, without) on the same export."""
     repository = tiny_repo if request.param == TINY else tiny_llama_repo
-    return (Engine(repository, request.param, threads=1, prefix_cache_mb=8, reuse_grid=GRID),
-            Engine(repository, request.param, threads=1, prefix_cache_mb=0, reuse_grid=GRID))
+    return (Engine.load(repository, request.param, threads=1, prefix_cache_mb=8, reuse_grid=GRID),
+            Engine.load(repository, request.param, threads=1, prefix_cache_mb=0, reuse_grid=GRID))
 
 
 @pytest.fixture(scope="module", params=[TINY, TINY_LLAMA])
 def exact(request, tiny_repo: Path, tiny_llama_repo: Path) -> Engine:
     """With the prefix cache on its measured exact grid (the default), as served."""
     repository = tiny_repo if request.param == TINY else tiny_llama_repo
-    return Engine(repository, request.param, threads=1, prefix_cache_mb=8)
+    return Engine.load(repository, request.param, threads=1, prefix_cache_mb=8)
 
 
 def run(engine: Engine, text: str, params: SamplingParams, salt: str = "") -> tuple[dict[int, str], Usage]:
@@ -81,7 +81,7 @@ def test_greedy_text_with_a_reused_prefix_is_the_cold_prefills(engines: tuple[En
 def test_on_the_measured_grid_a_reused_prefix_gives_the_cold_prefills_bits(exact: Engine) -> None:
     """Each editor prompt on the one before: the last position's logits (what picks the first token)
     are the cold prefill's to the bit, and the prefix reused is the longest on the grid."""
-    assert exact.exact and exact.grid in (1, 2, 4, 8, 16, 32, 64)
+    assert exact.reuse.exact and exact.reuse.grid in (1, 2, 4, 8, 16, 32, 64)
     cold = Engine.__new__(Engine)  # the same session without a prefix cache: no second load
     cold.__dict__.update(exact.__dict__, prefix_cache=None)
     params = SamplingParams(max_tokens=1, temperature=0.0)
@@ -90,8 +90,8 @@ def test_on_the_measured_grid_a_reused_prefix_gives_the_cold_prefills_bits(exact
         prompt.cache_salt = "bits"
         warm = _prefilled(exact, prompt, params)
         if i:
-            assert warm.cached > 0 and warm.cached % exact.grid == 0
-        assert np.array_equal(warm.last, _prefilled(cold, prompt, params).last), (exact.grid, warm.cached)
+            assert warm.cached > 0 and warm.cached % exact.reuse.grid == 0
+        assert np.array_equal(warm.last, _prefilled(cold, prompt, params).last), (exact.reuse.grid, warm.cached)
 
 
 def test_the_next_request_finds_its_prefix_in_the_buffers_the_one_before_left(exact: Engine) -> None:
@@ -218,8 +218,8 @@ def test_the_budget_is_kept_by_evicting_the_least_recently_used() -> None:
 
 
 def test_chunked_prefill_gives_the_same_text_and_goes_in_between_decode_steps(tiny_llama_repo: Path) -> None:
-    chunked = Engine(tiny_llama_repo, TINY_LLAMA, threads=1, prefill_chunk_tokens=16, reuse_grid=GRID)
-    whole = Engine(tiny_llama_repo, TINY_LLAMA, threads=1, prefill_chunk_tokens=512, reuse_grid=GRID)
+    chunked = Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1, prefill_chunk_tokens=16, reuse_grid=GRID)
+    whole = Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1, prefill_chunk_tokens=512, reuse_grid=GRID)
     long_text = editor_prompts(whole)[-1]
     params = SamplingParams(max_tokens=8, temperature=0.0, logit_bias=NO_EOS)
     assert len(chunked.prompter.prepare(long_text, 8).ids) > 3 * 16
@@ -252,7 +252,7 @@ def test_a_budget_too_small_for_one_prompt_leaves_the_cache_off_and_serves_as_be
         bundled_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
     """SmolLM2 keeps 45 KB a token: 8 MB holds less than one 2,048-token prompt."""
     with caplog.at_level("WARNING", logger="slipstream.engine"):
-        engine = Engine(bundled_repo, "smollm2-135m", threads=2, prefix_cache_mb=8)
+        engine = Engine.load(bundled_repo, "smollm2-135m", threads=2, prefix_cache_mb=8)
     assert engine.prefix_cache is None and engine.cache_stats.budget_bytes == 0
     assert [r.message for r in caplog.records if "prefix cache off" in r.message and "prefix_cache_mb=8" in r.message]
     text = "def fibonacci(n):\n" * 30

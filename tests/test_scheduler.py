@@ -22,7 +22,7 @@ PROMPTS = ["def add(a, b):", "class Stack:\n    def __init__(self):", "import os
 
 @pytest.fixture(scope="module")
 def engine(tiny_llama_repo: Path) -> Engine:
-    return Engine(tiny_llama_repo, TINY_LLAMA, threads=1)
+    return Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1)
 
 
 class Steps(list[Step]):

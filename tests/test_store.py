@@ -121,7 +121,7 @@ def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoin
         assert bits.pop(head) == 8 and set(bits.values()) == {4}
     if precision == "fp16":  # the CUDA graph's weights and cache; ONNX Runtime's CPU kernels run it here
         assert {init.data_type for init in graph.initializer if init.name.endswith("MatMul.weight")} == {onnx.TensorProto.FLOAT16}
-    engine = Engine(tmp_path, "m", threads=1)
+    engine = Engine.load(tmp_path, "m", threads=1)
     text = "".join(e.text for e in engine.generate(engine.prompter.prepare("def f(x):", 8), SamplingParams(max_tokens=8, temperature=0,
                                                    logit_bias={0: -100.0})) if isinstance(e, Delta))
     assert text

@@ -68,7 +68,7 @@ class EmbeddedBackend:
 
     def _load_engine(self, name: str) -> Engine:
         self._ensure_exported(name)
-        return Engine(self.settings.model_repository, name, device=self.settings.device, **self.settings.engine_options())
+        return Engine.load(self.settings.model_repository, name, device=self.settings.device, **self.settings.engine_options())
 
     def status(self, name: str) -> ModelStatus:
         """ready (in memory), standby (exported, loads on first request), loading, or failed."""

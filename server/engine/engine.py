@@ -27,16 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
-from server.engine import reuse_grid as calibration
 from server.engine.batch import Batch
 from server.engine.events import Delta, Usage
 from server.engine.kvcache import KVCache
 from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
 from server.engine.prompts import Prompt, Prompter
+from server.engine.reuse_grid import ReusePolicy, measure
 from server.engine.runner import Runner
 from server.engine.sampling import SamplingParams
 from server.engine.sequence import Sequence
-from server.models.store import model_dir
+from server.models.store import Manifest, model_dir
 
 log = logging.getLogger("slipstream.engine")
 
@@ -62,42 +62,38 @@ class Prefill:
 
 
 class Engine:
-    """A model's prompt side (its Prompter), its ONNX Runtime session and its prefix cache."""
+    """A model's prompt side (its Prompter), its ONNX Runtime session, its prefix cache and how that is
+    reused. `Engine.load` makes one from the model store."""
 
-    def __init__(self, repository: Path, name: str, threads: int, device: str = "cpu", prefix_cache_mb: int = 0,
-                 prefill_chunk_tokens: int = 512, reuse_grid: int | None = None) -> None:
-        """reuse_grid: reuse cached prefixes in multiples of this many positions; None, exactly: on the
+    def __init__(self, prompter: Prompter, runner: Runner, prefix_cache: PrefixCache | None, reuse: ReusePolicy,
+                 prefill_chunk_tokens: int = 512) -> None:
+        self.prompter = prompter
+        self.manifest = prompter.manifest
+        self.runner = runner
+        self.prefix_cache = prefix_cache
+        self.reuse = reuse
+        grid = reuse.grid
+        self.prefill_chunk_tokens = -(-prefill_chunk_tokens // grid) * grid  # a whole number of tiles
+        self.cache_stats = prefix_cache.stats if prefix_cache is not None else CacheStats(0)  # 0: off
+
+    @classmethod
+    def load(cls, repository: Path, name: str, threads: int, device: str = "cpu", prefix_cache_mb: int = 0,
+             prefill_chunk_tokens: int = 512, reuse_grid: int | None = None) -> Engine:
+        """The model `name` of the store at `repository`, with a prefix cache of prefix_cache_mb (0: off).
+        reuse_grid: reuse cached prefixes to this many positions, not exactly; None, exactly: on the
         finest grid that gives a cold prefill's bits on this machine (measured now, server/engine/reuse_grid.py)."""
-        self.prompter = Prompter(repository, name)
-        self.manifest = self.prompter.manifest
-        self.runner = Runner(model_dir(repository, name) / self.manifest.onnx_file, threads, device=device)
-        self.prefill_chunk_tokens = prefill_chunk_tokens
-        self.grid = reuse_grid or 1
-        self.prefix_cache = self._prefix_cache(prefix_cache_mb)
-        # exact: a reused prefix gives a cold prefill's bits (measured), so the rest of a prompt is never
-        # prefilled as one row alone (a one-row step takes the one-row kernels, whose sums differ), and
-        # what requests generated (computed one step at a time, the same way) is not kept for reuse
-        self.exact = reuse_grid is None and self.prefix_cache is not None
-        if self.exact:
-            measured = calibration.measure(self)
-            if measured is None:
-                log.warning("%s: no grid up to %d positions makes a reused prefix give a cold prefill's bits on "
-                            "this machine: prefixes are reused to the token, with logits within the graph's own "
-                            "tolerance", name, calibration.CANDIDATES[-1])
-            self.grid, self.exact = measured or 1, measured is not None
-        self.prefill_chunk_tokens = -(-prefill_chunk_tokens // self.grid) * self.grid  # a whole number of tiles
-        self.cache_stats = self.prefix_cache.stats if self.prefix_cache is not None else CacheStats(0)  # 0: off
+        prompter = Prompter(repository, name)
+        runner = Runner(model_dir(repository, name) / prompter.manifest.onnx_file, threads, device=device)
+        prefix_cache = _prefix_cache(prompter.manifest, runner, prefix_cache_mb)
+        if prefix_cache is None or reuse_grid is not None:
+            reuse = ReusePolicy(reuse_grid or 1, exact=False)
+        else:
+            def probe(policy: ReusePolicy | None) -> Engine:  # the probe's prefixes in a cache of their own
+                return cls(prompter, runner, None if policy is None else PrefixCache(1 << 40), policy or ReusePolicy(),
+                           prefill_chunk_tokens)
 
-    def _prefix_cache(self, megabytes: int) -> PrefixCache | None:
-        budget = megabytes << 20
-        if not budget:
-            return None
-        least = min(self.manifest.context_length, MIN_CACHED_PROMPT) * self.runner.kv_bytes_per_token
-        if budget < least:
-            log.warning("prefix cache off for %s: prefix_cache_mb=%d holds less than one prompt of %d tokens "
-                        "(%.0f MB)", self.manifest.name, megabytes, least // self.runner.kv_bytes_per_token, least / 2**20)
-            return None
-        return PrefixCache(budget)
+            reuse = measure(probe, prompter.manifest)
+        return cls(prompter, runner, prefix_cache, reuse, prefill_chunk_tokens)
 
     def generate(
         self, prompt: Prompt, params: SamplingParams, cancel: threading.Event | None = None
@@ -127,7 +123,7 @@ class Engine:
         scored = params.echo and params.logprobs is not None
         if self.prefix_cache is None or not prompt.cache_prompt or scored:
             return Prefill(prompt, params, None, 0, 0, [] if scored else None)
-        cached, runs = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids, self.grid, leave=2 if self.exact else 1)
+        cached, runs = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids, self.reuse.grid, leave=self.reuse.leave)
         if not cached:
             return Prefill(prompt, params, None, 0, 0, None)
         wanted, salt = np.asarray(prompt.ids[:cached], dtype=np.int64), prompt.cache_salt
@@ -150,7 +146,7 @@ class Engine:
             pending.scored.append(logits)
         if not pending.remaining:
             pending.last = logits[-1:]
-            self._keep(pending.prompt, self._exact_part(pending.prompt.ids), cache, 0)
+            self._keep(pending.prompt, self.reuse.reusable(pending.prompt.ids), cache, 0)
         return len(ids)
 
     def first_tokens(self, pending: Prefill) -> tuple[Sequence, KVCache | None]:
@@ -178,18 +174,12 @@ class Engine:
         alone = batch.sequences[0] if batch.rows == 1 else None
         choice = alone.live[0] if alone is not None else 0
         logits, cache = self.runner.decode(batch.tokens(), batch.cache)
-        batch.advance(logits, cache, self._finished if self.prefix_cache is not None and not self.exact else None)
+        batch.advance(logits, cache, self._finished if self.prefix_cache is not None and self.reuse.keeps_generated else None)
         if alone is not None and not batch and self.prefix_cache is not None and alone.prompt.cache_prompt:
-            # the last row's buffers go back to the pool holding its prompt (and, not exact, what it
-            # generated): the next request that starts the same way takes them and copies none of it
-            ids = self._exact_part(alone.prompt.ids) if self.exact else alone.held(choice)
+            # the last row's buffers go back to the pool holding its prompt (and what it generated, where
+            # the policy keeps that): the next request that starts the same way takes them and copies none of it
+            ids = alone.held(choice) if self.reuse.keeps_generated else self.reuse.reusable(alone.prompt.ids)
             cache.label(_Held(alone.prompt.cache_salt, np.asarray(ids, dtype=np.int64)))
-
-    def _exact_part(self, prompt: list[int]) -> list[int]:
-        """The prompt positions worth reusing. Exact: those in whole tiles (a prompt's last rows in a tile
-        cut short came out apart from the same rows in a whole tile, as a longer prompt computes them
-        cold); else all."""
-        return prompt[: len(prompt) // self.grid * self.grid] if self.exact else prompt
 
     def _finished(self, sequence: Sequence, choice: int, row: int, cache: KVCache) -> None:
         self._keep(sequence.prompt, sequence.held(choice), cache, row)
@@ -197,6 +187,18 @@ class Engine:
     def _keep(self, prompt: Prompt, ids: list[int], cache: KVCache, row: int) -> None:
         if self.prefix_cache is not None and prompt.cache_prompt:
             self.prefix_cache.insert(prompt.cache_salt, ids, lambda start, end: cache.read(row, start, end))
+
+
+def _prefix_cache(manifest: Manifest, runner: Runner, megabytes: int) -> PrefixCache | None:
+    budget = megabytes << 20
+    if not budget:
+        return None
+    least = min(manifest.context_length, MIN_CACHED_PROMPT) * runner.kv_bytes_per_token
+    if budget < least:
+        log.warning("prefix cache off for %s: prefix_cache_mb=%d holds less than one prompt of %d tokens "
+                    "(%.0f MB)", manifest.name, megabytes, least // runner.kv_bytes_per_token, least / 2**20)
+        return None
+    return PrefixCache(budget)
 
 
 @dataclass(frozen=True)

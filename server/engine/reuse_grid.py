@@ -1,5 +1,5 @@
-"""The finest grid of positions on which a reused prefix gives a cold prefill's very bits, measured on
-this machine at load.
+"""How an engine reuses its prefix cache (`ReusePolicy`), and the finest grid of positions on which a
+reused prefix gives a cold prefill's very bits, measured on this machine at load (`measure`).
 
 A graph's kernels work through a prefill's rows in tiles from the chunk's first row (ONNX Runtime's
 int8 MatMulNBits takes rows in pairs on an AVX-512 Xeon), and a row computed in a tile cut short, or
@@ -16,26 +16,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from server.engine.prefix_cache import PrefixCache
 from server.engine.prompts import Prompt
 from server.engine.sampling import SamplingParams
 from server.models.store import Manifest
-
-
-class Engine(Protocol):
-    """What the measurement uses of the Engine (engine.py), named here so that neither imports the other."""
-
-    manifest: Manifest
-    prefix_cache: PrefixCache | None
-    grid: int
-
-    def start(self, prompt: Prompt, params: SamplingParams) -> Any: ...
-
-    def prefill(self, pending: Any) -> object: ...
 
 log = logging.getLogger("slipstream.engine")
 
@@ -46,31 +35,69 @@ _PROBE = 160  # tokens: past the largest candidate twice, short enough to measur
 _STEPS = (1, 2, 3, 4, 5, 6, 7, 8, 1, 3, 5, 7, 2, 4, 6)
 
 
-def measure(engine: Engine) -> int | None:
-    """The finest candidate grid on which `engine` reuses prefixes exactly, or None when none does."""
+@dataclass(frozen=True)
+class ReusePolicy:
+    """How cached prefixes are reused. Exact: in whole tiles of `grid` positions with at least two
+    positions left to prefill (the rest of a prompt is never prefilled as one row alone: a one-row
+    step takes the one-row kernels, whose sums differ), and only prompts are kept, not what requests
+    generated (computed one step at a time, the same way); a prompt's numbers are then the same bits
+    warm or cold. Not exact: to the token, generated text kept too, logits within the graph's tolerance."""
+
+    grid: int = 1
+    exact: bool = False
+
+    @property
+    def leave(self) -> int:
+        """Prompt positions a lookup leaves to prefill, at least."""
+        return 2 if self.exact else 1
+
+    @property
+    def keeps_generated(self) -> bool:
+        """Whether finished rows' generated tokens go into the prefix cache."""
+        return not self.exact
+
+    def reusable(self, prompt: list[int]) -> list[int]:
+        """The prompt positions worth keeping. Exact: those in whole tiles (a prompt's last rows in a tile
+        cut short came out apart from the same rows in a whole tile, as a longer prompt computes them
+        cold); else all."""
+        return prompt[: len(prompt) // self.grid * self.grid] if self.exact else prompt
+
+
+class Prefilling(Protocol):
+    """What the measurement uses of an Engine (engine.py): named here so that this module needs none."""
+
+    def start(self, prompt: Prompt, params: SamplingParams) -> Any: ...
+
+    def prefill(self, pending: Any) -> object: ...
+
+
+def measure(probe: Callable[[ReusePolicy | None], Prefilling], manifest: Manifest) -> ReusePolicy:
+    """The exact policy on the finest candidate grid that reuses prefixes to the bit, or reuse to the token
+    when none does. `probe(policy)` is the engine under test with a prefix cache of its own for the
+    probe (None: without one, the cold reference); it shares the model's session."""
     started = time.perf_counter()
     rng = np.random.default_rng(0)
-    probe = [int(t) for t in rng.integers(10, min(engine.manifest.vocab_size, 30000), _PROBE)]
-    probe = probe[: min(_PROBE, engine.manifest.context_length - 1)]
+    tokens = [int(t) for t in rng.integers(10, min(manifest.vocab_size, 30000), _PROBE)]
+    tokens = tokens[: min(_PROBE, manifest.context_length - 1)]
     params = SamplingParams(max_tokens=1, temperature=0.0)
-    ends = [len(probe) - sum(_STEPS[i:]) for i in range(len(_STEPS) + 1)]
-    saved = engine.prefix_cache, engine.grid
-    try:
-        engine.prefix_cache, engine.grid = None, 1
-        cold = [_last_logits(engine, probe[:end], params) for end in ends]
-        for grid in CANDIDATES:
-            engine.prefix_cache, engine.grid = PrefixCache(budget_bytes=1 << 40), grid  # the probe's alone
-            if all(np.array_equal(_last_logits(engine, probe[:end], params), reference)
-                   for end, reference in zip(ends, cold, strict=True)):
-                log.info("%s: prefixes reused in multiples of %d positions give a cold prefill's bits (measured "
-                         "in %.1f s)", engine.manifest.name, grid, time.perf_counter() - started)
-                return grid
-        return None
-    finally:
-        engine.prefix_cache, engine.grid = saved
+    ends = [len(tokens) - sum(_STEPS[i:]) for i in range(len(_STEPS) + 1)]
+    cold_engine = probe(None)
+    cold = [_last_logits(cold_engine, tokens[:end], params) for end in ends]
+    for grid in CANDIDATES:
+        policy = ReusePolicy(grid, exact=True)
+        warm = probe(policy)
+        if all(np.array_equal(_last_logits(warm, tokens[:end], params), reference)
+               for end, reference in zip(ends, cold, strict=True)):
+            log.info("%s: prefixes reused in multiples of %d positions give a cold prefill's bits (measured "
+                     "in %.1f s)", manifest.name, grid, time.perf_counter() - started)
+            return policy
+    log.warning("%s: no grid up to %d positions makes a reused prefix give a cold prefill's bits on this "
+                "machine: prefixes are reused to the token, with logits within the graph's own tolerance",
+                manifest.name, CANDIDATES[-1])
+    return ReusePolicy()
 
 
-def _last_logits(engine: Engine, ids: list[int], params: SamplingParams) -> np.ndarray:
+def _last_logits(engine: Prefilling, ids: list[int], params: SamplingParams) -> np.ndarray:
     pending = engine.start(Prompt(ids=ids, text=""), params)
     while pending.remaining:
         engine.prefill(pending)

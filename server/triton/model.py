@@ -33,7 +33,7 @@ class TritonPythonModel:
         folder = Path(args["model_repository"])  # model_repository/<name>
         settings = engine_settings(parameters)
         device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
-        self.engine = Engine(folder.parent, args["model_name"], device=device, **settings.engine_options())
+        self.engine = Engine.load(folder.parent, args["model_name"], device=device, **settings.engine_options())
         self.scheduler = Scheduler(self.engine, settings.max_queue, settings.max_batch_rows,
                                    settings.prefill_tokens_per_step)
         self.loop = asyncio.new_event_loop()
