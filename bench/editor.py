@@ -1,4 +1,4 @@
-"""The editor replay (`slipstream bench editor`'s) against our server and llama.cpp's, per bundled model.
+"""The editor replay (`slipstream eval editor`'s) against our server and llama.cpp's, per bundled model.
 
     .venv/bin/python -m bench.editor [--models gemma3-270m smollm2-135m] [--sessions 1] [--words 62]
 

@@ -16,8 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bench.paths import CACHE, EnginePath, Run, first_token_clock
 
 TEMPERATURE = 0.8  # the samples and the clients cases
@@ -96,26 +94,27 @@ class Server:
 
     def clients(self, ids: list[int], clients: int, requests: int, tokens: int) -> dict:
         """`clients` concurrent streaming clients, each sending `requests` requests one after another."""
-        from client.api import AsyncClient
+        from client.api import AsyncClient, Timing
+        from eval.load_generator import ClosedLoop
+        from eval.stats import percentiles
 
-        async def client_loop(index: int) -> list:
+        timings: list[Timing] = []
+
+        async def everyone() -> float:
             async with AsyncClient(self.url, timeout=600) as client:
-                return [await client.timed(ids, model=self.name, max_tokens=tokens, temperature=TEMPERATURE,
-                                           seed=index * requests + r, ignore_eos=True, cache_prompt=False)
-                        for r in range(requests)]
+                async def send(_client: int, ticket: int) -> None:
+                    timings.append(await client.timed(ids, model=self.name, max_tokens=tokens, temperature=TEMPERATURE,
+                                                      seed=ticket, ignore_eos=True, cache_prompt=False))
 
-        async def everyone() -> list:
-            return await asyncio.gather(*(client_loop(i) for i in range(clients)))
+                return await ClosedLoop(clients, per_client=requests).run(send)
 
-        start = time.perf_counter()
-        timings = [t for per_client in asyncio.run(everyone()) for t in per_client]
-        wall = time.perf_counter() - start
+        wall = asyncio.run(everyone())
         generated = sum(t.completion_tokens or 0 for t in timings)
-        latency = sorted(t.total_s for t in timings)
-        ttft = sorted(t.ttft_s for t in timings if t.ttft_s is not None)
+        latency = percentiles([t.total_s for t in timings], (50, 95))
+        ttft = percentiles([t.ttft_s for t in timings if t.ttft_s is not None], (50, 95))
         return {"requests": len(timings), "tokens": generated, "wall_s": wall, "aggregate_tok_s": generated / wall,
-                "latency_p50_s": _percentile(latency, 50), "latency_p95_s": _percentile(latency, 95),
-                "ttft_p50_s": _percentile(ttft, 50), "ttft_p95_s": _percentile(ttft, 95),
+                "latency_p50_s": latency.get("p50"), "latency_p95_s": latency.get("p95"),
+                "ttft_p50_s": ttft.get("p50"), "ttft_p95_s": ttft.get("p95"),
                 "errors": sum(1 for t in timings if t.finish_reason is None)}
 
     def close(self) -> None:
@@ -144,9 +143,6 @@ class LlamaCpp:
             total += count
         return total
 
-
-def _percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 # --- cached inputs for the peers ---

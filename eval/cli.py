@@ -232,10 +232,9 @@ def _editor(args: argparse.Namespace) -> int:
     return 1 if lost else 0
 
 
-def add_bench_commands(commands: argparse._SubParsersAction) -> None:
-    bench = commands.add_parser("bench", help="load a server (`bench load`), replay an editor (`bench editor`); the speed "
-                                   "benchmarks are python -m bench.*")
-    kinds = bench.add_subparsers(dest="bench_command", required=True)
+def _add_traffic_commands(kinds: argparse._SubParsersAction) -> None:
+    """`eval load` and `eval editor`: traffic sent at any server. (The speed benchmarks of our own engine
+    against its peers are `python -m bench.*`: "bench" means only those.)"""
     load = kinds.add_parser("load", help="ramp to N streaming clients for a fixed time; no request may be lost")
     load.add_argument("--url", default="http://127.0.0.1:5000")
     load.add_argument("--model", help="model name (default: the server's first)")
@@ -271,8 +270,9 @@ def add_bench_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("eval", help="measure a server: HumanEval pass@k, latency, ...")
+    evaluate = commands.add_parser("eval", help="measure a server: HumanEval pass@k, latency, load, editor replay, ...")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True)
+    _add_traffic_commands(kinds)
 
     he = kinds.add_parser("humaneval", help="HumanEval pass@k: generate through the server, execute in a box, score")
     he.add_argument("--url", default="http://127.0.0.1:5000", help="the server (any OpenAI-compatible completions API)")
@@ -353,3 +353,17 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     rp = kinds.add_parser("report", help="one markdown page gathering every study of a run folder")
     rp.add_argument("runs", type=Path)
     rp.set_defaults(run=_report)
+
+
+def add_renamed_bench_command(commands: argparse._SubParsersAction) -> None:
+    """`slipstream eval load|editor` became `slipstream eval load|editor`: said so, not guessed."""
+    old = commands.add_parser("bench", help="renamed: `slipstream eval load|editor` (speed benchmarks: python -m bench.*)")
+    old.add_argument("rest", nargs=argparse.REMAINDER)
+    old.set_defaults(run=_renamed)
+
+
+def _renamed(args: argparse.Namespace) -> int:
+    kind = args.rest[0] if args.rest else "load"
+    print(f"error: `slipstream bench {kind}` is now `slipstream eval {kind}`; the speed benchmarks are "
+          "`python -m bench.<name>` (bench/README.md)", file=sys.stderr)
+    return 2

@@ -1,4 +1,4 @@
-"""`slipstream bench editor`: editor sessions replayed against OpenAI-compatible servers.
+"""`slipstream eval editor`: editor sessions replayed against OpenAI-compatible servers.
 
 What an editor sends (shared/reference/editor-traffic.md): a streaming completion at each pause in
 typing, the prompt being the file up to the cursor, and the request in flight cancelled when the next
@@ -179,7 +179,7 @@ def prepare(files: list[Path] | None, config: ReplayConfig, log: Callable[[str],
 
 def run(targets: list[Target], files: list[Path] | None, config: ReplayConfig, out: Path,
         log: Callable[[str], None] = say) -> dict:
-    """`bench editor`: every target in turn, then editor.{json,md,png} under `out`."""
+    """`eval editor`: every target in turn, then editor.{json,md,png} under `out`."""
     if not targets:
         raise EditorError("name at least one server (--url)")
     texts, sessions = prepare(files, config, log)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eval.stats import percentiles
+
 if TYPE_CHECKING:
     from eval.editor_sessions import Request, Session
 
@@ -29,9 +31,7 @@ _RATIO_KEYS = [("ttft_ms", q) for q in QUANTILES] + [("latency_ms", q) for q in 
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
-    if not seconds:
-        return {}
-    return {f"p{q}": float(v) * 1000 for q, v in zip(QUANTILES, np.percentile(seconds, QUANTILES), strict=True)}
+    return percentiles(seconds, QUANTILES, scale=1000)
 
 
 def summarise(records: list[Request]) -> dict[str, Any]:

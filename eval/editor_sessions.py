@@ -1,4 +1,4 @@
-"""The editor sessions `bench editor` replays: real source files retyped word by word.
+"""The editor sessions `eval editor` replays: real source files retyped word by word.
 
 A session is a stretch of one file typed again: the text before it is already in the buffer, then the
 next `words` words arrive one at a time, and at each word's end the editor asks for a completion of

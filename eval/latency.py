@@ -23,7 +23,6 @@ import asyncio
 import csv
 import inspect
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from client.api import AsyncClient, Timing
+from eval.load_generator import ClosedLoop
+from eval.stats import percentiles
 
 _CHARS_PER_TOKEN = 3.5
 
@@ -87,13 +88,6 @@ def prompt_for(length_tokens: int, index: int, text: str) -> str:
     return text[start : start + size]
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": float(p50), "p95": float(p95), "p99": float(p99)}
-
-
 async def run_cell(cell: Cell, requests: int, warmup: int, text: str, seed: int, progress: tqdm | None = None,
                    timeout: float = 300.0) -> CellResult:
     params: dict[str, Any] = {"model": cell.model, "max_tokens": cell.max_tokens, "temperature": cell.temperature,
@@ -106,23 +100,16 @@ async def run_cell(cell: Cell, requests: int, warmup: int, text: str, seed: int,
                 await client.timed(prompt_for(cell.prompt_tokens, -1 - i, text), **params)
             except Exception:  # noqa: BLE001 - a failed warm-up shows again in the measured requests
                 pass
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(requests):
-            queue.put_nowait(i)
 
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                try:
-                    timings.append(await client.timed(prompt_for(cell.prompt_tokens, i, text), **params))
-                except Exception as exc:  # noqa: BLE001 - every failure counts, whatever its kind
-                    errors.append(f"{type(exc).__name__}: {exc}")
-                if progress is not None:
-                    progress.update()
+        async def send(_client: int, ticket: int) -> None:
+            try:
+                timings.append(await client.timed(prompt_for(cell.prompt_tokens, ticket, text), **params))
+            except Exception as exc:  # noqa: BLE001 - every failure counts, whatever its kind
+                errors.append(f"{type(exc).__name__}: {exc}")
+            if progress is not None:
+                progress.update()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(cell.concurrency)))
-        wall = time.perf_counter() - started
+        wall = await ClosedLoop(cell.concurrency, total=requests).run(send)
 
     ok = [t for t in timings if t.ttft_s is not None]
     tokens = [t.completion_tokens if t.completion_tokens is not None else t.chunks for t in ok]

@@ -1,4 +1,4 @@
-"""`slipstream bench load`: a bounded load test of a completion server over loopback.
+"""`slipstream eval load`: a bounded load test of a completion server over loopback.
 
 Clients join one by one over --ramp seconds up to --clients, each sending streaming completions one
 after another until --duration has passed since the start; the requests in flight at the end are
@@ -26,7 +26,9 @@ from typing import Any
 import httpx
 
 from client.api import APIError, AsyncClient
-from eval.latency import corpus, percentiles, prompt_for
+from eval.latency import corpus, prompt_for
+from eval.load_generator import ClosedLoop
+from eval.stats import percentiles
 
 
 @dataclass(frozen=True)
@@ -54,47 +56,40 @@ class Outcome:
     completion_tokens: int = 0
 
 
-async def _client_loop(index: int, config: LoadConfig, client: AsyncClient, text: str, t0: float,
-                       outcomes: list[Outcome], active: list[int]) -> None:
-    await asyncio.sleep(config.ramp_s * index / max(config.clients, 1))
-    params: dict[str, Any] = {"max_tokens": config.max_tokens, "temperature": config.temperature, "seed": index}
+async def _request(client_index: int, ticket: int, config: LoadConfig, client: AsyncClient, text: str, t0: float,
+                   outcomes: list[Outcome]) -> None:
+    """One streaming completion, its outcome counted; after a 429/503 with Retry-After this client's next
+    request waits for it."""
+    params: dict[str, Any] = {"max_tokens": config.max_tokens, "temperature": config.temperature, "seed": client_index}
     if config.model:
         params["model"] = config.model
-    active[0] += 1
-    sent = 0
+    start = time.perf_counter() - t0
     try:
-        while time.perf_counter() - t0 < config.duration_s:
-            start = time.perf_counter() - t0
-            prompt = prompt_for(config.prompt_tokens, index * 100_003 + sent, text)
-            sent += 1
-            try:
-                timing = await client.timed(prompt, **params)
-            except APIError as exc:
-                pause = exc.retry_after
-                outcomes.append(Outcome(index, start, time.perf_counter() - t0, "error",
-                                        str(exc) + (f" (Retry-After: {pause:g} s)" if pause is not None else "")))
-                if pause is not None:  # the server asked for a pause: this client's next request waits for it
-                    await asyncio.sleep(min(pause, max(0.0, config.duration_s - (time.perf_counter() - t0))))
-                continue
-            except (httpx.HTTPError, OSError, ValueError) as exc:  # dropped, cut, garbled: nobody said why
-                outcomes.append(Outcome(index, start, time.perf_counter() - t0, "lost", f"{type(exc).__name__}: {exc}"))
-                continue
-            end = time.perf_counter() - t0
-            if timing.finish_reason is None:
-                outcomes.append(Outcome(index, start, end, "lost", "the stream ended without a finish_reason"))
-                continue
-            outcomes.append(Outcome(index, start, end, "ok", None, timing.ttft_s, timing.gaps_s,
-                                    timing.completion_tokens or timing.chunks))
-    finally:
-        active[0] -= 1
+        timing = await client.timed(prompt_for(config.prompt_tokens, ticket, text), **params)
+    except APIError as exc:
+        pause = exc.retry_after
+        outcomes.append(Outcome(client_index, start, time.perf_counter() - t0, "error",
+                                str(exc) + (f" (Retry-After: {pause:g} s)" if pause is not None else "")))
+        if pause is not None:  # the server asked for a pause: this client's next request waits for it
+            await asyncio.sleep(min(pause, max(0.0, config.duration_s - (time.perf_counter() - t0))))
+        return
+    except (httpx.HTTPError, OSError, ValueError) as exc:  # dropped, cut, garbled: nobody said why
+        outcomes.append(Outcome(client_index, start, time.perf_counter() - t0, "lost", f"{type(exc).__name__}: {exc}"))
+        return
+    end = time.perf_counter() - t0
+    if timing.finish_reason is None:
+        outcomes.append(Outcome(client_index, start, end, "lost", "the stream ended without a finish_reason"))
+        return
+    outcomes.append(Outcome(client_index, start, end, "ok", None, timing.ttft_s, timing.gaps_s,
+                            timing.completion_tokens or timing.chunks))
 
 
 def run(config: LoadConfig, out: Path, log: Callable[[str], None] = print) -> dict:
     if not 1 <= config.clients <= 100 or config.duration_s <= 0 or config.ramp_s < 0:
         raise ValueError("need 1 <= --clients <= 100, --duration > 0 and --ramp >= 0")
     outcomes: list[Outcome] = []
-    active = [0]
     text = corpus()
+    loop = ClosedLoop(config.clients, duration_s=config.duration_s, ramp_s=config.ramp_s)
 
     async def main() -> float:
         # httpx pools 100 connections: one per client up to that, so the test does not queue its own requests
@@ -106,14 +101,16 @@ def run(config: LoadConfig, out: Path, log: Callable[[str], None] = print) -> di
                     await asyncio.sleep(5)
                     done = len(outcomes)
                     lost = sum(o.kind == "lost" for o in outcomes)
-                    log(f"  {time.perf_counter() - t0:5.0f} s: {active[0]:>3} clients, {done} requests ended, "
+                    log(f"  {time.perf_counter() - t0:5.0f} s: {loop.active:>3} clients, {done} requests ended, "
                         f"{sum(o.kind == 'error' for o in outcomes)} errors, {lost} lost")
 
+            async def send(index: int, ticket: int) -> None:
+                await _request(index, ticket, config, client, text, t0, outcomes)
+
             reporter = asyncio.create_task(report())
-            await asyncio.gather(*(_client_loop(i, config, client, text, t0, outcomes, active)
-                                   for i in range(config.clients)))
+            wall = await loop.run(send)
             reporter.cancel()
-            return time.perf_counter() - t0
+            return wall
 
     wall = asyncio.run(main())
     result = summarise(config, outcomes, wall)

@@ -1,6 +1,6 @@
 """`slipstream`: one command, with subcommands defined beside the part they belong to (serve, export
-and models in server/cli.py, triton in server/triton/cli.py, complete in client/cli.py, eval and bench
-in eval/cli.py)."""
+and models in server/cli.py, triton in server/triton/cli.py, complete in client/cli.py, eval in
+eval/cli.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from client.api import ENV_KEYS
 from client.cli import add_complete_command
-from eval.cli import add_bench_commands, add_eval_commands
+from eval.cli import add_eval_commands, add_renamed_bench_command
 from server.cli import add_server_commands
 from server.triton.cli import add_triton_commands
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_triton_commands(commands)
     add_complete_command(commands)
     add_eval_commands(commands)
-    add_bench_commands(commands)
+    add_renamed_bench_command(commands)
     return parser
 
 

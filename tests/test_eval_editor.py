@@ -1,4 +1,4 @@
-"""`slipstream bench editor` against the tiny real server: sessions of a real file replayed word by word,
+"""`slipstream eval editor` against the tiny real server: sessions of a real file replayed word by word,
 cold and warm; each request completed or cancelled (none lost); with a typist faster than the server,
 requests in flight are cancelled (and the server sees them go); a server that is not there is a clear
 error."""
@@ -22,7 +22,7 @@ PROMPT_CHARS = 300  # the tiny model's context is 128 tokens
 
 
 def editor(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "slipstream.cli", "bench", "editor", "--url", url, "--name", "tiny",
+    args = [sys.executable, "-m", "slipstream.cli", "eval", "editor", "--url", url, "--name", "tiny",
             "--model", TINY, "--files", str(FILE), "--sessions", "2", "--words", "8",
             "--prompt-chars", str(PROMPT_CHARS), "--max-tokens", "8", "--out", str(out), *extra]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)

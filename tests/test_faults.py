@@ -100,7 +100,7 @@ def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, 
     try:
         with ServerProcess(tiny_repo, [TINY], env=env) as api:
             load = subprocess.Popen(
-                [sys.executable, "-m", "slipstream.cli", "bench", "load", "--url", api.url, "--model", TINY, "--clients", "4",
+                [sys.executable, "-m", "slipstream.cli", "eval", "load", "--url", api.url, "--model", TINY, "--clients", "4",
                  "--ramp", "0.5", "--duration", "10", "--prompt-tokens", "16", "--max-tokens", "100", "--out", str(tmp_path)],
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             wait_for(lambda: completed(api) >= 4 or load.poll() is not None, 60, "the load never got going")

@@ -1,4 +1,4 @@
-"""`slipstream bench load` against real server processes: a clean run loses nothing and reports its
+"""`slipstream eval load` against real server processes: a clean run loses nothing and reports its
 percentiles; a server killed under load makes the run fail with its lost requests counted."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.conftest import ROOT, TINY, ServerProcess
 
 
 def bench_load(url: str, out: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "slipstream.cli", "bench", "load", "--url", url, "--model", TINY, "--clients", "4",
+    args = [sys.executable, "-m", "slipstream.cli", "eval", "load", "--url", url, "--model", TINY, "--clients", "4",
             "--ramp", "1", "--prompt-tokens", "16", "--max-tokens", "8", "--out", str(out), *extra]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
