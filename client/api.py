@@ -9,7 +9,6 @@ backend failure) raises instead of passing for an empty completion."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 __all__ = ["APIError", "AsyncClient", "Client", "Timing"]
 
@@ -54,34 +54,53 @@ class Timing:
     finish_reason: str | None = None
 
 
-class _Retries:
-    """When one request is sent again: a 429 or 503 up to max_retries times, and within `window` seconds
-    of its first failure also a server that is away (refused or dropped connections, 503s: a restart),
-    after Retry-After or an exponential backoff; a log line for each."""
+class _RetryPolicy:
+    """When tenacity sends one request again: a 429 or 503 up to max_retries times, and within `window`
+    seconds of its first failure also a server that is away (refused or dropped connections, 503s: a
+    restart), after Retry-After or an exponential backoff (capped, and never past the window); a log
+    line for each. One per request: it remembers when that request first failed."""
 
     def __init__(self, what: str, max_retries: int, backoff: float, window: float) -> None:
         self.what, self.max_retries, self.backoff, self.window = what, max_retries, backoff, window
-        self.attempt = 0
         self.first_failure: float | None = None
 
-    async def wait(self, failure: Exception) -> bool:
-        """Sleeps before the next attempt and returns True; False when the request should fail now."""
-        now = time.monotonic()
+    def retrying(self) -> AsyncRetrying:
+        return AsyncRetrying(retry=retry_if_exception(_retryable), stop=self._stop, wait=self._wait,
+                             before_sleep=self._log, reraise=True)
+
+    def _counted(self, state: RetryCallState) -> bool:
+        """A 429/503 within max_retries (the retries so far are attempt_number - 1)."""
+        return isinstance(_failure(state), APIError) and state.attempt_number - 1 < self.max_retries
+
+    def _left(self, state: RetryCallState) -> float:
+        now = state.outcome_timestamp or time.monotonic()
         self.first_failure = self.first_failure if self.first_failure is not None else now
-        left = self.window - (now - self.first_failure)
-        counted = isinstance(failure, APIError) and self.attempt < self.max_retries
-        if not counted and left <= 0:
-            return False
+        return self.window - (now - self.first_failure)
+
+    def _stop(self, state: RetryCallState) -> bool:
+        return not self._counted(state) and self._left(state) <= 0
+
+    def _wait(self, state: RetryCallState) -> float:
+        failure = _failure(state)
         retry_after = failure.retry_after if isinstance(failure, APIError) else None
-        delay = retry_after if retry_after is not None else min(self.backoff * 2**self.attempt, _MAX_DELAY_S)
-        if not counted:
-            delay = min(delay, left)
-        self.attempt += 1
+        delay = retry_after if retry_after is not None else min(self.backoff * 2 ** (state.attempt_number - 1), _MAX_DELAY_S)
+        return delay if self._counted(state) else min(delay, self._left(state))
+
+    def _log(self, state: RetryCallState) -> None:
+        failure = _failure(state)
         why = str(failure) if isinstance(failure, APIError) else f"{type(failure).__name__}: {failure}".rstrip(": ")
-        log.warning("%s failed (%s); retry %d in %.1f s%s", self.what, why, self.attempt, delay,
-                    "" if counted else f" (giving up in {left:.0f} s)")
-        await asyncio.sleep(delay)
-        return True
+        giving_up = "" if self._counted(state) else f" (giving up in {self._left(state):.0f} s)"
+        log.warning("%s failed (%s); retry %d in %.1f s%s", self.what, why, state.attempt_number,
+                    state.upcoming_sleep, giving_up)
+
+
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None else None
+
+
+def _retryable(failure: BaseException) -> bool:
+    """A refusal that waiting may cure (429, 503), or a server that is away."""
+    return (isinstance(failure, APIError) and failure.status in _RETRY_STATUSES) or isinstance(failure, _OUTAGE_ERRORS)
 
 
 # where a caller's key comes from when none is given ("" is none): ours first, then the one OpenAI's own
@@ -165,51 +184,47 @@ class AsyncClient:
         return response.json()
 
     async def stream(self, prompt: str | list, **params: Any) -> AsyncGenerator[dict[str, Any], None]:
-        """Chunks of a streaming completion as the server sends them; an error event raises APIError."""
+        """Chunks of a streaming completion as the server sends them; an error event raises APIError. Sent
+        again (as the retry policy says) only until its first event has come."""
         body = _body(prompt, params, stream=True)
-        retries = self._retries("POST /v1/completions (stream)")
-        started = False
-        while True:
-            try:
-                async with self._http.stream("POST", "/v1/completions", json=body) as response:
-                    if response.status_code >= 400:
-                        await response.aread()
-                        error = _error(response)
-                        if response.status_code in _RETRY_STATUSES and await retries.wait(error):
-                            continue
-                        raise error
-                    async with contextlib.aclosing(_sse_data(response)) as events:
-                        async for data in events:
-                            if data == "[DONE]":
-                                return
-                            chunk = json.loads(data)
-                            if "error" in chunk:
-                                raise APIError(response.status_code, chunk["error"])
-                            started = True
-                            yield _normalise(response.status_code, chunk, expect_choices=False)
-                    return
-            except _OUTAGE_ERRORS as exc:
-                if started or not await retries.wait(exc):
-                    raise
+        retrying = self._retries("POST /v1/completions (stream)").retrying()
+        response, events, data = await retrying.wraps(self._open_stream)(body)
+        try:
+            while data is not None and data != "[DONE]":
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise APIError(response.status_code, chunk["error"])
+                yield _normalise(response.status_code, chunk, expect_choices=False)
+                data = await anext(events, None)
+        finally:
+            await events.aclose()
+            await response.aclose()
+
+    async def _open_stream(self, body: dict[str, Any]) -> tuple[httpx.Response, AsyncGenerator[str, None], str | None]:
+        """The stream's response and its events, with the first event's data read (None: none came): a
+        failure up to there can still be retried."""
+        response = await self._http.send(self._http.build_request("POST", "/v1/completions", json=body), stream=True)
+        try:
+            if response.status_code >= 400:
+                await response.aread()
+                raise _error(response)
+            events = _sse_data(response)
+            return response, events, await anext(events, None)
+        except BaseException:
+            await response.aclose()
+            raise
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        retries = self._retries(f"{method} {path}")
-        while True:
-            try:
-                response = await self._http.request(method, path, **kwargs)
-            except _OUTAGE_ERRORS as exc:
-                if await retries.wait(exc):
-                    continue
-                raise
+        async def once() -> httpx.Response:
+            response = await self._http.request(method, path, **kwargs)
             if response.status_code >= 400:
-                error = _error(response)
-                if response.status_code in _RETRY_STATUSES and await retries.wait(error):
-                    continue
-                raise error
+                raise _error(response)
             return response
 
-    def _retries(self, what: str) -> _Retries:
-        return _Retries(what, self._max_retries, self._backoff, self._retry_window)
+        return await self._retries(f"{method} {path}").retrying().wraps(once)()
+
+    def _retries(self, what: str) -> _RetryPolicy:
+        return _RetryPolicy(what, self._max_retries, self._backoff, self._retry_window)
 
 
 def _body(prompt: str | list, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:

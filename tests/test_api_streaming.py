@@ -24,6 +24,7 @@ from tests.api_helpers import (
     texts,
 )
 from tests.conftest import TINY, TINY_CONTEXT
+from tests.test_faults import wait_for
 from tests.test_transport import HEAVY_WORK, _batch_rows, _cancelled, _connect, _head, wait_for_an_empty_batch
 
 
@@ -282,22 +283,41 @@ def test_each_limit_is_a_clear_4xx_naming_it(tiny_repo: Path) -> None:
         assert greedy(server.url, max_tokens=3)["usage"]["completion_tokens"] == 3  # the server is free again
 
 
-def test_past_max_queue_a_request_is_refused_with_429_before_any_byte(tiny_repo: Path) -> None:
+def test_past_max_queue_a_request_is_refused_with_429_before_any_byte(tiny_repo: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     """max_queue bounds the requests a model holds (decoding and waiting): one in flight with a limit of
-    1, the next gets a 429 with Retry-After at once, a stream too (its own status, not an error event)."""
+    1, the next gets a 429 with Retry-After at once, a stream too (its own status, not an error event).
+    Our client fails at once without retries, and with them waits the Retry-After until there is room."""
     import concurrent.futures
 
+    from client.api import APIError, Client
     from tests.conftest import ServerProcess
 
     # ~4 s of work on this model (2 cores): the first request is still decoding when the others arrive,
     # on a slow or busy machine too
     long_run = {"prompt": PROMPT, "max_tokens": 100, "n": 128, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
-    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_QUEUE": "1", "SLIPSTREAM_MAX_N": "128"}) as server:
+    caplog.set_level("WARNING", logger="slipstream.client")
+
+    def patient_request(url: str) -> dict:
+        with Client(url, max_retries=100) as client:
+            return client.complete(PROMPT, max_tokens=3, temperature=0)
+
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_QUEUE": "1", "SLIPSTREAM_MAX_N": "128"}) as server, \
+            concurrent.futures.ThreadPoolExecutor(1) as waiting:
         with httpx.stream("POST", server.url + "/v1/completions", json=long_run | {"stream": True}, timeout=TIMEOUT) as s:
             lines = s.iter_lines()  # kept: a dropped iterator closes the response (the client goes away)
             assert s.status_code == 200 and next(lines).startswith("data: ")
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
                 plain, stream = pool.map(lambda body: post(server.url, body), [long_run, long_run | {"stream": True}])
+            with Client(server.url, max_retries=0) as impatient, pytest.raises(APIError) as refused_at_once:
+                impatient.complete(PROMPT, max_tokens=3)
+            patient = waiting.submit(patient_request, server.url)
+            # retried after each Retry-After while the first request holds the one place
+            wait_for(lambda: "HTTP 429" in caplog.text and "retry 1 in 1.0 s" in caplog.text, 30, "no retry logged")
+            assert not patient.done()
+        # the stream closed: the first request is cancelled, and the patient one gets its place
+        assert patient.result(timeout=60)["usage"]["completion_tokens"] == 3
+        assert refused_at_once.value.status == 429 and refused_at_once.value.retry_after == 1.0
         for refused in (plain, stream):
             assert refused.status_code == 429 and refused.headers["retry-after"] == "1", refused.text
             assert refused.headers["content-type"] == "application/json"
