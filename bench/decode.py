@@ -148,8 +148,10 @@ def bench_model(name: str, args: argparse.Namespace, torch_default: int) -> dict
         tensor = torch.tensor([nll_ids])
         optimum_logits = next(iter(sessions.values())).model(input_ids=tensor, attention_mask=torch.ones_like(tensor)).logits
     optimum_nll = logits_nll(optimum_logits[0].numpy(), nll_ids)
-    print(f"[{name}] teacher-forced NLL, {len(nll_ids)} tokens of textwrap.py: engine {engine_nll:.3f}, "
-          f"optimum {optimum_nll:.3f} nats/token", flush=True)
+    print(
+        f"[{name}] teacher-forced NLL, {len(nll_ids)} tokens of textwrap.py: engine {engine_nll:.3f}, optimum {optimum_nll:.3f} nats/token",
+        flush=True,
+    )
 
     optimum_onnx = next(iter(sessions.values())).onnx_file
     weights = {label: weight_bytes_per_token(optimum_onnx) for label in optimums}
@@ -238,10 +240,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per path, after one warm-up")
     parser.add_argument("--tokens", type=int, default=64, help="new tokens per run")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="ORT intra-op threads: the engine, and optimum but for its (ORT 1, torch 1) configuration")
     parser.add_argument(
-        "--quiet-wait", type=float, default=60.0,
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="ORT intra-op threads: the engine, and optimum but for its (ORT 1, torch 1) configuration",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
         help="before each run, wait up to this many seconds for other processes to leave the CPU idle",
     )
     parser.add_argument("--repository", type=Path, default=ROOT / "model_repository")
@@ -259,8 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     info["load_average_at_end"] = os.getloadavg()
     info["wall_s"] = time.perf_counter() - started
     config = {
-        "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
-        "quiet_wait_s": args.quiet_wait, "prompt": PROMPT,
+        "tokens": args.tokens,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "quiet_wait_s": args.quiet_wait,
+        "prompt": PROMPT,
     }
 
     args.out.mkdir(parents=True, exist_ok=True)

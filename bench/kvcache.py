@@ -62,7 +62,7 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
             times: dict[str, list[float]] = {p: [] for p in PATHS}
             others = []
             for round_ in range(args.repeats):
-                for path in (PATHS if round_ % 2 == 0 else PATHS[::-1]):
+                for path in PATHS if round_ % 2 == 0 else PATHS[::-1]:
                     gc.collect()
                     wait_quiet(args.quiet_wait)
                     gauge = Busy()
@@ -70,7 +70,9 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
                     times[path].append(step_ms(runner, cache, [first] * batch, args.steps))
                     others.append(gauge.others())
             row = {
-                "model": name, "context": length, "batch": batch,
+                "model": name,
+                "context": length,
+                "batch": batch,
                 "ms_per_step": {p: statistics.median(t) for p, t in times.items()},
                 "runs_ms": times,
                 "copied_mb_per_step": 2 * per_token * length * batch / 1e6,
@@ -78,10 +80,12 @@ def bench_model(name: str, args: argparse.Namespace) -> list[dict]:
             }
             row["copying_over_in_place"] = row["ms_per_step"]["copying"] / row["ms_per_step"]["in place"]
             rows.append(row)
-            print(f"[{name}] L={length:5d} B={batch:3d}  in place {row['ms_per_step']['in place']:7.2f} ms  "
-                  f"copying {row['ms_per_step']['copying']:7.2f} ms  ({row['copying_over_in_place']:.2f}x, "
-                  f"{row['copied_mb_per_step']:.0f} MB copied/step; others {row['others_cores_median']:.2f} cores)",
-                  flush=True)
+            print(
+                f"[{name}] L={length:5d} B={batch:3d}  in place {row['ms_per_step']['in place']:7.2f} ms  "
+                f"copying {row['ms_per_step']['copying']:7.2f} ms  ({row['copying_over_in_place']:.2f}x, "
+                f"{row['copied_mb_per_step']:.0f} MB copied/step; others {row['others_cores_median']:.2f} cores)",
+                flush=True,
+            )
         del one
     return rows
 
@@ -114,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['context']} | {r['batch']} | {r['ms_per_step']['in place']:.2f} | "
-                     f"{r['ms_per_step']['copying']:.2f} | **{r['copying_over_in_place']:.2f}x** | "
-                     f"{r['copied_mb_per_step']:.0f} | {r['others_cores_median']:.2f} |")
+        lines.append(
+            f"| {r['model']} | {r['context']} | {r['batch']} | {r['ms_per_step']['in place']:.2f} | "
+            f"{r['ms_per_step']['copying']:.2f} | **{r['copying_over_in_place']:.2f}x** | "
+            f"{r['copied_mb_per_step']:.0f} | {r['others_cores_median']:.2f} |"
+        )
     (args.out / "kvcache.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

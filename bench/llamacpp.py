@@ -36,8 +36,7 @@ class LlamaCppPath:
     def __init__(self, gguf: Path, threads: int, context: int) -> None:
         from llama_cpp import Llama
 
-        self.model = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads,
-                           n_batch=512, verbose=False)
+        self.model = Llama(model_path=str(gguf), n_ctx=context, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
 
     def run(self, ids: list[int], tokens: int) -> tuple[Run, str]:
         first, count = None, 0
@@ -61,16 +60,20 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         gguf = lookup(name).locate_gguf(Path(tmp))
-        engines = {f"engine {p}": EnginePath(args.repository, n, args.threads)
-                   for p, n in (("gguf", f"{name}-gguf"), ("int8", name), ("int4", f"{name}-int4"))
-                   if (args.repository / n / "manifest.json").is_file()}
+        engines = {
+            f"engine {p}": EnginePath(args.repository, n, args.threads)
+            for p, n in (("gguf", f"{name}-gguf"), ("int8", name), ("int4", f"{name}-int4"))
+            if (args.repository / n / "manifest.json").is_file()
+        }
         if not engines:
             raise SystemExit(f"export {name} first (slipstream export {name}; --precision gguf / int4 for those rows)")
         first_engine = next(iter(engines.values()))
         prompt = first_engine.prepare(PROMPT, args.tokens)
         llama = LlamaCppPath(gguf, args.threads, context=len(prompt.ids) + args.tokens + 16)
-        paths = {**{label: (lambda e=e: e.run(prompt, args.tokens, ignore_eos=True)) for label, e in engines.items()},
-                 LLAMA_CPP: lambda: llama.run(prompt.ids, args.tokens)}
+        paths = {
+            **{label: (lambda e=e: e.run(prompt, args.tokens, ignore_eos=True)) for label, e in engines.items()},
+            LLAMA_CPP: lambda: llama.run(prompt.ids, args.tokens),
+        }
 
         def measured(label: str) -> Run:
             gc.collect()
@@ -84,11 +87,14 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         for label in paths:
             measured(label)  # warm-up
         for round_ in range(args.repeats):
-            for label in (list(paths) if round_ % 2 == 0 else list(reversed(paths))):
+            for label in list(paths) if round_ % 2 == 0 else list(reversed(paths)):
                 run = measured(label)
                 runs[label].append(run)
-                print(f"[{name}] run {round_ + 1}/{args.repeats} {label:<12} TTFT {run.ttft_s * 1e3:6.1f} ms  "
-                      f"decode {run.decode_tok_s:6.1f} tok/s  (others {run.others_cores:.2f} cores)", flush=True)
+                print(
+                    f"[{name}] run {round_ + 1}/{args.repeats} {label:<12} TTFT {run.ttft_s * 1e3:6.1f} ms  "
+                    f"decode {run.decode_tok_s:6.1f} tok/s  (others {run.others_cores:.2f} cores)",
+                    flush=True,
+                )
     summary = {}
     for label, rs in runs.items():
         summary[label] = {
@@ -99,7 +105,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         }
         if label != LLAMA_CPP:
             summary[label]["over_llama_cpp_paired_median"] = statistics.median(
-                e.decode_tok_s / ll.decode_tok_s for e, ll in zip(rs, runs[LLAMA_CPP], strict=True))
+                e.decode_tok_s / ll.decode_tok_s for e, ll in zip(rs, runs[LLAMA_CPP], strict=True)
+            )
     return {"gguf": gguf.name, "prompt_tokens": len(prompt.ids), "paths": summary}
 
 
@@ -124,8 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     info["versions"]["llama-cpp-python"] = __import__("llama_cpp").__version__
     results = {name: bench_model(name, args) for name in args.models}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "llamacpp.json").write_text(json.dumps({"machine": info, "config": vars(args) | {
-        "repository": str(args.repository), "out": str(args.out)}, "models": results}, indent=2) + "\n")
+    (args.out / "llamacpp.json").write_text(
+        json.dumps(
+            {"machine": info, "config": vars(args) | {"repository": str(args.repository), "out": str(args.out)}, "models": results},
+            indent=2,
+        )
+        + "\n"
+    )
     lines = [
         f"Single-stream greedy decode, {args.tokens} new tokens (EOS ignored), {args.repeats} rounds, "
         f"{args.threads} threads each; {info['cpu']}; {info['date']}.",
@@ -136,8 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in results.items():
         for label, s in model["paths"].items():
             ratio = f"**{s['over_llama_cpp_paired_median']:.2f}x**" if label != LLAMA_CPP else f"({model['gguf']})"
-            lines.append(f"| {name} | {label} | {s['decode_tok_s_median']:.1f} | {s['ttft_ms_median']:.1f} | {ratio} "
-                         f"| {s['others_cores_median']:.2f} |")
+            lines.append(
+                f"| {name} | {label} | {s['decode_tok_s_median']:.1f} | {s['ttft_ms_median']:.1f} | {ratio} "
+                f"| {s['others_cores_median']:.2f} |"
+            )
     (args.out / "llamacpp.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -92,8 +92,9 @@ def memory_bandwidth_gb_s(threads: int, mb: int = 512, repeats: int = 7) -> floa
     best = float("inf")
     for _ in range(repeats):
         barrier = threading.Barrier(threads + 1)
-        workers = [threading.Thread(target=lambda s=s, t=t, b=barrier: (b.wait(), np.copyto(t, s)))
-                   for s, t in zip(sources, targets, strict=True)]
+        workers = [
+            threading.Thread(target=lambda s=s, t=t, b=barrier: (b.wait(), np.copyto(t, s))) for s, t in zip(sources, targets, strict=True)
+        ]
         for w in workers:
             w.start()
         start = time.perf_counter()
@@ -124,8 +125,7 @@ def weight_bytes_per_token(onnx_file: Path) -> int:
         # constant-folded reshapes (Transpose, Cast, ...) on the way to a Gather keep it row-wise
         uses = consumers.get(name, [])
         return bool(uses) and all(
-            (node.op_type == "Gather" and node.input[0] == name)
-            or (node.op_type in _FOLDED and gathered_only(node.output[0]))
+            (node.op_type == "Gather" and node.input[0] == name) or (node.op_type in _FOLDED and gathered_only(node.output[0]))
             for node in uses
         )
 

@@ -47,8 +47,16 @@ def encode(model: str, text: str) -> list[int]:
 
 def ttft(url: str, model: str, ids: list[int], cache_prompt: bool) -> tuple[float, int]:
     """(seconds to the first streamed text, cached prompt tokens) of a greedy 4-token completion."""
-    body = {"model": model, "prompt": ids, "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}, "cache_prompt": cache_prompt}
+    body = {
+        "model": model,
+        "prompt": ids,
+        "max_tokens": 4,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "cache_prompt": cache_prompt,
+    }
     start, first, cached = time.perf_counter(), None, 0
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as response:
         for line in response.iter_lines():
@@ -77,17 +85,28 @@ def reuse_case(url: str, model: str, ids: list[int], repeats: int, quiet: float)
             warm.append(seconds)
             cold.append(cold_s)
             cached.append(reused)
-    return {"cold_ttft_s": statistics.median(cold), "warm_ttft_s": statistics.median(warm),
-            "warm_over_cold": statistics.median(warm) / statistics.median(cold), "cached_tokens": cached,
-            "runs": {"cold": cold, "warm": warm}}
+    return {
+        "cold_ttft_s": statistics.median(cold),
+        "warm_ttft_s": statistics.median(warm),
+        "warm_over_cold": statistics.median(warm) / statistics.median(cold),
+        "cached_tokens": cached,
+        "runs": {"cold": cold, "warm": warm},
+    }
 
 
 def gaps_case(url: str, model: str, ids: list[int], quiet: float) -> dict:
     """The gaps between a stream's tokens while another request's long prompt is prefilled."""
     wait_quiet(quiet)
     stamps: list[float] = []
-    body = {"model": model, "prompt": ids[:64], "max_tokens": STREAM_TOKENS, "temperature": 0, "ignore_eos": True,
-            "stream": True, "cache_prompt": False}
+    body = {
+        "model": model,
+        "prompt": ids[:64],
+        "max_tokens": STREAM_TOKENS,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "cache_prompt": False,
+    }
     started = threading.Event()
 
     def stream() -> None:
@@ -105,8 +124,12 @@ def gaps_case(url: str, model: str, ids: list[int], quiet: float) -> dict:
     httpx.post(f"{url}/v1/completions", json=long_body, timeout=600)
     reader.join()
     gaps = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False))
-    return {"p50_ms": 1000 * gaps[len(gaps) // 2], "p99_ms": 1000 * gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))],
-            "max_ms": 1000 * gaps[-1], "tokens": len(stamps)}
+    return {
+        "p50_ms": 1000 * gaps[len(gaps) // 2],
+        "p99_ms": 1000 * gaps[min(len(gaps) - 1, int(0.99 * len(gaps)))],
+        "max_ms": 1000 * gaps[-1],
+        "tokens": len(stamps),
+    }
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict:
@@ -115,17 +138,20 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     with ServerProcess(repository, [name], threads=args.threads) as server:
         ids = encode(name, Path(textwrap.__file__).read_text() * 8)
         out["reuse"] = reuse_case(server.url, name, ids, args.repeats, args.quiet_wait)
-        print(f"[{name}] 1,500-token prompt, 1,490 cached: TTFT {1000 * out['reuse']['warm_ttft_s']:.0f} ms warm, "
-              f"{1000 * out['reuse']['cold_ttft_s']:.0f} ms cold ({out['reuse']['warm_over_cold']:.3f}x)", flush=True)
+        print(
+            f"[{name}] 1,500-token prompt, 1,490 cached: TTFT {1000 * out['reuse']['warm_ttft_s']:.0f} ms warm, "
+            f"{1000 * out['reuse']['cold_ttft_s']:.0f} ms cold ({out['reuse']['warm_over_cold']:.3f}x)",
+            flush=True,
+        )
         out["gaps_chunked"] = gaps_case(server.url, name, ids, args.quiet_wait)
         out["rss_mb"] = server.rss_bytes()[0] / 2**20
-    with ServerProcess(repository, [name], threads=args.threads,
-                       env={"SLIPSTREAM_PREFILL_CHUNK_TOKENS": str(2 * LONG_PROMPT_TOKENS // 64 * 64)}) as server:
+    with ServerProcess(
+        repository, [name], threads=args.threads, env={"SLIPSTREAM_PREFILL_CHUNK_TOKENS": str(2 * LONG_PROMPT_TOKENS // 64 * 64)}
+    ) as server:
         out["gaps_unchunked"] = gaps_case(server.url, name, ids, args.quiet_wait)
     for key in ("gaps_chunked", "gaps_unchunked"):
         g = out[key]
-        print(f"[{name}] {key}: gaps p50 {g['p50_ms']:.0f} ms, p99 {g['p99_ms']:.0f} ms, max {g['max_ms']:.0f} ms",
-              flush=True)
+        print(f"[{name}] {key}: gaps p50 {g['p50_ms']:.0f} ms, p99 {g['p99_ms']:.0f} ms, max {g['max_ms']:.0f} ms", flush=True)
     return out
 
 
@@ -142,9 +168,11 @@ def markdown(results: dict, info: dict) -> str:
     ]
     for name, r in results.items():
         c, u = r["gaps_chunked"], r["gaps_unchunked"]
-        lines.append(f"| {name} | {1000 * r['reuse']['cold_ttft_s']:.0f} ms | {1000 * r['reuse']['warm_ttft_s']:.0f} ms | "
-                     f"**{r['reuse']['warm_over_cold']:.3f}** | {c['p50_ms']:.0f} / {c['p99_ms']:.0f} / {c['max_ms']:.0f} "
-                     f"ms | {u['p50_ms']:.0f} / {u['p99_ms']:.0f} / {u['max_ms']:.0f} ms | {r['rss_mb']:.0f} MB |")
+        lines.append(
+            f"| {name} | {1000 * r['reuse']['cold_ttft_s']:.0f} ms | {1000 * r['reuse']['warm_ttft_s']:.0f} ms | "
+            f"**{r['reuse']['warm_over_cold']:.3f}** | {c['p50_ms']:.0f} / {c['p99_ms']:.0f} / {c['max_ms']:.0f} "
+            f"ms | {u['p50_ms']:.0f} / {u['p99_ms']:.0f} / {u['max_ms']:.0f} ms | {r['rss_mb']:.0f} MB |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -156,11 +184,21 @@ def plot(results: dict, path: Path) -> None:
 
     fig, (reuse, gaps) = plt.subplots(1, 2, figsize=(11, 4))
     names = list(results)
-    results_file.side_by_side(reuse, names, {phase: [1000 * results[n]["reuse"][f"{phase}_ttft_s"] for n in names]
-                                             for phase in ("cold", "warm")}, f"TTFT, ms ({PROMPT_TOKENS}-token prompt)")
-    results_file.side_by_side(gaps, names, {"chunked": [results[n]["gaps_chunked"]["max_ms"] for n in names],
-                                            "one chunk": [results[n]["gaps_unchunked"]["max_ms"] for n in names]},
-                              "longest gap between a stream's tokens, ms")
+    results_file.side_by_side(
+        reuse,
+        names,
+        {phase: [1000 * results[n]["reuse"][f"{phase}_ttft_s"] for n in names] for phase in ("cold", "warm")},
+        f"TTFT, ms ({PROMPT_TOKENS}-token prompt)",
+    )
+    results_file.side_by_side(
+        gaps,
+        names,
+        {
+            "chunked": [results[n]["gaps_chunked"]["max_ms"] for n in names],
+            "one chunk": [results[n]["gaps_unchunked"]["max_ms"] for n in names],
+        },
+        "longest gap between a stream's tokens, ms",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -176,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     info = machine_info(args.threads)
     results = {name: bench_model(name, args) for name in args.models}
-    results_file.write(args.out, "prefix", {"machine": info, "models": results}, markdown(results, info),
-                       lambda path: plot(results, path))
+    results_file.write(args.out, "prefix", {"machine": info, "models": results}, markdown(results, info), lambda path: plot(results, path))
     return 0
 
 

@@ -85,13 +85,18 @@ def profile(onnx_file: Path, threads: int, batch: int, warmup: int, steps: int) 
     macs = sum(k * n for k, n, _ in shapes.values()) * batch * steps
     weight_bytes = sum(b for _, _, b in shapes.values()) * steps
     return {
-        "batch": batch, "steps": steps, "wall_ms_per_step": 1000 * wall, "tok_s": batch / wall,
-        "run_ms_per_step": run_us / 1000 / steps, "kernels_ms_per_step": kernels_us / 1000 / steps,
+        "batch": batch,
+        "steps": steps,
+        "wall_ms_per_step": 1000 * wall,
+        "tok_s": batch / wall,
+        "run_ms_per_step": run_us / 1000 / steps,
+        "kernels_ms_per_step": kernels_us / 1000 / steps,
         "nodes_per_step": nodes / steps,
         "outside_run_share": 1 - run_us / 1e6 / (wall * steps),
         "share": {op: t / kernels_us for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])},
         "matmul_nbits": {
-            "nodes": len(shapes), "ms_per_step": mm_us / 1000 / steps,
+            "nodes": len(shapes),
+            "ms_per_step": mm_us / 1000 / steps,
             "gmac_s": macs / (mm_us / 1e6) / 1e9 if mm_us else None,
             "weight_gb_s": weight_bytes / (mm_us / 1e6) / 1e9 if mm_us else None,
             "weight_mb": sum(b for _, _, b in shapes.values()) / 1e6,
@@ -102,11 +107,15 @@ def profile(onnx_file: Path, threads: int, batch: int, warmup: int, steps: int) 
 
 
 def markdown(results: dict, info: dict) -> str:
-    lines = ["# Decode step profile (ONNX Runtime profiler)", "",
-             f"{info.get('cpu', '?')}, {info.get('cores', '?')} cores; prompt {PROMPT_TOKENS} tokens copied into each row.", "",
-             "| export | batch | ms/step | tok/s | kernels / step | outside ORT run | nodes | MatMulNBits share | "
-             "MatMulNBits GMAC/s | MatMulNBits weight GB/s | next ops |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Decode step profile (ONNX Runtime profiler)",
+        "",
+        f"{info.get('cpu', '?')}, {info.get('cores', '?')} cores; prompt {PROMPT_TOKENS} tokens copied into each row.",
+        "",
+        "| export | batch | ms/step | tok/s | kernels / step | outside ORT run | nodes | MatMulNBits share | "
+        "MatMulNBits GMAC/s | MatMulNBits weight GB/s | next ops |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, rows in results.items():
         for r in rows:
             mm = r["matmul_nbits"]
@@ -114,14 +123,15 @@ def markdown(results: dict, info: dict) -> str:
             lines.append(
                 f"| {name} | {r['batch']} | {r['wall_ms_per_step']:.1f} | {r['tok_s']:.0f} | {r['kernels_ms_per_step']:.1f} ms | "
                 f"{100 * r['outside_run_share']:.0f}% | {r['nodes_per_step']:.0f} | {100 * r['share'].get('MatMulNBits', 0):.0f}% | "
-                f"{mm['gmac_s'] or 0:.1f} | {mm['weight_gb_s'] or 0:.1f} | {rest} |")
+                f"{mm['gmac_s'] or 0:.1f} | {mm['weight_gb_s'] or 0:.1f} | {rest} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
-    parser.add_argument("--variants", nargs="+", default=["", "-int4"], help="store name suffixes (\"\": int8)")
+    parser.add_argument("--variants", nargs="+", default=["", "-int4"], help='store name suffixes ("": int8)')
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--steps", type=int, default=32)
@@ -143,9 +153,12 @@ def main(argv: list[str] | None = None) -> int:
                 row = profile(onnx_file, args.threads, batch, args.warmup, args.steps)
                 results.setdefault(name, []).append(row)
                 mm = row["matmul_nbits"]
-                print(f"{name} batch {batch}: {row['wall_ms_per_step']:.1f} ms/step, MatMulNBits "
-                      f"{100 * row['share'].get('MatMulNBits', 0):.0f}% at {mm['gmac_s'] or 0:.1f} GMAC/s, "
-                      f"{mm['weight_gb_s'] or 0:.1f} GB/s of weights", flush=True)
+                print(
+                    f"{name} batch {batch}: {row['wall_ms_per_step']:.1f} ms/step, MatMulNBits "
+                    f"{100 * row['share'].get('MatMulNBits', 0):.0f}% at {mm['gmac_s'] or 0:.1f} GMAC/s, "
+                    f"{mm['weight_gb_s'] or 0:.1f} GB/s of weights",
+                    flush=True,
+                )
     info = machine_info(0)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "profile.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")

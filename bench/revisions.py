@@ -75,8 +75,13 @@ class Worker:
     """One tree's engine in a child process, asked one JSON line at a time."""
 
     def __init__(self, tree: Path, repository: Path, name: str, threads: int) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", _WORKER, str(repository), name, str(threads), str(tree)],
-                                        cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _WORKER, str(repository), name, str(threads), str(tree)],
+            cwd=tree,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self._read()
 
     def _read(self) -> object:
@@ -107,9 +112,27 @@ class TreeServer:
         self.log = Path(tempfile.gettempdir()) / f"slipstream-revision-{tree.name}-{self.port}.log"
         with self.log.open("w") as sink:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", module, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--model-repository", str(repository), "--no-export-missing", "--threads", str(threads), "--model", name],
-                cwd=tree, stdout=sink, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    module,
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--model-repository",
+                    str(repository),
+                    "--no-export-missing",
+                    "--threads",
+                    str(threads),
+                    "--model",
+                    name,
+                ],
+                cwd=tree,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
         self.client = Client(f"http://127.0.0.1:{self.port}", timeout=600)
         deadline = time.monotonic() + 600
         while True:
@@ -126,10 +149,14 @@ class TreeServer:
         self.name = name
 
     def run(self, ids: list[int], tokens: int) -> dict:
-        timing = self.client.timed(ids, model=self.name, max_tokens=tokens, temperature=0, ignore_eos=True,
-                                   cache_prompt=False)  # cold; an older server ignores the field
-        return {"ttft_s": timing.ttft_s if timing.ttft_s is not None else timing.total_s, "total_s": timing.total_s,
-                "tokens": timing.completion_tokens}
+        timing = self.client.timed(
+            ids, model=self.name, max_tokens=tokens, temperature=0, ignore_eos=True, cache_prompt=False
+        )  # cold; an older server ignores the field
+        return {
+            "ttft_s": timing.ttft_s if timing.ttft_s is not None else timing.total_s,
+            "total_s": timing.total_s,
+            "tokens": timing.completion_tokens,
+        }
 
     def close(self) -> None:
         self.client.close()
@@ -181,8 +208,7 @@ def bench_model(name: str, trees: dict[str, Path], args: argparse.Namespace) -> 
             for case, (path, prompt, tokens) in plan.items():
                 for side in order:
                     wait_quiet(args.quiet_wait)
-                    run = engines[side].ask(op="run", ids=prompt, tokens=tokens) if path == "engine" else \
-                        servers[side].run(prompt, tokens)
+                    run = engines[side].ask(op="run", ids=prompt, tokens=tokens) if path == "engine" else servers[side].run(prompt, tokens)
                     if run["tokens"] != tokens:  # type: ignore[index]
                         raise RuntimeError(f"{side} generated {run['tokens']} tokens for {case}, not {tokens}")  # type: ignore[index]
                     if round_:
@@ -195,8 +221,10 @@ def bench_model(name: str, trees: dict[str, Path], args: argparse.Namespace) -> 
             server.close()
     # best: the fastest run (least time, most tok/s), what a noisy shared machine disturbs least
     best = {case: {side: (max if "decode" in case else min)(v) for side, v in sides.items()} for case, sides in runs.items()}
-    result = {case: {"median": {side: statistics.median(v) for side, v in sides.items()}, "best": best[case], "runs": sides}
-              for case, sides in runs.items()}
+    result = {
+        case: {"median": {side: statistics.median(v) for side, v in sides.items()}, "best": best[case], "runs": sides}
+        for case, sides in runs.items()
+    }
     for row in result.values():
         row["after_over_before"] = row["median"]["after"] / row["median"]["before"]
         row["best_after_over_before"] = row["best"]["after"] / row["best"]["before"]
@@ -225,12 +253,16 @@ def markdown(results: dict, info: dict, config: dict) -> str:
                 continue
             scale, unit = (1, "tok/s") if "decode" in case else (1000, "ms")
             m, b = row["median"], row["best"]
-            lines.append(f"| {name} | {case} | {m['before'] * scale:.1f} {unit} | {m['after'] * scale:.1f} {unit} | "
-                         f"**{row['after_over_before']:.3f}** | {b['before'] * scale:.1f} | {b['after'] * scale:.1f} | "
-                         f"{row['best_after_over_before']:.3f} |")
+            lines.append(
+                f"| {name} | {case} | {m['before'] * scale:.1f} {unit} | {m['after'] * scale:.1f} {unit} | "
+                f"**{row['after_over_before']:.3f}** | {b['before'] * scale:.1f} | {b['after'] * scale:.1f} | "
+                f"{row['best_after_over_before']:.3f} |"
+            )
         share = result["http_overhead_share"]
-        lines.append(f"| {name} | HTTP + SSE share of a {HTTP_TOKENS}-token completion | {100 * share['before']:.1f}% | "
-                     f"{100 * share['after']:.1f}% | | | | |")
+        lines.append(
+            f"| {name} | HTTP + SSE share of a {HTTP_TOKENS}-token completion | {100 * share['before']:.1f}% | "
+            f"{100 * share['after']:.1f}% | | | | |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -272,10 +304,21 @@ def main(argv: list[str] | None = None) -> int:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
         label = head.strip() + (" + uncommitted changes" if dirty else "")
-    config = {"before": sha[:12], "after": label, "rounds": args.rounds,
-              "threads": args.threads, "tokens": args.tokens, "models": args.models}
-    results_file.write(args.out, "revisions", {"machine": info, "config": config, "models": results},
-                       markdown(results, info, config), lambda path: plot(results, path))
+    config = {
+        "before": sha[:12],
+        "after": label,
+        "rounds": args.rounds,
+        "threads": args.threads,
+        "tokens": args.tokens,
+        "models": args.models,
+    }
+    results_file.write(
+        args.out,
+        "revisions",
+        {"machine": info, "config": config, "models": results},
+        markdown(results, info, config),
+        lambda path: plot(results, path),
+    )
     return 0
 
 

@@ -66,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = bench_model(name, args)
         results[name]["ratios"] = ratios(results[name], info["bandwidth_gb_s"], name)
     config = vars(args) | {"repository": str(args.repository), "out": str(args.out)}
-    results_file.write(args.out, "suite", {"machine": info, "config": config, "models": results},
-                       markdown(results, info, args), lambda path: plot(results, path))
+    results_file.write(
+        args.out,
+        "suite",
+        {"machine": info, "config": config, "models": results},
+        markdown(results, info, args),
+        lambda path: plot(results, path),
+    )
     return 0
 
 

@@ -42,7 +42,7 @@ class Bench:
             gc.collect()
             run()
         for round_ in range(self.args.repeats):
-            for label in (list(paths) if round_ % 2 == 0 else list(reversed(paths))):
+            for label in list(paths) if round_ % 2 == 0 else list(reversed(paths)):
                 gc.collect()
                 wait_quiet(self.args.quiet_wait)
                 gauge = Busy()
@@ -57,10 +57,12 @@ class Bench:
 
 
 def singles(runs: list[Run]) -> dict:
-    return {"ttft_ms_median": statistics.median(r.ttft_s * 1e3 for r in runs),
-            "decode_tok_s_median": statistics.median(r.decode_tok_s for r in runs) if runs[0].tokens > 1 else None,
-            "total_s_median": statistics.median(r.total_s for r in runs),
-            "runs": [asdict(r) for r in runs]}
+    return {
+        "ttft_ms_median": statistics.median(r.ttft_s * 1e3 for r in runs),
+        "decode_tok_s_median": statistics.median(r.decode_tok_s for r in runs) if runs[0].tokens > 1 else None,
+        "total_s_median": statistics.median(r.total_s for r in runs),
+        "runs": [asdict(r) for r in runs],
+    }
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict:
@@ -115,8 +117,15 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
         return raw if label.startswith(("engine", "server")) else prefix + raw
 
     bench = Bench(name, args)
-    result: dict = {"missing": missing, "server_rss_mb_loaded": rss_loaded / 2**20, "server_rss_mb_by_export": rss_by_export,
-                    "weights_mb_per_token": {}, "ttft": {}, "samples": {}, "clients": {}}
+    result: dict = {
+        "missing": missing,
+        "server_rss_mb_loaded": rss_loaded / 2**20,
+        "server_rss_mb_by_export": rss_by_export,
+        "weights_mb_per_token": {},
+        "ttft": {},
+        "samples": {},
+        "clients": {},
+    }
     for label in ("engine int8", "engine int4", "engine gguf"):
         if label in paths:
             onnx_file = paths[label].path.onnx_file  # type: ignore[attr-defined]
@@ -125,31 +134,47 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     for length in PROMPT_LENGTHS:
         raw = text_ids[:length]
         result["ttft"][str(length)] = bench.measure(
-            f"TTFT@{length}", {label: (lambda p=p, label=label, raw=raw: p.single(ids_for(label, raw), 1))
-                               for label, p in paths.items()}, singles)
+            f"TTFT@{length}",
+            {label: (lambda p=p, label=label, raw=raw: p.single(ids_for(label, raw), 1)) for label, p in paths.items()},
+            singles,
+        )
     result["decode"] = bench.measure(
-        "decode", {label: (lambda p=p, label=label: p.single(ids_for(label, prompt_ids), args.tokens))
-                   for label, p in paths.items()}, singles)
+        "decode",
+        {label: (lambda p=p, label=label: p.single(ids_for(label, prompt_ids), args.tokens)) for label, p in paths.items()},
+        singles,
+    )
     result["http"] = bench.measure(
-        f"HTTP@{HTTP_TOKENS}", {label: (lambda p=paths[label]: p.single(prompt_ids, HTTP_TOKENS))
-                                for label in ("engine int8", "server int8")}, singles)
+        f"HTTP@{HTTP_TOKENS}",
+        {label: (lambda p=paths[label]: p.single(prompt_ids, HTTP_TOKENS)) for label in ("engine int8", "server int8")},
+        singles,
+    )
     for n in SAMPLES:
+
         def timed(p, label: str, n: int = n) -> tuple[int, float]:
             start = time.perf_counter()
             tokens = p.samples(ids_for(label, prompt_ids), n, args.tokens)
             return tokens, time.perf_counter() - start
 
         result["samples"][str(n)] = bench.measure(
-            f"n={n}", {label: (lambda p=p, label=label: timed(p, label))
-                       for label, p in paths.items() if label not in ("engine int4", "engine gguf")},
-            lambda runs: {"aggregate_tok_s_median": statistics.median(t / s for t, s in runs),
-                          "runs": [{"tokens": t, "seconds": s} for t, s in runs]})
+            f"n={n}",
+            {
+                label: (lambda p=p, label=label: timed(p, label))
+                for label, p in paths.items()
+                if label not in ("engine int4", "engine gguf")
+            },
+            lambda runs: {
+                "aggregate_tok_s_median": statistics.median(t / s for t, s in runs),
+                "runs": [{"tokens": t, "seconds": s} for t, s in runs],
+            },
+        )
     client_prompt = text_ids[:128]
     for clients in CLIENTS:
         result["clients"][str(clients)] = bench.measure(
-            f"clients={clients}", {"server int8": lambda c=clients: server.clients(client_prompt, c, args.requests, args.tokens)},
+            f"clients={clients}",
+            {"server int8": lambda c=clients: server.clients(client_prompt, c, args.requests, args.tokens)},
             lambda runs: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
-            | {"errors": sum(r["errors"] for r in runs), "runs": runs})["server int8"]
+            | {"errors": sum(r["errors"] for r in runs), "runs": runs},
+        )["server int8"]
     result["server_rss_mb_peak"] = server.process.rss_bytes()[1] / 2**20
     server.close()
     return result

@@ -35,9 +35,16 @@ class Generate:
         options = dict(do_sample=True, temperature=TEMPERATURE, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
         with torch.inference_mode():
             return self.model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=tokens,
-                min_new_tokens=tokens, num_return_sequences=n, num_beams=1, streamer=streamer,
-                pad_token_id=self.model.generation_config.eos_token_id, **options)
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                num_return_sequences=n,
+                num_beams=1,
+                streamer=streamer,
+                pad_token_id=self.model.generation_config.eos_token_id,
+                **options,
+            )
 
     def single(self, ids: list[int], tokens: int) -> Run:
         clock = first_token_clock()
@@ -80,16 +87,18 @@ class Server:
         self.client = Client(self.url, timeout=600)
 
     def single(self, ids: list[int], tokens: int) -> Run:
-        timing = self.client.timed(ids, model=self.name, max_tokens=tokens, temperature=0, ignore_eos=True,
-                                   cache_prompt=False)  # cold: the prefix cache would answer a repeated prompt
+        timing = self.client.timed(
+            ids, model=self.name, max_tokens=tokens, temperature=0, ignore_eos=True, cache_prompt=False
+        )  # cold: the prefix cache would answer a repeated prompt
         if timing.completion_tokens != tokens:
             raise RuntimeError(f"the server generated {timing.completion_tokens} tokens, not {tokens}")
         # a first token whose text is held back (half a character) arrives with the next: the total then
         return Run(tokens, timing.ttft_s if timing.ttft_s is not None else timing.total_s, timing.total_s)
 
     def samples(self, ids: list[int], n: int, tokens: int) -> int:
-        reply = self.client.complete(ids, model=self.name, max_tokens=tokens, temperature=TEMPERATURE, n=n, seed=0,
-                                     ignore_eos=True, cache_prompt=False)
+        reply = self.client.complete(
+            ids, model=self.name, max_tokens=tokens, temperature=TEMPERATURE, n=n, seed=0, ignore_eos=True, cache_prompt=False
+        )
         return reply["usage"]["completion_tokens"]
 
     def clients(self, ids: list[int], clients: int, requests: int, tokens: int) -> dict:
@@ -102,9 +111,19 @@ class Server:
 
         async def everyone() -> float:
             async with AsyncClient(self.url, timeout=600) as client:
+
                 async def send(_client: int, ticket: int) -> None:
-                    timings.append(await client.timed(ids, model=self.name, max_tokens=tokens, temperature=TEMPERATURE,
-                                                      seed=ticket, ignore_eos=True, cache_prompt=False))
+                    timings.append(
+                        await client.timed(
+                            ids,
+                            model=self.name,
+                            max_tokens=tokens,
+                            temperature=TEMPERATURE,
+                            seed=ticket,
+                            ignore_eos=True,
+                            cache_prompt=False,
+                        )
+                    )
 
                 return await ClosedLoop(clients, per_client=requests).run(send)
 
@@ -112,10 +131,17 @@ class Server:
         generated = sum(t.completion_tokens or 0 for t in timings)
         latency = percentiles([t.total_s for t in timings], (50, 95))
         ttft = percentiles([t.ttft_s for t in timings if t.ttft_s is not None], (50, 95))
-        return {"requests": len(timings), "tokens": generated, "wall_s": wall, "aggregate_tok_s": generated / wall,
-                "latency_p50_s": latency.get("p50"), "latency_p95_s": latency.get("p95"),
-                "ttft_p50_s": ttft.get("p50"), "ttft_p95_s": ttft.get("p95"),
-                "errors": sum(1 for t in timings if t.finish_reason is None)}
+        return {
+            "requests": len(timings),
+            "tokens": generated,
+            "wall_s": wall,
+            "aggregate_tok_s": generated / wall,
+            "latency_p50_s": latency.get("p50"),
+            "latency_p95_s": latency.get("p95"),
+            "ttft_p50_s": ttft.get("p50"),
+            "ttft_p95_s": ttft.get("p95"),
+            "errors": sum(1 for t in timings if t.finish_reason is None),
+        }
 
     def close(self) -> None:
         self.client.close()
@@ -136,13 +162,13 @@ class LlamaCpp:
         model, total = self.path.model, 0
         for _ in range(n):
             model.reset()
-            for count, _token in enumerate(model.generate(ids, temp=TEMPERATURE, top_k=0, top_p=1.0, repeat_penalty=1.0,
-                                                          reset=True), start=1):
+            for count, _token in enumerate(
+                model.generate(ids, temp=TEMPERATURE, top_k=0, top_p=1.0, repeat_penalty=1.0, reset=True), start=1
+            ):
                 if count == tokens:
                     break
             total += count
         return total
-
 
 
 # --- cached inputs for the peers ---

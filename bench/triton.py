@@ -46,21 +46,27 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, Server] = {}
     try:
         servers[EMBEDDED] = Server(args.repository, args.model, args.threads)
-        servers[TRITON] = Server(args.repository, args.model, args.threads,
-                                 env={"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])})
+        servers[TRITON] = Server(
+            args.repository,
+            args.model,
+            args.threads,
+            env={"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])},
+        )
         bench = Bench(args.model, args)
         single = bench.measure("1 client", {k: (lambda s=s: s.single(ids, args.tokens)) for k, s in servers.items()}, singles)
         many = bench.measure(
-            f"{args.clients} clients", {k: (lambda s=s: s.clients(ids, args.clients, args.requests, args.tokens))
-                                       for k, s in servers.items()},
+            f"{args.clients} clients",
+            {k: (lambda s=s: s.clients(ids, args.clients, args.requests, args.tokens)) for k, s in servers.items()},
             lambda runs: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
-            | {"errors": sum(r["errors"] for r in runs), "runs": runs})
+            | {"errors": sum(r["errors"] for r in runs), "runs": runs},
+        )
     finally:
         for server in servers.values():
             server.close()
         triton.stop()
     result = {
-        "single": single, "clients": many,
+        "single": single,
+        "clients": many,
         "triton_extra_latency_single": single[TRITON]["total_s_median"] / single[EMBEDDED]["total_s_median"] - 1,
         "triton_extra_ttft_single": single[TRITON]["ttft_ms_median"] / single[EMBEDDED]["ttft_ms_median"] - 1,
         "triton_over_embedded_clients_tok_s": many[TRITON]["aggregate_tok_s"] / many[EMBEDDED]["aggregate_tok_s"],
@@ -71,17 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "triton.json").write_text(json.dumps({"machine": info, "config": config, "result": result}, indent=2) + "\n")
     lines = [
         f"Embedded engine vs Triton backend, {args.model}, {args.tokens}-token completions, {args.repeats} rounds, "
-        f"{args.threads} threads; {info['cpu']}; {info['date']}.", "",
-        "| backend | 1 client: total s | 1 client: TTFT ms | "
-        f"{args.clients} clients: tok/s | p50 s | p95 s | errors |", "|---|---|---|---|---|---|---|",
+        f"{args.threads} threads; {info['cpu']}; {info['date']}.",
+        "",
+        f"| backend | 1 client: total s | 1 client: TTFT ms | {args.clients} clients: tok/s | p50 s | p95 s | errors |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label in (EMBEDDED, TRITON):
         s, m = single[label], many[label]
-        lines.append(f"| {label} | {s['total_s_median']:.3f} | {s['ttft_ms_median']:.1f} | {m['aggregate_tok_s']:.1f} | "
-                     f"{m['latency_p50_s']:.2f} | {m['latency_p95_s']:.2f} | {m['errors']} |")
-    lines += ["", f"Triton's extra latency at one client: {result['triton_extra_latency_single'] * 100:+.1f}% end to end, "
-              f"{result['triton_extra_ttft_single'] * 100:+.1f}% TTFT (target: at most +10%); at {args.clients} clients "
-              f"Triton's throughput is {result['triton_over_embedded_clients_tok_s']:.2f}x the embedded one's."]
+        lines.append(
+            f"| {label} | {s['total_s_median']:.3f} | {s['ttft_ms_median']:.1f} | {m['aggregate_tok_s']:.1f} | "
+            f"{m['latency_p50_s']:.2f} | {m['latency_p95_s']:.2f} | {m['errors']} |"
+        )
+    lines += [
+        "",
+        f"Triton's extra latency at one client: {result['triton_extra_latency_single'] * 100:+.1f}% end to end, "
+        f"{result['triton_extra_ttft_single'] * 100:+.1f}% TTFT (target: at most +10%); at {args.clients} clients "
+        f"Triton's throughput is {result['triton_over_embedded_clients_tok_s']:.2f}x the embedded one's.",
+    ]
     (args.out / "triton.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

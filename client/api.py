@@ -65,8 +65,7 @@ class _RetryPolicy:
         self.first_failure: float | None = None
 
     def retrying(self) -> AsyncRetrying:
-        return AsyncRetrying(retry=retry_if_exception(_retryable), stop=self._stop, wait=self._wait,
-                             before_sleep=self._log, reraise=True)
+        return AsyncRetrying(retry=retry_if_exception(_retryable), stop=self._stop, wait=self._wait, before_sleep=self._log, reraise=True)
 
     def _counted(self, state: RetryCallState) -> bool:
         """A 429/503 within max_retries (the retries so far are attempt_number - 1)."""
@@ -90,8 +89,7 @@ class _RetryPolicy:
         failure = _failure(state)
         why = str(failure) if isinstance(failure, APIError) else f"{type(failure).__name__}: {failure}".rstrip(": ")
         giving_up = "" if self._counted(state) else f" (giving up in {self._left(state):.0f} s)"
-        log.warning("%s failed (%s); retry %d in %.1f s%s", self.what, why, state.attempt_number,
-                    state.upcoming_sleep, giving_up)
+        log.warning("%s failed (%s); retry %d in %.1f s%s", self.what, why, state.attempt_number, state.upcoming_sleep, giving_up)
 
 
 def _failure(state: RetryCallState) -> BaseException | None:
@@ -120,8 +118,14 @@ class AsyncClient:
     sent again only before its first chunk: what a caller has received is never repeated."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:5000", *, api_key: str | None = None,
-        timeout: float = 120.0, max_retries: int = 2, backoff: float = 0.5, retry_window: float = 0.0,
+        self,
+        base_url: str = "http://127.0.0.1:5000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        retry_window: float = 0.0,
     ) -> None:
         api_key = key_from_environment() if api_key is None else api_key
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -237,8 +241,9 @@ def _body(prompt: str | list, params: dict[str, Any], *, stream: bool) -> dict[s
 def _normalise(status: int, payload: dict[str, Any], *, expect_choices: bool) -> dict[str, Any]:
     choices = payload.get("choices")
     if expect_choices and not choices:
-        raise APIError(status, {"message": "the server answered without any choice (a backend failure reported as "
-                                           "success)", "type": "empty_response"})
+        raise APIError(
+            status, {"message": "the server answered without any choice (a backend failure reported as success)", "type": "empty_response"}
+        )
     for choice in choices or []:
         logprobs = choice.get("logprobs")
         if isinstance(logprobs, dict) and "content" in logprobs and "tokens" not in logprobs:
@@ -283,8 +288,11 @@ def _error(response: httpx.Response) -> APIError:
     except ValueError:
         error = {"message": response.text}
     retry_after = response.headers.get("Retry-After", "")
-    return APIError(response.status_code, error if isinstance(error, dict) else {"message": str(error)},
-                    float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None)
+    return APIError(
+        response.status_code,
+        error if isinstance(error, dict) else {"message": str(error)},
+        float(retry_after) if retry_after.replace(".", "", 1).isdigit() else None,
+    )
 
 
 class Client:

@@ -40,9 +40,13 @@ def _complete(args: argparse.Namespace) -> int:
 
 def add_api_key_flag(parser: argparse.ArgumentParser) -> None:
     """--api-key for a command that talks to a server; slipstream/cli.py hands it to every client made."""
-    parser.add_argument("--api-key", default=None, metavar="KEY",
-                        help=f"the server's API key, sent as a bearer (default: ${ENV_KEYS[0]}, then ${ENV_KEYS[1]}; "
-                             "a flag shows in `ps`, the variables do not)")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        metavar="KEY",
+        help=f"the server's API key, sent as a bearer (default: ${ENV_KEYS[0]}, then ${ENV_KEYS[1]}; "
+        "a flag shows in `ps`, the variables do not)",
+    )
 
 
 def add_complete_command(commands: argparse._SubParsersAction) -> None:

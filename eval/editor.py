@@ -71,10 +71,14 @@ class ServerReplay:
 
     def entry(self) -> dict:
         """The server's part of the report: its summary per pass (editor_report.summarise) and every request."""
-        return {"name": self.target.name, "url": self.target.url, "model": self.model, "wall_s": self.wall_s,
-                "passes": {phase: editor_report.summarise([r for r in self.requests if r.phase == phase])
-                           for phase in PASSES},
-                "requests": [asdict(r) for r in self.requests]}
+        return {
+            "name": self.target.name,
+            "url": self.target.url,
+            "model": self.model,
+            "wall_s": self.wall_s,
+            "passes": {phase: editor_report.summarise([r for r in self.requests if r.phase == phase]) for phase in PASSES},
+            "requests": [asdict(r) for r in self.requests],
+        }
 
 
 async def _resolve_model(client: AsyncClient, target: Target) -> str:
@@ -127,8 +131,9 @@ async def _finish(task: asyncio.Task, timing: Timing, record: Request, sent: flo
     return record
 
 
-async def _session(client: AsyncClient, server: str, model: str, phase: str, session: Session, text: str,
-                   config: ReplayConfig, t0: float) -> list[Request]:
+async def _session(
+    client: AsyncClient, server: str, model: str, phase: str, session: Session, text: str, config: ReplayConfig, t0: float
+) -> list[Request]:
     params = {"model": model, "max_tokens": config.max_tokens, "temperature": 0, "stop": [config.stop]}
     records: list[Request] = []
     prompts = session.prompts(text)
@@ -149,25 +154,23 @@ async def _session(client: AsyncClient, server: str, model: str, phase: str, ses
     return records
 
 
-async def replay_server(target: Target, sessions: list[Session], texts: dict[str, str], config: ReplayConfig,
-                        log: Callable[[str], None] = say) -> ServerReplay:
+async def replay_server(
+    target: Target, sessions: list[Session], texts: dict[str, str], config: ReplayConfig, log: Callable[[str], None] = say
+) -> ServerReplay:
     """Both passes of every session against one server; a progress line per session."""
     async with AsyncClient(target.url, timeout=config.timeout_s, max_retries=0) as client:
         replay = ServerReplay(target, await _resolve_model(client, target))
         for phase in PASSES:
             t0 = time.perf_counter()
             for session in sessions:
-                records = await _session(client, target.name, replay.model, phase, session, texts[session.file],
-                                         config, t0)
+                records = await _session(client, target.name, replay.model, phase, session, texts[session.file], config, t0)
                 replay.requests += records
-                log(f"[{target.name}] {phase} {Path(session.file).name} #{session.index}: "
-                    + editor_report.progress(records))
+                log(f"[{target.name}] {phase} {Path(session.file).name} #{session.index}: " + editor_report.progress(records))
             replay.wall_s[phase] = time.perf_counter() - t0
     return replay
 
 
-def prepare(files: list[Path] | None, config: ReplayConfig, log: Callable[[str], None] = say
-            ) -> tuple[dict[str, str], list[Session]]:
+def prepare(files: list[Path] | None, config: ReplayConfig, log: Callable[[str], None] = say) -> tuple[dict[str, str], list[Session]]:
     """The files' texts and the sessions over them; the default files where none are given."""
     texts = read_files(files if files else default_files(), log)
     sessions = build(texts, config.sessions, config.words, config.prompt_chars)
@@ -177,8 +180,7 @@ def prepare(files: list[Path] | None, config: ReplayConfig, log: Callable[[str],
     return texts, sessions
 
 
-def run(targets: list[Target], files: list[Path] | None, config: ReplayConfig, out: Path,
-        log: Callable[[str], None] = say) -> dict:
+def run(targets: list[Target], files: list[Path] | None, config: ReplayConfig, out: Path, log: Callable[[str], None] = say) -> dict:
     """`eval editor`: every target in turn, then editor.{json,md,png} under `out`."""
     if not targets:
         raise EditorError("name at least one server (--url)")

@@ -61,8 +61,7 @@ def progress(records: list[Request]) -> str:
     ttft = f"{s['ttft_ms']['p50']:.0f} ms" if s["ttft_ms"] else "-"
     reused = "n/a" if s["reused_share"] is None else f"{100 * s['reused_share']:.0f}%"
     lost = f", {s['error']} errors, {s['lost']} lost" if s["error"] or s["lost"] else ""
-    return (f"{s['requests']} requests, {s['completed']} completed, {s['cancelled']} cancelled{lost}; "
-            f"TTFT p50 {ttft}, reused {reused}")
+    return f"{s['requests']} requests, {s['completed']} completed, {s['cancelled']} cancelled{lost}; TTFT p50 {ttft}, reused {reused}"
 
 
 def ratios(servers: list[dict]) -> tuple[str | None, dict]:
@@ -76,9 +75,13 @@ def ratios(servers: list[dict]) -> tuple[str | None, dict]:
         for phase, summary in server["passes"].items():
             base = reference["passes"][phase]
             found[server["name"]][phase] = {
-                f"{metric}_p{q}": (summary[metric][f"p{q}"] / base[metric][f"p{q}"]
-                                   if summary[metric] and base[metric] and base[metric][f"p{q}"] > 0 else None)
-                for metric, q in _RATIO_KEYS}
+                f"{metric}_p{q}": (
+                    summary[metric][f"p{q}"] / base[metric][f"p{q}"]
+                    if summary[metric] and base[metric] and base[metric][f"p{q}"] > 0
+                    else None
+                )
+                for metric, q in _RATIO_KEYS
+            }
     return reference["name"], found
 
 
@@ -89,9 +92,19 @@ def result(runs: list[dict], config: dict, sessions: list[Session], machine: dic
         run["reference"], run["ratios"] = ratios(run["servers"])
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "config": config, "machine": machine,
-        "sessions": [{"file": s.file, "index": s.index, "words": len(s.cursors), "window_start": s.window_start,
-                      "first_cursor": s.cursors[0], "last_cursor": s.cursors[-1]} for s in sessions],
+        "config": config,
+        "machine": machine,
+        "sessions": [
+            {
+                "file": s.file,
+                "index": s.index,
+                "words": len(s.cursors),
+                "window_start": s.window_start,
+                "first_cursor": s.cursors[0],
+                "last_cursor": s.cursors[-1],
+            }
+            for s in sessions
+        ],
         "runs": runs,
     }
 
@@ -103,21 +116,31 @@ def _ms(values: dict, *, sep: str = " / ") -> str:
 def markdown(data: dict) -> str:
     c, sessions = data["config"], data["sessions"]
     files = sorted({s["file"] for s in sessions})
-    typing = "each completion awaited before the next word" if not c["word_ms"] else \
-        f"a word every {c['word_ms']:g} ms, the request in flight cancelled at the next"
-    lines = ["# Editor replay", "",
-             f"{len(sessions)} sessions over {len(files)} files ({', '.join(Path(f).name for f in files)}), "
-             f"{sum(s['words'] for s in sessions)} requests per pass; prompts the file up to the cursor from a fixed "
-             f"line (at most {c['prompt_chars']} characters), {c['max_tokens']} tokens, greedy, stop at a blank line, "
-             f"streaming; {typing}. Cold: the server's first pass; warm: the same sessions again."]
+    typing = (
+        "each completion awaited before the next word"
+        if not c["word_ms"]
+        else f"a word every {c['word_ms']:g} ms, the request in flight cancelled at the next"
+    )
+    lines = [
+        "# Editor replay",
+        "",
+        f"{len(sessions)} sessions over {len(files)} files ({', '.join(Path(f).name for f in files)}), "
+        f"{sum(s['words'] for s in sessions)} requests per pass; prompts the file up to the cursor from a fixed "
+        f"line (at most {c['prompt_chars']} characters), {c['max_tokens']} tokens, greedy, stop at a blank line, "
+        f"streaming; {typing}. Cold: the server's first pass; warm: the same sessions again.",
+    ]
     if data.get("machine"):
         m = data["machine"]
         lines += ["", f"Machine: {m.get('cpu')}, {m.get('cores')} cores; {data['date']}."]
     for run in data["runs"]:
         if run["label"]:
             lines += ["", f"## {run['label']}"]
-        lines += ["", "| server | pass | requests | completed | cancelled (before text) | TTFT p50 / p90 / p99 (ms) "
-                  "| latency p50 / p90 / p99 (ms) | prompt tokens | reused |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| server | pass | requests | completed | cancelled (before text) | TTFT p50 / p90 / p99 (ms) "
+            "| latency p50 / p90 / p99 (ms) | prompt tokens | reused |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for server in run["servers"]:
             if "passes" not in server:
                 lines.append(f"| {server['name']} | - | not run: {server['unavailable']} | | | | | | |")
@@ -126,26 +149,37 @@ def markdown(data: dict) -> str:
                 failed = f" ({s['error']} errors, {s['lost']} lost)" if s["error"] or s["lost"] else ""
                 tokens = f"{s['prompt_tokens_mean']:,.0f}" if s["prompt_tokens_mean"] is not None else "n/a"
                 reused = "n/a" if s["reused_share"] is None else f"{100 * s['reused_share']:.1f}%"
-                lines.append(f"| {server['name']} | {phase} | {s['requests']}{failed} | {s['completed']} | "
-                             f"{s['cancelled']} ({s['cancelled_before_text']}) | {_ms(s['ttft_ms'])} | "
-                             f"{_ms(s['latency_ms'])} | {tokens} | {reused} |")
+                lines.append(
+                    f"| {server['name']} | {phase} | {s['requests']}{failed} | {s['completed']} | "
+                    f"{s['cancelled']} ({s['cancelled_before_text']}) | {_ms(s['ttft_ms'])} | "
+                    f"{_ms(s['latency_ms'])} | {tokens} | {reused} |"
+                )
         if run["ratios"]:
-            lines += ["", f"Ratios over {run['reference']} (below 1: faster):", "",
-                      "| server | pass | TTFT p50 | TTFT p90 | TTFT p99 | latency p50 | latency p90 | latency p99 |",
-                      "|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"Ratios over {run['reference']} (below 1: faster):",
+                "",
+                "| server | pass | TTFT p50 | TTFT p90 | TTFT p99 | latency p50 | latency p90 | latency p99 |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for name, per_pass in run["ratios"].items():
                 for phase, r in per_pass.items():
                     cells = " | ".join("-" if r[f"{m}_p{q}"] is None else f"{r[f'{m}_p{q}']:.2f}x" for m, q in _RATIO_KEYS)
                     lines.append(f"| {name} | {phase} | {cells} |")
-        noise = [f"{s['name']} {s['server_cores']:.2f} (others {s['others_cores']:.2f})"
-                 + (f", RSS after {s['rss_bytes_after'] / 2**20:,.0f} MB" if "rss_bytes_after" in s else "")
-                 for s in run["servers"] if "others_cores" in s]
+        noise = [
+            f"{s['name']} {s['server_cores']:.2f} (others {s['others_cores']:.2f})"
+            + (f", RSS after {s['rss_bytes_after'] / 2**20:,.0f} MB" if "rss_bytes_after" in s else "")
+            for s in run["servers"]
+            if "others_cores" in s
+        ]
         if noise:
-            lines += ["", "Cores each server used during its replay, and those the rest of the machine took (0 is a "
-                      "quiet machine): " + "; ".join(noise) + "."]
+            lines += [
+                "",
+                "Cores each server used during its replay, and those the rest of the machine took (0 is a "
+                "quiet machine): " + "; ".join(noise) + ".",
+            ]
         lines += [f"\n{s['name']} {s['exited']}." for s in run["servers"] if s.get("exited")]
-        errors = [(server["name"], e) for server in run["servers"] for s in server.get("passes", {}).values()
-                  for e in s["first_errors"]]
+        errors = [(server["name"], e) for server in run["servers"] for s in server.get("passes", {}).values() for e in s["first_errors"]]
         if errors:
             lines += ["", "Errors: " + "; ".join(f"{name}: {e}" for name, e in errors[:5])]
     return "\n".join(lines) + "\n"
@@ -168,8 +202,14 @@ def plot(path: Path, data: dict) -> None:
             xs = [k + (i - (len(bars) - 1) / 2) * width for k in range(len(ran))]
             p50 = [s["passes"][phase][metric].get("p50", 0.0) for s in ran]
             p90 = [s["passes"][phase][metric].get("p90", 0.0) for s in ran]
-            ax.bar(xs, p50, width, label=f"{'TTFT' if metric == 'ttft_ms' else 'latency'} {phase}",
-                   alpha=0.95 if phase == "warm" else 0.55, color="C0" if metric == "ttft_ms" else "C1")
+            ax.bar(
+                xs,
+                p50,
+                width,
+                label=f"{'TTFT' if metric == 'ttft_ms' else 'latency'} {phase}",
+                alpha=0.95 if phase == "warm" else 0.55,
+                color="C0" if metric == "ttft_ms" else "C1",
+            )
             ax.scatter(xs, p90, marker="_", color="black", s=80, zorder=3)
         ax.set_xticks(range(len(ran)), [s["name"] for s in ran], fontsize=8)
         ax.set_ylabel("ms (bar p50, tick p90)")

@@ -29,7 +29,7 @@ class Session:
     cursors: tuple[int, ...]  # the cursor after each typed word: prompt i is text[window_start:cursors[i]]
 
     def prompts(self, text: str) -> list[str]:
-        return [text[self.window_start:c] for c in self.cursors]
+        return [text[self.window_start : c] for c in self.cursors]
 
 
 def default_files() -> list[Path]:
@@ -38,8 +38,11 @@ def default_files() -> list[Path]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     candidates = [
         [stdlib / "textwrap.py", Path("/usr/lib/python3.11/textwrap.py")],
-        [Path("/usr/lib/node_modules/npm/lib/npm.js"), Path("/usr/share/nodejs/npm/lib/npm.js"),
-         Path("/usr/local/lib/node_modules/npm/lib/npm.js")],
+        [
+            Path("/usr/lib/node_modules/npm/lib/npm.js"),
+            Path("/usr/share/nodejs/npm/lib/npm.js"),
+            Path("/usr/local/lib/node_modules/npm/lib/npm.js"),
+        ],
         [Path("/usr/include/regex.h"), Path("/usr/include/zlib.h"), Path("/usr/include/stdlib.h")],
     ]
     return [next((p for p in group if p.is_file()), group[0]) for group in candidates]
@@ -66,7 +69,7 @@ def sessions_of(name: str, text: str, sessions: int, words: int, prompt_chars: i
     step = max(len(typable) // sessions, 1)
     found = []
     for k in range(sessions):
-        cursors = tuple(typable[k * step:k * step + min(words, step)])
+        cursors = tuple(typable[k * step : k * step + min(words, step)])
         if not cursors:
             break
         found.append(Session(name, k, _window_start(text, cursors[0], cursors[-1], prompt_chars), cursors))

@@ -104,8 +104,7 @@ def box_line(box: Box) -> str:
     """What a run says at its start about where generated code runs."""
     if box == "bwrap":
         return "generated code runs in the bwrap box (bubblewrap)"
-    return (f"generated code runs in the {box} box (bubblewrap, the stronger one, is not installed here: "
-            "apt install bubblewrap)")
+    return f"generated code runs in the {box} box (bubblewrap, the stronger one, is not installed here: apt install bubblewrap)"
 
 
 def _wrap(box: Box, argv: list[str]) -> list[str]:
@@ -114,9 +113,27 @@ def _wrap(box: Box, argv: list[str]) -> list[str]:
         needed = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), _ZYGOTE.parent.resolve()}
         back = [a for path in sorted(needed) if path.is_relative_to("/tmp") for a in ("--ro-bind", str(path), str(path))]
         return [
-            "bwrap", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *back,
-            "--chdir", "/tmp", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--die-with-parent", "--new-session",
-            "--cap-drop", "ALL", *argv,
+            "bwrap",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            *back,
+            "--chdir",
+            "/tmp",
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            *argv,
         ]
     if box == "unshare" and shutil.which("unshare"):
         user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
@@ -144,8 +161,15 @@ class Worker:
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1"}
         try:
             self.process = subprocess.Popen(
-                _wrap(box, argv), env=env, cwd="/tmp" if box == "bwrap" else None, stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, text=True, bufsize=1,
+                _wrap(box, argv),
+                env=env,
+                cwd="/tmp" if box == "bwrap" else None,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                text=True,
+                bufsize=1,
             )
         except OSError:
             if self.cgroup is not None:
@@ -175,8 +199,13 @@ class Worker:
             self._errors = (self._errors + [line])[-50:]
 
     def run(self, source: str, limits: Limits) -> Result:
-        job = {"source": source, "timeout": limits.timeout, "cpu_seconds": limits.cpu_seconds,
-               "memory_bytes": limits.memory_bytes, "file_bytes": limits.file_bytes}
+        job = {
+            "source": source,
+            "timeout": limits.timeout,
+            "cpu_seconds": limits.cpu_seconds,
+            "memory_bytes": limits.memory_bytes,
+            "file_bytes": limits.file_bytes,
+        }
         assert self.process.stdin is not None
         try:
             self.process.stdin.write(json.dumps(job) + "\n")
@@ -213,8 +242,11 @@ def run_program(source: str, limits: Limits = DEFAULT_LIMITS, box: Box | None = 
 
 
 def run_many(
-    sources: Iterable[str], limits: Limits = DEFAULT_LIMITS, workers: int | None = None,
-    on_result: Callable[[int, Result], None] | None = None, box: Box | None = None,
+    sources: Iterable[str],
+    limits: Limits = DEFAULT_LIMITS,
+    workers: int | None = None,
+    on_result: Callable[[int, Result], None] | None = None,
+    box: Box | None = None,
 ) -> list[Result]:
     """Programs on `workers` parallel boxes, results in input order; on_result sees each as it ends."""
     box = box or detect_box()

@@ -85,7 +85,12 @@ def _request_seed(config: GenerationConfig, task_id: str, first: int) -> int:
 
 
 async def generate(
-    client: AsyncClient, problems: list[Problem], config: GenerationConfig, out: Path, *, concurrency: int = 4,
+    client: AsyncClient,
+    problems: list[Problem],
+    config: GenerationConfig,
+    out: Path,
+    *,
+    concurrency: int = 4,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Fill `out` up to samples_per_problem samples for every problem; returns every sample in it."""
@@ -130,15 +135,16 @@ async def generate(
 async def _request(client: AsyncClient, problem: Problem, indices: list[int], config: GenerationConfig) -> list[Sample]:
     seed = _request_seed(config, problem.task_id, indices[0])
     top_p = config.top_p if config.temperature > 0 else 1.0
-    common = dict(model=config.model, max_tokens=config.max_tokens, temperature=config.temperature, top_p=top_p,
-                  n=len(indices), seed=seed)
+    common = dict(model=config.model, max_tokens=config.max_tokens, temperature=config.temperature, top_p=top_p, n=len(indices), seed=seed)
     started = time.perf_counter()
     if config.mode == "instruct":
         response = await client.chat(instruct.messages(problem.prompt), logprobs=True, **common)
     else:
         response = await client.complete(
-            format_prompt(problem.prompt, config.prompt_format), stop=list(config.stop[: config.server_stops]),
-            logprobs=0, **common,
+            format_prompt(problem.prompt, config.prompt_format),
+            stop=list(config.stop[: config.server_stops]),
+            logprobs=0,
+            **common,
         )
     latency = time.perf_counter() - started
     choices = sorted(response["choices"], key=lambda c: c["index"])
@@ -154,12 +160,23 @@ async def _request(client: AsyncClient, problem: Problem, indices: list[int], co
             completion = truncate(choice["text"], config.stop)
             logprobs = [v for v in ((choice.get("logprobs") or {}).get("token_logprobs") or []) if v is not None]
         total = float(sum(logprobs)) if logprobs else None
-        samples.append(Sample(
-            task_id=problem.task_id, completion=completion, sample=index, model=config.model,
-            temperature=config.temperature, top_p=top_p, seed=seed,
-            prompt_format=instruct.PROMPT_FORMAT if config.mode == "instruct" else config.prompt_format,
-            mode=config.mode, finish_reason=choice.get("finish_reason"), completion_tokens=len(logprobs),
-            prompt_tokens=usage.get("prompt_tokens"), mean_logprob=None if total is None else total / len(logprobs),
-            sum_logprob=total, latency_s=latency,
-        ))
+        samples.append(
+            Sample(
+                task_id=problem.task_id,
+                completion=completion,
+                sample=index,
+                model=config.model,
+                temperature=config.temperature,
+                top_p=top_p,
+                seed=seed,
+                prompt_format=instruct.PROMPT_FORMAT if config.mode == "instruct" else config.prompt_format,
+                mode=config.mode,
+                finish_reason=choice.get("finish_reason"),
+                completion_tokens=len(logprobs),
+                prompt_tokens=usage.get("prompt_tokens"),
+                mean_logprob=None if total is None else total / len(logprobs),
+                sum_logprob=total,
+                latency_s=latency,
+            )
+        )
     return samples

@@ -61,8 +61,12 @@ def verdict(result: execution.Result) -> str:
 
 
 def execute(
-    problems: dict[str, Problem], samples: list[dict[str, Any]], results_path: Path, limits: execution.Limits,
-    workers: int | None = None, label: str = "",
+    problems: dict[str, Problem],
+    samples: list[dict[str, Any]],
+    results_path: Path,
+    limits: execution.Limits,
+    workers: int | None = None,
+    label: str = "",
 ) -> tuple[list[dict[str, Any]], int, float]:
     """Run the samples that have no verdict in results_path yet; returns all verdicts, how many were
     run now and the seconds that took."""
@@ -74,8 +78,14 @@ def execute(
 
             def record(i: int, result: execution.Result) -> None:
                 sample = todo[i]
-                row = {"task_id": sample["task_id"], "sample": sample["sample"], "completion": sample["completion"],
-                       "result": verdict(result), "passed": result.passed, "seconds": round(result.seconds, 4)}
+                row = {
+                    "task_id": sample["task_id"],
+                    "sample": sample["sample"],
+                    "completion": sample["completion"],
+                    "result": verdict(result),
+                    "passed": result.passed,
+                    "seconds": round(result.seconds, 4),
+                }
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
                 bar.update()
@@ -97,21 +107,33 @@ def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int,
     return passk.benchmark_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks)
 
 
-async def _generate(url: str, problems: list[Problem], config: GenerationConfig, path: Path, concurrency: int,
-                    timeout: float, retry_window: float) -> list[dict[str, Any]]:
+async def _generate(
+    url: str, problems: list[Problem], config: GenerationConfig, path: Path, concurrency: int, timeout: float, retry_window: float
+) -> list[dict[str, Any]]:
     total = len(problems) * config.samples_per_problem
     have = len({(r["task_id"], r["sample"]) for r in read_jsonl(path)})
     async with AsyncClient(url, timeout=timeout, retry_window=retry_window) as client:
-        with tqdm(total=total, initial=min(have, total), desc=f"generate {config.model} t={config.temperature:g}",
-                  unit="sample") as bar:
+        with tqdm(total=total, initial=min(have, total), desc=f"generate {config.model} t={config.temperature:g}", unit="sample") as bar:
             return await generate.generate(client, problems, config, path, concurrency=concurrency, progress=bar.update)
 
 
 def run(
-    url: str, models: list[str], temperatures: list[float], n: int, out: Path, *, limit: int | None = None,
-    max_tokens: int = 384, prompt_format: PromptFormat = "raw", concurrency: int = 4, workers: int | None = None,
-    seed: int = 0, timeout: float = 600.0, limits: execution.Limits = execution.DEFAULT_LIMITS,
-    mode: Literal["completion", "instruct"] = "completion", retry_window: float = 0.0,
+    url: str,
+    models: list[str],
+    temperatures: list[float],
+    n: int,
+    out: Path,
+    *,
+    limit: int | None = None,
+    max_tokens: int = 384,
+    prompt_format: PromptFormat = "raw",
+    concurrency: int = 4,
+    workers: int | None = None,
+    seed: int = 0,
+    timeout: float = 600.0,
+    limits: execution.Limits = execution.DEFAULT_LIMITS,
+    mode: Literal["completion", "instruct"] = "completion",
+    retry_window: float = 0.0,
 ) -> list[RunSummary]:
     problems = humaneval(limit)
     by_id = {p.task_id: p for p in problems}
@@ -120,25 +142,32 @@ def run(
     print(execution.box_line(box), flush=True)
     for model in models:
         for temperature in temperatures:
-            config = GenerationConfig(model=model, temperature=temperature, n=n, max_tokens=max_tokens,
-                                      seed=seed, prompt_format=prompt_format, mode=mode)
+            config = GenerationConfig(
+                model=model, temperature=temperature, n=n, max_tokens=max_tokens, seed=seed, prompt_format=prompt_format, mode=mode
+            )
             folder = run_dir(out, model, temperature, mode)
             folder.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
-            samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", concurrency, timeout,
-                                            retry_window))
+            samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", concurrency, timeout, retry_window))
             generation_s = time.perf_counter() - started
             wanted = {p.task_id for p in problems}
             samples = [s for s in samples if s["task_id"] in wanted and s["sample"] < config.samples_per_problem]
-            results, executed, execution_s = execute(by_id, samples, folder / "results.jsonl", limits, workers,
-                                           label=f"{model} t={temperature:g}")
+            results, executed, execution_s = execute(
+                by_id, samples, folder / "results.jsonl", limits, workers, label=f"{model} t={temperature:g}"
+            )
             results = [r for r in results if r["task_id"] in wanted and r["sample"] < config.samples_per_problem]
             summary = RunSummary(
-                model=model, temperature=temperature, problems=len(problems),
-                samples_per_problem=config.samples_per_problem, pass_at_k=score(problems, results),
-                greedy=temperature == 0, mode=mode,
-                prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT, generation_s=round(generation_s, 2),
-                execution_s=round(execution_s, 2), box=box,
+                model=model,
+                temperature=temperature,
+                problems=len(problems),
+                samples_per_problem=config.samples_per_problem,
+                pass_at_k=score(problems, results),
+                greedy=temperature == 0,
+                mode=mode,
+                prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT,
+                generation_s=round(generation_s, 2),
+                execution_s=round(execution_s, 2),
+                box=box,
                 samples_per_s_executed=round(executed / execution_s, 2) if executed else 0.0,
             )
             (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
@@ -169,12 +198,29 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2) + "\n")
     ks = sorted({k for s in summaries for k in s.pass_at_k})
-    header = ["model", "mode", "temperature", "samples/problem", *(f"pass@{k}" for k in ks), "generation s", "execution s",
-              "executed/s", "box"]
+    header = [
+        "model",
+        "mode",
+        "temperature",
+        "samples/problem",
+        *(f"pass@{k}" for k in ks),
+        "generation s",
+        "execution s",
+        "executed/s",
+        "box",
+    ]
     rows = [
-        [s.model, s.mode, f"{s.temperature:g}" + (" (greedy)" if s.greedy else ""), str(s.samples_per_problem),
-         *(f"{100 * s.pass_at_k[k]:.1f}%" if k in s.pass_at_k else "" for k in ks),
-         f"{s.generation_s:.0f}", f"{s.execution_s:.1f}", f"{s.samples_per_s_executed:.1f}", s.box]
+        [
+            s.model,
+            s.mode,
+            f"{s.temperature:g}" + (" (greedy)" if s.greedy else ""),
+            str(s.samples_per_problem),
+            *(f"{100 * s.pass_at_k[k]:.1f}%" if k in s.pass_at_k else "" for k in ks),
+            f"{s.generation_s:.0f}",
+            f"{s.execution_s:.1f}",
+            f"{s.samples_per_s_executed:.1f}",
+            s.box,
+        ]
         for s in summaries
     ]
     problems = sorted({s.problems for s in summaries})
@@ -202,8 +248,7 @@ def _plot(path: Path, summaries: list[RunSummary], ks: list[int]) -> None:
     fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         for model, mode in dict.fromkeys((s.model, s.mode) for s in summaries):
-            points = sorted((s.temperature, s.pass_at_k[k]) for s in summaries
-                            if (s.model, s.mode) == (model, mode) and k in s.pass_at_k)
+            points = sorted((s.temperature, s.pass_at_k[k]) for s in summaries if (s.model, s.mode) == (model, mode) and k in s.pass_at_k)
             if points:
                 label = model if mode == "completion" else f"{model} ({mode})"
                 ax.plot([t for t, _ in points], [100 * v for _, v in points], marker="o", label=label)

@@ -37,9 +37,9 @@ def extract(reply: str, entry_point: str) -> str:
     except SyntaxError:
         return "\n" + code.strip("\n") + "\n"
     kept = [
-        node for node in tree.body
-        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
-                             ast.Assign, ast.AnnAssign))
+        node
+        for node in tree.body
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign))
     ]
     return "\n" + "\n\n".join(ast.get_source_segment(code, node) or "" for node in kept) + "\n"
 

@@ -63,9 +63,14 @@ class CellResult:
 
     def flat(self) -> dict[str, Any]:
         row: dict[str, Any] = asdict(self.cell)
-        row.update(requests=self.requests, errors=self.errors, error_rate=self.error_rate,
-                   measured_prompt_tokens=self.measured_prompt_tokens, throughput_tok_s=self.throughput_tok_s,
-                   decode_tok_s_p50=self.decode_tok_s_p50)
+        row.update(
+            requests=self.requests,
+            errors=self.errors,
+            error_rate=self.error_rate,
+            measured_prompt_tokens=self.measured_prompt_tokens,
+            throughput_tok_s=self.throughput_tok_s,
+            decode_tok_s_p50=self.decode_tok_s_p50,
+        )
         for name in ("ttft_s", "itl_s", "e2e_s"):
             for q, v in getattr(self, name).items():
                 row[f"{name.removesuffix('_s')}_{q}_s"] = v
@@ -88,10 +93,16 @@ def prompt_for(length_tokens: int, index: int, text: str) -> str:
     return text[start : start + size]
 
 
-async def run_cell(cell: Cell, requests: int, warmup: int, text: str, seed: int, progress: tqdm | None = None,
-                   timeout: float = 300.0) -> CellResult:
-    params: dict[str, Any] = {"model": cell.model, "max_tokens": cell.max_tokens, "temperature": cell.temperature,
-                              "ignore_eos": True, "seed": seed}
+async def run_cell(
+    cell: Cell, requests: int, warmup: int, text: str, seed: int, progress: tqdm | None = None, timeout: float = 300.0
+) -> CellResult:
+    params: dict[str, Any] = {
+        "model": cell.model,
+        "max_tokens": cell.max_tokens,
+        "temperature": cell.temperature,
+        "ignore_eos": True,
+        "seed": seed,
+    }
     timings: list[Timing] = []
     errors: list[str] = []
     async with AsyncClient(cell.url, timeout=timeout, max_retries=0) as client:
@@ -116,10 +127,13 @@ async def run_cell(cell: Cell, requests: int, warmup: int, text: str, seed: int,
     itl = [(t.total_s - t.ttft_s) / (n - 1) for t, n in zip(ok, tokens, strict=True) if n > 1]  # type: ignore[operator]
     prompts = [t.prompt_tokens for t in ok if t.prompt_tokens is not None]
     return CellResult(
-        cell=cell, requests=requests, errors=len(errors) + len(timings) - len(ok),
+        cell=cell,
+        requests=requests,
+        errors=len(errors) + len(timings) - len(ok),
         measured_prompt_tokens=float(np.median(prompts)) if prompts else None,
         ttft_s=percentiles([t.ttft_s for t in ok]),  # type: ignore[misc]
-        itl_s=percentiles(itl), e2e_s=percentiles([t.total_s for t in ok]),
+        itl_s=percentiles(itl),
+        e2e_s=percentiles([t.total_s for t in ok]),
         throughput_tok_s=float(sum(tokens) / wall) if wall > 0 else 0.0,
         decode_tok_s_p50=float(np.median([1 / x for x in itl])) if itl else None,
         error_rate=(len(errors) + len(timings) - len(ok)) / requests,
@@ -133,8 +147,17 @@ async def served_models(url: str) -> list[str]:
 
 
 def sweep(
-    urls: list[str], models: list[str] | None, prompt_tokens: list[int], max_tokens: list[int], concurrency: list[int],
-    temperatures: list[float], out: Path, *, requests: int = 8, warmup: int = 1, seed: int = 0,
+    urls: list[str],
+    models: list[str] | None,
+    prompt_tokens: list[int],
+    max_tokens: list[int],
+    concurrency: list[int],
+    temperatures: list[float],
+    out: Path,
+    *,
+    requests: int = 8,
+    warmup: int = 1,
+    seed: int = 0,
 ) -> list[CellResult]:
     text = corpus()
     cells = []
@@ -144,8 +167,15 @@ def sweep(
         missing = [m for m in chosen if m not in available]
         if missing:
             print(f"note: {url} does not serve {', '.join(missing)} (it serves {', '.join(available)}); skipped there")
-        cells += [Cell(url, m, p, t, c, temp) for m in chosen if m in available for p in prompt_tokens
-                  for t in max_tokens for c in concurrency for temp in temperatures]
+        cells += [
+            Cell(url, m, p, t, c, temp)
+            for m in chosen
+            if m in available
+            for p in prompt_tokens
+            for t in max_tokens
+            for c in concurrency
+            for temp in temperatures
+        ]
     if not cells:
         raise ValueError("no cell to measure: none of the models is served at the given URLs")
     results = []
@@ -175,16 +205,22 @@ def markdown(results: list[CellResult]) -> str:
     def ms(values: dict[str, float], q: str) -> str:
         return f"{1000 * values[q]:.0f}" if q in values else "-"
 
-    lines = ["# Latency", "",
-             "Per cell: time to first token, inter-token latency and end-to-end time (ms, p50 / p95), aggregate "
-             "completion tokens/s, error rate.", "",
-             "| server | model | prompt | max | clients | t | TTFT p50 / p95 | ITL p50 / p95 | e2e p50 / p95 | tok/s | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Latency",
+        "",
+        "Per cell: time to first token, inter-token latency and end-to-end time (ms, p50 / p95), aggregate "
+        "completion tokens/s, error rate.",
+        "",
+        "| server | model | prompt | max | clients | t | TTFT p50 / p95 | ITL p50 / p95 | e2e p50 / p95 | tok/s | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         c = r.cell
-        lines.append(f"| {c.url} | {c.model} | {c.prompt_tokens} | {c.max_tokens} | {c.concurrency} | {c.temperature:g} | "
-                     f"{ms(r.ttft_s, 'p50')} / {ms(r.ttft_s, 'p95')} | {ms(r.itl_s, 'p50')} / {ms(r.itl_s, 'p95')} | "
-                     f"{ms(r.e2e_s, 'p50')} / {ms(r.e2e_s, 'p95')} | {r.throughput_tok_s:.1f} | {r.error_rate:.0%} |")
+        lines.append(
+            f"| {c.url} | {c.model} | {c.prompt_tokens} | {c.max_tokens} | {c.concurrency} | {c.temperature:g} | "
+            f"{ms(r.ttft_s, 'p50')} / {ms(r.ttft_s, 'p95')} | {ms(r.itl_s, 'p50')} / {ms(r.itl_s, 'p95')} | "
+            f"{ms(r.e2e_s, 'p50')} / {ms(r.e2e_s, 'p95')} | {r.throughput_tok_s:.1f} | {r.error_rate:.0%} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -208,11 +244,11 @@ def _plots(out: Path, results: list[CellResult]) -> None:
     lowest = min(r.cell.concurrency for r in base)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for url, model in series:
-        points = sorted((r.cell.prompt_tokens, r) for r in base
-                        if (r.cell.url, r.cell.model, r.cell.concurrency) == (url, model, lowest) and r.ttft_s)
+        points = sorted(
+            (r.cell.prompt_tokens, r) for r in base if (r.cell.url, r.cell.model, r.cell.concurrency) == (url, model, lowest) and r.ttft_s
+        )
         for ax, metric in zip(axes, ("ttft_s", "e2e_s"), strict=True):
-            ax.plot([p for p, _ in points], [1000 * getattr(r, metric)["p50"] for _, r in points], marker="o",
-                    label=label(url, model))
+            ax.plot([p for p, _ in points], [1000 * getattr(r, metric)["p50"] for _, r in points], marker="o", label=label(url, model))
     for ax, title in zip(axes, ("time to first token (p50)", f"end-to-end, {first.max_tokens} tokens (p50)"), strict=True):
         ax.set_title(title)
         ax.set_xlabel("prompt tokens")
@@ -228,8 +264,11 @@ def _plots(out: Path, results: list[CellResult]) -> None:
     shortest = min(r.cell.prompt_tokens for r in base)
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for url, model in series:
-        throughput = sorted((r.cell.concurrency, r.throughput_tok_s) for r in base
-                        if (r.cell.url, r.cell.model, r.cell.prompt_tokens) == (url, model, shortest))
+        throughput = sorted(
+            (r.cell.concurrency, r.throughput_tok_s)
+            for r in base
+            if (r.cell.url, r.cell.model, r.cell.prompt_tokens) == (url, model, shortest)
+        )
         ax.plot([c for c, _ in throughput], [t for _, t in throughput], marker="o", label=label(url, model))
     ax.set_title(f"Throughput vs concurrency ({shortest}-token prompts)")
     ax.set_xlabel("concurrent clients")

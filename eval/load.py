@@ -56,8 +56,9 @@ class Outcome:
     completion_tokens: int = 0
 
 
-async def _request(client_index: int, ticket: int, config: LoadConfig, client: AsyncClient, text: str, t0: float,
-                   outcomes: list[Outcome]) -> None:
+async def _request(
+    client_index: int, ticket: int, config: LoadConfig, client: AsyncClient, text: str, t0: float, outcomes: list[Outcome]
+) -> None:
     """One streaming completion, its outcome counted; after a 429/503 with Retry-After this client's next
     request waits for it."""
     params: dict[str, Any] = {"max_tokens": config.max_tokens, "temperature": config.temperature, "seed": client_index}
@@ -68,8 +69,15 @@ async def _request(client_index: int, ticket: int, config: LoadConfig, client: A
         timing = await client.timed(prompt_for(config.prompt_tokens, ticket, text), **params)
     except APIError as exc:
         pause = exc.retry_after
-        outcomes.append(Outcome(client_index, start, time.perf_counter() - t0, "error",
-                                str(exc) + (f" (Retry-After: {pause:g} s)" if pause is not None else "")))
+        outcomes.append(
+            Outcome(
+                client_index,
+                start,
+                time.perf_counter() - t0,
+                "error",
+                str(exc) + (f" (Retry-After: {pause:g} s)" if pause is not None else ""),
+            )
+        )
         if pause is not None:  # the server asked for a pause: this client's next request waits for it
             await asyncio.sleep(min(pause, max(0.0, config.duration_s - (time.perf_counter() - t0))))
         return
@@ -80,8 +88,7 @@ async def _request(client_index: int, ticket: int, config: LoadConfig, client: A
     if timing.finish_reason is None:
         outcomes.append(Outcome(client_index, start, end, "lost", "the stream ended without a finish_reason"))
         return
-    outcomes.append(Outcome(client_index, start, end, "ok", None, timing.ttft_s, timing.gaps_s,
-                            timing.completion_tokens or timing.chunks))
+    outcomes.append(Outcome(client_index, start, end, "ok", None, timing.ttft_s, timing.gaps_s, timing.completion_tokens or timing.chunks))
 
 
 def run(config: LoadConfig, out: Path, log: Callable[[str], None] = print) -> dict:
@@ -101,8 +108,10 @@ def run(config: LoadConfig, out: Path, log: Callable[[str], None] = print) -> di
                     await asyncio.sleep(5)
                     done = len(outcomes)
                     lost = sum(o.kind == "lost" for o in outcomes)
-                    log(f"  {time.perf_counter() - t0:5.0f} s: {loop.active:>3} clients, {done} requests ended, "
-                        f"{sum(o.kind == 'error' for o in outcomes)} errors, {lost} lost")
+                    log(
+                        f"  {time.perf_counter() - t0:5.0f} s: {loop.active:>3} clients, {done} requests ended, "
+                        f"{sum(o.kind == 'error' for o in outcomes)} errors, {lost} lost"
+                    )
 
             async def send(index: int, ticket: int) -> None:
                 await _request(index, ticket, config, client, text, t0, outcomes)
@@ -128,19 +137,32 @@ def summarise(config: LoadConfig, outcomes: list[Outcome], wall: float) -> dict:
     timeline = []
     for s in range(seconds):
         ended = [o for o in outcomes if s <= o.ended_s < s + 1]
-        timeline.append({"second": s, "in_flight": sum(o.started_s <= s < o.ended_s for o in outcomes),
-                         "ended": len(ended), "tokens": sum(o.completion_tokens for o in ended if o.kind == "ok")})
+        timeline.append(
+            {
+                "second": s,
+                "in_flight": sum(o.started_s <= s < o.ended_s for o in outcomes),
+                "ended": len(ended),
+                "tokens": sum(o.completion_tokens for o in ended if o.kind == "ok"),
+            }
+        )
     errors = [o for o in outcomes if o.kind == "error"]
     lost = [o for o in outcomes if o.kind == "lost"]
     return {
-        "config": asdict(config), "wall_s": wall, "requests": len(outcomes), "ok": len(ok), "errors": len(errors),
-        "lost": len(lost), "error_rate": len(errors) / max(len(outcomes), 1), "throughput_tok_s": tokens / wall,
+        "config": asdict(config),
+        "wall_s": wall,
+        "requests": len(outcomes),
+        "ok": len(ok),
+        "errors": len(errors),
+        "lost": len(lost),
+        "error_rate": len(errors) / max(len(outcomes), 1),
+        "throughput_tok_s": tokens / wall,
         "latency_s": percentiles([o.ended_s - o.started_s for o in ok]),
         "ttft_s": percentiles([o.ttft_s for o in ok if o.ttft_s is not None]),
         "itl_s": percentiles([g for o in ok for g in o.gaps_s]),
         "first_errors": sorted({o.detail for o in errors if o.detail})[:5],
         "first_lost": sorted({o.detail for o in lost if o.detail})[:5],
-        "timeline": timeline, "passed": not lost,
+        "timeline": timeline,
+        "passed": not lost,
     }
 
 
@@ -151,15 +173,20 @@ def markdown(result: dict) -> str:
         return f"| {name} | " + " | ".join(f"{1000 * values[q]:.0f}" if q in values else "-" for q in ("p50", "p95", "p99")) + " |"
 
     lines = [
-        "# Load test", "",
+        "# Load test",
+        "",
         f"{c['clients']} streaming clients (ramped over {c['ramp_s']:g} s) for {c['duration_s']:g} s against {c['url']}"
         f" ({c['model'] or 'default model'}), {c['prompt_tokens']}-token prompts, {c['max_tokens']} tokens each, "
-        f"temperature {c['temperature']:g}.", "",
+        f"temperature {c['temperature']:g}.",
+        "",
         f"**{'PASSED' if result['passed'] else 'FAILED'}**: {result['requests']} requests, {result['ok']} complete, "
         f"{result['errors']} clear errors ({100 * result['error_rate']:.1f}%), {result['lost']} lost; "
-        f"{result['throughput_tok_s']:.1f} completion tokens/s over {result['wall_s']:.1f} s.", "",
-        "| ms | p50 | p95 | p99 |", "|---|---|---|---|",
-        row("request latency", result["latency_s"]), row("time to first token", result["ttft_s"]),
+        f"{result['throughput_tok_s']:.1f} completion tokens/s over {result['wall_s']:.1f} s.",
+        "",
+        "| ms | p50 | p95 | p99 |",
+        "|---|---|---|---|",
+        row("request latency", result["latency_s"]),
+        row("time to first token", result["ttft_s"]),
         row("inter-token latency", result["itl_s"]),
     ]
     if result["first_errors"]:

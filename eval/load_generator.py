@@ -35,9 +35,11 @@ class ClosedLoop:
         t0 = time.perf_counter()
 
         def more(sent: int) -> bool:
-            return ((self.total is None or self.started < self.total)
-                    and (self.per_client is None or sent < self.per_client)
-                    and (self.duration_s is None or time.perf_counter() - t0 < self.duration_s))
+            return (
+                (self.total is None or self.started < self.total)
+                and (self.per_client is None or sent < self.per_client)
+                and (self.duration_s is None or time.perf_counter() - t0 < self.duration_s)
+            )
 
         async def client(index: int) -> None:
             await asyncio.sleep(self.ramp_s * index / self.clients)

@@ -37,7 +37,7 @@ from eval.runs import HumanEvalRun
 
 _RESULT = "SLIPSTREAM_PERF "
 
-_HARNESS = '''
+_HARNESS = """
 def __slipstream_perf():
     import gc, json, os, sys, time
     try:
@@ -77,7 +77,7 @@ def __slipstream_perf():
     median = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
     sys.stderr.write("{marker}" + json.dumps({{"min": times[0], "median": median, "loops": loops, "rounds": rounds}}) + "\\n")
 __slipstream_perf()
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,15 @@ class Solution:
 
 def harness(problem: Problem, completion: str, core: int, config: TimingConfig) -> str:
     return f"{problem.prompt}{completion}\n{problem.test}\n" + _HARNESS.format(
-        core=core, entry_point=problem.entry_point, warmup=config.warmup, min_round_s=config.min_round_s,
-        max_loops=config.max_loops, rounds=config.rounds, budget_s=config.budget_s, marker=_RESULT)
+        core=core,
+        entry_point=problem.entry_point,
+        warmup=config.warmup,
+        min_round_s=config.min_round_s,
+        max_loops=config.max_loops,
+        rounds=config.rounds,
+        budget_s=config.budget_s,
+        marker=_RESULT,
+    )
 
 
 def parse(result: execution.Result) -> tuple[float, float] | str:
@@ -143,8 +150,9 @@ def collect(runs: list[HumanEvalRun], problems: dict[str, Problem], include_time
                 canonical = problems[task].canonical_solution
                 chosen[task] = {canonical: Solution(task, canonical, canonical=True)}
             solution = chosen[task].setdefault(sample["completion"], Solution(task, sample["completion"], False))
-            solution.samples.append({"run": run.label, "model": run.model, "temperature": run.temperature,
-                                     "mode": run.mode, "sample": sample["sample"]})
+            solution.samples.append(
+                {"run": run.label, "model": run.model, "temperature": run.temperature, "mode": run.mode, "sample": sample["sample"]}
+            )
     return {t: list(s.values()) for t, s in sorted(chosen.items(), key=lambda kv: _task_number(kv[0]))}
 
 
@@ -153,8 +161,7 @@ def _task_number(task_id: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def measure(solutions: dict[str, list[Solution]], problems: dict[str, Problem], config: TimingConfig,
-            core: int | None = None) -> None:
+def measure(solutions: dict[str, list[Solution]], problems: dict[str, Problem], config: TimingConfig, core: int | None = None) -> None:
     """Time every solution config.repeats times, round-robin within each problem, one program at a time."""
     core = sorted(os.sched_getaffinity(0))[-1] if core is None else core
     limits = execution.Limits(timeout=config.timeout_s, cpu_seconds=int(config.timeout_s) + 5)
@@ -171,8 +178,7 @@ def measure(solutions: dict[str, list[Solution]], problems: dict[str, Problem], 
                 solution.medians.append(found[1])
             bar.update()
 
-        execution.run_many([harness(p, s.completion, core, config) for s, p in order], limits, workers=1,
-                           on_result=record)
+        execution.run_many([harness(p, s.completion, core, config) for s, p in order], limits, workers=1, on_result=record)
 
 
 def normalise(group: list[Solution]) -> dict[int, dict[str, float | None]]:
@@ -208,18 +214,29 @@ def summarise(runs: list[HumanEvalRun], solutions: dict[str, list[Solution]]) ->
     for run in runs:
         entry = per_run[run.label]
         passed = sum(s["passed"] for s in run.samples)
-        rows.append({
-            "run": run.label, "model": run.model, "temperature": run.temperature, "mode": run.mode,
-            "success_rate": passed / len(run.samples), "timed_samples": len(entry["z"]),
-            "problems": len(entry["problems"]),
-            "ratio_geomean": math.exp(statistics.mean(math.log(r) for r in entry["ratio"])) if entry["ratio"] else None,
-            "z_mean": statistics.mean(entry["z"]) if entry["z"] else None,
-        })
+        rows.append(
+            {
+                "run": run.label,
+                "model": run.model,
+                "temperature": run.temperature,
+                "mode": run.mode,
+                "success_rate": passed / len(run.samples),
+                "timed_samples": len(entry["z"]),
+                "problems": len(entry["problems"]),
+                "ratio_geomean": math.exp(statistics.mean(math.log(r) for r in entry["ratio"])) if entry["ratio"] else None,
+                "z_mean": statistics.mean(entry["z"]) if entry["z"] else None,
+            }
+        )
     return rows
 
 
-def study(runs: list[HumanEvalRun], out: Path, config: TimingConfig | None = None, include_timeouts: bool = False,
-          log: Callable[[str], None] = print) -> dict:
+def study(
+    runs: list[HumanEvalRun],
+    out: Path,
+    config: TimingConfig | None = None,
+    include_timeouts: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     config = config or TimingConfig()
     problems = {p.task_id: p for p in humaneval()}
     solutions = collect(runs, problems, include_timeouts)
@@ -227,8 +244,10 @@ def study(runs: list[HumanEvalRun], out: Path, config: TimingConfig | None = Non
         raise ValueError("no sample passed its tests: nothing to time")
     count = sum(len(g) for g in solutions.values())
     log(execution.box_line(execution.detect_box()))
-    log(f"timing {count} distinct solutions ({len(solutions)} canonical) of {len(solutions)} problems, "
-        f"{config.repeats} repetitions each, on core {sorted(os.sched_getaffinity(0))[-1]}")
+    log(
+        f"timing {count} distinct solutions ({len(solutions)} canonical) of {len(solutions)} problems, "
+        f"{config.repeats} repetitions each, on core {sorted(os.sched_getaffinity(0))[-1]}"
+    )
     measure(solutions, problems, config)
     rows = summarise(runs, solutions)
     cvs = [s.cv for g in solutions.values() for s in g if s.cv is not None]
@@ -236,11 +255,25 @@ def study(runs: list[HumanEvalRun], out: Path, config: TimingConfig | None = Non
     for group in solutions.values():
         norms = normalise(group)
         for i, s in enumerate(group):
-            detail.append({"task_id": s.task_id, "canonical": s.canonical, "samples": s.samples, "seconds": s.seconds,
-                           "medians": s.medians, "minimums": s.minimums, "cv": s.cv, "error": s.error,
-                           **norms.get(i, {})})
-    noise = {"solutions": len(cvs), "cv_median": statistics.median(cvs) if cvs else None,
-             "cv_p90": sorted(cvs)[int(0.9 * (len(cvs) - 1))] if cvs else None, "cv_max": max(cvs) if cvs else None}
+            detail.append(
+                {
+                    "task_id": s.task_id,
+                    "canonical": s.canonical,
+                    "samples": s.samples,
+                    "seconds": s.seconds,
+                    "medians": s.medians,
+                    "minimums": s.minimums,
+                    "cv": s.cv,
+                    "error": s.error,
+                    **norms.get(i, {}),
+                }
+            )
+    noise = {
+        "solutions": len(cvs),
+        "cv_median": statistics.median(cvs) if cvs else None,
+        "cv_p90": sorted(cvs)[int(0.9 * (len(cvs) - 1))] if cvs else None,
+        "cv_max": max(cvs) if cvs else None,
+    }
     result = {"config": asdict(config), "box": execution.detect_box(), "runs": rows, "noise": noise, "solutions": detail}
     out.mkdir(parents=True, exist_ok=True)
     (out / "perf.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -253,14 +286,17 @@ def markdown(result: dict) -> str:
     c, noise = result["config"], result["noise"]
     failed = [s for s in result["solutions"] if s["error"]]
     lines = [
-        "# Run time of the generated code", "",
+        "# Run time of the generated code",
+        "",
         f"Each solution that passed its tests, timed on them: {c['warmup']} warm-up calls, calibrated rounds of at "
         f"least {1000 * c['min_round_s']:.0f} ms, up to {c['rounds']} rounds with GC off, pinned to one core, in the "
         f"{result['box']} box; {c['repeats']} repetitions round-robin within each problem, a solution's time the "
         "minimum of its per-repetition medians. Normalised within each problem: ratio to the canonical solution "
-        "(geometric mean across problems; below 1 is faster) and z-score among the problem's solutions.", "",
+        "(geometric mean across problems; below 1 is faster) and z-score among the problem's solutions.",
+        "",
         f"Noise: coefficient of variation across repetitions, median {_pct(noise['cv_median'])}, p90 "
-        f"{_pct(noise['cv_p90'])}, max {_pct(noise['cv_max'])} over {noise['solutions']} solutions.", "",
+        f"{_pct(noise['cv_p90'])}, max {_pct(noise['cv_max'])} over {noise['solutions']} solutions.",
+        "",
         "| run | success rate | timed samples | problems | time / canonical (geomean) | mean z |",
         "|---|---|---|---|---|---|",
     ]
@@ -269,8 +305,11 @@ def markdown(result: dict) -> str:
         z = f"{r['z_mean']:+.3f}" if r["z_mean"] is not None else "-"
         lines.append(f"| {r['run']} | {100 * r['success_rate']:.1f}% | {r['timed_samples']} | {r['problems']} | {ratio} | {z} |")
     if failed:
-        lines += ["", f"{len(failed)} solutions could not be timed (they pass once but not when called repeatedly, or "
-                  "ran past the limit): " + "; ".join(f"{s['task_id']}: {s['error']}" for s in failed[:5])]
+        lines += [
+            "",
+            f"{len(failed)} solutions could not be timed (they pass once but not when called repeatedly, or "
+            "ran past the limit): " + "; ".join(f"{s['task_id']}: {s['error']}" for s in failed[:5]),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -286,8 +325,11 @@ def _plots(out: Path, result: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for model in dict.fromkeys(r["model"] for r in result["runs"]):
-        points = sorted((r["temperature"], r["ratio_geomean"], r["success_rate"]) for r in result["runs"]
-                        if r["model"] == model and r["ratio_geomean"] is not None)
+        points = sorted(
+            (r["temperature"], r["ratio_geomean"], r["success_rate"])
+            for r in result["runs"]
+            if r["model"] == model and r["ratio_geomean"] is not None
+        )
         if not points:
             continue
         ax.plot([p[1] for p in points], [100 * p[2] for p in points], marker="o", label=model)
@@ -306,8 +348,7 @@ def _plots(out: Path, result: dict) -> None:
     if not tasks:
         return
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(tasks) + 1.5), 3.8))
-    data = [[s["ratio"] for s in result["solutions"] if s["task_id"] == t and not s["canonical"] and s.get("ratio")]
-            for t in tasks]
+    data = [[s["ratio"] for s in result["solutions"] if s["task_id"] == t and not s["canonical"] and s.get("ratio")] for t in tasks]
     ax.boxplot(data, showfliers=True)
     ax.set_xticks(range(1, len(tasks) + 1), [t.split("/")[-1] for t in tasks], fontsize=7)
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)

@@ -79,8 +79,11 @@ def pick_files(folder: Path, language: str, count: int) -> list[Path]:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder")
     patterns = lexer_for(language).filenames
-    found = sorted(p for p in folder.rglob("*") if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
-                   and MIN_BYTES <= p.stat().st_size <= MAX_BYTES)
+    found = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns) and MIN_BYTES <= p.stat().st_size <= MAX_BYTES
+    )
     if not found:
         raise ValueError(f"no {language} file ({', '.join(patterns)}) of {MIN_BYTES}-{MAX_BYTES} bytes under {folder}")
     if len(found) <= count:
@@ -122,8 +125,15 @@ async def score_text(client: AsyncClient, model: str, text: str, window_chars: i
     return total, scored, unscored, windows
 
 
-async def score_files(url: str, model: str, language: str, files: list[Path], context_tokens: int, overlap: float,
-                      progress: Callable[[FileScore], None] | None = None) -> list[FileScore]:
+async def score_files(
+    url: str,
+    model: str,
+    language: str,
+    files: list[Path],
+    context_tokens: int,
+    overlap: float,
+    progress: Callable[[FileScore], None] | None = None,
+) -> list[FileScore]:
     chars_per_token = 2.5  # a cautious start for code; learnt from each file scored
     out = []
     async with AsyncClient(url, timeout=600) as client:
@@ -151,13 +161,30 @@ def pool(model: str, language: str, scores: list[FileScore]) -> LanguageResult:
     lexer_tokens = sum(s.lexer_tokens for s in scores)
     model_tokens = sum(s.model_tokens for s in scores)
     chars = sum(s.chars for s in scores)
-    return LanguageResult(model, language, len(scores), chars, lexer_tokens, model_tokens, logprob,
-                          math.exp(-logprob / lexer_tokens), math.exp(-logprob / model_tokens),
-                          -logprob / math.log(2) / chars)
+    return LanguageResult(
+        model,
+        language,
+        len(scores),
+        chars,
+        lexer_tokens,
+        model_tokens,
+        logprob,
+        math.exp(-logprob / lexer_tokens),
+        math.exp(-logprob / model_tokens),
+        -logprob / math.log(2) / chars,
+    )
 
 
-def run(url: str, models: list[str], languages: dict[str, Path], out: Path, files: int = 20,
-        window_tokens: int = 512, overlap: float = 0.25, log: Callable[[str], None] = print) -> list[LanguageResult]:
+def run(
+    url: str,
+    models: list[str],
+    languages: dict[str, Path],
+    out: Path,
+    files: int = 20,
+    window_tokens: int = 512,
+    overlap: float = 0.25,
+    log: Callable[[str], None] = print,
+) -> list[LanguageResult]:
     """Every model over every language; window_tokens caps the window below the model's context (echo
     returns logits for every position, [window, vocabulary] floats)."""
     if not 0 <= overlap < 1:
@@ -174,26 +201,30 @@ def run(url: str, models: list[str], languages: dict[str, Path], out: Path, file
         for lang, paths in picks.items():
             done = [0]
 
-            def progress(score: FileScore, model: str = model, lang: str = lang, n: int = len(paths),
-                         done: list[int] = done) -> None:
+            def progress(score: FileScore, model: str = model, lang: str = lang, n: int = len(paths), done: list[int] = done) -> None:
                 done[0] += 1
-                log(f"  {model} {lang} [{done[0]}/{n}] {Path(score.path).name}: {score.model_tokens} tokens, "
-                    f"{score.windows} windows, {score.logprob / max(score.lexer_tokens, 1):.3f} nats/lexer token")
+                log(
+                    f"  {model} {lang} [{done[0]}/{n}] {Path(score.path).name}: {score.model_tokens} tokens, "
+                    f"{score.windows} windows, {score.logprob / max(score.lexer_tokens, 1):.3f} nats/lexer token"
+                )
 
             scores = asyncio.run(score_files(url, model, lang, paths, context, overlap, progress))
             detail.setdefault(model, {})[lang] = [asdict(s) for s in scores]
             results.append(pool(model, lang, scores))
             log(f"{model} {lang}: perplexity {results[-1].perplexity:.3f} per Pygments token")
     results, detail = _merge_earlier(out / "perplexity.json", results, detail, window_tokens, overlap)
-    (out / "perplexity.json").write_text(json.dumps({"results": [asdict(r) for r in results], "files": detail,
-                                                     "window_tokens": window_tokens, "overlap": overlap}, indent=2) + "\n")
+    (out / "perplexity.json").write_text(
+        json.dumps({"results": [asdict(r) for r in results], "files": detail, "window_tokens": window_tokens, "overlap": overlap}, indent=2)
+        + "\n"
+    )
     (out / "perplexity.md").write_text(markdown(results, window_tokens, overlap))
     _plot(out / "perplexity.png", results)
     return results
 
 
-def _merge_earlier(path: Path, results: list[LanguageResult], detail: dict, window_tokens: int,
-                   overlap: float) -> tuple[list[LanguageResult], dict]:
+def _merge_earlier(
+    path: Path, results: list[LanguageResult], detail: dict, window_tokens: int, overlap: float
+) -> tuple[list[LanguageResult], dict]:
     """An earlier run's (model, language) results in the same folder are kept unless this run measured
     them again (with the same windows: otherwise the numbers would not compare, and are replaced)."""
     if not path.is_file():
@@ -216,17 +247,23 @@ async def _contexts(url: str) -> dict[str, int]:
 
 
 def markdown(results: list[LanguageResult], window_tokens: int, overlap: float) -> str:
-    lines = ["# Perplexity per language", "",
-             "PPL = exp(−Σ log p(file) / Σ Pygments tokens), pooled per language (PolyCoder's method: comparable "
-             f"across tokenizers); windows of up to {window_tokens} model tokens, {overlap:.0%} of each repeated "
-             "as context. Per model token and bits per character for reference. Pygments makes a whole "
-             "preprocessor line or comment one token: header files full of #define lines count few tokens, "
-             "so their per-token perplexity is far higher than their bits per character say.", "",
-             "| model | language | files | chars | Pygments tokens | model tokens | PPL (Pygments) | PPL (model tokens) | bits/char |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Perplexity per language",
+        "",
+        "PPL = exp(−Σ log p(file) / Σ Pygments tokens), pooled per language (PolyCoder's method: comparable "
+        f"across tokenizers); windows of up to {window_tokens} model tokens, {overlap:.0%} of each repeated "
+        "as context. Per model token and bits per character for reference. Pygments makes a whole "
+        "preprocessor line or comment one token: header files full of #define lines count few tokens, "
+        "so their per-token perplexity is far higher than their bits per character say.",
+        "",
+        "| model | language | files | chars | Pygments tokens | model tokens | PPL (Pygments) | PPL (model tokens) | bits/char |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r.model} | {r.language} | {r.files} | {r.chars} | {r.lexer_tokens} | {r.model_tokens} | "
-                     f"{r.perplexity:.3f} | {r.model_token_perplexity:.3f} | {r.bits_per_char:.3f} |")
+        lines.append(
+            f"| {r.model} | {r.language} | {r.files} | {r.chars} | {r.lexer_tokens} | {r.model_tokens} | "
+            f"{r.perplexity:.3f} | {r.model_token_perplexity:.3f} | {r.bits_per_char:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -242,8 +279,7 @@ def _plot(path: Path, results: list[LanguageResult]) -> None:
     width = 0.8 / len(models)
     for i, model in enumerate(models):
         values = {r.language: r.perplexity for r in results if r.model == model}
-        ax.bar([j + i * width for j in range(len(languages))], [values.get(lang, 0) for lang in languages], width,
-               label=model)
+        ax.bar([j + i * width for j in range(len(languages))], [values.get(lang, 0) for lang in languages], width, label=model)
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(languages))], languages)
     ax.set_ylabel("perplexity per Pygments token")
     ax.set_yscale("log")

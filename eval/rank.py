@@ -59,8 +59,13 @@ def rank_run(run: HumanEvalRun, ks: tuple[int, ...] = KS) -> RankResult:
                 scores[ranking][k].append(passk.rank_score_at_k(passed, keys[ranking], k))
     counts = {t: (len(s), sum(x["passed"] for x in s)) for t, s in problems.items()}
     return RankResult(
-        run=run.label, model=run.model, temperature=run.temperature, mode=run.mode, problems=len(problems),
-        samples=sum(len(s) for s in problems.values()), kept=kept_total,
+        run=run.label,
+        model=run.model,
+        temperature=run.temperature,
+        mode=run.mode,
+        problems=len(problems),
+        samples=sum(len(s) for s in problems.values()),
+        kept=kept_total,
         rank_score={r: {k: float(np.mean(v)) for k, v in by_k.items()} for r, by_k in scores.items()},
         pass_at_k=passk.benchmark_pass_at_k(counts, ks),
     )
@@ -69,16 +74,24 @@ def rank_run(run: HumanEvalRun, ks: tuple[int, ...] = KS) -> RankResult:
 def write(out: Path, results: list[RankResult]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "rank.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    lines = ["# Ranking without tests: rank-score@k", "",
-             "Best of k samples picked by mean or sum log-probability of the generated tokens, or at random "
-             "(Codex §3.3), among the samples that ended by themselves; pass@k over all samples is the oracle. "
-             "Percent of problems.", ""]
+    lines = [
+        "# Ranking without tests: rank-score@k",
+        "",
+        "Best of k samples picked by mean or sum log-probability of the generated tokens, or at random "
+        "(Codex §3.3), among the samples that ended by themselves; pass@k over all samples is the oracle. "
+        "Percent of problems.",
+        "",
+    ]
     for r in results:
         ks = sorted(r.pass_at_k)
-        lines += [f"## {r.run}", "",
-                  f"{r.problems} problems, {r.samples} samples, {r.kept} ended by themselves "
-                  f"({100 * r.kept / max(r.samples, 1):.0f}%).", "",
-                  "| ranking | " + " | ".join(f"@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        lines += [
+            f"## {r.run}",
+            "",
+            f"{r.problems} problems, {r.samples} samples, {r.kept} ended by themselves ({100 * r.kept / max(r.samples, 1):.0f}%).",
+            "",
+            "| ranking | " + " | ".join(f"@{k}" for k in ks) + " |",
+            "|---|" + "---|" * len(ks),
+        ]
         for ranking in RANKINGS:
             lines.append(f"| {ranking} | " + " | ".join(f"{100 * r.rank_score[ranking][k]:.1f}" for k in ks) + " |")
         lines += ["| pass@k (oracle) | " + " | ".join(f"{100 * r.pass_at_k[k]:.1f}" for k in ks) + " |", ""]

@@ -53,8 +53,7 @@ def load_runs(root: Path) -> list[HumanEvalRun]:
             samples.append(row | {"passed": bool(verdict["passed"]), "result": verdict["result"]})
         if not samples:
             raise RunsError(f"{folder}: summary.json but no executed sample: run `slipstream eval humaneval` again")
-        runs.append(HumanEvalRun(summary["model"], float(summary["temperature"]), summary.get("mode", "completion"),
-                                 folder, samples))
+        runs.append(HumanEvalRun(summary["model"], float(summary["temperature"]), summary.get("mode", "completion"), folder, samples))
     if not runs:
         raise RunsError(f"no HumanEval run under {root} (looked for */summary.json from `slipstream eval humaneval`)")
     return runs

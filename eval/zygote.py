@@ -39,8 +39,12 @@ _SYS_MOUNT_SETATTR, _AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = 442, -100, 0x
 
 
 class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def _check(result: int, what: str) -> None:
@@ -50,8 +54,10 @@ def _check(result: int, what: str) -> None:
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags,
-                       data.encode() if data else None), f"mount {target}")
+    _check(
+        _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags, data.encode() if data else None),
+        f"mount {target}",
+    )
 
 
 def _kept() -> set[str]:
@@ -66,8 +72,10 @@ def _seal(private_uid: bool) -> None:
     hidden = [d for d in (*_WRITABLE, *homes) if os.path.isdir(d)]
     kept = {path: os.open(path, os.O_PATH) for path in sorted(_kept()) if any(path.startswith(d + "/") for d in hidden)}
     attr = _MountAttr(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-    _check(_libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)),
-           "mount_setattr / read-only")
+    _check(
+        _libc.syscall(_SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)),
+        "mount_setattr / read-only",
+    )
     for directory in hidden:
         # 0755: a program with its own uid writes only to its own directory, made for it in /tmp
         world = directory in _WRITABLE and not private_uid

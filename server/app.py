@@ -63,8 +63,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> F
         app.add_middleware(auth.APIKeyMiddleware, keys=keys)
         log.info("API keys required (%d configured)", len(keys))
     if settings.cors_origins:  # after the key check: outside it, so that preflights are answered first
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["*"])
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     # the app's own routes (documents) and each API's: FastAPI keeps an included router's routes apart
     routes = [r for r in (*app.router.routes, *(r for api in ROUTERS for r in api.routes)) if isinstance(r, Route)]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outermost: refused requests are counted too
@@ -94,14 +93,12 @@ async def _handle_client_gone(request: Request, _exc: Exception) -> JSONResponse
 async def _handle_body_cut(request: Request, _exc: Exception) -> JSONResponse:
     # nobody reads this answer; the 499 (nginx's "client closed request") keeps it out of the 5xx counts
     log.info("client disconnected before sending its whole request body")
-    return error_response(request.url.path, 499,
-                          ErrorBody(message="client disconnected before sending its whole body", type="cancelled"))
+    return error_response(request.url.path, 499, ErrorBody(message="client disconnected before sending its whole body", type="cancelled"))
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return error_response(request.url.path, 500,
-                          ErrorBody(message=f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
+    return error_response(request.url.path, 500, ErrorBody(message=f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
 
 
 __all__ = ["create_app"]

@@ -95,12 +95,19 @@ class APIKeyMiddleware:
         if key_matches(presented, self.keys):
             await self.app(scope, receive, send)
             return
-        message = ("no API key: send Authorization: Bearer <key>" if presented is None
-                   else "the API key is not valid")
+        message = "no API key: send Authorization: Bearer <key>" if presented is None else "the API key is not valid"
         # in the shape of the API the request was for: an Ollama client reads {"error": "..."}
         error = ErrorBody(message=message, type="invalid_request_error", code="invalid_api_key")
         body = json.dumps(error_body(scope["path"], 401, error)).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="slipstream"')]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b'Bearer realm="slipstream"'),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -37,14 +37,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     streams in): a huge body is never held in memory whole."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"the request body is {int(declared)} bytes, above this server's limit of {limit} "
-                              "(max_body_bytes)", code="body_too_large")
+        raise PayloadTooLarge(
+            f"the request body is {int(declared)} bytes, above this server's limit of {limit} (max_body_bytes)", code="body_too_large"
+        )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(f"the request body passes this server's limit of {limit} bytes (max_body_bytes)",
-                                  code="body_too_large")
+            raise PayloadTooLarge(f"the request body passes this server's limit of {limit} bytes (max_body_bytes)", code="body_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -28,8 +28,9 @@ def add_settings_flags(parser: argparse.ArgumentParser, only: typing.Iterable[st
         elif kind is typing.Literal:
             parser.add_argument(flag, dest=name, choices=typing.get_args(field.annotation), default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=typing.cast(typing.Callable[[str], typing.Any], field.annotation),
-                                default=None, help=help_text)
+            parser.add_argument(
+                flag, dest=name, type=typing.cast(typing.Callable[[str], typing.Any], field.annotation), default=None, help=help_text
+            )
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -70,8 +71,14 @@ def _serve(args: argparse.Namespace) -> int:
     from server.drain import DrainingServer
 
     # access_log off: ours says more. The grace is a float of seconds, which uvicorn waits as is (its annotation says int)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=settings.shutdown_grace_s)  # type: ignore[arg-type]
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]  # a float, waited as is
+    )
     DrainingServer(config, app.state.slipstream.drain).run()
     return 0
 
@@ -108,8 +115,10 @@ def _export(args: argparse.Namespace) -> int:
         elif args.model:
             export_bundled(args.model, repository, precision=args.precision, name=args.name, force=args.force)
         else:
-            raise ExportError("name a bundled model (gemma3-270m, smollm2-135m) or a preset, or give --from-hf DIR, "
-                              "--from-gguf FILE or --from-ollama NAME[:TAG]")
+            raise ExportError(
+                "name a bundled model (gemma3-270m, smollm2-135m) or a preset, or give --from-hf DIR, "
+                "--from-gguf FILE or --from-ollama NAME[:TAG]"
+            )
     except (ExportError, LookupError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -140,8 +149,9 @@ def _models(args: argparse.Namespace) -> int:
     print(f"exported in {repository}:")
     for name, m in exported.items():
         size = store.size_on_disk(store.model_dir(repository, name)) / 1e6
-        print(f"  {name:<20} {m.architecture:<12} {m.parameters / 1e6:7.1f}M params  {m.precision:<5} {size:6.0f} MB  "
-              f"ctx {m.context_length}")
+        print(
+            f"  {name:<20} {m.architecture:<12} {m.parameters / 1e6:7.1f}M params  {m.precision:<5} {size:6.0f} MB  ctx {m.context_length}"
+        )
         print(f"  {'':<20} from {m.source}" + (f"  sha256 {m.source_sha256}" if m.source_sha256 else ""))
     if not exported:
         print("  (none)")
@@ -177,20 +187,36 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:
     serve.set_defaults(run=_serve)
 
     export = commands.add_parser("export", help="build a model into the model repository")
-    export.add_argument("model", nargs="?", help="a bundled model (gemma3-270m, smollm2-135m) or a catalog preset "
-                        "(codegen-350m-mono, starcoder2-3b, ...: see `slipstream models`); with --from-gguf or "
-                        "--from-ollama, the name to store it under")
+    export.add_argument(
+        "model",
+        nargs="?",
+        help="a bundled model (gemma3-270m, smollm2-135m) or a catalog preset "
+        "(codegen-350m-mono, starcoder2-3b, ...: see `slipstream models`); with --from-gguf or "
+        "--from-ollama, the name to store it under",
+    )
     sources = export.add_mutually_exclusive_group()
     sources.add_argument("--from-hf", metavar="DIR", help="a local Hugging Face causal-LM checkpoint folder")
-    sources.add_argument("--from-gguf", metavar="FILE", help="a GGUF file (llama.cpp's, LM Studio's, ...): llama, qwen2, "
-                         "qwen3, phi3, starcoder2, gemma, gemma2 or gemma3; NAME is then the store name")
-    sources.add_argument("--from-ollama", metavar="NAME[:TAG]", help="a model Ollama pulled, found in its store "
-                         "($OLLAMA_MODELS or ~/.ollama/models)")
-    export.add_argument("--name", help="store name (default: the model's, or the folder's for --from-hf; "
-                        "-fp32 / -int4 / -fp16 appended for those precisions of a bundled model)")
-    export.add_argument("--precision", choices=["fp32", "int8", "int4", "fp16", "gguf"], default="int8",
-                        help="int8 (default): 8-bit MatMuls; int4: 4-bit (fused graphs only); fp32: unquantised; "
-                        "fp16: the CUDA graph (fused graphs only); gguf: a GGUF source's own quantised blocks")
+    sources.add_argument(
+        "--from-gguf",
+        metavar="FILE",
+        help="a GGUF file (llama.cpp's, LM Studio's, ...): llama, qwen2, "
+        "qwen3, phi3, starcoder2, gemma, gemma2 or gemma3; NAME is then the store name",
+    )
+    sources.add_argument(
+        "--from-ollama", metavar="NAME[:TAG]", help="a model Ollama pulled, found in its store ($OLLAMA_MODELS or ~/.ollama/models)"
+    )
+    export.add_argument(
+        "--name",
+        help="store name (default: the model's, or the folder's for --from-hf; "
+        "-fp32 / -int4 / -fp16 appended for those precisions of a bundled model)",
+    )
+    export.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "int4", "fp16", "gguf"],
+        default="int8",
+        help="int8 (default): 8-bit MatMuls; int4: 4-bit (fused graphs only); fp32: unquantised; "
+        "fp16: the CUDA graph (fused graphs only); gguf: a GGUF source's own quantised blocks",
+    )
     export.add_argument("--force", action="store_true", help="export again even if already exported")
     export.add_argument("--model-repository", type=Path, default=None)
     export.set_defaults(run=_export)
@@ -201,7 +227,8 @@ def add_server_commands(commands: argparse._SubParsersAction) -> None:
     checks = models.add_subparsers(dest="models_command")
     verify = checks.add_parser("verify", help="check an export against its source checkpoint (transformers, fp32)")
     verify.add_argument("name")
-    verify.add_argument("--reference", type=Path, default=None,
-                        help="the source checkpoint folder or GGUF file, when the manifest's is not on this machine")
+    verify.add_argument(
+        "--reference", type=Path, default=None, help="the source checkpoint folder or GGUF file, when the manifest's is not on this machine"
+    )
     verify.add_argument("--model-repository", type=Path, default=None)
     verify.set_defaults(run=_verify)

@@ -33,14 +33,20 @@ async def copilot_token(request: Request) -> dict[str, object]:
     valid key gets here, and its key is the token (the agent then sends it as Bearer)."""
     now = int(time.time())
     token = auth.presented_key(request.headers) if app_state(request).keys else "slipstream-open"
-    return {"token": token, "expires_at": now + _TOKEN_TTL_S, "refresh_in": _TOKEN_TTL_S - 300,
-            "endpoints": _endpoints(request), "chat_enabled": False, "sku": "slipstream", "individual": True}
+    return {
+        "token": token,
+        "expires_at": now + _TOKEN_TTL_S,
+        "refresh_in": _TOKEN_TTL_S - 300,
+        "endpoints": _endpoints(request),
+        "chat_enabled": False,
+        "sku": "slipstream",
+        "individual": True,
+    }
 
 
 @router.get("/copilot_internal/user")
 async def copilot_user(request: Request) -> dict[str, object]:
-    return {"login": "slipstream", "copilot_plan": "individual", "chat_enabled": False,
-            "endpoints": _endpoints(request)}
+    return {"login": "slipstream", "copilot_plan": "individual", "chat_enabled": False, "endpoints": _endpoints(request)}
 
 
 @router.get("/models")
@@ -48,11 +54,28 @@ async def copilot_models(request: Request) -> dict[str, object]:
     """Every served model as a completion model: the agent completes with the first (or the one its user
     picks) and names it in the completion's path, /v1/engines/{model}/completions."""
     backend: Backend = app_state(request).backend
-    return {"data": [{"id": name, "name": name, "object": "model", "version": name, "vendor": "slipstream",
-                      "preview": False, "model_picker_enabled": True,
-                      "capabilities": {"object": "model_capabilities", "type": "completion", "family": name,
-                                       "tokenizer": "o200k_base", "limits": {}, "supports": {"streaming": True}}}
-                     for name in backend.names]}
+    return {
+        "data": [
+            {
+                "id": name,
+                "name": name,
+                "object": "model",
+                "version": name,
+                "vendor": "slipstream",
+                "preview": False,
+                "model_picker_enabled": True,
+                "capabilities": {
+                    "object": "model_capabilities",
+                    "type": "completion",
+                    "family": name,
+                    "tokenizer": "o200k_base",
+                    "limits": {},
+                    "supports": {"streaming": True},
+                },
+            }
+            for name in backend.names
+        ]
+    }
 
 
 @router.get("/embeddings/models")

@@ -57,6 +57,7 @@ def error_body(path: str, status: int, error: ErrorBody, where: str | None = Non
     return shape(status, error, where)
 
 
-def error_response(path: str, status: int, error: ErrorBody, headers: dict[str, str] | None = None,
-                   where: str | None = None) -> JSONResponse:
+def error_response(
+    path: str, status: int, error: ErrorBody, headers: dict[str, str] | None = None, where: str | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(path, status, error, where), status_code=status, headers=headers)

@@ -60,15 +60,25 @@ class InfillRequest(BaseModel):
         """The neutral request: the code before the cursor (input_prefix + prompt) to continue, input_suffix
         filled in the middle, input_extra as other files; n_predict -1 and seed -1 are the defaults."""
         extra = tuple(ContextFile(e.filename, e.text) for e in self.input_extra)
-        asked = SamplingParams(top_k=self.top_k, top_p=self.top_p, stop=tuple(self.stop),
-                               seed=None if self.seed in (None, -1) else self.seed,
-                               presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-                               min_indent=self.n_indent,
-                               max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None)
-        params = with_defaults(settings, asked, max_tokens=None if self.n_predict < 0 else self.n_predict,
-                               temperature=self.temperature)
-        return GenerationRequest(model=self.model, prompt=Texts([self.input_prefix + self.prompt], self.input_suffix, extra),
-                                 params=params, stream=self.stream, cache_prompt=self.cache_prompt, ignored=self.ignored())
+        asked = SamplingParams(
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop=tuple(self.stop),
+            seed=None if self.seed in (None, -1) else self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            min_indent=self.n_indent,
+            max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None,
+        )
+        params = with_defaults(settings, asked, max_tokens=None if self.n_predict < 0 else self.n_predict, temperature=self.temperature)
+        return GenerationRequest(
+            model=self.model,
+            prompt=Texts([self.input_prefix + self.prompt], self.input_suffix, extra),
+            params=params,
+            stream=self.stream,
+            cache_prompt=self.cache_prompt,
+            ignored=self.ignored(),
+        )
 
     def ignored(self) -> list[str]:
         return [name for name in _NOT_DONE if name in (self.model_extra or {})]
@@ -116,17 +126,34 @@ class InfillShape:
         cached = usage.prompt_tokens_details.cached_tokens
         prompt_n, predicted_n = usage.prompt_tokens - cached, usage.completion_tokens
         prompt_ms, predicted_ms = 1000 * (first - self._started), 1000 * (end - first)
-        timings = {"cache_n": cached, "prompt_n": prompt_n, "prompt_ms": prompt_ms,
-                   "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
-                   "prompt_per_second": 1000 * prompt_n / prompt_ms if prompt_ms else 0.0,
-                   "predicted_n": predicted_n, "predicted_ms": predicted_ms,
-                   "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
-                   "predicted_per_second": 1000 * predicted_n / predicted_ms if predicted_ms else 0.0}
-        return self._project({
-            "index": 0, "content": content, "id_slot": 0, "stop": True, "model": self._model,
-            "tokens_predicted": predicted_n, "tokens_evaluated": usage.prompt_tokens, "tokens_cached": cached,
-            "truncated": usage.prompt_tokens_trimmed > 0, "has_new_line": self._newline or "\n" in content,
-            "stop_type": _STOP_TYPE.get(self._finish, "eos"), "stopping_word": "", "timings": timings})
+        timings = {
+            "cache_n": cached,
+            "prompt_n": prompt_n,
+            "prompt_ms": prompt_ms,
+            "prompt_per_token_ms": prompt_ms / prompt_n if prompt_n else 0.0,
+            "prompt_per_second": 1000 * prompt_n / prompt_ms if prompt_ms else 0.0,
+            "predicted_n": predicted_n,
+            "predicted_ms": predicted_ms,
+            "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
+            "predicted_per_second": 1000 * predicted_n / predicted_ms if predicted_ms else 0.0,
+        }
+        return self._project(
+            {
+                "index": 0,
+                "content": content,
+                "id_slot": 0,
+                "stop": True,
+                "model": self._model,
+                "tokens_predicted": predicted_n,
+                "tokens_evaluated": usage.prompt_tokens,
+                "tokens_cached": cached,
+                "truncated": usage.prompt_tokens_trimmed > 0,
+                "has_new_line": self._newline or "\n" in content,
+                "stop_type": _STOP_TYPE.get(self._finish, "eos"),
+                "stopping_word": "",
+                "timings": timings,
+            }
+        )
 
     def closing(self, usage: WireUsage, include_usage: bool) -> list[str]:
         return [sse(json.dumps(self._final(usage, "")))]

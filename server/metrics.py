@@ -46,16 +46,31 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("slipstream_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
-        self.duration = Histogram("slipstream_request_duration_seconds", "From request to the end of its response "
-                                  "(a stream's last event)", ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("slipstream_time_to_first_token_seconds", "From generation start to the first text",
-                              ["model"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.gap = Histogram("slipstream_inter_token_seconds", "Between successive text events of one choice",
-                             ["model"], buckets=_GAP_BUCKETS, registry=r)
+        self.duration = Histogram(
+            "slipstream_request_duration_seconds",
+            "From request to the end of its response (a stream's last event)",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "slipstream_time_to_first_token_seconds",
+            "From generation start to the first text",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.gap = Histogram(
+            "slipstream_inter_token_seconds", "Between successive text events of one choice", ["model"], buckets=_GAP_BUCKETS, registry=r
+        )
         self.completion_tokens = Counter("slipstream_completion_tokens", "Tokens generated", ["model"], registry=r)
         self.prompt_tokens = Counter("slipstream_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
-        self.cancelled = Counter("slipstream_cancelled_requests", "Generations ended early: the client went away or "
-                                 "the request ran past its time limit", ["model"], registry=r)
+        self.cancelled = Counter(
+            "slipstream_cancelled_requests",
+            "Generations ended early: the client went away or the request ran past its time limit",
+            ["model"],
+            registry=r,
+        )
         r.register(_BackendCollector(backend))
 
     def render(self) -> bytes:
@@ -97,17 +112,16 @@ class _BackendCollector(Collector):
         waiting = GaugeMetricFamily("slipstream_queue_depth", "Requests waiting to join the batch", labels=["model"])
         ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])
         cache = {
-            "lookups": CounterMetricFamily("slipstream_prefix_cache_lookups", "Prompts looked up in the prefix cache",
-                                           labels=["model"]),
-            "hits": CounterMetricFamily("slipstream_prefix_cache_hits", "Lookups that reused at least one token",
-                                        labels=["model"]),
-            "tokens_reused": CounterMetricFamily("slipstream_prefix_cache_reused_tokens",
-                                                 "Prompt tokens reused instead of prefilled", labels=["model"]),
-            "evictions": CounterMetricFamily("slipstream_prefix_cache_evictions",
-                                             "Stored runs dropped to stay under prefix_cache_mb", labels=["model"]),
+            "lookups": CounterMetricFamily("slipstream_prefix_cache_lookups", "Prompts looked up in the prefix cache", labels=["model"]),
+            "hits": CounterMetricFamily("slipstream_prefix_cache_hits", "Lookups that reused at least one token", labels=["model"]),
+            "tokens_reused": CounterMetricFamily(
+                "slipstream_prefix_cache_reused_tokens", "Prompt tokens reused instead of prefilled", labels=["model"]
+            ),
+            "evictions": CounterMetricFamily(
+                "slipstream_prefix_cache_evictions", "Stored runs dropped to stay under prefix_cache_mb", labels=["model"]
+            ),
         }
-        held = GaugeMetricFamily("slipstream_prefix_cache_bytes", "Bytes of keys and values the prefix cache holds",
-                                 labels=["model"])
+        held = GaugeMetricFamily("slipstream_prefix_cache_bytes", "Bytes of keys and values the prefix cache holds", labels=["model"])
         for name in self._backend.names:
             stats = self._backend.cache_stats(name)
             if stats is not None:
@@ -158,10 +172,16 @@ class MetricsMiddleware:
             self.metrics.requests.labels(route, str(status[0])).inc()
             self.metrics.duration.labels(route).observe(elapsed)
             client = scope.get("client")
-            line = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                    "method": scope.get("method"), "route": route, "status": status[0],
-                    "duration_ms": round(1000 * elapsed, 1), "client": client[0] if client else None,
-                    "request_id": request_id, **scope.get("state", {}).get("access", {})}
+            line = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "method": scope.get("method"),
+                "route": route,
+                "status": status[0],
+                "duration_ms": round(1000 * elapsed, 1),
+                "client": client[0] if client else None,
+                "request_id": request_id,
+                **scope.get("state", {}).get("access", {}),
+            }
             if route == "other":  # what a plugin asked for that nothing serves (in the log, never a label)
                 line["path"] = scope["path"][:200]
             access_log.info(json.dumps(line))

@@ -67,10 +67,19 @@ class _NDJSON:
     def _done(self, usage: WireUsage, text: str = "") -> dict[str, Any]:
         end = time.perf_counter_ns()
         first = self._first or end
-        return {"model": self._model, "created_at": _now(), **self._piece(text), "done": True,
-                "done_reason": self._finish, "total_duration": end - self._started, "load_duration": 0,
-                "prompt_eval_count": usage.prompt_tokens, "prompt_eval_duration": first - self._started,
-                "eval_count": usage.completion_tokens, "eval_duration": end - first}
+        return {
+            "model": self._model,
+            "created_at": _now(),
+            **self._piece(text),
+            "done": True,
+            "done_reason": self._finish,
+            "total_duration": end - self._started,
+            "load_duration": 0,
+            "prompt_eval_count": usage.prompt_tokens,
+            "prompt_eval_duration": first - self._started,
+            "eval_count": usage.completion_tokens,
+            "eval_duration": end - first,
+        }
 
     def closing(self, usage: WireUsage, include_usage: bool) -> list[str]:
         return [self._line(self._done(usage))]
@@ -118,8 +127,7 @@ async def generate(request: Request) -> Response:
     _refuse(body.unsupported())
     if not body.prompt and not body.suffix:  # Ollama's way to load a model ahead of use
         await state.backend.acquire(name)
-        return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True,
-                             "done_reason": "load"})
+        return JSONResponse({"model": body.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"})
     chats = manifest is not None and bool(manifest.chat_template)
     shape = lambda _m: OllamaGenerateShape(body.model)  # noqa: E731 - the name as the client gave it
     return await serving.generate(state, body.generation(state.settings, name, chats), request, shape)
@@ -138,9 +146,14 @@ async def chat(request: Request) -> Response:
 def _details(manifest: Manifest | None) -> dict[str, Any]:
     if manifest is None:
         return {}
-    return {"parent_model": "", "format": "onnx", "family": manifest.architecture, "families": [manifest.architecture],
-            "parameter_size": f"{manifest.parameters / 1e6:.0f}M" if manifest.parameters < 1e9
-            else f"{manifest.parameters / 1e9:.1f}B", "quantization_level": manifest.precision.upper()}
+    return {
+        "parent_model": "",
+        "format": "onnx",
+        "family": manifest.architecture,
+        "families": [manifest.architecture],
+        "parameter_size": f"{manifest.parameters / 1e6:.0f}M" if manifest.parameters < 1e9 else f"{manifest.parameters / 1e9:.1f}B",
+        "quantization_level": manifest.precision.upper(),
+    }
 
 
 def _entry(request: Request, name: str) -> dict[str, Any]:
@@ -148,10 +161,14 @@ def _entry(request: Request, name: str) -> dict[str, Any]:
     folder = model_dir(app_state(request).settings.model_repository, name)
     files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
     written = (folder / MANIFEST).stat().st_mtime if (folder / MANIFEST).is_file() else 0.0
-    return {"name": f"{name}:latest", "model": f"{name}:latest",
-            "modified_at": datetime.fromtimestamp(written, UTC).isoformat().replace("+00:00", "Z"),
-            "size": sum(p.stat().st_size for p in files),
-            "digest": manifest.content_sha256 if manifest else "", "details": _details(manifest)}
+    return {
+        "name": f"{name}:latest",
+        "model": f"{name}:latest",
+        "modified_at": datetime.fromtimestamp(written, UTC).isoformat().replace("+00:00", "Z"),
+        "size": sum(p.stat().st_size for p in files),
+        "digest": manifest.content_sha256 if manifest else "",
+        "details": _details(manifest),
+    }
 
 
 @router.get("/tags")
@@ -163,16 +180,23 @@ async def tags(request: Request) -> dict[str, Any]:
 async def running(request: Request) -> dict[str, Any]:
     """The models in memory (every ready one stays there while the server runs)."""
     backend: Backend = app_state(request).backend
-    return {"models": [{**_entry(request, name), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0}
-                       for name in backend.names if backend.status(name) in SERVING]}
+    return {
+        "models": [
+            {**_entry(request, name), "expires_at": "9999-12-31T23:59:59Z", "size_vram": 0}
+            for name in backend.names
+            if backend.status(name) in SERVING
+        ]
+    }
 
 
 def _template(manifest: Manifest) -> str:
     """What Ollama's /api/show calls the template: Continue reads `.Suffix` in it to send a suffix."""
     if manifest.fim is not None:
         fim = manifest.fim
-        return (f"{{{{- if .Suffix }}}}{fim.prefix}{{{{ .Prompt }}}}{fim.suffix}{{{{ .Suffix }}}}{fim.middle}"
-                "{{- else }}{{ .Prompt }}{{- end }}")
+        return (
+            f"{{{{- if .Suffix }}}}{fim.prefix}{{{{ .Prompt }}}}{fim.suffix}{{{{ .Suffix }}}}{fim.middle}"
+            "{{- else }}{{ .Prompt }}{{- end }}"
+        )
     return manifest.chat_template or "{{ .Prompt }}"
 
 
@@ -184,11 +208,23 @@ async def show(request: Request) -> Response:
     name, manifest = _served(request, served)
     assert manifest is not None
     capabilities = ["completion", *(["insert"] if manifest.fim else [])]
-    info = {"general.architecture": manifest.architecture, "general.parameter_count": manifest.parameters,
-            f"{manifest.architecture}.context_length": manifest.context_length}
-    return JSONResponse({"license": "", "modelfile": f"FROM {name}\n", "parameters": "",
-                         "template": _template(manifest), "details": _details(manifest), "model_info": info,
-                         "capabilities": capabilities, "modified_at": _entry(request, name)["modified_at"]})
+    info = {
+        "general.architecture": manifest.architecture,
+        "general.parameter_count": manifest.parameters,
+        f"{manifest.architecture}.context_length": manifest.context_length,
+    }
+    return JSONResponse(
+        {
+            "license": "",
+            "modelfile": f"FROM {name}\n",
+            "parameters": "",
+            "template": _template(manifest),
+            "details": _details(manifest),
+            "model_info": info,
+            "capabilities": capabilities,
+            "modified_at": _entry(request, name)["modified_at"],
+        }
+    )
 
 
 @router.get("/version")

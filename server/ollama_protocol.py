@@ -16,8 +16,7 @@ from server.generation import Conversation, GenerationRequest, Texts, with_defau
 from server.settings import Settings
 
 # what Ollama's options hold that the engine does not do (context size, mirostat, ...): named back as ignored
-_SUPPORTED_OPTIONS = frozenset({"temperature", "top_p", "top_k", "num_predict", "stop", "seed",
-                                "presence_penalty", "frequency_penalty"})
+_SUPPORTED_OPTIONS = frozenset({"temperature", "top_p", "top_k", "num_predict", "stop", "seed", "presence_penalty", "frequency_penalty"})
 
 
 class Options(BaseModel):
@@ -38,13 +37,16 @@ class Options(BaseModel):
     def params(self, settings: Settings) -> SamplingParams:
         """As our sampling parameters; num_predict below 0 (to the end, to the context) is the server's own
         max_tokens default, as a request without max_tokens gets."""
-        asked = SamplingParams(top_p=1.0 if self.top_p is None else self.top_p, top_k=self.top_k or 0,
-                               stop=tuple(self.stop or ()), seed=self.seed,
-                               presence_penalty=self.presence_penalty or 0.0,
-                               frequency_penalty=self.frequency_penalty or 0.0)
+        asked = SamplingParams(
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            stop=tuple(self.stop or ()),
+            seed=self.seed,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+        )
         to_end = self.num_predict is None or self.num_predict < 0
-        return with_defaults(settings, asked, max_tokens=None if to_end else self.num_predict,
-                             temperature=self.temperature)
+        return with_defaults(settings, asked, max_tokens=None if to_end else self.num_predict, temperature=self.temperature)
 
 
 class _OllamaRequest(BaseModel):
@@ -69,13 +71,21 @@ class _OllamaRequest(BaseModel):
 
     def common_ignored(self) -> list[str]:
         # keep_alive asks to unload (0) or keep a model: every model here stays loaded while the server runs
-        return [*self.options.ignored(), *(["keep_alive"] if self.keep_alive is not None else []),
-                *(["logprobs"] if self.logprobs else []), *(["think"] if self.think else [])]
+        return [
+            *self.options.ignored(),
+            *(["keep_alive"] if self.keep_alive is not None else []),
+            *(["logprobs"] if self.logprobs else []),
+            *(["think"] if self.think else []),
+        ]
 
-    def _generation(self, settings: Settings, served: str, prompt: Texts | Conversation,
-                    ignored: list[str]) -> GenerationRequest:
-        return GenerationRequest(model=served, prompt=prompt, params=self.options.params(settings), stream=self.stream,
-                                 ignored=[*self.common_ignored(), *ignored])
+    def _generation(self, settings: Settings, served: str, prompt: Texts | Conversation, ignored: list[str]) -> GenerationRequest:
+        return GenerationRequest(
+            model=served,
+            prompt=prompt,
+            params=self.options.params(settings),
+            stream=self.stream,
+            ignored=[*self.common_ignored(), *ignored],
+        )
 
 
 class GenerateRequest(_OllamaRequest):
@@ -95,8 +105,7 @@ class GenerateRequest(_OllamaRequest):
         `chats` (has a chat template), a user turn after the system prompt."""
         ignored = [f for f in ("template", "context") if getattr(self, f)]
         if not self.raw and self.suffix is None and chats:
-            messages = [*([{"role": "system", "content": self.system}] if self.system else []),
-                        {"role": "user", "content": self.prompt}]
+            messages = [*([{"role": "system", "content": self.system}] if self.system else []), {"role": "user", "content": self.prompt}]
             return self._generation(settings, served, Conversation(messages), ignored)
         if self.system:
             ignored.append("system")  # a raw prompt, or a model without a chat template, has nowhere to put it

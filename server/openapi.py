@@ -24,8 +24,12 @@ _ERROR_STATUSES = {
 _COMPONENTS: list[type[BaseModel]] = []  # every model a route's openapi_extra refers to
 
 
-def route_doc(request: type[BaseModel], response: type[BaseModel] | None = None,
-              error: type[BaseModel] = ErrorResponse, stream: str = "text/event-stream") -> dict:
+def route_doc(
+    request: type[BaseModel],
+    response: type[BaseModel] | None = None,
+    error: type[BaseModel] = ErrorResponse,
+    stream: str = "text/event-stream",
+) -> dict:
     """A generation route's openapi_extra: its request body and its responses (the whole one, the
     stream's media type), errors included in the route's own error shape."""
     ref = "#/components/schemas/{}".format

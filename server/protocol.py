@@ -62,8 +62,9 @@ class _SamplingRequest(BaseModel):
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off (llama.cpp, vLLM).")
     ignore_eos: bool = Field(False, description="Go on past EOS up to max_tokens (as llama.cpp and vLLM allow).")
     cache_prompt: StrictBool = Field(
-        True, description="Reuse the prefix cache for this prompt and keep its keys and values there (llama.cpp's "
-        "field); false: prefilled from scratch and not kept."
+        True,
+        description="Reuse the prefix cache for this prompt and keep its keys and values there (llama.cpp's "
+        "field); false: prefilled from scratch and not kept.",
     )
 
     _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
@@ -71,17 +72,28 @@ class _SamplingRequest(BaseModel):
     def _asked(self) -> SamplingParams:
         """The sampling fields both requests share (max_tokens and temperature are with_defaults')."""
         return SamplingParams(
-            top_p=self.top_p, top_k=self.top_k, n=self.n, stop=_stops(self.stop), seed=self.seed,
-            presence_penalty=self.presence_penalty, frequency_penalty=self.frequency_penalty,
-            logit_bias=dict(self.logit_bias or {}), ignore_eos=self.ignore_eos)
+            top_p=self.top_p,
+            top_k=self.top_k,
+            n=self.n,
+            stop=_stops(self.stop),
+            seed=self.seed,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            logit_bias=dict(self.logit_bias or {}),
+            ignore_eos=self.ignore_eos,
+        )
 
-    def _generation(self, settings: Settings, prompt: Texts | Conversation, params: SamplingParams,
-                    max_tokens: int | None) -> GenerationRequest:
+    def _generation(
+        self, settings: Settings, prompt: Texts | Conversation, params: SamplingParams, max_tokens: int | None
+    ) -> GenerationRequest:
         return GenerationRequest(
-            model=self.model, prompt=prompt,
+            model=self.model,
+            prompt=prompt,
             params=with_defaults(settings, params, max_tokens=max_tokens, temperature=self.temperature),
-            stream=self.stream, include_usage=bool(self.stream_options and self.stream_options.include_usage),
-            cache_prompt=self.cache_prompt)
+            stream=self.stream,
+            include_usage=bool(self.stream_options and self.stream_options.include_usage),
+            cache_prompt=self.cache_prompt,
+        )
 
 
 def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -109,10 +121,16 @@ class CompletionRequest(_SamplingRequest):
     # --- slipstream extension (llama.cpp's /infill field): other files of the project, laid out before
     # the prompt with the model's repository tokens where it has them, trimmed first when it is long ---
     input_extra: list[InputExtra] | None = None
-    n_indent: int = Field(0, ge=0, description="llama.cpp's: a line after the first indented less than this many "
-                          "spaces ends the completion before it (0: off).")
-    t_max_predict_ms: int | None = Field(None, ge=0, description="llama.cpp's: past this many ms since the first "
-                                         "token, the completion ends at its next newline (0 or none: off).")
+    n_indent: int = Field(
+        0,
+        ge=0,
+        description="llama.cpp's: a line after the first indented less than this many spaces ends the completion before it (0: off).",
+    )
+    t_max_predict_ms: int | None = Field(
+        None,
+        ge=0,
+        description="llama.cpp's: past this many ms since the first token, the completion ends at its next newline (0 or none: off).",
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -146,9 +164,14 @@ class CompletionRequest(_SamplingRequest):
         """As the neutral request serving takes: each prompt, the suffix and other files, OpenAI's sampling
         fields and llama.cpp's n_indent and t_max_predict_ms (our documented extensions)."""
         extra = tuple(ContextFile(e.filename, e.text) for e in self.input_extra or [])
-        params = replace(self._asked(), best_of=self.best_of, logprobs=self.logprobs, echo=self.echo,
-                         min_indent=self.n_indent,
-                         max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None)
+        params = replace(
+            self._asked(),
+            best_of=self.best_of,
+            logprobs=self.logprobs,
+            echo=self.echo,
+            min_indent=self.n_indent,
+            max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None,
+        )
         return self._generation(settings, Texts(self.prompts(), self.suffix, extra), params, self.max_tokens)
 
 
@@ -204,9 +227,7 @@ class ModelCard(BaseModel):
     context_length: int
     chat: bool = Field(description="Whether /v1/chat/completions serves this model (it has a chat template)")
     ready: bool = Field(description="Whether requests are served now (in memory, or loaded by the first request)")
-    status: ModelStatus = Field(
-        description="ready: in memory; standby: exported, loaded by its first request (load = lazy)"
-    )
+    status: ModelStatus = Field(description="ready: in memory; standby: exported, loaded by its first request (load = lazy)")
     prefix_cache_mb: int = Field(0, description="The model's prefix-cache budget (prefix_cache_mb; 0: off)")
 
 

@@ -126,8 +126,9 @@ class ChatShape(OpenAIStream):
 
     def response(self, got: Collected) -> ChatCompletionResponse:
         choices = [
-            ChatChoice(index=i, message=AssistantMessage(content=text), logprobs=_chat_logprobs(got.logprobs[i]),
-                       finish_reason=got.finish[i])
+            ChatChoice(
+                index=i, message=AssistantMessage(content=text), logprobs=_chat_logprobs(got.logprobs[i]), finish_reason=got.finish[i]
+            )
             for i, text in enumerate(got.texts)
         ]
         return ChatCompletionResponse(id=self._id, model=self._model, choices=choices, usage=got.usage)
@@ -137,8 +138,10 @@ class ChatShape(OpenAIStream):
         role: Literal["assistant"] | None = None if index in self._started else "assistant"
         self._started.add(index)
         choice = ChatChunkChoice(
-            index=index, delta=ChatDelta(role=role, content=delta.text if delta.text or role else None),
-            logprobs=_chat_logprobs(delta.logprobs), finish_reason=delta.finish_reason,
+            index=index,
+            delta=ChatDelta(role=role, content=delta.text if delta.text or role else None),
+            logprobs=_chat_logprobs(delta.logprobs),
+            finish_reason=delta.finish_reason,
         )
         data = ChatCompletionChunk(id=self._id, model=self._model, choices=[choice]).model_dump(exclude={"usage"})
         data["choices"][0]["delta"] = {k: v for k, v in data["choices"][0]["delta"].items() if v is not None}

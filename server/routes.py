@@ -71,7 +71,6 @@ async def models(request: Request) -> ModelList:
     return ModelList(data=cards)
 
 
-
 @router.get("/metrics", include_in_schema=False)
 async def metrics_text(request: Request) -> Response:
     """Prometheus exposition (behind the API keys when they are set: scrapers send a bearer token)."""

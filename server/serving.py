@@ -63,8 +63,9 @@ class Job:
     request_id: str = ""  # the X-Request-Id the response carries (server/metrics.py), for the log
 
 
-async def generate(state: AppState, asked: GenerationRequest, request: Request,
-                   shape: Callable[[str], Shape]) -> JSONResponse | StreamingResponse:
+async def generate(
+    state: AppState, asked: GenerationRequest, request: Request, shape: Callable[[str], Shape]
+) -> JSONResponse | StreamingResponse:
     """Every generation route's one call (OpenAI's completions and chat, the Copilot plugin's, Ollama's,
     llama.cpp's /infill), each having converted its body into `asked`; `shape(model)` answers in the
     route's wire shape. `state` is the app's: settings, backend, metrics, drain (server/app.py)."""
@@ -88,15 +89,17 @@ async def generate(state: AppState, asked: GenerationRequest, request: Request,
 def _texts(settings: Settings, prompter: Prompter, texts: Texts, params: SamplingParams) -> list[Prompt]:
     rows = len(texts.items) * (params.best_of or params.n)
     if rows > settings.max_n:  # a list of prompts multiplies the rows as n does
-        raise InvalidRequest(f"{len(texts.items)} prompts x {params.best_of or params.n} samples = {rows} sequences, "
-                             f"above this server's limit of {settings.max_n} (max_n)", "prompt")
+        raise InvalidRequest(
+            f"{len(texts.items)} prompts x {params.best_of or params.n} samples = {rows} sequences, "
+            f"above this server's limit of {settings.max_n} (max_n)",
+            "prompt",
+        )
     # fill-in-the-middle where the model has FIM sentinels; elsewhere the suffix is ignored
     suffix = texts.suffix if prompter.fills_in_the_middle else None
     return [prompter.prepare(p, params.max_tokens, suffix=suffix, extra=list(texts.extra)) for p in texts.items]
 
 
-def _conversation(backend: Backend, model: str, prompter: Prompter, chat: Conversation,
-                  params: SamplingParams) -> Prompt:
+def _conversation(backend: Backend, model: str, prompter: Prompter, chat: Conversation, params: SamplingParams) -> Prompt:
     """The conversation through the model's own chat template."""
     if not prompter.chats:
         chatty = [n for n in backend.names if (m := backend.manifest(n)) is not None and m.chat_template]
@@ -130,13 +133,9 @@ async def _resolve(backend: Backend, requested: str | None) -> tuple[str, Prompt
 
 def _check_sampling(settings: Settings, params: SamplingParams, prompter: Prompter) -> None:
     if params.max_tokens > settings.max_tokens_limit:
-        raise InvalidRequest(
-            f"max_tokens={params.max_tokens} is above this server's limit of {settings.max_tokens_limit}", "max_tokens"
-        )
+        raise InvalidRequest(f"max_tokens={params.max_tokens} is above this server's limit of {settings.max_tokens_limit}", "max_tokens")
     if len(params.stop) > settings.max_stop_sequences:
-        raise InvalidRequest(
-            f"{len(params.stop)} stop sequences given; this server allows {settings.max_stop_sequences}", "stop"
-        )
+        raise InvalidRequest(f"{len(params.stop)} stop sequences given; this server allows {settings.max_stop_sequences}", "stop")
     for name, value in (("n", params.n), ("best_of", params.best_of or 0)):
         if value > settings.max_n:
             raise InvalidRequest(f"{name}={value} is above this server's limit of {settings.max_n} (max_n)", name)
@@ -149,12 +148,12 @@ def _check_sampling(settings: Settings, params: SamplingParams, prompter: Prompt
 def _check_prompt_length(prompt: Prompt, settings: Settings) -> None:
     sent = len(prompt.ids) - prompt.prefix + prompt.trimmed  # as the client sent it, before trimming
     if sent > settings.max_prompt_tokens:
-        raise InvalidRequest(f"the prompt is {sent} tokens, above this server's limit of {settings.max_prompt_tokens} "
-                             "(max_prompt_tokens)", "prompt")
+        raise InvalidRequest(
+            f"the prompt is {sent} tokens, above this server's limit of {settings.max_prompt_tokens} (max_prompt_tokens)", "prompt"
+        )
 
 
-def _job(state: AppState, request: Request, model: str, prompts: list[Prompt], asked: GenerationRequest,
-         ignored: list[str]) -> Job:
+def _job(state: AppState, request: Request, model: str, prompts: list[Prompt], asked: GenerationRequest, ignored: list[str]) -> Job:
     """The request's Job, whole; its access record is the request's, which the access-log line reads
     when the response has ended (server/metrics.py). The prompt goes in it only with log_prompts. Its
     prompts reuse the prefix cache only among requests of the same API key (and not at all with
@@ -170,8 +169,17 @@ def _job(state: AppState, request: Request, model: str, prompts: list[Prompt], a
             access["suffix"] = asked.prompt.suffix
         access["completions"] = [""] * (len(prompts) * params.n)
     request.state.access = access
-    return Job(model, prompts, params, state.metrics, state.drain, access, settings.request_timeout_s, ignored,
-               getattr(request.state, "request_id", ""))
+    return Job(
+        model,
+        prompts,
+        params,
+        state.metrics,
+        state.drain,
+        access,
+        settings.request_timeout_s,
+        ignored,
+        getattr(request.state, "request_id", ""),
+    )
 
 
 def _cache_salt(keys: list[str], request: Request) -> str:
@@ -186,8 +194,9 @@ def _cache_salt(keys: list[str], request: Request) -> str:
 # --- the response ---
 
 
-async def _respond(backend: Backend, job: Job, request: Request, shape: Shape,
-                   asked: GenerationRequest) -> JSONResponse | StreamingResponse:
+async def _respond(
+    backend: Backend, job: Job, request: Request, shape: Shape, asked: GenerationRequest
+) -> JSONResponse | StreamingResponse:
     """The generation as one JSON response (cancelled if the client goes away first), or as SSE once
     its first event is there: the one wait before the status line, so that a failure before it (the
     queue full, the backend down) still gets its own status instead of a 200 with an error inside."""
@@ -302,8 +311,10 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
                 except TimeoutError as exc:
                     if draining:
                         clock.cancelled()
-                        raise ShuttingDown("the server is shutting down: this generation was ended "
-                                           f"(shutdown_grace_s={job.drain.grace_s:g})", code="shutting_down") from exc
+                        raise ShuttingDown(
+                            f"the server is shutting down: this generation was ended (shutdown_grace_s={job.drain.grace_s:g})",
+                            code="shutting_down",
+                        ) from exc
                     raise
                 if isinstance(event, Usage):
                     clock.usage(event.prompt_tokens, event.completion_tokens)
@@ -319,7 +330,8 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
             raise
         except TimeoutError as exc:  # closing the generator below cancels the rows still decoding
             clock.cancelled()
-            raise RequestTimeout(f"the request ran past this server's limit of {job.timeout_s:g} s (request_timeout_s)",
-                                 code="request_timeout") from exc
+            raise RequestTimeout(
+                f"the request ran past this server's limit of {job.timeout_s:g} s (request_timeout_s)", code="request_timeout"
+            ) from exc
         finally:
             await events.aclose()

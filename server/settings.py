@@ -14,8 +14,15 @@ DEFAULT_MODEL = "gemma3-270m"
 PROJECT = Path(__file__).resolve().parent.parent  # the checkout: `make serve` and `slipstream serve` anywhere share its store
 # What the engine reads wherever it runs: in this process, or inside Triton's python backend, which
 # `slipstream triton start` hands them to as SLIPSTREAM_* variables
-ENGINE_SETTINGS = ("threads", "max_queue", "max_batch_rows", "prefill_tokens_per_step", "prefill_chunk_tokens",
-                   "prefix_cache_mb", "prefix_cache_exact")
+ENGINE_SETTINGS = (
+    "threads",
+    "max_queue",
+    "max_batch_rows",
+    "prefill_tokens_per_step",
+    "prefill_chunk_tokens",
+    "prefix_cache_mb",
+    "prefix_cache_exact",
+)
 
 
 class EngineOptions(TypedDict):
@@ -73,32 +80,40 @@ class Settings(BaseSettings):
         description="Where the models run: cpu, or cuda (needs onnxruntime-gpu and an NVIDIA GPU; an fp16 export is "
         "the one built for it: slipstream export NAME --precision fp16). The KV cache stays on the GPU between steps.",
     )
-    threads: int = Field(
-        0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 means one per core of this machine."
-    )
+    threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0 means one per core of this machine.")
     max_queue: int = Field(
-        64, ge=1, description="Requests a model holds at once, decoding and waiting together; past it a request is "
-        "refused at once with a 429 (Retry-After) rather than left behind an unbounded backlog."
+        64,
+        ge=1,
+        description="Requests a model holds at once, decoding and waiting together; past it a request is "
+        "refused at once with a 429 (Retry-After) rather than left behind an unbounded backlog.",
     )
     max_batch_rows: int = Field(
-        64, ge=1, description="Rows (samples) decoded together in one step at most; a request whose rows do not fit "
-        "waits for rows to finish."
+        64,
+        ge=1,
+        description="Rows (samples) decoded together in one step at most; a request whose rows do not fit waits for rows to finish.",
     )
     prefill_tokens_per_step: int = Field(
-        256, ge=1, description="Prompt tokens prefilled between two decode steps while rows decode (a prefill holds "
-        "up every live row); at least one chunk is prefilled per step."
+        256,
+        ge=1,
+        description="Prompt tokens prefilled between two decode steps while rows decode (a prefill holds "
+        "up every live row); at least one chunk is prefilled per step.",
     )
     prefill_chunk_tokens: int = Field(
-        512, ge=64, description="A prompt is prefilled in chunks of at most this many tokens (a multiple of 64), "
+        512,
+        ge=64,
+        description="A prompt is prefilled in chunks of at most this many tokens (a multiple of 64), "
         "interleaved with the decode steps of the other rows, so that one long prompt does not hold them all up.",
         multiple_of=64,
     )
     prefix_cache_mb: int = Field(
-        256, ge=0, description="Memory per model for the keys and values of earlier prompts and completions, reused "
-        "by a new prompt that starts the same way (least recently used evicted first); 0 turns it off."
+        256,
+        ge=0,
+        description="Memory per model for the keys and values of earlier prompts and completions, reused "
+        "by a new prompt that starts the same way (least recently used evicted first); 0 turns it off.",
     )
     prefix_cache_exact: bool = Field(
-        True, description="Reuse a cached prefix in whole tiles of the kernels' rows (measured at load: 2 positions "
+        True,
+        description="Reuse a cached prefix in whole tiles of the kernels' rows (measured at load: 2 positions "
         "on an AVX-512 Xeon), so that a prompt's logits are the same bits warm or cold. Off, a prefix is reused to "
         "the token: a position sooner, and logits only within the graph's own tolerance of a cold prefill's (up to "
         "about one logit for the bundled int8 models).",
@@ -124,20 +139,20 @@ class Settings(BaseSettings):
         65536, ge=1, description="Longest prompt a request may send, in tokens, before it is trimmed to the context."
     )
     request_timeout_s: float = Field(
-        300.0, gt=0, description="Longest a request may generate; past it, it is ended with a 408 (or, once its "
-        "stream has started, an error event)."
+        300.0,
+        gt=0,
+        description="Longest a request may generate; past it, it is ended with a 408 (or, once its stream has started, an error event).",
     )
 
     shutdown_grace_s: float = Field(
         10.0, gt=0, description="On SIGTERM, how long in-flight generations may go on; past it they are ended cleanly."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
-        "info", description="The server's log on stderr (text lines); at warning and above the access log "
-        "(JSON lines on stdout) is off too."
+        "info",
+        description="The server's log on stderr (text lines); at warning and above the access log (JSON lines on stdout) is off too.",
     )
     log_prompts: bool = Field(
-        False, description="Put each request's prompt, suffix and generated texts in its access-log line (off: code is "
-        "private)."
+        False, description="Put each request's prompt, suffix and generated texts in its access-log line (off: code is private)."
     )
 
     def environment(self, names: tuple[str, ...] = ENGINE_SETTINGS) -> dict[str, str]:
@@ -146,9 +161,12 @@ class Settings(BaseSettings):
 
     def engine_options(self) -> EngineOptions:
         """What an Engine is built with, wherever it runs (backends/embedded.py, triton/model.py)."""
-        return {"threads": self.intra_op_threads(), "prefix_cache_mb": self.prefix_cache_mb,
-                "prefill_chunk_tokens": self.prefill_chunk_tokens,
-                "reuse_grid": None if self.prefix_cache_exact else 1}  # None: the exact grid, measured at load
+        return {
+            "threads": self.intra_op_threads(),
+            "prefix_cache_mb": self.prefix_cache_mb,
+            "prefill_chunk_tokens": self.prefill_chunk_tokens,
+            "reuse_grid": None if self.prefix_cache_exact else 1,
+        }  # None: the exact grid, measured at load
 
     def intra_op_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)

@@ -122,8 +122,13 @@ def verify(repository: Path, name: str, reference: Path | None = None, threads: 
         agree = float((exported[:-1].argmax(-1) == llama[:-1].argmax(-1)).mean())
         delta = mean_nll(exported, ids) - mean_nll(llama, ids)
         allowed = NLL_TOLERANCE[manifest.precision]
-        report.checks.append(Check("vs llama.cpp", f"NLL delta {delta:+.4f} (allowed {allowed}), top-1 agreement "
-                                   f"{agree:.4f}, on the same GGUF", abs(delta) <= max(allowed, 0.05)))
+        report.checks.append(
+            Check(
+                "vs llama.cpp",
+                f"NLL delta {delta:+.4f} (allowed {allowed}), top-1 agreement {agree:.4f}, on the same GGUF",
+                abs(delta) <= max(allowed, 0.05),
+            )
+        )
     return report
 
 
@@ -138,21 +143,23 @@ def compare(exported: np.ndarray, expected: np.ndarray, ids: list[int], precisio
     checks = [
         Check(
             "NLL nats/token",
-            f"{nll_export:.4f} vs reference {nll_ref:.4f} (delta {nll_export - nll_ref:+.4f}, "
-            f"allowed {NLL_TOLERANCE[precision]})",
+            f"{nll_export:.4f} vs reference {nll_ref:.4f} (delta {nll_export - nll_ref:+.4f}, allowed {NLL_TOLERANCE[precision]})",
             abs(nll_export - nll_ref) <= NLL_TOLERANCE[precision],
         ),
     ]
     if decided.mean() >= _DECIDED_SHARE:
-        checks.append(Check("top-1 agreement", f"{agreement:.4f} (at least {AGREEMENT[precision]})",
-                            agreement >= AGREEMENT[precision]))
+        checks.append(Check("top-1 agreement", f"{agreement:.4f} (at least {AGREEMENT[precision]})", agreement >= AGREEMENT[precision]))
     else:
-        checks.append(Check("top-1 agreement", f"{agreement:.4f} (reported only: the reference is decided at "
-                            f"{decided.mean():.0%} of positions)", True))
+        checks.append(
+            Check(
+                "top-1 agreement", f"{agreement:.4f} (reported only: the reference is decided at {decided.mean():.0%} of positions)", True
+            )
+        )
     if precision == "fp32":
         worst = float(np.abs(exported - expected)[expected >= FP32_FLOOR].max())
-        checks.append(Check("max |delta log p|", f"{worst:.2e} where log p >= {FP32_FLOOR:g} (at most {FP32_TOLERANCE:.0e})",
-                            worst <= FP32_TOLERANCE))
+        checks.append(
+            Check("max |delta log p|", f"{worst:.2e} where log p >= {FP32_FLOOR:g} (at most {FP32_TOLERANCE:.0e})", worst <= FP32_TOLERANCE)
+        )
     return checks
 
 
@@ -189,14 +196,18 @@ def _blocks_exact(onnx_file: Path, expected: np.ndarray, ids: list[int], threads
         exact = log_softmax(Runner(copy, threads).prefill(ids, all_logits=True)[0])
     worst = float(np.abs(exact - expected)[expected >= FP32_FLOOR].max())
     if requantised:  # those tensors were rounded again: the rest is exact, the whole cannot be
-        return Check("blocks exact", f"max |delta log p| {worst:.2e} with fp32 activations; reported only: "
-                     f"{len(requantised)} tensors of a type with no exact form were requantised to 8 bits", True)
-    return Check("blocks exact", f"max |delta log p| {worst:.2e} with fp32 activations (at most {FP32_TOLERANCE:.0e})",
-                 worst <= FP32_TOLERANCE)
+        return Check(
+            "blocks exact",
+            f"max |delta log p| {worst:.2e} with fp32 activations; reported only: "
+            f"{len(requantised)} tensors of a type with no exact form were requantised to 8 bits",
+            True,
+        )
+    return Check(
+        "blocks exact", f"max |delta log p| {worst:.2e} with fp32 activations (at most {FP32_TOLERANCE:.0e})", worst <= FP32_TOLERANCE
+    )
 
 
-def _source_gguf(manifest: store.Manifest, bundled: catalog.CatalogEntry | None, reference: Path | None,
-                 tmp: Path) -> Path | None:
+def _source_gguf(manifest: store.Manifest, bundled: catalog.CatalogEntry | None, reference: Path | None, tmp: Path) -> Path | None:
     """The GGUF file the export came from, where it did and is here: --reference FILE, the bundled
     model's package, or the manifest's source file (checked to be the same bytes)."""
     if reference is not None:
@@ -211,17 +222,17 @@ def _source_gguf(manifest: store.Manifest, bundled: catalog.CatalogEntry | None,
     if not gguf_path.is_file():
         raise FileNotFoundError(f"the source GGUF {gguf_path} is not here: give it with --reference FILE")
     if file_sha256(gguf_path) != manifest.source_sha256:
-        raise FileNotFoundError(f"{gguf_path} is not the file {manifest.name} was exported from (its sha256 "
-                                f"differs from {manifest.source_sha256[:12]}...): give that one with --reference FILE")
+        raise FileNotFoundError(
+            f"{gguf_path} is not the file {manifest.name} was exported from (its sha256 "
+            f"differs from {manifest.source_sha256[:12]}...): give that one with --reference FILE"
+        )
     return gguf_path
 
 
 def _reference_dir(manifest: store.Manifest) -> Path:
     source = Path(manifest.source)
     if not (source / "config.json").is_file():
-        raise FileNotFoundError(
-            f"the source checkpoint {manifest.source} is not here: give the reference with --reference DIR"
-        )
+        raise FileNotFoundError(f"the source checkpoint {manifest.source} is not here: give the reference with --reference DIR")
     return source
 
 
@@ -231,8 +242,9 @@ def _llama_cpp_logprobs(gguf: Path, ids: list[int], threads: int) -> np.ndarray 
         from llama_cpp import Llama
     except ImportError:
         return None
-    model = Llama(model_path=str(gguf), n_ctx=len(ids) + 8, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                  logits_all=True, verbose=False)
+    model = Llama(
+        model_path=str(gguf), n_ctx=len(ids) + 8, n_batch=512, n_threads=threads, n_threads_batch=threads, logits_all=True, verbose=False
+    )
     model.eval(ids)
     return log_softmax(np.array(model.scores[: len(ids)], dtype=np.float32))
 

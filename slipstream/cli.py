@@ -11,7 +11,8 @@ from typing import Any
 
 from client.api import ENV_KEYS
 from client.cli import add_complete_command
-from eval.cli import add_eval_commands, add_renamed_bench_command
+from eval.cli import add_eval_commands
+from eval.cli_traffic import add_renamed_bench_command
 from server.cli import add_server_commands
 from server.triton.cli import add_triton_commands
 

@@ -20,12 +20,19 @@ Handler = Callable[[dict[str, Any]], Any]
 class LanguageServer:
     """A language server child process (its stderr in `log`), stopped by its own PID."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None,
-                 handlers: dict[str, Handler] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        handlers: dict[str, Handler] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.log = log
         self._sink = log.open("w")
-        self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._sink,
-                                        env={**os.environ, **(env or {})}, cwd=cwd)
+        self.process = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._sink, env={**os.environ, **(env or {})}, cwd=cwd
+        )
         self._next_id = 0
         self._pending: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()

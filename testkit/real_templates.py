@@ -31,8 +31,9 @@ process.stdout.write(JSON.stringify(out));
 def real_chat_templates() -> dict[str, str]:
     """{Ollama library name ("library/llama3.2:3b"): the model's own Jinja chat template}."""
     if not (PLUGINS / "node_modules" / "@huggingface" / "ollama-utils").is_dir():
-        raise FileNotFoundError(f"@huggingface/ollama-utils is not installed in {PLUGINS}: run `make test` "
-                                "(or `npm install --omit=optional` there)")
+        raise FileNotFoundError(
+            f"@huggingface/ollama-utils is not installed in {PLUGINS}: run `make test` (or `npm install --omit=optional` there)"
+        )
     done = subprocess.run(["node", "-e", _DUMP], cwd=PLUGINS, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"node could not read the templates:\n{done.stderr[-2000:]}")

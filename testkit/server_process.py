@@ -37,8 +37,7 @@ class ChildServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = Path(tempfile.gettempdir()) / f"{log_name}-{self.port}.log"
         with self.log.open("w") as sink:
-            self.process = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
-                                            env={**os.environ, **(env or {})})
+            self.process = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until `ready_path` answers 200; a server that exits or never gets ready is stopped and its log shown."""
@@ -80,15 +79,29 @@ class ChildServer:
 class ServerProcess(ChildServer):
     """A real `slipstream serve` process on 127.0.0.1, stopped by its own PID."""
 
-    def __init__(self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2,
-                 port: int | None = None) -> None:
+    def __init__(
+        self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2, port: int | None = None
+    ) -> None:
         self._given_port = port is not None  # a given port: a server restarted where its clients expect it
         self._repository, self._models, self._env, self._threads = repository, models, env, threads
         self._launch(port or free_port())
 
     def _launch(self, port: int) -> None:
-        args = [sys.executable, "-m", "slipstream.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--model-repository", str(self._repository), "--no-export-missing", "--threads", str(self._threads)]
+        args = [
+            sys.executable,
+            "-m",
+            "slipstream.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-repository",
+            str(self._repository),
+            "--no-export-missing",
+            "--threads",
+            str(self._threads),
+        ]
         for model in self._models:
             args += ["--model", model]
         super().__init__(args, "slipstream-server", port, self._env)

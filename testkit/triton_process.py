@@ -25,8 +25,7 @@ def free_ports() -> Ports:
     return Ports(*ports)
 
 
-def start_triton(repository: Path, models: list[str], *, env: dict[str, str] | None = None,
-                 timeout: float = 120.0) -> TritonServer:
+def start_triton(repository: Path, models: list[str], *, env: dict[str, str] | None = None, timeout: float = 120.0) -> TritonServer:
     for _ in range(PORT_ATTEMPTS - 1):
         try:
             return TritonServer(repository, models, free_ports(), env=env).start(timeout=timeout)
@@ -47,11 +46,14 @@ class TritonCommand:
         self.log = log
         for _ in range(PORT_ATTEMPTS if ports is None else 1):
             self.ports = ports or free_ports()
-            flags = ["--http-port", str(self.ports.http), "--grpc-port", str(self.ports.grpc),
-                     "--metrics-port", str(self.ports.metrics)]
+            flags = ["--http-port", str(self.ports.http), "--grpc-port", str(self.ports.grpc), "--metrics-port", str(self.ports.metrics)]
             with log.open("w") as sink:
-                self.process = subprocess.Popen([sys.executable, "-m", "slipstream.cli", "triton", "start", *args, *flags],
-                                                cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "slipstream.cli", "triton", "start", *args, *flags],
+                    cwd=ROOT,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                )
             if self._wait_ready(timeout):
                 return
         raise RuntimeError(f"a port was taken:\n{self.output()[-3000:]}")

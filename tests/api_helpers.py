@@ -16,8 +16,6 @@ PROMPT = "def fibonacci(n):"
 TIMEOUT = 30.0
 
 
-
-
 def post(url: str, body: object, path: str = "/v1/completions", **kwargs) -> httpx.Response:
     if isinstance(body, (str, bytes)):
         kwargs.setdefault("headers", {"Content-Type": "application/json"})
@@ -57,7 +55,7 @@ def sse_payloads(raw: str) -> list[str]:
         assert event.startswith("data: "), event
         assert "\n" not in event, f"more than one line in one event: {event!r}"
         assert not event.startswith("data: data:"), event
-    return [event[len("data: "):] for event in events]
+    return [event[len("data: ") :] for event in events]
 
 
 def stream_chunks(url: str, path: str = "/v1/completions", **body) -> list[dict]:

@@ -51,17 +51,29 @@ def test_response_shape(url):
 
 def test_model_is_optional_and_unknown_fields_are_ignored(url):
     with_model = greedy(url, model=TINY)
-    copilot_extras = {"nwo": "octo/repo", "extra": {"language": "python", "next_indent": 4,
-                      "trim_by_indentation": True, "prompt_tokens": 5, "suffix_tokens": 0}, "whatever": [1]}
+    copilot_extras = {
+        "nwo": "octo/repo",
+        "extra": {"language": "python", "next_indent": 4, "trim_by_indentation": True, "prompt_tokens": 5, "suffix_tokens": 0},
+        "whatever": [1],
+    }
     without_model = greedy(url, **copilot_extras)
     assert without_model["model"] == TINY
     assert texts(without_model) == texts(with_model)
 
 
 def test_copilot_engine_route(url):
-    copilot_body = {"prompt": PROMPT, "suffix": "", "max_tokens": 12, "temperature": 0, "top_p": 1, "n": 1,
-                    "stop": ["\n\n\n"], "nwo": "octo/repo", "logit_bias": NO_EOS,
-                    "extra": {"language": "python", "next_indent": 0}}
+    copilot_body = {
+        "prompt": PROMPT,
+        "suffix": "",
+        "max_tokens": 12,
+        "temperature": 0,
+        "top_p": 1,
+        "n": 1,
+        "stop": ["\n\n\n"],
+        "nwo": "octo/repo",
+        "logit_bias": NO_EOS,
+        "extra": {"language": "python", "next_indent": 0},
+    }
     reference = complete(url, **copilot_body)
     engine = complete(url, "/v1/engines/codegen/completions", **copilot_body)
     assert engine["object"] == "text_completion" and engine["id"].startswith("cmpl-")
@@ -152,8 +164,7 @@ def test_default_max_tokens_is_16(url):
 
 def test_seed_makes_sampling_reproducible(url):
     def sample(seed: int) -> str:
-        return complete(url, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=seed, logit_bias=NO_EOS)[
-            "choices"][0]["text"]
+        return complete(url, prompt=PROMPT, max_tokens=12, temperature=1.0, seed=seed, logit_bias=NO_EOS)["choices"][0]["text"]
 
     assert sample(123) == sample(123)
     assert len({sample(seed) for seed in range(5)}) == 5
@@ -170,7 +181,7 @@ def _aligned_tokens(body: dict) -> list[tuple[str, int]]:
     return [
         (token, offset)
         for token, offset in zip(lp["tokens"], lp["text_offset"], strict=False)
-        if token.isascii() and token.isprintable() and token.strip() and choice["text"][offset:offset + len(token)] == token
+        if token.isascii() and token.isprintable() and token.strip() and choice["text"][offset : offset + len(token)] == token
     ]
 
 
@@ -206,8 +217,13 @@ def test_stop(url, reference_run, pick, as_list, stream):
     full = reference_run["choices"][0]["text"]
     stop = pick(reference_run)
     expected = full[: full.index(stop)]
-    request = {"prompt": PROMPT, "max_tokens": 40, "temperature": 0, "logit_bias": NO_EOS,
-               "stop": ["never-generated-zzz", stop] if as_list else stop}
+    request = {
+        "prompt": PROMPT,
+        "max_tokens": 40,
+        "temperature": 0,
+        "logit_bias": NO_EOS,
+        "stop": ["never-generated-zzz", stop] if as_list else stop,
+    }
     if stream:
         chunks = stream_chunks(url, **request)
         text = streamed_texts(chunks)[0]
@@ -320,6 +336,7 @@ def test_best_of_returns_n(url):
 def test_penalties_keep_a_greedy_loop_from_repeating(url, penalty):
     """The tiny model's greedy text loops over a few tokens; its logits are nearly flat, so a penalty of 2
     on every token already generated makes each next token a new one."""
+
     def tokens(**extra) -> list[str]:  # byte pieces left out: different tokens, the same "\ufffd" text
         got = complete(url, prompt=PROMPT, max_tokens=30, temperature=0, logprobs=0, logit_bias=NO_EOS, **extra)
         return [t for t in got["choices"][0]["logprobs"]["tokens"] if "\ufffd" not in t]

@@ -253,8 +253,12 @@ def test_limits_come_from_the_environment(tiny_repo: Path) -> None:
 def test_each_limit_is_a_clear_4xx_naming_it(tiny_repo: Path) -> None:
     from tests.conftest import ServerProcess
 
-    env = {"SLIPSTREAM_MAX_BODY_BYTES": "2048", "SLIPSTREAM_MAX_PROMPT_TOKENS": "40", "SLIPSTREAM_MAX_N": "64",
-           "SLIPSTREAM_REQUEST_TIMEOUT_S": "0.3"}
+    env = {
+        "SLIPSTREAM_MAX_BODY_BYTES": "2048",
+        "SLIPSTREAM_MAX_PROMPT_TOKENS": "40",
+        "SLIPSTREAM_MAX_N": "64",
+        "SLIPSTREAM_REQUEST_TIMEOUT_S": "0.3",
+    }
     # 2-3 s of work on this model on two cores (64 rows x 120 tokens with top-5 logprobs), so far past the
     # 0.3 s limit on a faster machine too; its first token comes in milliseconds
     long_run = {"prompt": PROMPT, "max_tokens": 120, "n": 64, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
@@ -283,8 +287,7 @@ def test_each_limit_is_a_clear_4xx_naming_it(tiny_repo: Path) -> None:
         assert greedy(server.url, max_tokens=3)["usage"]["completion_tokens"] == 3  # the server is free again
 
 
-def test_past_max_queue_a_request_is_refused_with_429_before_any_byte(tiny_repo: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_past_max_queue_a_request_is_refused_with_429_before_any_byte(tiny_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
     """max_queue bounds the requests a model holds (decoding and waiting): one in flight with a limit of
     1, the next gets a 429 with Retry-After at once, a stream too (its own status, not an error event).
     Our client fails at once without retries, and with them waits the Retry-After until there is room."""
@@ -302,8 +305,10 @@ def test_past_max_queue_a_request_is_refused_with_429_before_any_byte(tiny_repo:
         with Client(url, max_retries=100) as client:
             return client.complete(PROMPT, max_tokens=3, temperature=0)
 
-    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_QUEUE": "1", "SLIPSTREAM_MAX_N": "128"}) as server, \
-            concurrent.futures.ThreadPoolExecutor(1) as waiting:
+    with (
+        ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_QUEUE": "1", "SLIPSTREAM_MAX_N": "128"}) as server,
+        concurrent.futures.ThreadPoolExecutor(1) as waiting,
+    ):
         with httpx.stream("POST", server.url + "/v1/completions", json=long_run | {"stream": True}, timeout=TIMEOUT) as s:
             lines = s.iter_lines()  # kept: a dropped iterator closes the response (the client goes away)
             assert s.status_code == 200 and next(lines).startswith("data: ")

@@ -59,13 +59,16 @@ def test_a_locked_server(tiny_repo: Path, tmp_path: Path) -> None:
         assert http.get("/copilot_internal/v2/token").status_code == 401
         token = http.get("/copilot_internal/v2/token", headers={"Authorization": f"token {FILE_KEY}"}).json()
         assert token["token"] == FILE_KEY and token["expires_at"] > token["refresh_in"] > 0
-        copilot = http.post("/v1/engines/codegen/completions", json=body | {"stream": True},
-                            headers={"Authorization": f"Bearer {token['token']}"})
+        copilot = http.post(
+            "/v1/engines/codegen/completions", json=body | {"stream": True}, headers={"Authorization": f"Bearer {token['token']}"}
+        )
         assert copilot.status_code == 200 and copilot.text.rstrip().endswith("data: [DONE]")
         # probes and documents stay open; a browser preflight is answered before any key check
         assert http.get("/health").status_code == 200 and http.get("/ready").status_code == 200
-        preflight = http.options("/v1/completions", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-                                                              "Access-Control-Request-Headers": "authorization"})
+        preflight = http.options(
+            "/v1/completions",
+            headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"},
+        )
         assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ORIGIN
         # each API's clients get the refusal in their API's shape: Ollama's library, llama.vim's /infill
         wrong_key = ollama.Client(host=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}x"})
@@ -73,7 +76,8 @@ def test_a_locked_server(tiny_repo: Path, tmp_path: Path) -> None:
             wrong_key.generate(model=TINY, prompt="def add(a, b):", options={"num_predict": 4})
         assert refused.value.status_code == 401 and refused.value.error == "the API key is not valid"
         assert http.post("/api/generate", json={"model": TINY, "prompt": "x"}).json() == {
-            "error": "no API key: send Authorization: Bearer <key>"}
+            "error": "no API key: send Authorization: Bearer <key>"
+        }
         keyed = ollama.Client(host=server.url, timeout=60, headers={"Authorization": f"Bearer {KEY}"})
         assert keyed.generate(model=TINY, prompt="def add(a, b):", options={"num_predict": 4}).response
         infill = http.post("/infill", json={"input_prefix": "def f(", "input_suffix": ")"})
@@ -84,13 +88,29 @@ def test_a_locked_server(tiny_repo: Path, tmp_path: Path) -> None:
 
 
 def test_cors_is_off_by_default(tiny_server) -> None:
-    preflight = httpx.options(f"{tiny_server.url}/v1/completions", headers={
-        "Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    preflight = httpx.options(f"{tiny_server.url}/v1/completions", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in preflight.headers
 
 
 def test_a_key_variable_without_keys_stops_the_server(tiny_repo: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "slipstream.cli", "serve", "--model-repository", str(tiny_repo), "--model", TINY,
-                           "--port", "1", "--no-export-missing"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SLIPSTREAM_API_KEYS": ","})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "slipstream.cli",
+            "serve",
+            "--model-repository",
+            str(tiny_repo),
+            "--model",
+            TINY,
+            "--port",
+            "1",
+            "--no-export-missing",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SLIPSTREAM_API_KEYS": ","},
+    )
     assert done.returncode != 0 and "SLIPSTREAM_API_KEYS is set but holds no key" in done.stderr

@@ -105,8 +105,10 @@ def test_default_model_answers_curl_style_request(bundled_server) -> None:
 def test_smollm2_streams_a_completion(bundled_server) -> None:
     texts = []
     with httpx.stream(
-        "POST", f"{bundled_server.url}/v1/completions",
-        json={"model": "smollm2-135m", "prompt": "def add(a, b):\n", "max_tokens": 24, "stream": True}, timeout=120,
+        "POST",
+        f"{bundled_server.url}/v1/completions",
+        json={"model": "smollm2-135m", "prompt": "def add(a, b):\n", "max_tokens": 24, "stream": True},
+        timeout=120,
     ) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
@@ -122,7 +124,8 @@ def test_stream_arrives_as_it_is_generated(bundled_server) -> None:
     arrivals = []
     started = time.perf_counter()
     with httpx.stream(
-        "POST", f"{bundled_server.url}/v1/completions",
+        "POST",
+        f"{bundled_server.url}/v1/completions",
         json={"prompt": HUMANEVAL_STYLE, "max_tokens": 96, "stream": True, "logit_bias": {"1": -100}},
         timeout=120,
     ) as response:
@@ -138,8 +141,12 @@ def test_smollm2_chats_through_its_own_template(bundled_server) -> None:
     assert cards["smollm2-135m"]["chat"] is True and cards["gemma3-270m"]["chat"] is False  # Gemma-3-270M is a base model
     response = httpx.post(
         f"{bundled_server.url}/v1/chat/completions",
-        json={"model": "smollm2-135m", "max_tokens": 96, "temperature": 0,
-              "messages": [{"role": "user", "content": "Write a Python function that returns the sum of a list."}]},
+        json={
+            "model": "smollm2-135m",
+            "max_tokens": 96,
+            "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a Python function that returns the sum of a list."}],
+        },
         timeout=120,
     )
     assert response.status_code == 200, response.text

@@ -42,8 +42,11 @@ def test_models_say_which_chat(url: str) -> None:
 
 def test_each_model_answers_under_its_own_name(url: str) -> None:
     def complete(**extra) -> dict:
-        r = httpx.post(f"{url}/v1/completions", json={"prompt": "def f(x):", "max_tokens": 12, "temperature": 0,
-                                                      "logit_bias": NO_EOS, **extra}, timeout=30)
+        r = httpx.post(
+            f"{url}/v1/completions",
+            json={"prompt": "def f(x):", "max_tokens": 12, "temperature": 0, "logit_bias": NO_EOS, **extra},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         return r.json()
 
@@ -55,8 +58,7 @@ def test_each_model_answers_under_its_own_name(url: str) -> None:
     assert missing.status_code == 404 and TINY in missing.json()["error"]["message"] and TINY_LLAMA in missing.json()["error"]["message"]
 
 
-def test_chat_renders_the_model_template_like_transformers(url: str, tiny_llama_checkpoint: Path,
-                                                           tiny_llama_repo: Path) -> None:
+def test_chat_renders_the_model_template_like_transformers(url: str, tiny_llama_checkpoint: Path, tiny_llama_repo: Path) -> None:
     from transformers import AutoTokenizer
 
     from server.engine import Prompter
@@ -146,8 +148,11 @@ def test_lazy_loading_loads_a_model_on_its_first_request(duo_repo: Path) -> None
         assert cards[TINY]["status"] == "standby" and cards[TINY]["ready"] is True and cards[TINY]["parameters"] > 0
 
         def complete(_i: int) -> str:
-            r = httpx.post(f"{server.url}/v1/completions", json={"model": TINY, "prompt": "def f(x):", "max_tokens": 8,
-                                                                 "temperature": 0, "logit_bias": NO_EOS}, timeout=60)
+            r = httpx.post(
+                f"{server.url}/v1/completions",
+                json={"model": TINY, "prompt": "def f(x):", "max_tokens": 8, "temperature": 0, "logit_bias": NO_EOS},
+                timeout=60,
+            )
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]["text"]
 

@@ -20,44 +20,74 @@ from server.models.store import read_manifest, write_manifest
 from testkit.real_templates import real_chat_templates
 from tests.conftest import TINY_LLAMA, ServerProcess
 
-MESSAGES = [{"role": "system", "content": "Réponds en français, s'il te plaît."},
-            {"role": "user", "content": "Écris une fonction qui ajoute deux nombres."},
-            {"role": "assistant", "content": "def ajoute(a, b):\n    return a + b"},
-            {"role": "user", "content": "Et qui les multiplie ? ✓"}]
-TOOLS = [{"type": "function", "function": {"name": "météo", "description": "le temps qu'il fait",
-                                           "parameters": {"type": "object", "properties": {"ville": {"type": "string"}}}}}]
+MESSAGES = [
+    {"role": "system", "content": "Réponds en français, s'il te plaît."},
+    {"role": "user", "content": "Écris une fonction qui ajoute deux nombres."},
+    {"role": "assistant", "content": "def ajoute(a, b):\n    return a + b"},
+    {"role": "user", "content": "Et qui les multiplie ? ✓"},
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "météo",
+            "description": "le temps qu'il fait",
+            "parameters": {"type": "object", "properties": {"ville": {"type": "string"}}},
+        },
+    }
+]
 
 TEMPLATES = {
     # today's date in the system turn, as Llama 3.1-3.3 do (with their fallback when strftime_now is missing)
-    "date": ("{%- if strftime_now is defined %}{%- set date_string = strftime_now('%d %b %Y') %}"
-             "{%- else %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
-             "{{ bos_token }}Today Date: {{ date_string }}\n{% for m in messages %}<{{ m.role }}>{{ m.content }}\n"
-             "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"),
+    "date": (
+        "{%- if strftime_now is defined %}{%- set date_string = strftime_now('%d %b %Y') %}"
+        "{%- else %}{%- set date_string = '26 Jul 2024' %}{%- endif %}"
+        "{{ bos_token }}Today Date: {{ date_string }}\n{% for m in messages %}<{{ m.role }}>{{ m.content }}\n"
+        "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    ),
     # loop controls: the last user turn found with {% break %}
-    "break": ("{% for m in messages | reverse %}{% if m.role == 'user' %}{% set ns = m.content %}LAST: {{ ns }}"
-              "{% break %}{% endif %}{% endfor %}{% for m in messages %}{% if m.role == 'system' %}{% continue %}"
-              "{% endif %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"),
+    "break": (
+        "{% for m in messages | reverse %}{% if m.role == 'user' %}{% set ns = m.content %}LAST: {{ ns }}"
+        "{% break %}{% endif %}{% endfor %}{% for m in messages %}{% if m.role == 'system' %}{% continue %}"
+        "{% endif %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    ),
     # tools as JSON in the system turn (Qwen2.5, Llama 3.x): no ASCII escaping of the accents
-    "tools": ("{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}\n{% endfor %}</tools>{% endif %}"
-              "{{ messages[-1] | tojson(indent=2) }}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"),
+    "tools": (
+        "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}\n{% endfor %}</tools>{% endif %}"
+        "{{ messages[-1] | tojson(indent=2) }}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    ),
     # role checks as Gemma-3's template makes them
-    "roles": ("{% for m in messages %}{% if m.role not in ['system', 'user', 'assistant'] %}"
-              "{{ raise_exception('Conversation roles must be user or assistant') }}{% endif %}"
-              "<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n{{ m.content | trim }}<end_of_turn>\n"
-              "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"),
+    "roles": (
+        "{% for m in messages %}{% if m.role not in ['system', 'user', 'assistant'] %}"
+        "{{ raise_exception('Conversation roles must be user or assistant') }}{% endif %}"
+        "<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n{{ m.content | trim }}<end_of_turn>\n"
+        "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    ),
 }
 
 
 # what each real template is tested with: (messages, tools)
-CONVERSATIONS = {"system": (MESSAGES, None), "no system": (MESSAGES[1:], None), "tools": (MESSAGES, TOOLS),
-                 "one turn": (MESSAGES[1:2], None)}
-MODELS = ["library/llama3.1:8b", "library/llama3.2:3b", "library/qwen2.5:0.5b", "library/qwen2.5-coder:1.5b",
-          "library/gemma3:270m", "library/gemma3:1b", "library/smollm2:135m"]
+CONVERSATIONS = {
+    "system": (MESSAGES, None),
+    "no system": (MESSAGES[1:], None),
+    "tools": (MESSAGES, TOOLS),
+    "one turn": (MESSAGES[1:2], None),
+}
+MODELS = [
+    "library/llama3.1:8b",
+    "library/llama3.2:3b",
+    "library/qwen2.5:0.5b",
+    "library/qwen2.5-coder:1.5b",
+    "library/gemma3:270m",
+    "library/gemma3:1b",
+    "library/smollm2:135m",
+]
 
 
 def transformers_renders(template: str, tools: list | None = None, messages: list[dict] = MESSAGES) -> str:
-    rendered, _ = render_jinja_template([messages], tools=tools, chat_template=template, add_generation_prompt=True,
-                                        bos_token="<s>", eos_token="</s>")
+    rendered, _ = render_jinja_template(
+        [messages], tools=tools, chat_template=template, add_generation_prompt=True, bos_token="<s>", eos_token="</s>"
+    )
     return rendered[0]
 
 
@@ -106,8 +136,7 @@ def test_every_template_in_ollamas_library_renders_or_refuses_as_transformers() 
                         render(template, messages, bos_token="<s>", eos_token="</s>", tools=tools)
                     refused += 1
                     continue
-            assert render(template, messages, bos_token="<s>", eos_token="</s>", tools=tools) == expected, \
-                (model, conversation)
+            assert render(template, messages, bos_token="<s>", eos_token="</s>", tools=tools) == expected, (model, conversation)
             rendered += 1
     assert rendered > 9 * refused  # most render: a broken renderer would refuse them all
 
@@ -116,8 +145,7 @@ def test_every_template_in_ollamas_library_renders_or_refuses_as_transformers() 
 def real_template_server(tiny_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny Llama served three times over, each copy with a real model's chat template."""
     repository = tmp_path_factory.mktemp("real_templates")
-    names = {"with-llama3.2": "library/llama3.2:3b", "with-gemma3-1b": "library/gemma3:1b",
-             "with-gemma2": "library/gemma2:2b"}
+    names = {"with-llama3.2": "library/llama3.2:3b", "with-gemma3-1b": "library/gemma3:1b", "with-gemma2": "library/gemma2:2b"}
     for name, model in names.items():
         shutil.copytree(tiny_llama_repo / TINY_LLAMA, repository / name)
         manifest = read_manifest(tiny_llama_repo, TINY_LLAMA)
@@ -129,17 +157,18 @@ def real_template_server(tiny_llama_repo: Path, tmp_path_factory: pytest.TempPat
 def test_a_server_chats_through_real_templates(real_template_server) -> None:
     server, repository = real_template_server
     for name in ("with-llama3.2", "with-gemma3-1b"):
-        r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": name, "messages": MESSAGES, "max_tokens": 2},
-                       timeout=60)
+        r = httpx.post(f"{server.url}/v1/chat/completions", json={"model": name, "messages": MESSAGES, "max_tokens": 2}, timeout=60)
         assert r.status_code == 200, r.text
         prompter = Prompter(repository, name)
         assert r.json()["usage"]["prompt_tokens"] == len(prompter.prepare(prompter.chat_prompt(MESSAGES), 2, raw=False).ids)
     # Gemma-2's template refuses a system turn: the client is told why, as a 400
-    refused = httpx.post(f"{server.url}/v1/chat/completions",
-                         json={"model": "with-gemma2", "messages": MESSAGES, "max_tokens": 2}, timeout=60)
+    refused = httpx.post(
+        f"{server.url}/v1/chat/completions", json={"model": "with-gemma2", "messages": MESSAGES, "max_tokens": 2}, timeout=60
+    )
     assert refused.status_code == 400 and "System role not supported" in refused.json()["error"]["message"]
-    alone = httpx.post(f"{server.url}/v1/chat/completions",
-                       json={"model": "with-gemma2", "messages": MESSAGES[1:], "max_tokens": 2}, timeout=60)
+    alone = httpx.post(
+        f"{server.url}/v1/chat/completions", json={"model": "with-gemma2", "messages": MESSAGES[1:], "max_tokens": 2}, timeout=60
+    )
     assert alone.status_code == 200, alone.text
 
 
@@ -165,11 +194,14 @@ def test_a_template_that_refuses_the_conversation() -> None:
         render(TEMPLATES["roles"], [{"role": "tool", "content": "x"}])
 
 
-@pytest.mark.parametrize("template, says", [
-    ("{% for m in messages %}{{ m.content }", "TemplateSyntaxError"),  # does not parse
-    ("{{ messages[0].content + 1 }}", "TypeError"),  # an expression that fails
-    ("{{ messages[5].content }}", "UndefinedError"),
-])
+@pytest.mark.parametrize(
+    "template, says",
+    [
+        ("{% for m in messages %}{{ m.content }", "TemplateSyntaxError"),  # does not parse
+        ("{{ messages[0].content + 1 }}", "TypeError"),  # an expression that fails
+        ("{{ messages[5].content }}", "UndefinedError"),
+    ],
+)
 def test_a_broken_template_is_a_chat_template_error(template: str, says: str) -> None:
     with pytest.raises(ChatTemplateError, match=f"the model's chat template failed: {says}"):
         render(template, MESSAGES)

@@ -106,8 +106,7 @@ def test_async_client(url):
 
 def test_async_client_concurrent_requests(url):
     prompts = ["import os\n", "class Stack:", PROMPT]
-    expected = [httpx.post(url + "/v1/completions", json={"prompt": p, **GREEDY}, timeout=30).json()["choices"][0]["text"]
-                for p in prompts]
+    expected = [httpx.post(url + "/v1/completions", json={"prompt": p, **GREEDY}, timeout=30).json()["choices"][0]["text"] for p in prompts]
 
     async def run() -> list[str]:
         async with AsyncClient(url) as client:
@@ -121,8 +120,9 @@ def test_async_client_concurrent_requests(url):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slipstream.cli", "complete", *args], cwd=ROOT,
-                          capture_output=True, timeout=60, encoding="utf-8")
+    return subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", "complete", *args], cwd=ROOT, capture_output=True, timeout=60, encoding="utf-8"
+    )
 
 
 def test_cli_complete_prints_prompt_and_completion(url):
@@ -205,15 +205,35 @@ class _Peer:
 
 
 def test_llama_cpp_logprobs_become_the_legacy_layout() -> None:
-    answer = {"choices": [{"index": 0, "text": "x = 1", "finish_reason": "length", "logprobs": {"content": [
-        {"id": 87, "token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": [{"id": 87, "token": "x", "logprob": -0.5}]},
-        {"id": 284, "token": " = 1", "logprob": -1.25, "bytes": [32, 61, 32, 49], "top_logprobs": []},
-    ]}}]}
+    answer = {
+        "choices": [
+            {
+                "index": 0,
+                "text": "x = 1",
+                "finish_reason": "length",
+                "logprobs": {
+                    "content": [
+                        {
+                            "id": 87,
+                            "token": "x",
+                            "logprob": -0.5,
+                            "bytes": [120],
+                            "top_logprobs": [{"id": 87, "token": "x", "logprob": -0.5}],
+                        },
+                        {"id": 284, "token": " = 1", "logprob": -1.25, "bytes": [32, 61, 32, 49], "top_logprobs": []},
+                    ]
+                },
+            }
+        ]
+    }
     peer = _Peer(answer)
     with Client(peer.url) as client:
         body = client.complete("y", max_tokens=2, logprobs=1, stop="\n")
     assert body["choices"][0]["logprobs"] == {
-        "tokens": ["x", " = 1"], "token_logprobs": [-0.5, -1.25], "top_logprobs": [{"x": -0.5}, {}], "text_offset": [0, 1],
+        "tokens": ["x", " = 1"],
+        "token_logprobs": [-0.5, -1.25],
+        "top_logprobs": [{"x": -0.5}, {}],
+        "text_offset": [0, 1],
     }
     assert peer.bodies[0]["stop"] == ["\n"]  # a string stop goes as a list: FauxPilot splits strings into characters
 

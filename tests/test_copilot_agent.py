@@ -43,21 +43,34 @@ def settings() -> dict[str, Any]:
 def start_agent(url: str, token: str, home: Path) -> LanguageServer:
     if not AGENT.exists():
         pytest.fail(f"{AGENT} is missing: `make test` installs it (npm install in tests/plugins)")
-    env = {"GH_COPILOT_TOKEN": token, "GH_COPILOT_API_URL": url, "GH_COPILOT_SERVER_URL": url,
-           "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+    env = {
+        "GH_COPILOT_TOKEN": token,
+        "GH_COPILOT_API_URL": url,
+        "GH_COPILOT_SERVER_URL": url,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+    }
     config = settings()
 
     def configuration(params: dict[str, Any]) -> list[Any]:  # the agent pulls its settings by section
         return [config.get(item.get("section", ""), None) for item in params.get("items", [])]
 
-    agent = LanguageServer([str(AGENT), "--stdio"], home / "agent.log", env=env,
-                           handlers={"workspace/configuration": configuration}, cwd=home)
+    agent = LanguageServer(
+        [str(AGENT), "--stdio"], home / "agent.log", env=env, handlers={"workspace/configuration": configuration}, cwd=home
+    )
     workspace = (home / "project").as_uri()
-    agent.request("initialize", {
-        "processId": os.getpid(), "workspaceFolders": [{"uri": workspace, "name": "project"}],
-        "capabilities": {"workspace": {"workspaceFolders": True, "configuration": True}},
-        "initializationOptions": {"editorInfo": {"name": "slipstream-tests", "version": "1.0"},
-                                  "editorPluginInfo": {"name": "slipstream-tests", "version": "1.0"}}})
+    agent.request(
+        "initialize",
+        {
+            "processId": os.getpid(),
+            "workspaceFolders": [{"uri": workspace, "name": "project"}],
+            "capabilities": {"workspace": {"workspaceFolders": True, "configuration": True}},
+            "initializationOptions": {
+                "editorInfo": {"name": "slipstream-tests", "version": "1.0"},
+                "editorPluginInfo": {"name": "slipstream-tests", "version": "1.0"},
+            },
+        },
+    )
     agent.notify("initialized", {})
     return agent
 
@@ -67,9 +80,16 @@ def inline_completion(agent: LanguageServer, uri: str, attempts: int = 5) -> dic
     its first asks with an error until its session is there)."""
     for attempt in range(attempts):
         try:
-            result = agent.request("textDocument/inlineCompletion", {
-                "textDocument": {"uri": uri, "version": 1}, "position": CURSOR, "context": {"triggerKind": 2},
-                "formattingOptions": {"tabSize": 4, "insertSpaces": True}}, timeout=120)
+            result = agent.request(
+                "textDocument/inlineCompletion",
+                {
+                    "textDocument": {"uri": uri, "version": 1},
+                    "position": CURSOR,
+                    "context": {"triggerKind": 2},
+                    "formattingOptions": {"tabSize": 4, "insertSpaces": True},
+                },
+                timeout=120,
+            )
         except RuntimeError as exc:
             if attempt == attempts - 1:
                 raise AssertionError(f"the agent never completed: {exc}\n{agent.tail()}") from exc
@@ -97,8 +117,7 @@ def test_copilot_agent_completes_from_our_server(keyed_server: ServerProcess, tm
     uri = (tmp_path / "project" / "maths.py").as_uri()
     (tmp_path / "project").mkdir()
     with start_agent(keyed_server.url, KEY, tmp_path) as agent:
-        agent.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
-                                                               "text": DOCUMENT}})
+        agent.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": DOCUMENT}})
         item = inline_completion(agent, uri)["items"][0]
     requests = logged_after(keyed_server, logged_before)
     completions = [line for line in requests if line["route"] == "/v1/engines/{engine}/completions"]
@@ -124,8 +143,7 @@ def test_copilot_agent_with_a_wrong_key_gets_nothing(keyed_server: ServerProcess
     uri = (tmp_path / "project" / "maths.py").as_uri()
     (tmp_path / "project").mkdir()
     with start_agent(keyed_server.url, "not-one-of-the-keys", tmp_path) as agent:
-        agent.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
-                                                               "text": DOCUMENT}})
+        agent.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": DOCUMENT}})
         with pytest.raises(AssertionError):
             inline_completion(agent, uri, attempts=2)
     requests = keyed_server.access_log()[logged_before:]

@@ -22,8 +22,7 @@ def _hadolint() -> str:
 
 @pytest.mark.parametrize("dockerfile", sorted(DOCKER.glob("Dockerfile.*")), ids=lambda p: p.name)
 def test_dockerfiles_pass_hadolint(dockerfile: Path) -> None:
-    result = subprocess.run([_hadolint(), "--failure-threshold", "info", str(dockerfile)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([_hadolint(), "--failure-threshold", "info", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

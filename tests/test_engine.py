@@ -223,8 +223,10 @@ def test_in_place_cache_decodes_like_the_copying_one(fused_engine: Engine, tiny_
     in_ortvalues = Runner(onnx_file, 1)
     in_ortvalues.kv_device = "cpu"
     assert shared.share_buffer and not copying.share_buffer
-    prompts = [fused_engine.prompter.encode("def heappush(heap, item):\n    heap.append(item)\n    "),
-               fused_engine.prompter.encode("x = 1\n")]
+    prompts = [
+        fused_engine.prompter.encode("def heappush(heap, item):\n    heap.append(item)\n    "),
+        fused_engine.prompter.encode("x = 1\n"),
+    ]
     runs: list[list[np.ndarray]] = []
     for runner in (shared, copying, in_ortvalues):
         firsts = [runner.prefill(ids) for ids in prompts]

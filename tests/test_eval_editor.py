@@ -22,9 +22,32 @@ PROMPT_CHARS = 300  # the tiny model's context is 128 tokens
 
 
 def editor(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "slipstream.cli", "eval", "editor", "--url", url, "--name", "tiny",
-            "--model", TINY, "--files", str(FILE), "--sessions", "2", "--words", "8",
-            "--prompt-chars", str(PROMPT_CHARS), "--max-tokens", "8", "--out", str(out), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "slipstream.cli",
+        "eval",
+        "editor",
+        "--url",
+        url,
+        "--name",
+        "tiny",
+        "--model",
+        TINY,
+        "--files",
+        str(FILE),
+        "--sessions",
+        "2",
+        "--words",
+        "8",
+        "--prompt-chars",
+        str(PROMPT_CHARS),
+        "--max-tokens",
+        "8",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

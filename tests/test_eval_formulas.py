@@ -72,18 +72,30 @@ def run_of(rows: dict[str, list[tuple[bool, float | None, str]]], model: str = "
     samples = []
     for task, entries in rows.items():
         for i, (passed, mean, finish) in enumerate(entries):
-            samples.append({"task_id": task, "sample": i, "passed": passed, "result": "passed" if passed else "failed: x",
-                            "completion": f"c{i}", "finish_reason": finish, "mean_logprob": mean,
-                            "sum_logprob": None if mean is None else 2 * mean if i % 2 else 10 * mean,
-                            "completion_tokens": 4 + i, "prompt_tokens": 10})
+            samples.append(
+                {
+                    "task_id": task,
+                    "sample": i,
+                    "passed": passed,
+                    "result": "passed" if passed else "failed: x",
+                    "completion": f"c{i}",
+                    "finish_reason": finish,
+                    "mean_logprob": mean,
+                    "sum_logprob": None if mean is None else 2 * mean if i % 2 else 10 * mean,
+                    "completion_tokens": 4 + i,
+                    "prompt_tokens": 10,
+                }
+            )
     return HumanEvalRun(model, temperature, "completion", Path("."), samples)
 
 
 def test_rank_run_discards_samples_without_eos() -> None:
-    run = run_of({
-        "A": [(True, -0.1, "stop"), (False, -0.9, "stop"), (False, -0.01, "length"), (False, -0.5, "stop")],
-        "B": [(False, -0.2, "length"), (True, -0.3, "length"), (False, -0.4, "length"), (False, -0.6, "length")],
-    })
+    run = run_of(
+        {
+            "A": [(True, -0.1, "stop"), (False, -0.9, "stop"), (False, -0.01, "length"), (False, -0.5, "stop")],
+            "B": [(False, -0.2, "length"), (True, -0.3, "length"), (False, -0.4, "length"), (False, -0.6, "length")],
+        }
+    )
     result = rank.rank_run(run, ks=(1, 2))
     assert result.kept == 3 and result.samples == 8
     # A: kept [T(-0.1), F(-0.9), F(-0.5)]; B: nothing kept, scores 0

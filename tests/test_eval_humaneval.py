@@ -12,8 +12,28 @@ from tests.conftest import ROOT, TINY
 
 
 def eval_humaneval(url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--url", url, "--model", TINY, "--limit", "3",
-            "--n", "3", "--temperatures", "0,0.8", "--max-tokens", "12", "--out", str(out), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "slipstream.cli",
+        "eval",
+        "humaneval",
+        "--url",
+        url,
+        "--model",
+        TINY,
+        "--limit",
+        "3",
+        "--n",
+        "3",
+        "--temperatures",
+        "0,0.8",
+        "--max-tokens",
+        "12",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -39,6 +59,7 @@ def test_run_writes_human_eval_files_and_resumes(tiny_server, tmp_path: Path) ->
     assert set(summary["pass_at_k"]) == {"1"}  # 3 samples per problem: pass@10 is not reported
     # the box that ran the code, said at the start and in the report (the one this machine allows)
     from eval.execution import detect_box
+
     box = detect_box()
     assert done.stdout.startswith(f"generated code runs in the {box} box") and summary["box"] == box
     assert f"| {box} |" in (tmp_path / "report.md").read_text()
@@ -66,8 +87,13 @@ def test_a_server_error_is_reported_and_keeps_the_samples(tiny_server, tmp_path:
     failed = eval_humaneval(tiny_server.url, tmp_path, "--model", "no-such-model")
     assert failed.returncode == 1
     assert "no-such-model" in failed.stderr and "run the same command again to resume" in failed.stderr
-    refused = subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--model", TINY, "--n", "0"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    refused = subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--model", TINY, "--n", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert refused.returncode == 2 and "--n: must be at least 1" in refused.stderr
 
 
@@ -84,8 +110,9 @@ def test_instruct_extraction_from_messy_replies() -> None:
 
     replies = {
         "prose around the block": f"Sure! Here it is:\n\n```python\n{FUNCTION}\n```\n\nThis adds a and b.",
-        "several blocks, the function in the second":
-            f"Usage:\n```python\nprint(add(1, 2))\n```\nCode:\n```python\nimport math\n{FUNCTION}\n\nprint(add(1, 2))\n```",
+        "several blocks, the function in the second": (
+            f"Usage:\n```python\nprint(add(1, 2))\n```\nCode:\n```python\nimport math\n{FUNCTION}\n\nprint(add(1, 2))\n```"
+        ),
         "no language tag": f"```\n{FUNCTION}\n```",
         "no block, prose after": f"{FUNCTION}\n\nThis function returns the sum.",
         "an unclosed block": f"```python\n{FUNCTION}\n",
@@ -102,9 +129,29 @@ def test_instruct_extraction_from_messy_replies() -> None:
 def test_instruct_mode_through_chat(duo_server, tmp_path: Path) -> None:
     from tests.conftest import TINY_LLAMA
 
-    args = [sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--url", duo_server.url, "--model", TINY_LLAMA,
-            "--mode", "instruct", "--limit", "2", "--n", "2", "--temperatures", "0.7", "--max-tokens", "16",
-            "--out", str(tmp_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "slipstream.cli",
+        "eval",
+        "humaneval",
+        "--url",
+        duo_server.url,
+        "--model",
+        TINY_LLAMA,
+        "--mode",
+        "instruct",
+        "--limit",
+        "2",
+        "--n",
+        "2",
+        "--temperatures",
+        "0.7",
+        "--max-tokens",
+        "16",
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     samples = lines(tmp_path / TINY_LLAMA / "instruct-t0.7" / "samples.jsonl")

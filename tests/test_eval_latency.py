@@ -12,13 +12,26 @@ from tests.conftest import ROOT, TINY
 
 
 def latency(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", "latency", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", "eval", "latency", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_sweep_writes_json_csv_and_plots(tiny_server, tmp_path: Path) -> None:
-    done = latency("--url", tiny_server.url, "--prompt-tokens", "16,48", "--max-tokens", "8", "--concurrency", "1,2",
-                   "--requests", "3", "--out", str(tmp_path))
+    done = latency(
+        "--url",
+        tiny_server.url,
+        "--prompt-tokens",
+        "16,48",
+        "--max-tokens",
+        "8",
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "3",
+        "--out",
+        str(tmp_path),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     cells = json.loads((tmp_path / "latency.json").read_text())
     assert [(c["cell"]["prompt_tokens"], c["cell"]["concurrency"]) for c in cells] == [(16, 1), (16, 2), (48, 1), (48, 2)]
@@ -35,8 +48,9 @@ def test_sweep_writes_json_csv_and_plots(tiny_server, tmp_path: Path) -> None:
         assert (tmp_path / plot).stat().st_size > 1000
     table = (tmp_path / "latency.md").read_text().splitlines()
     assert sum(line.startswith(f"| {tiny_server.url} | {TINY} |") for line in table) == 4
-    page = subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", "report", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    page = subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", "eval", "report", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert page.returncode == 0 and "![latency_vs_prompt.png](latency_vs_prompt.png)" in (tmp_path / "index.md").read_text()
 
 

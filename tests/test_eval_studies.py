@@ -25,23 +25,37 @@ WRONG = "    return True\n"
 
 
 def slipstream(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "slipstream.cli", "eval", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", "eval", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
-def write_run(out: Path, model: str, temperature: float, completions: list[tuple[str, str]],
-              execute_them: bool = True) -> Path:
+def write_run(out: Path, model: str, temperature: float, completions: list[tuple[str, str]], execute_them: bool = True) -> Path:
     """A run folder as `eval humaneval` writes it, from (task_id, completion) pairs; verdicts by real execution."""
     folder = run_dir(out, model, temperature)
     folder.mkdir(parents=True)
     samples, index = [], {}
     for task, completion in completions:
         i = index[task] = index.get(task, -1) + 1
-        samples.append({"task_id": task, "completion": completion, "sample": i, "model": model, "temperature": temperature,
-                        "top_p": 0.95, "seed": 0, "prompt_format": "raw", "mode": "completion",
-                        "finish_reason": "stop" if i % 3 else "length", "completion_tokens": 20 + 5 * i,
-                        "prompt_tokens": 120, "mean_logprob": -0.1 * (i + 1), "sum_logprob": -0.1 * (i + 1) * (20 + 5 * i),
-                        "latency_s": 0.1})
+        samples.append(
+            {
+                "task_id": task,
+                "completion": completion,
+                "sample": i,
+                "model": model,
+                "temperature": temperature,
+                "top_p": 0.95,
+                "seed": 0,
+                "prompt_format": "raw",
+                "mode": "completion",
+                "finish_reason": "stop" if i % 3 else "length",
+                "completion_tokens": 20 + 5 * i,
+                "prompt_tokens": 120,
+                "mean_logprob": -0.1 * (i + 1),
+                "sum_logprob": -0.1 * (i + 1) * (20 + 5 * i),
+                "latency_s": 0.1,
+            }
+        )
     (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     problems = {p.task_id: p for p in humaneval(3)}
     execute(problems, samples, folder / "results.jsonl", execution.DEFAULT_LIMITS, workers=1)
@@ -124,8 +138,23 @@ def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_
     (python / "b.py").write_text(Path(__file__).read_text()[:1500])
     (python / "small.py").write_text("x = 1\n")  # under 1000 bytes: not picked
     (c / "a.h").write_text("".join(f"int f{i}(int x) {{ return x * {i}; }}\n" for i in range(60)))
-    done = slipstream("perplexity", "--url", tiny_server.url, "--model", TINY, "--lang", f"python={python}",
-                      "--lang", f"c={c}", "--window", "512", "--overlap", "0.25", "--out", str(tmp_path / "out"))
+    done = slipstream(
+        "perplexity",
+        "--url",
+        tiny_server.url,
+        "--model",
+        TINY,
+        "--lang",
+        f"python={python}",
+        "--lang",
+        f"c={c}",
+        "--window",
+        "512",
+        "--overlap",
+        "0.25",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "perplexity.json").read_text())
     rows = {r["language"]: r for r in result["results"]}
@@ -144,8 +173,21 @@ def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_
     assert "| tiny-codegen | c |" in (tmp_path / "out" / "perplexity.md").read_text()
     # a later run into the same folder measures C again and keeps Python's earlier result
     (c / "b.c").write_text("".join(f"int g{i}(void) {{ return {i}; }}\n" for i in range(50)))
-    again = slipstream("perplexity", "--url", tiny_server.url, "--model", TINY, "--lang", f"c={c}", "--window", "512",
-                       "--overlap", "0.25", "--out", str(tmp_path / "out"))
+    again = slipstream(
+        "perplexity",
+        "--url",
+        tiny_server.url,
+        "--model",
+        TINY,
+        "--lang",
+        f"c={c}",
+        "--window",
+        "512",
+        "--overlap",
+        "0.25",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     merged = {r["language"]: r for r in json.loads((tmp_path / "out" / "perplexity.json").read_text())["results"]}
     assert merged["python"] == rows["python"] and merged["c"]["files"] == 2

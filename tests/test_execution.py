@@ -52,15 +52,20 @@ def test_the_box_keeps_programs_in(box: str) -> None:
     if not execution.box_works(box):
         pytest.skip(f"{box} cannot run on this machine")
     quick = Limits(timeout=2.0)
-    results = execution.run_many([
-        "print('hello')",
-        "import sys; sys.exit(0)",  # ends before its tests would run: not a pass
-        "import os; os._exit(0)",
-        "while True:\n    pass",
-        "x = bytearray(4 << 30)",  # past the memory limit
-        "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
-        "print('x' * 100_000)",  # a pass with long output: kept truncated, still a pass
-    ], quick, workers=2, box=box)
+    results = execution.run_many(
+        [
+            "print('hello')",
+            "import sys; sys.exit(0)",  # ends before its tests would run: not a pass
+            "import os; os._exit(0)",
+            "while True:\n    pass",
+            "x = bytearray(4 << 30)",  # past the memory limit
+            "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
+            "print('x' * 100_000)",  # a pass with long output: kept truncated, still a pass
+        ],
+        quick,
+        workers=2,
+        box=box,
+    )
     assert [r.status for r in results[:5]] == ["passed", "failed", "failed", "timeout", "failed"]
     assert results[0].stdout == "hello\n" and results[3].seconds < 3 and "MemoryError" in results[4].stderr
     assert results[6].passed and len(results[6].stdout) < 5000 and results[6].stdout.endswith("(95905 more bytes)")
@@ -90,8 +95,7 @@ def _sandboxed() -> list[str]:
 
 
 @pytest.mark.parametrize("box", ["bwrap", "unshare"])
-def test_hostile_samples_are_contained_and_the_rest_unharmed(box: str, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_samples_are_contained_and_the_rest_unharmed(box: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if box not in _sandboxed():
         pytest.skip(f"{box} cannot run on this machine")
     tag = f"{random.randrange(10**9)}"
@@ -108,7 +112,8 @@ def test_hostile_samples_are_contained_and_the_rest_unharmed(box: str, tmp_path:
         "infinite loop": "while True:\n    pass",
         "memory balloon in many processes": (  # 24 x 900 MB only where a cgroup caps them together
             f"import os\nfor _ in range({24 if box_cgroup.available() else 3}):\n    if os.fork() == 0:\n        b = bytearray(900 << 20)\n"
-            "        b[::4096] = b'x' * len(b[::4096])\n        os._exit(0)\nwhile True:\n    os.wait()"),
+            "        b[::4096] = b'x' * len(b[::4096])\n        os._exit(0)\nwhile True:\n    os.wait()"
+        ),
         **{f"write {path}": f"open({str(path)!r}, 'w').write('x')" for path in outside},
         "delete a file": f"import os\nos.remove({str(sentinel)!r})",
         "overwrite a file": f"open({str(sentinel)!r}, 'w').write('gone')",
@@ -118,11 +123,13 @@ def test_hostile_samples_are_contained_and_the_rest_unharmed(box: str, tmp_path:
             "for path in glob.glob('/proc/*/environ'):\n    try:\n        found += [path] if b's3cret' in open(path, 'rb').read() "
             "else []\n    except OSError:\n        pass\n"
             f"try:\n    found.append(open({str(secret_file)!r}).read())\nexcept OSError:\n    pass\n"
-            "print(found, os.environ)\nraise SystemExit('looked')"),  # whatever it saw is in its output
+            "print(found, os.environ)\nraise SystemExit('looked')"
+        ),  # whatever it saw is in its output
         "spawn a process that outlives it": (
             f"import subprocess\nsubprocess.Popen(['sleep', '3{tag}'], start_new_session=True)\n"
             f"import os\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        os.execvp('sleep', ['sleep', '4{tag}'])\n"
-            "    os._exit(0)\nos.wait()"),
+            "    os._exit(0)\nos.wait()"
+        ),
     }
     honest = [f"assert sum(range({i})) == {i * (i - 1) // 2}\nprint('ok')" for i in range(len(hostile))]
     sources = [s for pair in zip(hostile.values(), honest, strict=True) for s in pair]  # each hostile sample next to an honest one
@@ -167,8 +174,7 @@ def test_a_worker_killed_from_outside_fails_its_program_and_the_rest_still_run()
 
 def test_a_program_cannot_kill_its_worker() -> None:
     box = execution.detect_box()
-    results = execution.run_many(["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "print(1)"],
-                                 Limits(timeout=2.0), workers=1)
+    results = execution.run_many(["import os, signal\nos.kill(os.getppid(), signal.SIGKILL)", "print(1)"], Limits(timeout=2.0), workers=1)
     assert results[1].passed
     if box != "none":  # refused, or ignored by the init of a PID namespace: the program ends with its tests
         assert "worker ended" not in results[0].stderr
@@ -179,8 +185,7 @@ def test_the_detected_box_is_the_strongest_that_works() -> None:
     runs without a network (a box: these machines allow at least unshare's), and bubblewrap is the
     pick wherever it is installed and runs."""
     box = execution.detect_box()
-    [result] = execution.run_many(["import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=2)"],
-                                  Limits(timeout=5.0), workers=1)
+    [result] = execution.run_many(["import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=2)"], Limits(timeout=5.0), workers=1)
     assert box != "none" and not result.passed and "Network is unreachable" in result.stderr + result.status
     if shutil.which("bwrap") and subprocess.run(["bwrap", "--ro-bind", "/", "/", "true"]).returncode == 0:
         assert box == "bwrap"
@@ -257,8 +262,14 @@ def test_the_unshare_box_holds_for_an_unprivileged_user() -> None:
             "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=1)",
             "print('ok')",
         ]
-        run = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I", "-c", probe],
-                             input=json.dumps(programs), capture_output=True, text=True, timeout=120, cwd=copy)
+        run = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I", "-c", probe],
+            input=json.dumps(programs),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=copy,
+        )
         if run.returncode != 0 and "unshare" in run.stderr and "Operation not permitted" in run.stderr:
             pytest.skip("unprivileged user namespaces are off on this machine")
         assert run.returncode == 0, run.stderr[-2000:]

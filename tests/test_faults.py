@@ -100,9 +100,34 @@ def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, 
     try:
         with ServerProcess(tiny_repo, [TINY], env=env) as api:
             load = subprocess.Popen(
-                [sys.executable, "-m", "slipstream.cli", "eval", "load", "--url", api.url, "--model", TINY, "--clients", "4",
-                 "--ramp", "0.5", "--duration", "10", "--prompt-tokens", "16", "--max-tokens", "100", "--out", str(tmp_path)],
-                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "slipstream.cli",
+                    "eval",
+                    "load",
+                    "--url",
+                    api.url,
+                    "--model",
+                    TINY,
+                    "--clients",
+                    "4",
+                    "--ramp",
+                    "0.5",
+                    "--duration",
+                    "10",
+                    "--prompt-tokens",
+                    "16",
+                    "--max-tokens",
+                    "100",
+                    "--out",
+                    str(tmp_path),
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             wait_for(lambda: completed(api) >= 4 or load.poll() is not None, 60, "the load never got going")
             probe = Probe(api.url)
             probe.start()
@@ -114,6 +139,7 @@ def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, 
             assert json.loads(probe.events[-2])["error"]["type"] == "model_unavailable", probe.events[-3:]
             # the operator sees it too: in the server's log and on the request's access-log line, by its id
             assert f"request {probe.request_id}: " in api.log.read_text() and "after its stream started" in api.log.read_text()
+
             def probe_lines() -> list[dict]:  # written when the server has sent the response's last byte
                 return [entry for entry in api.access_log() if entry.get("request_id") == probe.request_id]
 
@@ -137,8 +163,9 @@ def test_triton_killed_and_restarted_mid_load_loses_no_request(tiny_repo: Path, 
         assert result["passed"] and result["lost"] == 0 and result["errors"] >= 1
         errors = [o for o in result["outcomes"] if o["kind"] == "error"]
         for error in errors:  # each one said why: an error event in its stream, or a 503 with its Retry-After
-            assert ((error["detail"].startswith("HTTP 200: ") and "Triton" in error["detail"])
-                    or (error["detail"].startswith("HTTP 503: ") and "(Retry-After: " in error["detail"])), error
+            assert (error["detail"].startswith("HTTP 200: ") and "Triton" in error["detail"]) or (
+                error["detail"].startswith("HTTP 503: ") and "(Retry-After: " in error["detail"]
+            ), error
         recovered = [o for o in result["outcomes"] if o["started_s"] > max(e["ended_s"] for e in errors)]
         assert recovered and all(o["kind"] == "ok" for o in recovered)
         assert {o["client"] for o in recovered} == {0, 1, 2, 3}  # every client completes again after the restart
@@ -159,9 +186,30 @@ class EvalRun:
 
     def __init__(self, url: str, out: Path, *extra: str) -> None:
         self.out, self.log = out, out.parent / f"{out.name}-{time.monotonic_ns()}.log"
-        args = [sys.executable, "-m", "slipstream.cli", "eval", "humaneval", "--url", url, "--model", TINY,
-                "--limit", str(PROBLEMS), "--n", str(SAMPLES), "--temperatures", "0.8", "--max-tokens", "48",
-                "--concurrency", "1", "--out", str(out), *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "slipstream.cli",
+            "eval",
+            "humaneval",
+            "--url",
+            url,
+            "--model",
+            TINY,
+            "--limit",
+            str(PROBLEMS),
+            "--n",
+            str(SAMPLES),
+            "--temperatures",
+            "0.8",
+            "--max-tokens",
+            "48",
+            "--concurrency",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
         with self.log.open("w") as sink:
             self.process = subprocess.Popen(args, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True)
 

@@ -55,13 +55,12 @@ def assert_bitwise(ours: np.ndarray, theirs: np.ndarray) -> None:
     assert not differ.any(), f"{differ.sum()} of {differ.size} weights differ, first at {np.argwhere(differ)[0]}"
 
 
-def session(nodes: list[onnx.NodeProto], tensors: list[TensorProto], inputs: list[onnx.ValueInfoProto],
-            outputs: list[str]) -> ort.InferenceSession:
+def session(
+    nodes: list[onnx.NodeProto], tensors: list[TensorProto], inputs: list[onnx.ValueInfoProto], outputs: list[str]
+) -> ort.InferenceSession:
     unique = list({t.name: t for t in tensors}.values())  # a tied graph names shared weights twice
-    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(o, TensorProto.FLOAT, None)
-                                                   for o in outputs], unique)
-    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17),
-                                                                  helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], unique)
+    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -77,10 +76,17 @@ def test_dequantize_is_bit_exact(qtype: T) -> None:
 
 
 def test_layout_matches_the_brief() -> None:
-    kinds = {t.name: (b.bits, b.block_size, b.offsets is not None)
-             for t in SUPPORTED for b in [blocks_from_gguf(make_raw(t), t, (N, K))]}
-    assert kinds == {"Q4_0": (4, 32, False), "Q4_1": (4, 32, True), "Q5_0": (8, 32, False), "Q5_1": (8, 32, True),
-                     "Q8_0": (8, 32, False), "Q4_K": (4, 32, True), "Q5_K": (8, 32, True), "Q6_K": (8, 16, False)}
+    kinds = {t.name: (b.bits, b.block_size, b.offsets is not None) for t in SUPPORTED for b in [blocks_from_gguf(make_raw(t), t, (N, K))]}
+    assert kinds == {
+        "Q4_0": (4, 32, False),
+        "Q4_1": (4, 32, True),
+        "Q5_0": (8, 32, False),
+        "Q5_1": (8, 32, True),
+        "Q8_0": (8, 32, False),
+        "Q4_K": (4, 32, True),
+        "Q5_K": (8, 32, True),
+        "Q6_K": (8, 16, False),
+    }
 
 
 @pytest.mark.parametrize("qtype", SUPPORTED, ids=lambda t: t.name)
@@ -92,7 +98,7 @@ def test_matmul_nodes_compute_x_at_w(qtype: T) -> None:
     assert all(t.name.startswith(("w", "x/sums")) for t in tensors)
     rng = np.random.default_rng(2)
     for shape in ((1, K), (5, K), (2, 3, K)):
-        dims = ["batch", "seq", "k"][-len(shape):]
+        dims = ["batch", "seq", "k"][-len(shape) :]
         run = session(nodes, tensors, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], ["y"])
         x = rng.standard_normal(shape).astype(np.float32)
         expected = x.astype(np.float64) @ weight.T
@@ -136,8 +142,7 @@ def test_tied_embedding_and_head_share_initializers(qtype: T) -> None:
     embed, embed_tensors = gather_nodes("ids", "h", "tok", blocks)
     shared = {t.name for t in head_tensors} & {t.name for t in embed_tensors}
     assert {"tok_codes", "tok_scales"} <= shared
-    run = session(embed + head, head_tensors + embed_tensors,
-                  [helper.make_tensor_value_info("ids", TensorProto.INT64, ["s"])], ["logits"])
+    run = session(embed + head, head_tensors + embed_tensors, [helper.make_tensor_value_info("ids", TensorProto.INT64, ["s"])], ["logits"])
     ids = np.array([2, 9, 4], dtype=np.int64)
     weight = gguf_dequantize(raw, qtype).astype(np.float64)
     expected = weight[ids] @ weight.T

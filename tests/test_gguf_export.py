@@ -28,8 +28,16 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = {"log": lambda _line: None}
 TEXTS = ("def add(a, b):\n    return a + b\n", "for i in range(1234):\n\tx = [i, 'héllo']  # 你好\n", "  x  =  1\n\n\n")
 # each architecture with the vocabulary kind its real files carry (Llama also as Llama 3's byte-level BPE)
-CASES = [("llama", "spm"), ("llama", "bpe"), ("qwen2", "bpe"), ("starcoder2", "bpe"), ("gemma", "spm"),
-         ("gemma2", "spm"), ("gemma3", "spm"), ("phi3", "spm")]
+CASES = [
+    ("llama", "spm"),
+    ("llama", "bpe"),
+    ("qwen2", "bpe"),
+    ("starcoder2", "bpe"),
+    ("gemma", "spm"),
+    ("gemma2", "spm"),
+    ("gemma3", "spm"),
+    ("phi3", "spm"),
+]
 
 
 def _golden(tiny: TinyGGUF, text: str) -> list[int]:
@@ -43,8 +51,7 @@ def _golden(tiny: TinyGGUF, text: str) -> list[int]:
 @pytest.mark.parametrize(("architecture", "vocabulary"), CASES, ids=[f"{a}-{v}" for a, v in CASES])
 def test_gguf_exports_serve_and_match_the_file(tmp_path: Path, architecture: str, vocabulary: str) -> None:
     fim = bool(FAMILIES[architecture].fim)
-    tiny = write_tiny_gguf(architecture, tmp_path / f"tiny-{architecture}.gguf", tokenizer=vocabulary,
-                           weights="Q8_0", fim=fim)
+    tiny = write_tiny_gguf(architecture, tmp_path / f"tiny-{architecture}.gguf", tokenizer=vocabulary, weights="Q8_0", fim=fim)
     precision = "gguf" if architecture != "starcoder2" else "int8"  # optimum's graph: see the native test
     manifest = export_gguf(tiny.path, tmp_path / "repo", "m", precision=precision, **QUIET)
 
@@ -67,8 +74,7 @@ def test_gguf_exports_serve_and_match_the_file(tmp_path: Path, architecture: str
     else:
         assert manifest.fim is None
 
-    events = list(engine.generate(engine.prompter.prepare("def f(x):\n    return", 8),
-                                  SamplingParams(max_tokens=8, temperature=0.0)))
+    events = list(engine.generate(engine.prompter.prepare("def f(x):\n    return", 8), SamplingParams(max_tokens=8, temperature=0.0)))
     assert any(isinstance(e, Delta) and e.text for e in events)
     report = verify(tmp_path / "repo", "m")  # against transformers' reading of the same file, in fp32
     assert report.passed, "\n".join(report.lines())
@@ -82,8 +88,7 @@ def test_precision_gguf_holds_the_files_blocks(tmp_path: Path, weights: str) -> 
     graph = onnx.load(str(tmp_path / "repo" / "m" / manifest.onnx_file), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
     # every projection and the tied LM head read the file's blocks; the embedding gathers from the same ones
-    assert "MatMul" not in ops or all(
-        not any(i.endswith(".weight") for i in n.input) for n in graph.node if n.op_type == "MatMul")
+    assert "MatMul" not in ops or all(not any(i.endswith(".weight") for i in n.input) for n in graph.node if n.op_type == "MatMul")
     # per layer: Q, K and V packed into one MatMul by the builder, O, gate, up, down; then the head. A Q4_K_M
     # file's V is Q6_K, Q and K Q4_K: the packed MatMul is then three, side by side (Concat)
     per_layer = 7 if weights == "mixed" else 5
@@ -145,16 +150,24 @@ def _ollama_store(root: Path, gguf_path: Path, name: str, tag: str) -> str:
     shutil.copyfile(gguf_path, root / "blobs" / f"sha256-{digest}")
     manifest = root / "manifests" / "registry.ollama.ai" / "library" / name / tag
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [
-        {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "0" * 64, "size": 1},
-        {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}",
-         "size": gguf_path.stat().st_size}]}))
+    manifest.write_text(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "layers": [
+                    {"mediaType": "application/vnd.ollama.image.template", "digest": "sha256:" + "0" * 64, "size": 1},
+                    {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": gguf_path.stat().st_size},
+                ],
+            }
+        )
+    )
     return digest
 
 
 def _slipstream(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "slipstream.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=ROOT, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", *args], capture_output=True, text=True, env={**os.environ, **env}, cwd=ROOT, timeout=600
+    )
 
 
 def test_ollama_store_model_exports_and_is_listed(tmp_path: Path) -> None:
@@ -168,8 +181,7 @@ def test_ollama_store_model_exports_and_is_listed(tmp_path: Path) -> None:
     assert "'qwen2.5-coder:7b' is not pulled" in missing.stderr and "tiny-coder:1b" in missing.stderr
     assert not Path(repo).exists()
 
-    done = _slipstream("export", "--from-ollama", "tiny-coder:1b", "--precision", "gguf", "--model-repository", repo,
-                       env=env)
+    done = _slipstream("export", "--from-ollama", "tiny-coder:1b", "--precision", "gguf", "--model-repository", repo, env=env)
     assert done.returncode == 0, done.stderr
     manifest = store.read_manifest(Path(repo), "tiny-coder-1b")
     assert manifest.source_sha256 == digest and manifest.fim is not None and manifest.precision == "gguf"
@@ -209,8 +221,9 @@ def test_a_block_type_with_no_exact_form_is_requantised_and_named(tmp_path: Path
     tiny = write_tiny_gguf("llama", tmp_path / "t.gguf", tokenizer="spm", weights="Q3_K")
     manifest = export_gguf(tiny.path, tmp_path / "repo", "m", precision="gguf", **QUIET)
     # every Q3_K matrix, named in the manifest (the builder packs Q, K and V: all three are named)
-    assert {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.1.ffn_down.weight",
-            "output.weight"} <= set(manifest.requantised)
+    assert {"blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight", "blk.1.ffn_down.weight", "output.weight"} <= set(
+        manifest.requantised
+    )
     report = verify(tmp_path / "repo", "m")
     assert report.passed, "\n".join(report.lines())
     assert "requantised" in next(c.value for c in report.checks if c.name == "blocks exact")

@@ -26,8 +26,9 @@ def keyed(tiny_repo: Path) -> Iterator[ServerProcess]:
 
 def slipstream(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("SLIPSTREAM_API_KEY", "OPENAI_API_KEY")}
-    return subprocess.run([sys.executable, "-m", "slipstream.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300, env={**clean, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env={**clean, **(env or {})}
+    )
 
 
 def test_complete_with_the_flag_and_without_a_key(keyed: ServerProcess) -> None:
@@ -39,8 +40,23 @@ def test_complete_with_the_flag_and_without_a_key(keyed: ServerProcess) -> None:
 
 @pytest.mark.parametrize("variable", ["SLIPSTREAM_API_KEY", "OPENAI_API_KEY"])
 def test_eval_latency_measures_a_keyed_server(keyed: ServerProcess, tmp_path: Path, variable: str) -> None:
-    done = slipstream("eval", "latency", "--url", keyed.url, "--prompt-tokens", "16", "--max-tokens", "4",
-                      "--concurrency", "1", "--requests", "2", "--out", str(tmp_path), env={variable: KEY})
+    done = slipstream(
+        "eval",
+        "latency",
+        "--url",
+        keyed.url,
+        "--prompt-tokens",
+        "16",
+        "--max-tokens",
+        "4",
+        "--concurrency",
+        "1",
+        "--requests",
+        "2",
+        "--out",
+        str(tmp_path),
+        env={variable: KEY},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     cells = json.loads((tmp_path / "latency.json").read_text())
     assert cells[0]["errors"] == 0 and cells[0]["requests"] == 2
@@ -48,6 +64,20 @@ def test_eval_latency_measures_a_keyed_server(keyed: ServerProcess, tmp_path: Pa
 
 
 def test_eval_latency_without_the_key_reports_the_refusals(keyed: ServerProcess, tmp_path: Path) -> None:
-    done = slipstream("eval", "latency", "--url", keyed.url, "--prompt-tokens", "16", "--max-tokens", "4",
-                      "--concurrency", "1", "--requests", "2", "--out", str(tmp_path))
+    done = slipstream(
+        "eval",
+        "latency",
+        "--url",
+        keyed.url,
+        "--prompt-tokens",
+        "16",
+        "--max-tokens",
+        "4",
+        "--concurrency",
+        "1",
+        "--requests",
+        "2",
+        "--out",
+        str(tmp_path),
+    )
     assert done.returncode == 1 and "HTTP 401: no API key" in done.stderr

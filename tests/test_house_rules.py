@@ -24,8 +24,9 @@ FORBIDDEN = {  # package -> what it must not import
 
 def _sources() -> list[Path]:
     tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout
+    untracked = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
     return sorted({ROOT / p for p in (tracked + untracked).split() if p.split("/")[0] in PACKAGES and (ROOT / p).is_file()})
 
 
@@ -68,22 +69,36 @@ def test_no_source_file_over_the_limit() -> None:
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_who_imports_whom(package: str) -> None:
-    broken = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in SOURCES if _module(p).split(".")[0] == package
-              for name, line in _imports(p) if name.split(".")[0] in FORBIDDEN[package]]
+    broken = [
+        f"{p.relative_to(ROOT)}:{line} imports {name}"
+        for p in SOURCES
+        if _module(p).split(".")[0] == package
+        for name, line in _imports(p)
+        if name.split(".")[0] in FORBIDDEN[package]
+    ]
     assert broken == []
 
 
 def test_the_engine_knows_no_http_and_no_triton() -> None:
-    broken = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in SOURCES if _module(p).startswith("server.engine")
-              for name, line in _imports(p) if name.split(".")[0] in ENGINE_MUST_NOT]
+    broken = [
+        f"{p.relative_to(ROOT)}:{line} imports {name}"
+        for p in SOURCES
+        if _module(p).startswith("server.engine")
+        for name, line in _imports(p)
+        if name.split(".")[0] in ENGINE_MUST_NOT
+    ]
     assert broken == []
 
 
 def test_the_engine_is_reached_through_its_public_surface() -> None:
     engine_modules = {m for m in OURS if m.startswith("server.engine.")}
-    broken = [f"{p.relative_to(ROOT)}:{line} imports {name}" for p in SOURCES
-              if not _module(p).startswith("server.engine") and not _module(p).startswith("tests.")
-              for name, line in _imports(p) if name in engine_modules]
+    broken = [
+        f"{p.relative_to(ROOT)}:{line} imports {name}"
+        for p in SOURCES
+        if not _module(p).startswith("server.engine") and not _module(p).startswith("tests.")
+        for name, line in _imports(p)
+        if name in engine_modules
+    ]
     assert broken == []
 
 
@@ -99,7 +114,7 @@ def test_no_import_circle() -> None:
             if module.startswith(target + ".") or target.startswith(module + "."):
                 continue
             if state.get(target) == 1:
-                circles.append(path[path.index(target):] + [target])
+                circles.append(path[path.index(target) :] + [target])
             elif target not in state:
                 visit(target, [*path, target])
         state[module] = 2
@@ -114,8 +129,17 @@ def test_ruff_finds_nothing() -> None:
     """pyflakes, pycodestyle, import order, bugbear and pyupgrade (pyproject.toml [tool.ruff])."""
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", *PACKAGES], cwd=ROOT,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--output-format", "concise", *PACKAGES], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+def test_ruff_format_leaves_every_file_as_it_is() -> None:
+    """One layout (pyproject.toml [tool.ruff]): `ruff format` would change no file."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ruff", "format", "--check", *PACKAGES], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
 
 
@@ -123,6 +147,5 @@ def test_mypy_finds_nothing() -> None:
     """server/, client/ and eval/ type-check (pyproject.toml [tool.mypy]; every `type: ignore` left is used)."""
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "mypy", "server", "client", "eval"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "mypy", "server", "client", "eval"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]

@@ -20,23 +20,51 @@ from tests.conftest import FIM_MODEL, TINY, ServerProcess
 PREFIX = "import math\n\n\ndef area(r):\n"
 LINE = "    return "
 SUFFIX = "\n\n\nprint(area(2))\n"
-EXTRA = [{"text": "def circumference(r):\n    return 2 * math.pi * r\n", "time": 1733000000, "filename": "geometry.py"},
-         {"text": "RADIUS = 3\n", "time": 1733000001, "filename": "config.py"}]
+EXTRA = [
+    {"text": "def circumference(r):\n    return 2 * math.pi * r\n", "time": 1733000000, "filename": "geometry.py"},
+    {"text": "RADIUS = 3\n", "time": 1733000001, "filename": "config.py"},
+]
 
 
 def llama_vim_fim(**changes: object) -> dict:
     """The body of llama.vim's FIM request (autoload/llama.vim, llama#fim), greedy here so that it compares."""
-    return {"id_slot": 0, "input_prefix": PREFIX, "input_suffix": SUFFIX, "input_extra": EXTRA, "prompt": LINE,
-            "n_predict": 8, "stop": [], "n_indent": 0, "top_k": 40, "top_p": 0.90, "stream": False,
-            "samplers": ["top_k", "top_p", "infill"], "cache_prompt": True, "t_max_prompt_ms": 500,
-            "t_max_predict_ms": 1000, "temperature": 0, **changes}
+    return {
+        "id_slot": 0,
+        "input_prefix": PREFIX,
+        "input_suffix": SUFFIX,
+        "input_extra": EXTRA,
+        "prompt": LINE,
+        "n_predict": 8,
+        "stop": [],
+        "n_indent": 0,
+        "top_k": 40,
+        "top_p": 0.90,
+        "stream": False,
+        "samplers": ["top_k", "top_p", "infill"],
+        "cache_prompt": True,
+        "t_max_prompt_ms": 500,
+        "t_max_predict_ms": 1000,
+        "temperature": 0,
+        **changes,
+    }
 
 
 def llama_vim_warm_up(extra: list[dict]) -> dict:
     """llama.vim's ring update: the new extra context alone, nothing predicted, to fill the cache."""
-    return {"id_slot": 0, "input_prefix": "", "input_suffix": "", "input_extra": extra, "prompt": "",
-            "n_predict": 0, "temperature": 0.0, "stream": False, "samplers": ["temperature"], "cache_prompt": True,
-            "t_max_prompt_ms": 1, "t_max_predict_ms": 1}
+    return {
+        "id_slot": 0,
+        "input_prefix": "",
+        "input_suffix": "",
+        "input_extra": extra,
+        "prompt": "",
+        "n_predict": 0,
+        "temperature": 0.0,
+        "stream": False,
+        "samplers": ["temperature"],
+        "cache_prompt": True,
+        "t_max_prompt_ms": 1,
+        "t_max_predict_ms": 1,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,36 +84,43 @@ def test_layout_other_files_first_with_the_repository_tokens(fim_repo: Path) -> 
     token = prompter.tokenizer.token_to_id
     files = [ContextFile(e["filename"], e["text"]) for e in EXTRA]
     prompt = prompter.prepare(PREFIX + LINE, 8, suffix=SUFFIX, extra=files)
-    ids = prompt.ids[prompt.prefix:]
+    ids = prompt.ids[prompt.prefix :]
     chunks = [[token(fim.file_sep), *prompter.encode(f"{f.filename}\n{f.text}")] for f in files]
     head = [token(fim.repo_name), *prompter.encode("project\n"), *chunks[0], *chunks[1]]
-    assert ids == [*head, token(fim.prefix), *prompter.encode(PREFIX + LINE), token(fim.suffix),
-                   *prompter.encode(SUFFIX), token(fim.middle)]
+    assert ids == [
+        *head,
+        token(fim.prefix),
+        *prompter.encode(PREFIX + LINE),
+        token(fim.suffix),
+        *prompter.encode(SUFFIX),
+        token(fim.middle),
+    ]
     # long: the code at the cursor keeps its room, files go whole from the first; the last file stays
     big = [ContextFile(f"f{i}.py", f"value_{i} = {i}\n" * 6) for i in range(8)]
     long = prompter.prepare(PREFIX + LINE, 8, suffix=SUFFIX, extra=big)
-    ids = long.ids[long.prefix:]
+    ids = long.ids[long.prefix :]
     assert len(long.ids) + 8 <= prompter.manifest.context_length and long.trimmed > 0
     present = [contains(ids, [token(fim.file_sep), *prompter.encode(f"{f.filename}\n{f.text}")]) for f in big]
     kept = [i for i, here in enumerate(present) if here]
     assert kept and kept == list(range(8 - len(kept), 8))  # whole files, a run ending at the last one
     start = ids.index(token(fim.prefix))
-    assert ids[-1] == token(fim.middle) and ids[start + 1:start + 5] == prompter.encode(PREFIX + LINE)[:4]
+    assert ids[-1] == token(fim.middle) and ids[start + 1 : start + 5] == prompter.encode(PREFIX + LINE)[:4]
     # one keystroke later the files, and so the prompt's start, are the same
     later = prompter.prepare(PREFIX + LINE + "m", 8, suffix=SUFFIX, extra=big)
-    assert later.ids[:later.ids.index(token(fim.prefix))] == long.ids[:long.ids.index(token(fim.prefix))]
+    assert later.ids[: later.ids.index(token(fim.prefix))] == long.ids[: long.ids.index(token(fim.prefix))]
 
 
 def contains(ids: list[int], part: list[int]) -> bool:
-    return any(ids[at:at + len(part)] == part for at in range(len(ids) - len(part) + 1))
+    return any(ids[at : at + len(part)] == part for at in range(len(ids) - len(part) + 1))
 
 
 def test_llama_vim_fim_request(fim_server: ServerProcess) -> None:
     response = post(fim_server, "/infill", llama_vim_fim())
     assert response.status_code == 200, response.text
     got = response.json()
-    same = post(fim_server, "/v1/completions", {"prompt": PREFIX + LINE, "suffix": SUFFIX, "input_extra": EXTRA,
-                                                "max_tokens": 8, "temperature": 0}).json()
+    same = post(
+        fim_server, "/v1/completions", {"prompt": PREFIX + LINE, "suffix": SUFFIX, "input_extra": EXTRA, "max_tokens": 8, "temperature": 0}
+    ).json()
     assert got["content"] == same["choices"][0]["text"]
     assert got["tokens_evaluated"] == same["usage"]["prompt_tokens"] and got["tokens_predicted"] <= 8
     assert got["stop"] is True and got["stop_type"] in ("eos", "limit") and got["model"] == FIM_MODEL
@@ -106,7 +141,7 @@ def test_response_fields_and_streaming(fim_server: ServerProcess) -> None:
         assert stream.headers["content-type"].startswith("text/event-stream")
         for line in stream.iter_lines():
             if line.startswith("data: "):
-                events.append(line[len("data: "):])
+                events.append(line[len("data: ") :])
     assert "[DONE]" not in events  # llama.cpp's own endpoints end with the stop event
     parsed = [json.loads(e) for e in events]
     assert parsed[-1]["stop"] is True and all(e["stop"] is False for e in parsed[:-1])
@@ -128,14 +163,16 @@ def test_on_a_model_without_sentinels(tiny_server: ServerProcess) -> None:
     response = post(tiny_server, "/infill", llama_vim_fim())
     assert response.status_code == 200
     assert "suffix" in response.headers["x-slipstream-ignored"].split(",")
-    same = post(tiny_server, "/v1/completions", {"prompt": PREFIX + LINE, "input_extra": EXTRA, "max_tokens": 8,
-                                                 "temperature": 0}).json()
+    same = post(tiny_server, "/v1/completions", {"prompt": PREFIX + LINE, "input_extra": EXTRA, "max_tokens": 8, "temperature": 0}).json()
     assert response.json()["content"] == same["choices"][0]["text"]
     # each file under a `--- path ---` line; in this 128-token context the files get half the room: the
     # last file fits, the first does not and is left out whole (and counted as trimmed)
     last = EXTRA[-1]
-    plain = post(tiny_server, "/v1/completions", {"prompt": f"--- {last['filename']} ---\n{last['text']}\n\n" + PREFIX + LINE,
-                                                  "max_tokens": 8, "temperature": 0}).json()
+    plain = post(
+        tiny_server,
+        "/v1/completions",
+        {"prompt": f"--- {last['filename']} ---\n{last['text']}\n\n" + PREFIX + LINE, "max_tokens": 8, "temperature": 0},
+    ).json()
     assert same["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"]
     assert same["choices"][0]["text"] == plain["choices"][0]["text"]
     assert same["usage"]["prompt_tokens_trimmed"] > 0 and plain["usage"]["prompt_tokens_trimmed"] == 0
@@ -165,12 +202,15 @@ def test_n_indent_ends_before_a_dedented_line() -> None:
     assert held.push("a\n") == "a\n" and held.push("  ") == "" and held.push("  b") == "    b"
 
 
-@pytest.mark.parametrize("body, status, says", [
-    ({"input_prefix": "x", "n_predict": -5}, 400, "n_predict"),
-    ({"input_prefix": "x", "model": "no-such-model"}, 404, "not served"),
-    ({"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}, 400, "input_extra.0.text"),  # its whole place
-    ({"input_prefix": "x", "cache_prompt": "yes"}, 400, "cache_prompt"),
-])
+@pytest.mark.parametrize(
+    "body, status, says",
+    [
+        ({"input_prefix": "x", "n_predict": -5}, 400, "n_predict"),
+        ({"input_prefix": "x", "model": "no-such-model"}, 404, "not served"),
+        ({"input_prefix": "x", "input_extra": [{"filename": "a.py"}]}, 400, "input_extra.0.text"),  # its whole place
+        ({"input_prefix": "x", "cache_prompt": "yes"}, 400, "cache_prompt"),
+    ],
+)
 def test_errors_in_llama_cpps_shape(tiny_server: ServerProcess, body: dict, status: int, says: str) -> None:
     response = post(tiny_server, "/infill", body)
     assert response.status_code == status

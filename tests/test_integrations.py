@@ -81,8 +81,15 @@ def logged_request(server: ServerProcess, count: int) -> dict:
 
 def tabby_request(model_name: str, prefix: str, suffix: str | None) -> dict:
     """Tabby's CompletionRequest as serde serialises it (an absent suffix is null, not left out)."""
-    return {"model": model_name, "prompt": prefix, "suffix": suffix, "max_tokens": 64, "temperature": 0.1,
-            "stream": True, "presence_penalty": 0.5}
+    return {
+        "model": model_name,
+        "prompt": prefix,
+        "suffix": suffix,
+        "max_tokens": 64,
+        "temperature": 0.1,
+        "stream": True,
+        "presence_penalty": 0.5,
+    }
 
 
 def tabby_read(response: httpx.Response) -> tuple[str, str, list[str]]:
@@ -97,7 +104,7 @@ def tabby_read(response: httpx.Response) -> tuple[str, str, list[str]]:
         if chunk["choices"]:
             text += chunk["choices"][0]["text"]
             if chunk["choices"][0]["finish_reason"] is not None:
-                return text, chunk["choices"][0]["finish_reason"], payloads[number + 1:]
+                return text, chunk["choices"][0]["finish_reason"], payloads[number + 1 :]
     raise AssertionError(f"no chunk with a finish_reason: {payloads[-3:]}")
 
 
@@ -115,19 +122,25 @@ def test_tabby_fills_in_the_middle_with_its_key(server: ServerProcess, repositor
     assert logged["completion_tokens"] <= 64 and (reason != "length" or logged["completion_tokens"] == 64)
     assert text or reason == "stop"  # sampled (temperature 0.1, no seed): only an end of sequence leaves it empty
     # without the key (api_key unset in config.toml) Tabby gets the 401 it logs as an event-source error
-    refused = httpx.post(url, json=tabby_request(FIM_MODEL, BEFORE, AFTER), headers={"Accept": "text/event-stream"},
-                         timeout=60)
+    refused = httpx.post(url, json=tabby_request(FIM_MODEL, BEFORE, AFTER), headers={"Accept": "text/event-stream"}, timeout=60)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
 
 
-@pytest.mark.parametrize("suffix, ignored", [
-    pytest.param(AFTER, "suffix", id="code-after-the-cursor"),
-    pytest.param("", None, id="end-of-file"),  # "prefix<|FIM|>" splits into an empty suffix
-    pytest.param(None, None, id="no-fim-marker"),  # a prompt without the marker: suffix null
-])
+@pytest.mark.parametrize(
+    "suffix, ignored",
+    [
+        pytest.param(AFTER, "suffix", id="code-after-the-cursor"),
+        pytest.param("", None, id="end-of-file"),  # "prefix<|FIM|>" splits into an empty suffix
+        pytest.param(None, None, id="no-fim-marker"),  # a prompt without the marker: suffix null
+    ],
+)
 def test_tabby_on_a_model_without_fim_sentinels(server: ServerProcess, suffix: str | None, ignored: str | None) -> None:
-    response = httpx.post(f"{server.url}/v1/completions", json=tabby_request(TINY, BEFORE, suffix),
-                          headers={"Authorization": f"Bearer {KEY}", "Accept": "text/event-stream"}, timeout=60)
+    response = httpx.post(
+        f"{server.url}/v1/completions",
+        json=tabby_request(TINY, BEFORE, suffix),
+        headers={"Authorization": f"Bearer {KEY}", "Accept": "text/event-stream"},
+        timeout=60,
+    )
     _text, reason, unread = tabby_read(response)
     assert response.headers.get("x-slipstream-ignored") == ignored
     assert reason in ("stop", "length") and unread == ["[DONE]"]
@@ -164,32 +177,52 @@ PATH_HEADER = "# Path: app/calc.py\n"
 def copilot_ghost_text_body() -> dict:
     """The inline suggestion: one greedy sample, stopped at the end of the line."""
     prompt = PATH_HEADER + BEFORE
-    return {"prompt": prompt, "suffix": AFTER, "max_tokens": 500, "temperature": 0, "top_p": 1, "n": 1, "stop": ["\n"],
-            "nwo": "octo-org/calc", "stream": True,
-            "extra": {"language": "python", "next_indent": 0, "trim_by_indentation": True, "prompt_tokens": 14,
-                      "suffix_tokens": 9}}
+    return {
+        "prompt": prompt,
+        "suffix": AFTER,
+        "max_tokens": 500,
+        "temperature": 0,
+        "top_p": 1,
+        "n": 1,
+        "stop": ["\n"],
+        "nwo": "octo-org/calc",
+        "stream": True,
+        "extra": {"language": "python", "next_indent": 0, "trim_by_indentation": True, "prompt_tokens": 14, "suffix_tokens": 9},
+    }
 
 
 def copilot_cycling_body() -> dict:
     """:Copilot panel and cycling (<M-]>): several samples, a temperature for their number, logprobs 2, the
     python stop list, and the indentation the block must not leave."""
-    return {**copilot_ghost_text_body(), "n": 3, "temperature": 0.2, "logprobs": 2,
-            "stop": ["\ndef ", "\nclass ", "\nif ", "\n\n#"],
-            "extra": {"language": "python", "next_indent": 4, "trim_by_indentation": True, "prompt_tokens": 14,
-                      "suffix_tokens": 9, "force_indent": -1}}
+    return {
+        **copilot_ghost_text_body(),
+        "n": 3,
+        "temperature": 0.2,
+        "logprobs": 2,
+        "stop": ["\ndef ", "\nclass ", "\nif ", "\n\n#"],
+        "extra": {
+            "language": "python",
+            "next_indent": 4,
+            "trim_by_indentation": True,
+            "prompt_tokens": 14,
+            "suffix_tokens": 9,
+            "force_indent": -1,
+        },
+    }
 
 
 def copilot_stream(server: ServerProcess, body: dict, engine: str = "copilot-codex") -> tuple[httpx.Response, dict[int, dict]]:
     """The choices as the agent assembles them from the stream: text, finish_reason and logprobs per index."""
-    response = httpx.post(f"{server.url}/v1/engines/{engine}/completions", content=json.dumps(body),
-                          headers=copilot_headers(), timeout=120)
+    response = httpx.post(f"{server.url}/v1/engines/{engine}/completions", content=json.dumps(body), headers=copilot_headers(), timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
     choices: dict[int, dict] = {}
     for chunk in completion_events(sse_payloads(response.text)):
         for part in chunk["choices"]:
-            choice = choices.setdefault(part["index"], {"text": "", "finish_reason": None, "tokens": [], "token_logprobs": [],
-                                                        "top_logprobs": [], "text_offset": []})
+            choice = choices.setdefault(
+                part["index"],
+                {"text": "", "finish_reason": None, "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []},
+            )
             assert choice["finish_reason"] is None, "a chunk after the choice's finish_reason"
             choice["text"] += part["text"]
             choice["finish_reason"] = part["finish_reason"]
@@ -205,8 +238,12 @@ def test_copilot_ghost_text(server: ServerProcess, repository: Path) -> None:
     assert choice["finish_reason"] in ("stop", "length") and "\n" not in choice["text"]
     assert choice["tokens"] == []  # no logprobs asked for, none sent
     # greedy: the stream holds what the same request answers in one piece
-    plain = httpx.post(f"{server.url}/v1/engines/codegen/completions", json={**copilot_ghost_text_body(), "stream": False},
-                       headers=copilot_headers(), timeout=120)
+    plain = httpx.post(
+        f"{server.url}/v1/engines/codegen/completions",
+        json={**copilot_ghost_text_body(), "stream": False},
+        headers=copilot_headers(),
+        timeout=120,
+    )
     assert plain.status_code == 200 and plain.json()["model"] == FIM_MODEL
     assert plain.json()["choices"][0]["text"] == choice["text"]
     assert plain.json()["usage"]["prompt_tokens"] == fim_prompt_tokens(repository, PATH_HEADER + BEFORE, AFTER)
@@ -233,10 +270,16 @@ def test_copilot_cycling_with_logprobs(server: ServerProcess) -> None:
 def test_copilot_token_then_completion_on_any_engine(server: ServerProcess) -> None:
     """The agent asks for a token with the GitHub form of the key, then completes on the engine it was told
     (debug.overrideEngine) or its default; the engine is not a model name."""
-    token = httpx.get(f"{server.url}/copilot_internal/v2/token",
-                      headers={"Authorization": f"token {KEY}", "Editor-Version": "Neovim/0.10.2",
-                               "Editor-Plugin-Version": "copilot.vim/1.41.0", "User-Agent": "GithubCopilot/1.254.0"},
-                      timeout=30)
+    token = httpx.get(
+        f"{server.url}/copilot_internal/v2/token",
+        headers={
+            "Authorization": f"token {KEY}",
+            "Editor-Version": "Neovim/0.10.2",
+            "Editor-Plugin-Version": "copilot.vim/1.41.0",
+            "User-Agent": "GithubCopilot/1.254.0",
+        },
+        timeout=30,
+    )
     assert token.status_code == 200 and token.json()["token"] == KEY
     for engine in ("copilot-codex", "gpt-4o-copilot", "codegen"):
         _response, choices = copilot_stream(server, {**copilot_ghost_text_body(), "max_tokens": 4}, engine)
@@ -250,8 +293,9 @@ def test_copilot_engine_naming_a_served_model_picks_it(server: ServerProcess) ->
     listed = httpx.get(f"{server.url}/models", headers=headers, timeout=30).json()["data"]
     assert [m["id"] for m in listed] == [FIM_MODEL, TINY] and all(m["capabilities"]["type"] == "completion" for m in listed)
     for engine, model in ((TINY, TINY), (FIM_MODEL, FIM_MODEL), ("copilot-codex", FIM_MODEL)):
-        response = httpx.post(f"{server.url}/v1/engines/{engine}/completions", headers=headers, timeout=60,
-                              json={"prompt": "def f():", "max_tokens": 2})
+        response = httpx.post(
+            f"{server.url}/v1/engines/{engine}/completions", headers=headers, timeout=60, json={"prompt": "def f():", "max_tokens": 2}
+        )
         assert response.status_code == 200 and response.json()["model"] == model
         assert response.headers["x-github-request-id"] == response.headers["x-request-id"]
 
@@ -260,12 +304,18 @@ def test_other_files_through_the_copilot_route(server: ServerProcess) -> None:
     """`input_extra` (other files' code) on the Copilot and OpenAI routes alike: laid out before the
     prompt with the model's file tokens, the same prompt on both routes."""
     headers = {"Authorization": f"Bearer {KEY}"}
-    body = {"prompt": "def area(r):\n    return ", "suffix": "\n", "max_tokens": 4, "temperature": 0,
-            "input_extra": [{"filename": "geometry.py", "text": "import math\nPI = math.pi\n"}]}
+    body = {
+        "prompt": "def area(r):\n    return ",
+        "suffix": "\n",
+        "max_tokens": 4,
+        "temperature": 0,
+        "input_extra": [{"filename": "geometry.py", "text": "import math\nPI = math.pi\n"}],
+    }
     copilot = httpx.post(f"{server.url}/v1/engines/{FIM_MODEL}/completions", json=body, headers=headers, timeout=60).json()
     openai_route = httpx.post(f"{server.url}/v1/completions", json={**body, "model": FIM_MODEL}, headers=headers, timeout=60).json()
-    alone = httpx.post(f"{server.url}/v1/completions", json={**body, "model": FIM_MODEL, "input_extra": None},
-                       headers=headers, timeout=60).json()
+    alone = httpx.post(
+        f"{server.url}/v1/completions", json={**body, "model": FIM_MODEL, "input_extra": None}, headers=headers, timeout=60
+    ).json()
     assert copilot["choices"][0]["text"] == openai_route["choices"][0]["text"]
     assert copilot["usage"]["prompt_tokens"] == openai_route["usage"]["prompt_tokens"] > alone["usage"]["prompt_tokens"] + 5
 
@@ -275,8 +325,16 @@ def test_other_files_through_the_copilot_route(server: ServerProcess) -> None:
 
 def test_openai_package_streams_n_choices_with_its_key(server: ServerProcess) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0, timeout=60)
-    request = {"model": TINY, "prompt": BEFORE, "suffix": AFTER, "max_tokens": 6, "n": 2, "temperature": 0.8, "seed": 3,
-               "logit_bias": NO_EOS}
+    request = {
+        "model": TINY,
+        "prompt": BEFORE,
+        "suffix": AFTER,
+        "max_tokens": 6,
+        "n": 2,
+        "temperature": 0.8,
+        "seed": 3,
+        "logit_bias": NO_EOS,
+    }
     raw = client.completions.with_raw_response.create(**request, stream=True)
     assert raw.headers["x-slipstream-ignored"] == "suffix"  # the tiny CodeGen has no FIM sentinels
     texts: dict[int, str] = {}

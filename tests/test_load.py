@@ -14,8 +14,28 @@ from tests.conftest import ROOT, TINY, ServerProcess
 
 
 def bench_load(url: str, out: Path, *extra: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "slipstream.cli", "eval", "load", "--url", url, "--model", TINY, "--clients", "4",
-            "--ramp", "1", "--prompt-tokens", "16", "--max-tokens", "8", "--out", str(out), *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "slipstream.cli",
+        "eval",
+        "load",
+        "--url",
+        url,
+        "--model",
+        TINY,
+        "--clients",
+        "4",
+        "--ramp",
+        "1",
+        "--prompt-tokens",
+        "16",
+        "--max-tokens",
+        "8",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -14,8 +14,7 @@ TIMEOUT = 60
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
     text = httpx.get(f"{url}/metrics", timeout=TIMEOUT).text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def value(samples: dict, name: str, **labels: str) -> float:
@@ -25,16 +24,17 @@ def value(samples: dict, name: str, **labels: str) -> float:
 def test_metrics_count_requests_tokens_latency_and_cancellations(tiny_server) -> None:
     url = tiny_server.url
     before = scrape(url)
-    ok = httpx.post(f"{url}/v1/completions", json={"prompt": "def f(x):", "max_tokens": 6, "n": 2, "temperature": 0.8},
-                    timeout=TIMEOUT).json()
+    ok = httpx.post(
+        f"{url}/v1/completions", json={"prompt": "def f(x):", "max_tokens": 6, "n": 2, "temperature": 0.8}, timeout=TIMEOUT
+    ).json()
     bad = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": -1}, timeout=TIMEOUT)
     assert bad.status_code == 400
-    copilot = httpx.post(f"{url}/v1/engines/codegen/completions", json={"prompt": "x = ", "max_tokens": 3, "stream": True},
-                         timeout=TIMEOUT)
+    copilot = httpx.post(f"{url}/v1/engines/codegen/completions", json={"prompt": "x = ", "max_tokens": 3, "stream": True}, timeout=TIMEOUT)
     assert copilot.status_code == 200
     # a client that leaves mid-stream: its generation is cancelled and counted
-    with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "def g():", "max_tokens": 100, "stream": True,
-                                                               "ignore_eos": True}, timeout=TIMEOUT) as stream:
+    with httpx.stream(
+        "POST", f"{url}/v1/completions", json={"prompt": "def g():", "max_tokens": 100, "stream": True, "ignore_eos": True}, timeout=TIMEOUT
+    ) as stream:
         next(stream.iter_lines())
     after = scrape(url)
     for _ in range(50):  # the cancellation is counted when the server notices the closed connection

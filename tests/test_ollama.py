@@ -37,8 +37,9 @@ def test_generate_streams_the_same_text_as_completions(client: ollama.Client, du
     text = "".join(c.response for c in chunks)
     assert text == openai_text(duo_server, model=TINY, prompt=PROMPT, max_tokens=8)
     assert last.done and last.done_reason == "length" and last.eval_count == 8
-    usage = httpx.post(f"{duo_server.url}/v1/completions", json={"model": TINY, "prompt": PROMPT, "max_tokens": 1},
-                       timeout=60).json()["usage"]
+    usage = httpx.post(f"{duo_server.url}/v1/completions", json={"model": TINY, "prompt": PROMPT, "max_tokens": 1}, timeout=60).json()[
+        "usage"
+    ]
     assert last.prompt_eval_count == usage["prompt_tokens"]
     assert 0 < last.prompt_eval_duration <= last.total_duration and last.eval_duration > 0
 
@@ -49,13 +50,16 @@ def test_generate_whole_and_with_a_stop(client: ollama.Client, duo_server: Serve
     assert whole.eval_duration > 0 and 0 < whole.prompt_eval_duration < whole.total_duration  # timed, not streamed
     stop = whole.response[2:4]
     stopped = client.generate(model=TINY, prompt=PROMPT, options={**GREEDY, "stop": [stop]})
-    assert stopped.response == whole.response[:whole.response.index(stop)] and stopped.done_reason == "stop"
+    assert stopped.response == whole.response[: whole.response.index(stop)] and stopped.done_reason == "stop"
 
 
 def test_chat_and_generate_through_the_chat_template(client: ollama.Client, duo_server: ServerProcess) -> None:
     messages = [{"role": "system", "content": "You write Python."}, {"role": "user", "content": "add two numbers"}]
-    openai = httpx.post(f"{duo_server.url}/v1/chat/completions", json={
-        "model": TINY_LLAMA, "messages": messages, "max_tokens": 8, "temperature": 0}, timeout=60).json()
+    openai = httpx.post(
+        f"{duo_server.url}/v1/chat/completions",
+        json={"model": TINY_LLAMA, "messages": messages, "max_tokens": 8, "temperature": 0},
+        timeout=60,
+    ).json()
     expected = openai["choices"][0]["message"]["content"]
     streamed = list(client.chat(model=TINY_LLAMA, messages=messages, options=GREEDY, stream=True))
     assert "".join(c.message.content or "" for c in streamed) == expected
@@ -71,8 +75,7 @@ def test_chat_and_generate_through_the_chat_template(client: ollama.Client, duo_
 def test_suffix_fills_in_the_middle(fim_repo: Path) -> None:
     suffix = "\n\nprint(add(1, 2))\n"
     with ServerProcess(fim_repo, [FIM_MODEL]) as server:
-        got = ollama.Client(host=server.url, timeout=60).generate(model=FIM_MODEL, prompt=PROMPT, suffix=suffix,
-                                                                  options=GREEDY)
+        got = ollama.Client(host=server.url, timeout=60).generate(model=FIM_MODEL, prompt=PROMPT, suffix=suffix, options=GREEDY)
         assert got.response == openai_text(server, model=FIM_MODEL, prompt=PROMPT, suffix=suffix, max_tokens=8)
         assert got.prompt_eval_count > openai_usage(server, PROMPT)  # the suffix and the sentinels went in
         shown = ollama.Client(host=server.url).show(FIM_MODEL)
@@ -80,13 +83,20 @@ def test_suffix_fills_in_the_middle(fim_repo: Path) -> None:
 
 
 def openai_usage(server: ServerProcess, prompt: str) -> int:
-    return httpx.post(f"{server.url}/v1/completions", json={"model": FIM_MODEL, "prompt": prompt, "max_tokens": 1},
-                      timeout=60).json()["usage"]["prompt_tokens"]
+    return httpx.post(f"{server.url}/v1/completions", json={"model": FIM_MODEL, "prompt": prompt, "max_tokens": 1}, timeout=60).json()[
+        "usage"
+    ]["prompt_tokens"]
 
 
 def test_suffix_on_a_model_without_sentinels_is_said_ignored(duo_server: ServerProcess) -> None:
-    body = {"model": TINY, "prompt": PROMPT, "suffix": "\nprint(1)\n", "stream": False, "keep_alive": "30m",
-            "options": {**GREEDY, "num_ctx": 4096}}
+    body = {
+        "model": TINY,
+        "prompt": PROMPT,
+        "suffix": "\nprint(1)\n",
+        "stream": False,
+        "keep_alive": "30m",
+        "options": {**GREEDY, "num_ctx": 4096},
+    }
     response = httpx.post(f"{duo_server.url}/api/generate", json=body, timeout=60)
     assert response.status_code == 200
     assert set(response.headers["x-slipstream-ignored"].split(",")) == {"suffix", "keep_alive", "options.num_ctx"}
@@ -107,17 +117,25 @@ def test_models_listed_shown_and_loaded(client: ollama.Client) -> None:
     assert httpx.get(f"{client._client.base_url}/api/version").json()["version"]
 
 
-@pytest.mark.parametrize("call, status, says", [
-    (lambda c: c.generate(model="no-such-model", prompt="x"), 404, "not found"),
-    (lambda c: c.generate(model=TINY, prompt="x", options={"temperature": 5}), 400, "temperature"),
-    (lambda c: c.generate(model=TINY, prompt="x", format="json"), 400, "format"),
-    (lambda c: c.generate(model=TINY, prompt="x", images=[b"\x89PNG"]), 400, "images"),
-    (lambda c: c.chat(model=TINY, messages=[{"role": "user", "content": "hi"}]), 400, "chat template"),
-    (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "wizard", "content": "hi"}]), 400, "role"),
-    (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "user", "content": "hi"}],
-                      tools=[{"type": "function", "function": {"name": "f"}}]), 400, "tools"),
-    (lambda c: c.show("no-such-model"), 404, "not found"),
-])
+@pytest.mark.parametrize(
+    "call, status, says",
+    [
+        (lambda c: c.generate(model="no-such-model", prompt="x"), 404, "not found"),
+        (lambda c: c.generate(model=TINY, prompt="x", options={"temperature": 5}), 400, "temperature"),
+        (lambda c: c.generate(model=TINY, prompt="x", format="json"), 400, "format"),
+        (lambda c: c.generate(model=TINY, prompt="x", images=[b"\x89PNG"]), 400, "images"),
+        (lambda c: c.chat(model=TINY, messages=[{"role": "user", "content": "hi"}]), 400, "chat template"),
+        (lambda c: c.chat(model=TINY_LLAMA, messages=[{"role": "wizard", "content": "hi"}]), 400, "role"),
+        (
+            lambda c: c.chat(
+                model=TINY_LLAMA, messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function", "function": {"name": "f"}}]
+            ),
+            400,
+            "tools",
+        ),
+        (lambda c: c.show("no-such-model"), 404, "not found"),
+    ],
+)
 def test_errors_in_ollamas_shape(client: ollama.Client, call, status: int, says: str) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         result = call(client)
@@ -132,26 +150,38 @@ def test_bad_json_and_streamed_errors_are_ollama_errors(duo_server: ServerProces
     response = httpx.post(f"{duo_server.url}/api/chat", json={"model": TINY_LLAMA, "messages": []}, timeout=30)
     assert response.status_code == 400 and "messages" in response.json()["error"]
     # no param in Ollama's error: the message names the field's whole place in the body
-    response = httpx.post(f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": "x",
-                                                                   "options": {"temperature": 5}}, timeout=30)
+    response = httpx.post(f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": "x", "options": {"temperature": 5}}, timeout=30)
     assert response.status_code == 400 and response.json()["error"].startswith("options.temperature:")
     # a request the server refuses before streaming keeps its status even though Ollama streams by default
-    response = httpx.post(f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": "x",
-                                                                   "options": {"num_predict": 10 ** 9}}, timeout=30)
+    response = httpx.post(
+        f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": "x", "options": {"num_predict": 10**9}}, timeout=30
+    )
     assert response.status_code == 400 and "max_tokens" in response.json()["error"]
     # every line of a stream is one JSON object
-    with httpx.stream("POST", f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": PROMPT, "raw": True,
-                                                                       "options": GREEDY}, timeout=60) as stream:
+    with httpx.stream(
+        "POST", f"{duo_server.url}/api/generate", json={"model": TINY, "prompt": PROMPT, "raw": True, "options": GREEDY}, timeout=60
+    ) as stream:
         assert stream.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in stream.iter_lines() if line]
     assert lines[-1]["done"] is True and all(line["done"] is False for line in lines[:-1])
 
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat", "/api/show", "/infill", "/v1/engines/tiny-codegen/completions"])
-@pytest.mark.parametrize("body", [b"[]", b'"x"', b"null", b'{"model": 5}', b'{"model": "tiny-codegen", "prompt": {"a": 1}}',
-                                  b'{"model": "tiny-codegen", "options": []}', b'{"model": "tiny-codegen", "messages": "hi"}',
-                                  b'{"input_extra": [1, 2]}', b'{"model": "tiny-codegen", "n_predict": 1e400}',
-                                  b'{"model": "tiny-codegen", "prompt": "x", "options": {"seed": -3}}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",
+        b'"x"',
+        b"null",
+        b'{"model": 5}',
+        b'{"model": "tiny-codegen", "prompt": {"a": 1}}',
+        b'{"model": "tiny-codegen", "options": []}',
+        b'{"model": "tiny-codegen", "messages": "hi"}',
+        b'{"input_extra": [1, 2]}',
+        b'{"model": "tiny-codegen", "n_predict": 1e400}',
+        b'{"model": "tiny-codegen", "prompt": "x", "options": {"seed": -3}}',
+    ],
+)
 def test_odd_bodies_on_the_plugin_routes_never_get_a_500(duo_server: ServerProcess, path: str, body: bytes) -> None:
     """A body a route cannot use gets a 4xx with an error; one it can (unknown fields are ignored, as
     the plugins' own servers ignore them) gets its answer: never a 500."""

@@ -38,8 +38,10 @@ def walk(top):
 def engines(request, tiny_repo: Path, tiny_llama_repo: Path) -> tuple[Engine, Engine]:
     """(with the prefix cache, on a grid of GRID, without) on the same export."""
     repository = tiny_repo if request.param == TINY else tiny_llama_repo
-    return (Engine.load(repository, request.param, threads=1, prefix_cache_mb=8, reuse_grid=GRID),
-            Engine.load(repository, request.param, threads=1, prefix_cache_mb=0, reuse_grid=GRID))
+    return (
+        Engine.load(repository, request.param, threads=1, prefix_cache_mb=8, reuse_grid=GRID),
+        Engine.load(repository, request.param, threads=1, prefix_cache_mb=0, reuse_grid=GRID),
+    )
 
 
 @pytest.fixture(scope="module", params=[TINY, TINY_LLAMA])
@@ -212,7 +214,7 @@ def test_the_budget_is_kept_by_evicting_the_least_recently_used() -> None:
     assert cache.stats.bytes <= 250 * per_token and cache.stats.evictions == 1
     assert cache.lookup("", prompts[1] + [7])[0] == 0 and cache.lookup("", prompts[0] + [7])[0] == 101
     # a prompt that leaves a stored one part way splits it: both still found, nothing counted twice
-    cache.insert("", prompts[0][:50] + [999], lambda a, b: {k: v[:, :, a - 40:b - 40] for k, v in extra.items()})
+    cache.insert("", prompts[0][:50] + [999], lambda a, b: {k: v[:, :, a - 40 : b - 40] for k, v in extra.items()})
     assert cache.lookup("", prompts[0][:50] + [999, 1])[0] == 51 and cache.lookup("", prompts[0] + [7])[0] == 101
     assert cache.stats.bytes <= 250 * per_token
 
@@ -249,7 +251,8 @@ def test_chunked_prefill_gives_the_same_text_and_goes_in_between_decode_steps(ti
 
 @pytest.mark.bundled
 def test_a_budget_too_small_for_one_prompt_leaves_the_cache_off_and_serves_as_before(
-        bundled_repo: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bundled_repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """SmolLM2 keeps 45 KB a token: 8 MB holds less than one 2,048-token prompt."""
     with caplog.at_level("WARNING", logger="slipstream.engine"):
         engine = Engine.load(bundled_repo, "smollm2-135m", threads=2, prefix_cache_mb=8)

@@ -35,13 +35,15 @@ def test_cached_tokens_are_reported_and_counted(duo_server: ServerProcess) -> No
     assert stored - 64 < reused <= stored  # the prompt before it, down to the measured reuse grid (at most 64)
     assert cached(post(url, body | {"cache_prompt": False})) == 0
     # streaming: the usage chunk carries it
-    raw = httpx.post(f"{url}/v1/completions", json=body | {"stream": True, "stream_options": {"include_usage": True}},
-                     timeout=30).text
+    raw = httpx.post(f"{url}/v1/completions", json=body | {"stream": True, "stream_options": {"include_usage": True}}, timeout=30).text
     usage = [json.loads(p) for p in sse_payloads(raw) if p != "[DONE]" and json.loads(p).get("usage")][-1]["usage"]
     assert usage["prompt_tokens"] - 64 < usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
     after = scrape(url)
-    for name in ("slipstream_prefix_cache_lookups_total", "slipstream_prefix_cache_hits_total",
-                 "slipstream_prefix_cache_reused_tokens_total"):
+    for name in (
+        "slipstream_prefix_cache_lookups_total",
+        "slipstream_prefix_cache_hits_total",
+        "slipstream_prefix_cache_reused_tokens_total",
+    ):
         assert value(after, name, model=TINY) > value(before, name, model=TINY), name
     assert value(after, "slipstream_prefix_cache_bytes", model=TINY) > 0
     models = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
@@ -51,10 +53,16 @@ def test_cached_tokens_are_reported_and_counted(duo_server: ServerProcess) -> No
 def test_chat_requests_sharing_a_system_prompt_reuse_it(duo_server: ServerProcess) -> None:
     system = {"role": "system", "content": "You write short Python functions with docstrings. " * 3}
     body = {"model": TINY_LLAMA, "max_tokens": 3, "temperature": 0}
-    first = httpx.post(f"{duo_server.url}/v1/chat/completions",
-                       json=body | {"messages": [system, {"role": "user", "content": "Add two numbers."}]}, timeout=30)
-    second = httpx.post(f"{duo_server.url}/v1/chat/completions",
-                        json=body | {"messages": [system, {"role": "user", "content": "Reverse a list."}]}, timeout=30)
+    first = httpx.post(
+        f"{duo_server.url}/v1/chat/completions",
+        json=body | {"messages": [system, {"role": "user", "content": "Add two numbers."}]},
+        timeout=30,
+    )
+    second = httpx.post(
+        f"{duo_server.url}/v1/chat/completions",
+        json=body | {"messages": [system, {"role": "user", "content": "Reverse a list."}]},
+        timeout=30,
+    )
     # the template's start and the system prompt, to the reuse grid: all but the user's turn (the first
     # request may reuse the template's start from other tests' chats on this server, not the system prompt)
     shared = second.json()["usage"]["prompt_tokens"] - len("Reverse a list.")
@@ -71,9 +79,9 @@ def test_with_api_keys_a_request_never_reuses_another_keys_prefix(tiny_repo: Pat
     """Reuse would show in the response time what another key's requests typed: each key its own cache."""
     body = {"prompt": PROMPT + "            return", "max_tokens": 2, "temperature": 0}
     with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_API_KEYS": ",".join(KEYS)}) as server:
+
         def send(key: str) -> httpx.Response:
-            return httpx.post(f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"},
-                              timeout=30)
+            return httpx.post(f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30)
 
         assert cached(send(KEYS[0])) == 0
         assert cached(send(KEYS[1])) == 0  # the same prompt, the other key: nothing of the first's reused
@@ -82,15 +90,23 @@ def test_with_api_keys_a_request_never_reuses_another_keys_prefix(tiny_repo: Pat
 
 @pytest.mark.bundled
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
-def test_a_long_editor_prompt_on_a_cached_prefix_completes_as_a_cold_one(bundled_server: ServerProcess,
-                                                                           name: str) -> None:
+def test_a_long_editor_prompt_on_a_cached_prefix_completes_as_a_cold_one(bundled_server: ServerProcess, name: str) -> None:
     """The real models, past Gemma-3's 512-token sliding window: about 1,450 of 1,500 tokens reused (on
     the reuse grid measured at load), the greedy text and its logprobs are the cold prefill's, to the bit."""
     import textwrap
 
-    tokens = httpx.post(f"{bundled_server.url}/v1/completions", timeout=120, json={
-        "model": name, "prompt": Path(textwrap.__file__).read_text()[:12000], "max_tokens": 0, "echo": True,
-        "logprobs": 0, "cache_prompt": False}).json()["choices"][0]["logprobs"]["tokens"]
+    tokens = httpx.post(
+        f"{bundled_server.url}/v1/completions",
+        timeout=120,
+        json={
+            "model": name,
+            "prompt": Path(textwrap.__file__).read_text()[:12000],
+            "max_tokens": 0,
+            "echo": True,
+            "logprobs": 0,
+            "cache_prompt": False,
+        },
+    ).json()["choices"][0]["logprobs"]["tokens"]
     text = "".join(tokens[1:1501])  # past the model's prefix token; decoded pieces, as an editor sends text
     body = {"model": name, "max_tokens": 24, "temperature": 0, "logprobs": 1}
     cached(post(bundled_server.url, body | {"prompt": text[:-40], "max_tokens": 1}))  # a word before

@@ -48,8 +48,10 @@ async def collect(scheduler: Scheduler, engine: Engine, prompt: str, params: Sam
 
 def test_requests_decode_together_and_each_gets_what_it_would_alone(engine: Engine) -> None:
     # different lengths, greedy and sampled, n > 1: each request's text equals its text decoded alone
-    params = [SamplingParams(max_tokens=12 + 3 * i, temperature=0.8 * (i % 2), seed=i, n=1 + i % 3, logit_bias=NO_EOS)
-              for i in range(len(PROMPTS))]
+    params = [
+        SamplingParams(max_tokens=12 + 3 * i, temperature=0.8 * (i % 2), seed=i, n=1 + i % 3, logit_bias=NO_EOS)
+        for i in range(len(PROMPTS))
+    ]
     expected = [alone(engine, p, q) for p, q in zip(PROMPTS, params, strict=True)]
     scheduler, steps = scheduler_for(engine, max_waiting=16)
 
@@ -107,8 +109,7 @@ def test_the_queue_is_bounded(engine: Engine) -> None:
     params = SamplingParams(max_tokens=30, temperature=0.0, logit_bias=NO_EOS)
 
     async def run() -> list[object]:
-        return await asyncio.gather(*(collect(scheduler, engine, PROMPTS[0], params) for _ in range(4)),
-                                    return_exceptions=True)
+        return await asyncio.gather(*(collect(scheduler, engine, PROMPTS[0], params) for _ in range(4)), return_exceptions=True)
 
     try:
         results = asyncio.run(run())
@@ -129,8 +130,7 @@ def test_a_burst_of_prompts_is_prefilled_a_few_per_step_while_rows_decode(engine
         first = asyncio.create_task(collect(scheduler, engine, PROMPTS[0], SamplingParams(max_tokens=60, logit_bias=NO_EOS)))
         while len(steps) < 2:  # the first request is decoding
             await asyncio.sleep(0.001)
-        rest = [collect(scheduler, engine, long_prompt + f"# {i}\n", SamplingParams(max_tokens=4, logit_bias=NO_EOS))
-                for i in range(6)]
+        rest = [collect(scheduler, engine, long_prompt + f"# {i}\n", SamplingParams(max_tokens=4, logit_bias=NO_EOS)) for i in range(6)]
         return await asyncio.gather(first, *rest)
 
     try:

@@ -25,16 +25,24 @@ def stream_events(url: str, body: dict, started: threading.Event, out: list) -> 
 
 
 def test_sigterm_finishes_short_streams_and_ends_long_ones_cleanly(tiny_repo: Path) -> None:
-    long_job = {"prompt": ["def f(x):", "class A:"], "max_tokens": 110, "n": 16, "temperature": 1.0,
-                "ignore_eos": True, "logprobs": 5}  # seconds of work for this model, past the grace period
+    long_job = {
+        "prompt": ["def f(x):", "class A:"],
+        "max_tokens": 110,
+        "n": 16,
+        "temperature": 1.0,
+        "ignore_eos": True,
+        "logprobs": 5,
+    }  # seconds of work for this model, past the grace period
     short_job = {"prompt": "x = ", "max_tokens": 4}
     server = ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_SHUTDOWN_GRACE_S": str(GRACE_S)})
     with server:
         long_events: list[str] = []
         short_events: list[str] = []
         long_started, short_started = threading.Event(), threading.Event()
-        threads = [threading.Thread(target=stream_events, args=(server.url, long_job, long_started, long_events)),
-                   threading.Thread(target=stream_events, args=(server.url, short_job, short_started, short_events))]
+        threads = [
+            threading.Thread(target=stream_events, args=(server.url, long_job, long_started, long_events)),
+            threading.Thread(target=stream_events, args=(server.url, short_job, short_started, short_events)),
+        ]
         threads[0].start()
         assert long_started.wait(30)
         threads[1].start()

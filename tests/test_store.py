@@ -76,8 +76,11 @@ def test_cli_export_and_models(tiny_checkpoint: Path, tmp_path: Path) -> None:
     assert listed.returncode == 0 and "cli-tiny" in listed.stdout and "codegen" in listed.stdout
     assert "gemma3-270m" in listed.stdout  # what the catalog can build
 
-    for args, message in [((), "name a bundled model"), (("no-such-model",), "unknown model"),
-                          (("--from-hf", str(tmp_path / "missing")), "no config.json")]:
+    for args, message in [
+        ((), "name a bundled model"),
+        (("no-such-model",), "unknown model"),
+        (("--from-hf", str(tmp_path / "missing")), "no config.json"),
+    ]:
         bad = slipstream("export", *args, "--model-repository", str(tmp_path))
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
 
@@ -97,13 +100,16 @@ def test_a_failed_forced_export_keeps_the_earlier_one(tiny_checkpoint: Path, tmp
     assert store.read_manifest(tmp_path / "repo", "m").source == str(tiny_checkpoint.resolve())
 
 
-@pytest.mark.parametrize(("checkpoint", "precision", "ops"), [
-    ("tiny_llama_checkpoint", "int4", {"MatMulNBits", "GroupQueryAttention"}),
-    ("tiny_llama_checkpoint", "fp32", {"MatMul", "GroupQueryAttention"}),
-    ("tiny_llama_checkpoint", "fp16", {"MatMul", "GroupQueryAttention"}),
-    ("tiny_checkpoint", "fp32", {"MatMul"}),
-    ("tiny_checkpoint", "int4", {"MatMulNBits"}),
-])
+@pytest.mark.parametrize(
+    ("checkpoint", "precision", "ops"),
+    [
+        ("tiny_llama_checkpoint", "int4", {"MatMulNBits", "GroupQueryAttention"}),
+        ("tiny_llama_checkpoint", "fp32", {"MatMul", "GroupQueryAttention"}),
+        ("tiny_llama_checkpoint", "fp16", {"MatMul", "GroupQueryAttention"}),
+        ("tiny_checkpoint", "fp32", {"MatMul"}),
+        ("tiny_checkpoint", "int4", {"MatMulNBits"}),
+    ],
+)
 def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoint: str, precision: str, ops: set[str]) -> None:
     import onnx
 
@@ -122,8 +128,13 @@ def test_other_precisions_export_and_generate(request, tmp_path: Path, checkpoin
     if precision == "fp16":  # the CUDA graph's weights and cache; ONNX Runtime's CPU kernels run it here
         assert {init.data_type for init in graph.initializer if init.name.endswith("MatMul.weight")} == {onnx.TensorProto.FLOAT16}
     engine = Engine.load(tmp_path, "m", threads=1)
-    text = "".join(e.text for e in engine.generate(engine.prompter.prepare("def f(x):", 8), SamplingParams(max_tokens=8, temperature=0,
-                                                   logit_bias={0: -100.0})) if isinstance(e, Delta))
+    text = "".join(
+        e.text
+        for e in engine.generate(
+            engine.prompter.prepare("def f(x):", 8), SamplingParams(max_tokens=8, temperature=0, logit_bias={0: -100.0})
+        )
+        if isinstance(e, Delta)
+    )
     assert text
 
 
@@ -140,8 +151,9 @@ def test_a_file_changed_since_the_export_is_caught(tiny_repo: Path, tmp_path: Pa
     with pytest.raises(store.ContentChanged, match=f"files of '{TINY}' changed since it was exported.*export it again"):
         store.check_content(tmp_path, TINY)
     result = slipstream("models", "verify", TINY, "--model-repository", str(tmp_path))
-    assert result.returncode == 1 and "FAIL files" in result.stdout and "changed since it was exported" in result.stdout, \
+    assert result.returncode == 1 and "FAIL files" in result.stdout and "changed since it was exported" in result.stdout, (
         result.stdout + result.stderr
+    )
 
 
 def test_a_model_too_big_for_memory_fails_before_any_work() -> None:
@@ -206,8 +218,14 @@ def test_preset_errors_are_clear(tiny_checkpoint: Path, tiny_llama_checkpoint: P
     assert other.returncode == 2 and "holds a codegen model" in other.stderr
     # no hub here: offline mode makes the attempt fail at once, without traffic
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    offline = subprocess.run([sys.executable, "-m", "slipstream.cli", "export", "codegen-350m-mono", "--model-repository", str(tmp_path)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    offline = subprocess.run(
+        [sys.executable, "-m", "slipstream.cli", "export", "codegen-350m-mono", "--model-repository", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert offline.returncode == 2 and "--from-hf DIR" in offline.stderr and "Traceback" not in offline.stderr
 
 

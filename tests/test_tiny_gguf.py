@@ -36,6 +36,7 @@ def _fields(path: Path) -> tuple[gguf.GGUFReader, Any]:
 
     def value(key: str) -> Any:
         return reader.fields[key].contents() if key in reader.fields else None
+
     return reader, value
 
 
@@ -49,8 +50,7 @@ def test_transformers_reads_the_tensors_written(tmp_path: Path, architecture: st
     """Every tensor transformers loads equals, in Hugging Face layout, what the file holds dequantised:
     the layouts (llama's Q/K permutation, Gemma's norm + 1, phi3's fused matrices, tied output) are right."""
     tokenizer = "spm" if WEIGHTS.index(weights) % 2 else "bpe"
-    tiny = write_tiny_gguf(architecture, tmp_path / "tiny.gguf", tokenizer=tokenizer, weights=weights,
-                           fim=bool(FAMILIES[architecture].fim))
+    tiny = write_tiny_gguf(architecture, tmp_path / "tiny.gguf", tokenizer=tokenizer, weights=weights, fim=bool(FAMILIES[architecture].fim))
     model = _load(tiny)
     state = model.state_dict()
     assert set(state) == set(tiny.state_dict)
@@ -82,8 +82,7 @@ def test_gemma_1_is_read_once_taught(tmp_path: Path) -> None:
 @pytest.mark.parametrize("architecture", FIM_FAMILIES)
 def test_tokenizer_and_fim_fields(tmp_path: Path, architecture: str, tokenizer: str) -> None:
     family = FAMILIES[architecture]
-    tiny = write_tiny_gguf(architecture, tmp_path / "tiny.gguf", tokenizer=tokenizer, fim=True,
-                           chat_template=CHATML, context_length=100)
+    tiny = write_tiny_gguf(architecture, tmp_path / "tiny.gguf", tokenizer=tokenizer, fim=True, chat_template=CHATML, context_length=100)
     _, value = _fields(tiny.path)
     assert value("general.architecture") == gguf.MODEL_ARCH_NAMES[family.arch]
     assert value(gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=value("general.architecture"))) == 100
@@ -118,19 +117,22 @@ def test_tokenizer_and_fim_fields(tmp_path: Path, architecture: str, tokenizer: 
         assert byte_pieces == [f"<0x{b:02X}>" for b in range(256)]
         assert types[tiny.special["unk"]] == gguf.TokenType.UNKNOWN
         gemma_ids = {"pad": 0, "eos": 1, "bos": 2, "unk": 3}
-        assert {k: written[k] for k in gemma_ids} == (gemma_ids if architecture.startswith("gemma")
-                                                      else {"pad": 0, "eos": 2, "bos": 1, "unk": 0})
+        assert {k: written[k] for k in gemma_ids} == (
+            gemma_ids if architecture.startswith("gemma") else {"pad": 0, "eos": 2, "bos": 1, "unk": 0}
+        )
 
 
-@pytest.mark.parametrize("pre, digits", [("gpt-2", ["Ġ12345"]), ("starcoder", ["1", "2", "3", "4", "5"]),
-                                          ("qwen2", ["1", "2", "3", "4", "5"]), ("llama-bpe", ["123", "45"])])
+@pytest.mark.parametrize(
+    "pre, digits",
+    [("gpt-2", ["Ġ12345"]), ("starcoder", ["1", "2", "3", "4", "5"]), ("qwen2", ["1", "2", "3", "4", "5"]), ("llama-bpe", ["123", "45"])],
+)
 def test_bpe_splits_as_llama_cpp_does_for_its_pre(tmp_path: Path, pre: str, digits: list[str]) -> None:
     """The golden ids come from a tokenizer that splits digits as llama.cpp does for the file's `pre`."""
     architecture = next(a for a, f in FAMILIES.items() if f.pre == pre)
     tok = write_tiny_gguf(architecture, tmp_path / "tiny.gguf", tokenizer="bpe").tokenizer
     assert isinstance(tok, Tokenizer) and tok.pre_tokenizer is not None
     pieces = [piece for piece, _ in tok.pre_tokenizer.pre_tokenize_str("x = 12345")]
-    assert pieces[-len(digits):] == digits and "".join(pieces) == "xĠ=Ġ12345"
+    assert pieces[-len(digits) :] == digits and "".join(pieces) == "xĠ=Ġ12345"
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -142,6 +144,7 @@ def test_hyperparameters_and_tied_output(tmp_path: Path, architecture: str) -> N
 
     def key(name: str) -> Any:
         return value(f"{arch}.{name}")
+
     assert (key("embedding_length"), key("block_count"), key("feed_forward_length")) == (64, 2, 128)
     assert (key("attention.head_count"), key("attention.head_count_kv")) == (4, family.kv_heads)
     names = {t.name for t in reader.tensors}

@@ -27,13 +27,17 @@ def _connect(server: ServerProcess) -> socket.socket:
 
 
 def _head(length: int) -> bytes:
-    return (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    return (
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
 
 
 def _server_errors(server: ServerProcess) -> float:
-    return sum(v for (name, labels), v in scrape(server.url).items()
-               if name == "slipstream_requests_total" and dict(labels)["status"].startswith("5"))
+    return sum(
+        v
+        for (name, labels), v in scrape(server.url).items()
+        if name == "slipstream_requests_total" and dict(labels)["status"].startswith("5")
+    )
 
 
 def _cancelled(server: ServerProcess) -> float:
@@ -82,4 +86,3 @@ def test_cut_bodies_and_dropped_connections_cost_nothing(tiny_server: ServerProc
     answer = httpx.post(f"{tiny_server.url}/v1/completions", json={"prompt": "def fib(n):", "max_tokens": 4}, timeout=60)
     assert answer.status_code == 200 and answer.json()["choices"][0]["finish_reason"] in ("length", "stop")
     assert _server_errors(tiny_server) == errors_before
-

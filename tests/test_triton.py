@@ -45,11 +45,14 @@ def _complete(url: str, **body) -> dict:
     return response.json()
 
 
-@pytest.mark.parametrize("body", [
-    {"max_tokens": 12, "temperature": 0},
-    {"max_tokens": 12, "temperature": 0.9, "seed": 11, "n": 3},
-    {"max_tokens": 6, "temperature": 0.7, "seed": 5, "logprobs": 2, "echo": True, "top_p": 0.9, "stop": ["\n\n"]},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_tokens": 12, "temperature": 0},
+        {"max_tokens": 12, "temperature": 0.9, "seed": 11, "n": 3},
+        {"max_tokens": 6, "temperature": 0.7, "seed": 5, "logprobs": 2, "echo": True, "top_p": 0.9, "stop": ["\n\n"]},
+    ],
+)
 def test_triton_backend_answers_as_the_embedded_one(api: ServerProcess, tiny_server: ServerProcess, body: dict) -> None:
     via_triton, embedded = _complete(api.url, **body), _complete(tiny_server.url, **body)
     assert via_triton["choices"] == embedded["choices"]
@@ -58,8 +61,14 @@ def test_triton_backend_answers_as_the_embedded_one(api: ServerProcess, tiny_ser
 
 
 def test_streaming_through_triton_arrives_token_by_token(api: ServerProcess) -> None:
-    body = {"prompt": PROMPT, "max_tokens": 16, "temperature": 0, "ignore_eos": True, "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {
+        "prompt": PROMPT,
+        "max_tokens": 16,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     chunks = []
     with httpx.stream("POST", f"{api.url}/v1/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
@@ -157,12 +166,10 @@ def test_smollm2_int8_through_triton_streams_to_the_openai_client(bundled_repo: 
     bundled SmolLM2 INT8 to the official client, streaming, with the embedded backend's greedy text."""
     import openai
 
-    start = TritonCommand(["--model", "smollm2-135m", "--model-repository", str(bundled_repo)],
-                          tmp_path / "triton-start.log")
+    start = TritonCommand(["--model", "smollm2-135m", "--model-repository", str(bundled_repo)], tmp_path / "triton-start.log")
     try:
         env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([start.grpc_url])}
-        with ServerProcess(bundled_repo, ["smollm2-135m"], env=env) as api, \
-                ServerProcess(bundled_repo, ["smollm2-135m"]) as embedded:
+        with ServerProcess(bundled_repo, ["smollm2-135m"], env=env) as api, ServerProcess(bundled_repo, ["smollm2-135m"]) as embedded:
             client = openai.OpenAI(base_url=f"{api.url}/v1", api_key="unused", max_retries=0, timeout=120)
             params = dict(model="smollm2-135m", prompt="def fibonacci(n):", max_tokens=24, temperature=0)
             pieces = [c.choices[0].text for c in client.completions.create(**params, stream=True) if c.choices]
@@ -179,14 +186,14 @@ def test_triton_start_hands_the_engine_settings_to_the_model(tiny_repo: Path, tm
     Triton: of concurrent long requests through the API, the ones past the first are refused with a 429."""
     import concurrent.futures
 
-    with TritonCommand(["--model", TINY, "--model-repository", str(tiny_repo), "--max-queue", "1"],
-                       tmp_path / "triton-start.log") as triton:
+    with TritonCommand(
+        ["--model", TINY, "--model-repository", str(tiny_repo), "--max-queue", "1"], tmp_path / "triton-start.log"
+    ) as triton:
         env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])}
         with ServerProcess(tiny_repo, [TINY], env=env) as api:
             body = {"prompt": PROMPT, "max_tokens": 100, "temperature": 0, "logit_bias": {"0": -100}}
             with concurrent.futures.ThreadPoolExecutor(6) as pool:
-                statuses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/completions", json=body, timeout=60)
-                                         .status_code, range(6)))
+                statuses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/completions", json=body, timeout=60).status_code, range(6)))
     assert 200 in statuses and 429 in statuses and set(statuses) == {200, 429}, statuses
 
 
@@ -208,8 +215,9 @@ def test_a_taken_port_is_named_and_other_ports_are_tried(tiny_repo: Path, tmp_pa
                 TritonServer(tiny_repo, [TINY], ports).start(timeout=120)
 
 
-def test_the_tests_triton_command_tries_other_ports_when_one_is_taken(tiny_repo: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_tests_triton_command_tries_other_ports_when_one_is_taken(
+    tiny_repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """testkit's TritonCommand, which the Triton tests start through: its first ports have the gRPC one
     held by another socket; `slipstream triton start` says so and exits, and it starts again on others."""
     import dataclasses
@@ -233,4 +241,3 @@ def test_the_tests_triton_command_tries_other_ports_when_one_is_taken(tiny_repo:
             assert len(drawn) == 2 and triton.ports == drawn[1]
             assert httpx.get(f"http://127.0.0.1:{triton.ports.http}/v2/health/ready").status_code == 200
     assert triton.process.returncode == 0
-

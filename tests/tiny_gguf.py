@@ -15,10 +15,6 @@ the values the file stores once dequantised (so a test can compare a loader's re
 
 from __future__ import annotations
 
-import functools
-import io
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,8 +23,7 @@ import gguf
 import numpy as np
 import sentencepiece as spm
 import torch
-from sentencepiece import sentencepiece_model_pb2 as spm_pb
-from tokenizers import AddedToken, Regex, Tokenizer, pre_tokenizers
+from tokenizers import Tokenizer
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -41,52 +36,40 @@ from transformers import (
     Starcoder2Config,
 )
 
-from tests.tiny_model import EOS, _corpus, _train_tokenizer
+from tests.tiny_gguf_vocab import write_bpe, write_spm
 
 ARCHITECTURES = ("llama", "qwen2", "starcoder2", "gemma", "gemma2", "gemma3", "phi3")
 WEIGHTS = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q5_K", "Q6_K", "Q3_K", "mixed")
-SPM_VOCAB_SIZE = 500  # 256 byte pieces, the control pieces, ~240 merges
 SLIDING_WINDOW = 32
 Q = gguf.GGMLQuantizationType
 K_QUANTS = (Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)
 # general.file_type as llama.cpp names the result; "mixed" is what llama-quantize Q4_K_M writes
 _FILE_TYPE = {
-    "F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
-    "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_S, "Q5_K": gguf.LlamaFileType.MOSTLY_Q5_K_S,
-    "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K, "mixed": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    "F32": gguf.LlamaFileType.ALL_F32,
+    "F16": gguf.LlamaFileType.MOSTLY_F16,
+    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
+    "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_S,
+    "Q5_K": gguf.LlamaFileType.MOSTLY_Q5_K_S,
+    "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K,
+    "mixed": gguf.LlamaFileType.MOSTLY_Q4_K_M,
     "Q3_K": gguf.LlamaFileType.MOSTLY_Q3_K_M,
 }
 # GGUF key of each special token this module writes (add_bos_token_id & co. are add_uint32 on these keys;
 # the gguf package has no add_* method for the FIM keys, which llama.cpp reads all the same).
 SPECIAL_KEYS = {
-    "bos": gguf.Keys.Tokenizer.BOS_ID, "eos": gguf.Keys.Tokenizer.EOS_ID, "unk": gguf.Keys.Tokenizer.UNK_ID,
-    "pad": gguf.Keys.Tokenizer.PAD_ID, "eot": gguf.Keys.Tokenizer.EOT_ID,
-    "fim_pre": gguf.Keys.Tokenizer.FIM_PRE_ID, "fim_suf": gguf.Keys.Tokenizer.FIM_SUF_ID,
-    "fim_mid": gguf.Keys.Tokenizer.FIM_MID_ID, "fim_pad": gguf.Keys.Tokenizer.FIM_PAD_ID,
-    "fim_rep": gguf.Keys.Tokenizer.FIM_REP_ID, "fim_sep": gguf.Keys.Tokenizer.FIM_SEP_ID,
-}
-
-# Splitting regexes of the Hugging Face tokenizer.json files the llama.cpp `pre` names stand for.
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-def _split_then_bytes(pattern: str) -> pre_tokenizers.PreTokenizer:
-    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-
-
-# `tokenizer.ggml.pre` -> the pre-tokenizer that splits text the way llama.cpp does for that name, so the
-# TinyGGUF's tokenizer gives the ids llama.cpp would (the vocabulary and merges stay tiny_model's).
-_PRE_TOKENIZERS: dict[str, Callable[[], pre_tokenizers.PreTokenizer]] = {
-    "gpt-2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),  # GPT-2's regex, as tiny_model trains
-    "starcoder": lambda: pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
-                                                  pre_tokenizers.ByteLevel(add_prefix_space=False)]),
-    "qwen2": lambda: _split_then_bytes(_QWEN2_SPLIT),
-    "llama-bpe": lambda: _split_then_bytes(_LLAMA3_SPLIT),
+    "bos": gguf.Keys.Tokenizer.BOS_ID,
+    "eos": gguf.Keys.Tokenizer.EOS_ID,
+    "unk": gguf.Keys.Tokenizer.UNK_ID,
+    "pad": gguf.Keys.Tokenizer.PAD_ID,
+    "eot": gguf.Keys.Tokenizer.EOT_ID,
+    "fim_pre": gguf.Keys.Tokenizer.FIM_PRE_ID,
+    "fim_suf": gguf.Keys.Tokenizer.FIM_SUF_ID,
+    "fim_mid": gguf.Keys.Tokenizer.FIM_MID_ID,
+    "fim_pad": gguf.Keys.Tokenizer.FIM_PAD_ID,
+    "fim_rep": gguf.Keys.Tokenizer.FIM_REP_ID,
+    "fim_sep": gguf.Keys.Tokenizer.FIM_SEP_ID,
 }
 
 
@@ -101,18 +84,39 @@ class _Family:
 
 
 _CODELLAMA = {"fim_pre": "▁<PRE>", "fim_suf": "▁<SUF>", "fim_mid": "▁<MID>", "eot": "▁<EOT>"}
-_CODEGEMMA = {"fim_pre": "<|fim_prefix|>", "fim_mid": "<|fim_middle|>", "fim_suf": "<|fim_suffix|>",
-              "fim_sep": "<|file_separator|>"}
+_CODEGEMMA = {"fim_pre": "<|fim_prefix|>", "fim_mid": "<|fim_middle|>", "fim_suf": "<|fim_suffix|>", "fim_sep": "<|file_separator|>"}
 FAMILIES: dict[str, _Family] = {
     # CodeLlama (SentencePiece) or Llama 3 (byte-level BPE): both add BOS, neither ties
     "llama": _Family(gguf.MODEL_ARCH.LLAMA, tied=False, pre="llama-bpe", bpe_add_bos=True, fim=_CODELLAMA),
     # Qwen2.5-Coder 0.5B/1.5B: tied, no BOS
-    "qwen2": _Family(gguf.MODEL_ARCH.QWEN2, tied=True, pre="qwen2", bpe_add_bos=False, fim={
-        "fim_pre": "<|fim_prefix|>", "fim_mid": "<|fim_middle|>", "fim_suf": "<|fim_suffix|>",
-        "fim_pad": "<|fim_pad|>", "fim_rep": "<|repo_name|>", "fim_sep": "<|file_sep|>"}),
-    "starcoder2": _Family(gguf.MODEL_ARCH.STARCODER2, tied=True, pre="starcoder", bpe_add_bos=False, fim={
-        "fim_pre": "<fim_prefix>", "fim_mid": "<fim_middle>", "fim_suf": "<fim_suffix>", "fim_pad": "<fim_pad>",
-        "fim_rep": "<repo_name>", "fim_sep": "<file_sep>"}),
+    "qwen2": _Family(
+        gguf.MODEL_ARCH.QWEN2,
+        tied=True,
+        pre="qwen2",
+        bpe_add_bos=False,
+        fim={
+            "fim_pre": "<|fim_prefix|>",
+            "fim_mid": "<|fim_middle|>",
+            "fim_suf": "<|fim_suffix|>",
+            "fim_pad": "<|fim_pad|>",
+            "fim_rep": "<|repo_name|>",
+            "fim_sep": "<|file_sep|>",
+        },
+    ),
+    "starcoder2": _Family(
+        gguf.MODEL_ARCH.STARCODER2,
+        tied=True,
+        pre="starcoder",
+        bpe_add_bos=False,
+        fim={
+            "fim_pre": "<fim_prefix>",
+            "fim_mid": "<fim_middle>",
+            "fim_suf": "<fim_suffix>",
+            "fim_pad": "<fim_pad>",
+            "fim_rep": "<repo_name>",
+            "fim_sep": "<file_sep>",
+        },
+    ),
     # Gemma ties always and adds BOS; CodeGemma's sentinels are in every Gemma vocabulary
     "gemma": _Family(gguf.MODEL_ARCH.GEMMA, tied=True, pre="gpt-2", bpe_add_bos=True, fim=_CODEGEMMA),
     "gemma2": _Family(gguf.MODEL_ARCH.GEMMA2, tied=True, pre="gpt-2", bpe_add_bos=True, fim=_CODEGEMMA),
@@ -160,9 +164,9 @@ def write_tiny_gguf(
     writer.add_file_type(_FILE_TYPE[weights])
     fim_tokens = family.fim if fim else {}
     if tokenizer == "bpe":
-        tok, special, add_bos = _write_bpe(writer, family, fim_tokens)
+        tok, special, add_bos = write_bpe(writer, family.pre, family.bpe_add_bos, fim_tokens)
     elif tokenizer == "spm":
-        tok, special, add_bos = _write_spm(writer, architecture, fim_tokens)
+        tok, special, add_bos = write_spm(writer, architecture, fim_tokens)
     else:
         raise ValueError(f"tokenizer {tokenizer!r} is neither 'bpe' nor 'spm'")
     for name, index in special.items():
@@ -187,71 +191,9 @@ def write_tiny_gguf(
 
 # --- vocabulary -------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _bpe_json() -> str:
-    return _train_tokenizer().backend_tokenizer.to_str()  # trained once; each file gets a fresh copy
-
-
-def _write_bpe(writer: gguf.GGUFWriter, family: _Family, fim: dict[str, str]
-               ) -> tuple[Tokenizer, dict[str, int], bool]:
-    tok = Tokenizer.from_str(_bpe_json())
-    tok.pre_tokenizer = _PRE_TOKENIZERS[family.pre]()
-    tok.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in fim.values()])
-    vocab = tok.get_vocab(with_added_tokens=True)
-    tokens = sorted(vocab, key=vocab.__getitem__)
-    assert [vocab[t] for t in tokens] == list(range(len(tokens))), "the vocabulary has gaps"
-    controls = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(family.pre)
-    writer.add_token_list(tokens)
-    # the converter types added special tokens CONTROL and the rest NORMAL (byte-level BPE has no byte type)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in controls else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    eos = vocab[EOS]  # tiny_model's only special token is BOS, EOS and padding at once
-    special = {"bos": eos, "eos": eos, "pad": eos} | {name: vocab[text] for name, text in fim.items()}
-    return tok, special, family.bpe_add_bos
-
-
-@functools.lru_cache(maxsize=2)
-def _spm_model(gemma: bool) -> bytes:
-    """A SentencePiece BPE trained on tiny_model's corpus with Llama's settings (byte fallback, digits
-    split, no normalisation) or Gemma's (no dummy prefix, <pad> <eos> <bos> <unk> first)."""
-    ids: dict[str, Any] = (dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
-                                bos_piece="<bos>") if gemma else dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1))
-    lines = [line for text in _corpus() for line in text.splitlines() if line.strip()]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=SPM_VOCAB_SIZE,
-        byte_fallback=True, split_digits=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
-        add_dummy_prefix=not gemma, allow_whitespace_only_pieces=True, character_coverage=1.0, num_threads=1,
-        minloglevel=2, **ids)
-    return model.getvalue()
-
-
-def _write_spm(writer: gguf.GGUFWriter, architecture: str, fim: dict[str, str]
-               ) -> tuple[spm.SentencePieceProcessor, dict[str, int], bool]:
-    gemma = architecture.startswith("gemma")
-    proto = spm_pb.ModelProto()
-    proto.ParseFromString(_spm_model(gemma))
-    for text in fim.values():  # the converter's added special tokens: CONTROL, score -1000
-        piece = proto.pieces.add()
-        piece.piece, piece.score, piece.type = text, -1000.0, spm_pb.ModelProto.SentencePiece.CONTROL
-    sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list([p.piece for p in proto.pieces])
-    writer.add_token_scores([p.score for p in proto.pieces])
-    writer.add_token_types([int(p.type) for p in proto.pieces])  # GGUF's TokenType is SentencePiece's numbering
-    writer.add_add_space_prefix(not gemma)
-    # Llama's model has no pad piece: <unk> pads (a reader such as transformers' Phi-3 needs an in-vocabulary pad)
-    pad = sp.pad_id() if sp.pad_id() >= 0 else sp.unk_id()
-    special = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "pad": pad}
-    special |= {name: sp.piece_to_id(text) for name, text in fim.items()}
-    return sp, special, True
-
 
 # --- hyperparameters --------------------------------------------------------------------------------------
+
 
 def _hf_config(architecture: str, vocab: int, context: int, special: dict[str, int], big: bool) -> PretrainedConfig:
     """The Hugging Face config the tiny model is 'converted' from: hidden 64 (256 for K-quants), 2 layers,
@@ -260,10 +202,19 @@ def _hf_config(architecture: str, vocab: int, context: int, special: dict[str, i
     family = FAMILIES[architecture]
     hidden, ff = (256, 512) if big else (64, 128)
     head_dim = hidden // 4 * (2 if architecture.startswith("gemma") else 1)
-    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=ff, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=family.kv_heads, max_position_embeddings=context,
-                  tie_word_embeddings=family.tied, bos_token_id=special["bos"], eos_token_id=special["eos"],
-                  pad_token_id=special["pad"])
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=ff,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=family.kv_heads,
+        max_position_embeddings=context,
+        tie_word_embeddings=family.tied,
+        bos_token_id=special["bos"],
+        eos_token_id=special["eos"],
+        pad_token_id=special["pad"],
+    )
     gemma = dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=SLIDING_WINDOW)
     configs = {
         "llama": lambda: LlamaConfig(**common),
@@ -312,6 +263,7 @@ def _write_hparams(w: gguf.GGUFWriter, architecture: str, c: Any) -> None:
 
 # --- tensors ----------------------------------------------------------------------------------------------
 
+
 def _matrix_type(weights: str, name: str, tied: bool) -> gguf.GGMLQuantizationType:
     if weights != "mixed":
         return Q[weights]
@@ -347,15 +299,17 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _write_tensors(w: gguf.GGUFWriter, architecture: str, config: PretrainedConfig, weights: str,
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _write_tensors(
+    w: gguf.GGUFWriter, architecture: str, config: PretrainedConfig, weights: str, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     family = FAMILIES[architecture]
     gemma = architecture.startswith("gemma")
     with torch.device("meta"):  # names and shapes only
         shapes = {n: tuple(t.shape) for n, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
     names = gguf.get_tensor_name_map(family.arch, config.num_hidden_layers)
-    allowed = {gguf.TENSOR_NAMES[t].format(bid=b) for t in gguf.MODEL_TENSORS[family.arch]
-               for b in range(config.num_hidden_layers)}  # the converter refuses a tensor its arch lacks
+    allowed = {
+        gguf.TENSOR_NAMES[t].format(bid=b) for t in gguf.MODEL_TENSORS[family.arch] for b in range(config.num_hidden_layers)
+    }  # the converter refuses a tensor its arch lacks
     reference: dict[str, np.ndarray] = {}
     for hf_name, shape in shapes.items():
         if hf_name == "lm_head.weight" and family.tied:

@@ -161,8 +161,7 @@ class TritonBackend:
         raise TritonUnavailable(f"every Triton server failed the request: {'; '.join(failures)}")
 
     async def _stream(self, url: str, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
-        inputs = [_string_input("prompt", wire.dump_prompt(prompt)),
-                  _string_input("sampling_parameters", wire.dump_params(params))]
+        inputs = [_string_input("prompt", wire.dump_prompt(prompt)), _string_input("sampling_parameters", wire.dump_params(params))]
 
         async def requests() -> AsyncIterator[dict]:
             yield {"model_name": name, "inputs": inputs, "request_id": uuid.uuid4().hex}

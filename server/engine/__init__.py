@@ -16,7 +16,21 @@ from server.engine.sampling import SamplingParams, log_softmax
 from server.engine.scheduler import QueueFull, Scheduler
 
 __all__ = [
-    "CacheStats", "ContextFile", "Delta", "DeviceError", "Engine", "FinishReason", "GraphError", "InvalidInput", "Prompt",
-    "Prompter", "QueueFull",
-    "Runner", "SamplingParams", "Scheduler", "TokenLogprob", "Usage", "log_softmax",
+    "CacheStats",
+    "ContextFile",
+    "Delta",
+    "DeviceError",
+    "Engine",
+    "FinishReason",
+    "GraphError",
+    "InvalidInput",
+    "Prompt",
+    "Prompter",
+    "QueueFull",
+    "Runner",
+    "SamplingParams",
+    "Scheduler",
+    "TokenLogprob",
+    "Usage",
+    "log_softmax",
 ]

@@ -21,8 +21,9 @@ def _raise(message: str) -> None:
     raise ChatTemplateError(message)
 
 
-def _tojson(value: object, ensure_ascii: bool = False, indent: int | None = None, separators: tuple | None = None,
-            sort_keys: bool = False) -> str:
+def _tojson(
+    value: object, ensure_ascii: bool = False, indent: int | None = None, separators: tuple | None = None, sort_keys: bool = False
+) -> str:
     # transformers' own: non-ASCII text stays as it is (Jinja's built-in escapes it, and HTML-escapes too)
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
@@ -65,8 +66,11 @@ def reads_content_parts(template: str) -> bool:
         tree = _environment().parse(template)
     except TemplateError:
         return False
-    aliases = {assign.target.name for assign in tree.find_all(nodes.Assign)
-               if isinstance(assign.target, nodes.Name) and _is_content(assign.node, set())}
+    aliases = {
+        assign.target.name
+        for assign in tree.find_all(nodes.Assign)
+        if isinstance(assign.target, nodes.Name) and _is_content(assign.node, set())
+    }
     return any(_is_content(loop.iter, aliases) for loop in tree.find_all(nodes.For))
 
 
@@ -84,14 +88,20 @@ def _compile(template: str):
     return _environment().from_string(template)
 
 
-def render(template: str, messages: list[dict[str, str]], *, bos_token: str = "", eos_token: str = "",
-           tools: list[dict] | None = None, documents: list[dict] | None = None) -> str:
+def render(
+    template: str,
+    messages: list[dict[str, str]],
+    *,
+    bos_token: str = "",
+    eos_token: str = "",
+    tools: list[dict] | None = None,
+    documents: list[dict] | None = None,
+) -> str:
     """As transformers' apply_chat_template(..., add_generation_prompt=True, tokenize=False) renders it.
     Each message's text goes in as a string; a template that fails on strings and loops over content
     gets it again as OpenAI's list of one text part (Gemma-3's first instruct template takes a system
     turn only that way; Cogito's loops over parts but adds the system turn as a string)."""
-    variables = dict(add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token, tools=tools,
-                     documents=documents)
+    variables = dict(add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token, tools=tools, documents=documents)
     try:
         compiled = _compile(template)
         return compiled.render(messages=messages, **variables)

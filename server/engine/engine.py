@@ -65,8 +65,9 @@ class Engine:
     """A model's prompt side (its Prompter), its ONNX Runtime session, its prefix cache and how that is
     reused. `Engine.load` makes one from the model store."""
 
-    def __init__(self, prompter: Prompter, runner: Runner, prefix_cache: PrefixCache | None, reuse: ReusePolicy,
-                 prefill_chunk_tokens: int = 512) -> None:
+    def __init__(
+        self, prompter: Prompter, runner: Runner, prefix_cache: PrefixCache | None, reuse: ReusePolicy, prefill_chunk_tokens: int = 512
+    ) -> None:
         self.prompter = prompter
         self.manifest = prompter.manifest
         self.runner = runner
@@ -77,8 +78,16 @@ class Engine:
         self.cache_stats = prefix_cache.stats if prefix_cache is not None else CacheStats(0)  # 0: off
 
     @classmethod
-    def load(cls, repository: Path, name: str, threads: int, device: str = "cpu", prefix_cache_mb: int = 0,
-             prefill_chunk_tokens: int = 512, reuse_grid: int | None = None) -> Engine:
+    def load(
+        cls,
+        repository: Path,
+        name: str,
+        threads: int,
+        device: str = "cpu",
+        prefix_cache_mb: int = 0,
+        prefill_chunk_tokens: int = 512,
+        reuse_grid: int | None = None,
+    ) -> Engine:
         """The model `name` of the store at `repository`, with a prefix cache of prefix_cache_mb (0: off).
         reuse_grid: reuse cached prefixes to this many positions, not exactly; None, exactly: on the
         finest grid that gives a cold prefill's bits on this machine (measured now, server/engine/reuse_grid.py)."""
@@ -88,16 +97,16 @@ class Engine:
         if prefix_cache is None or reuse_grid is not None:
             reuse = ReusePolicy(reuse_grid or 1, exact=False)
         else:
+
             def probe(policy: ReusePolicy | None) -> Engine:  # the probe's prefixes in a cache of their own
-                return cls(prompter, runner, None if policy is None else PrefixCache(1 << 40), policy or ReusePolicy(),
-                           prefill_chunk_tokens)
+                return cls(
+                    prompter, runner, None if policy is None else PrefixCache(1 << 40), policy or ReusePolicy(), prefill_chunk_tokens
+                )
 
             reuse = measure(probe, prompter.manifest)
         return cls(prompter, runner, prefix_cache, reuse, prefill_chunk_tokens)
 
-    def generate(
-        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event | None = None
-    ) -> Iterator[Delta | Usage]:
+    def generate(self, prompt: Prompt, params: SamplingParams, cancel: threading.Event | None = None) -> Iterator[Delta | Usage]:
         """Yield Deltas as tokens are decided, then one Usage: one request on its own, in a batch of its
         own. Stops early, yielding nothing more, when `cancel` is set (the client went away)."""
         cancel = cancel or threading.Event()
@@ -195,8 +204,13 @@ def _prefix_cache(manifest: Manifest, runner: Runner, megabytes: int) -> PrefixC
         return None
     least = min(manifest.context_length, MIN_CACHED_PROMPT) * runner.kv_bytes_per_token
     if budget < least:
-        log.warning("prefix cache off for %s: prefix_cache_mb=%d holds less than one prompt of %d tokens "
-                    "(%.0f MB)", manifest.name, megabytes, least // runner.kv_bytes_per_token, least / 2**20)
+        log.warning(
+            "prefix cache off for %s: prefix_cache_mb=%d holds less than one prompt of %d tokens (%.0f MB)",
+            manifest.name,
+            megabytes,
+            least // runner.kv_bytes_per_token,
+            least / 2**20,
+        )
         return None
     return PrefixCache(budget)
 

@@ -315,18 +315,17 @@ class _Pool:
         self._free: list[tuple[np.ndarray, tuple, object]] = []  # (slab, its layout, its label or None)
         self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share it
 
-    def take(self, like: dict[str, np.ndarray], rows: int, capacity: int, already: Already | None = None
-             ) -> tuple[dict[str, np.ndarray], int]:
+    def take(
+        self, like: dict[str, np.ndarray], rows: int, capacity: int, already: Already | None = None
+    ) -> tuple[dict[str, np.ndarray], int]:
         """Buffers of at least `rows` rows and `capacity` positions (at most twice that), shaped per layer
         as `like`'s arrays ([_, kv_heads, _, head_dim]), and how many positions of what the caller wants
         their first row holds already (`already` of their label; 0 for new ones)."""
         first = next(iter(like.values()))
         kind = (tuple(like), first.shape[1], first.shape[3], np.dtype(first.dtype))
         with self._lock:
-            fits = [i for i, (_, (k, r, c), _) in enumerate(self._free)
-                    if k == kind and rows <= r and capacity <= c <= 2 * capacity]
-            held = {i: already(self._free[i][2]) if already is not None and self._free[i][2] is not None else 0
-                    for i in fits}
+            fits = [i for i, (_, (k, r, c), _) in enumerate(self._free) if k == kind and rows <= r and capacity <= c <= 2 * capacity]
+            held = {i: already(self._free[i][2]) if already is not None and self._free[i][2] is not None else 0 for i in fits}
             best = max(fits, key=lambda i: (held[i], -self._free[i][0].nbytes), default=None)
             found = self._free.pop(best) if best is not None else None
         if found is None:
@@ -342,8 +341,7 @@ class _Pool:
         finalizer.atexit = False  # type: ignore[misc]  # documented (weakref docs); typeshed's __slots__ omit it
         whole = np.asarray(memory)  # it and its views have `memory` as their base
         size = rows * heads * capacity * head_dim
-        return {name: whole[i * size : (i + 1) * size].reshape(rows, heads, capacity, head_dim)
-                for i, name in enumerate(names)}, count
+        return {name: whole[i * size : (i + 1) * size].reshape(rows, heads, capacity, head_dim) for i, name in enumerate(names)}, count
 
     def filled(self, past: dict[str, np.ndarray], capacity: int, rows: int) -> dict[str, np.ndarray]:
         """take(), holding `past` in the first rows and positions."""

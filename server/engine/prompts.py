@@ -66,8 +66,10 @@ class Prompter:
         prefix = self.manifest.prompt_prefix_ids
         try:
             return render(
-                self.manifest.chat_template, messages,
-                bos_token=decode(prefix[0]) if prefix else "", eos_token=decode(self.manifest.eos_token_ids[0]),
+                self.manifest.chat_template,
+                messages,
+                bos_token=decode(prefix[0]) if prefix else "",
+                eos_token=decode(self.manifest.eos_token_ids[0]),
             )
         except ChatTemplateError as exc:
             raise InvalidInput(str(exc), "messages") from exc
@@ -76,8 +78,15 @@ class Prompter:
     def fills_in_the_middle(self) -> bool:
         return self.manifest.fim is not None
 
-    def prepare(self, prompt: str | list[int], max_tokens: int, *, raw: bool = True, suffix: str | None = None,
-                extra: list[ContextFile] | None = None) -> Prompt:
+    def prepare(
+        self,
+        prompt: str | list[int],
+        max_tokens: int,
+        *,
+        raw: bool = True,
+        suffix: str | None = None,
+        extra: list[ContextFile] | None = None,
+    ) -> Prompt:
         """Prefix the prompt as the model needs (raw text; a rendered chat template brings its own start)
         and trim it from the left (editor prompts are long, and their end, next to the cursor, matters
         most) so that prompt + max_tokens fits the context. With a suffix (the code after the cursor)
@@ -91,8 +100,7 @@ class Prompter:
         room = self.manifest.context_length - len(prefix) - max_tokens
         if room < 1:
             raise InvalidInput(
-                f"max_tokens={max_tokens} leaves no room for the prompt in the model's context of "
-                f"{self.manifest.context_length} tokens",
+                f"max_tokens={max_tokens} leaves no room for the prompt in the model's context of {self.manifest.context_length} tokens",
                 "max_tokens",
             )
         fim = suffix is not None and self.manifest.fim is not None
@@ -127,8 +135,10 @@ class Prompter:
             return [], 0
         fim = self.manifest.fim
         sep = self.tokenizer.token_to_id(fim.file_sep) if fim and fim.file_sep else None
-        chunks = [([sep] + self.encode(f"{f.filename}\n{f.text}") if sep is not None
-                   else self.encode(f"--- {f.filename} ---\n{f.text}\n\n")) for f in files]
+        chunks = [
+            ([sep] + self.encode(f"{f.filename}\n{f.text}") if sep is not None else self.encode(f"--- {f.filename} ---\n{f.text}\n\n"))
+            for f in files
+        ]
         head: list[int] = []
         if sep is not None and fim and fim.repo_name:
             head = [self.tokenizer.token_to_id(fim.repo_name), *self.encode("project\n")]
@@ -137,7 +147,7 @@ class Prompter:
         for chunk in reversed(chunks):  # the last file (the most recent one an editor sends) kept first
             if len(chunk) > budget:
                 if not kept and budget > 0:
-                    kept.append(chunk[len(chunk) - budget:])
+                    kept.append(chunk[len(chunk) - budget :])
                 break
             kept.append(chunk)
             budget -= len(chunk)
@@ -145,8 +155,7 @@ class Prompter:
         total = sum(len(c) for c in chunks)
         return ((head + ids) if ids else []), total - len(ids)
 
-    def _fill_in_the_middle(self, prompt: str | list[int], before: list[int], after: list[int], prefix: list[int],
-                            room: int) -> Prompt:
+    def _fill_in_the_middle(self, prompt: str | list[int], before: list[int], after: list[int], prefix: list[int], room: int) -> Prompt:
         """<prefix> before <suffix> after <middle>: the code before the cursor keeps its end, the code after
         it its start; the code after gets what the code before does not need, and at most half the room
         when both are long (what is next to the cursor matters most on both sides)."""
@@ -155,13 +164,15 @@ class Prompter:
         sentinels = [self.tokenizer.token_to_id(t) for t in (fim.prefix, fim.suffix, fim.middle)]
         room -= len(sentinels)
         if room < 1:
-            raise InvalidInput("max_tokens leaves no room for the prompt and suffix in the model's context of "
-                               f"{self.manifest.context_length} tokens", "max_tokens")
+            raise InvalidInput(
+                f"max_tokens leaves no room for the prompt and suffix in the model's context of {self.manifest.context_length} tokens",
+                "max_tokens",
+            )
         keep_after = min(len(after), max(room // 2, room - len(before)))
         keep_before = min(len(before), room - keep_after)
         trimmed = (len(before) - keep_before) + (len(after) - keep_after)
         whole = keep_before == len(before)
-        before, after = before[len(before) - keep_before:], after[:keep_after]
+        before, after = before[len(before) - keep_before :], after[:keep_after]
         pre, suf, mid = sentinels
         ids = prefix + [pre] + before + [suf] + after + [mid]
         text = prompt if isinstance(prompt, str) and whole else self.tokenizer.decode(before, skip_special_tokens=False)

@@ -86,14 +86,20 @@ def measure(probe: Callable[[ReusePolicy | None], Prefilling], manifest: Manifes
     for grid in CANDIDATES:
         policy = ReusePolicy(grid, exact=True)
         warm = probe(policy)
-        if all(np.array_equal(_last_logits(warm, tokens[:end], params), reference)
-               for end, reference in zip(ends, cold, strict=True)):
-            log.info("%s: prefixes reused in multiples of %d positions give a cold prefill's bits (measured "
-                     "in %.1f s)", manifest.name, grid, time.perf_counter() - started)
+        if all(np.array_equal(_last_logits(warm, tokens[:end], params), reference) for end, reference in zip(ends, cold, strict=True)):
+            log.info(
+                "%s: prefixes reused in multiples of %d positions give a cold prefill's bits (measured in %.1f s)",
+                manifest.name,
+                grid,
+                time.perf_counter() - started,
+            )
             return policy
-    log.warning("%s: no grid up to %d positions makes a reused prefix give a cold prefill's bits on this "
-                "machine: prefixes are reused to the token, with logits within the graph's own tolerance",
-                manifest.name, CANDIDATES[-1])
+    log.warning(
+        "%s: no grid up to %d positions makes a reused prefix give a cold prefill's bits on this "
+        "machine: prefixes are reused to the token, with logits within the graph's own tolerance",
+        manifest.name,
+        CANDIDATES[-1],
+    )
     return ReusePolicy()
 
 

@@ -33,8 +33,9 @@ DEVICES = ("cpu", "cuda")
 
 
 class Runner:
-    def __init__(self, onnx_path: Path, threads: int, share_buffer: bool = True, device: str = "cpu",
-                 profile_prefix: str | None = None) -> None:
+    def __init__(
+        self, onnx_path: Path, threads: int, share_buffer: bool = True, device: str = "cpu", profile_prefix: str | None = None
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -73,9 +74,7 @@ class Runner:
         self._output_names = [o.name for o in self.session.get_outputs()]
         if self._output_names[0] != "logits":
             raise GraphError(f"{onnx_path}: first output is {self._output_names[0]!r}, expected logits")
-        self._present_to_past = {
-            name: name.replace("present", "past_key_values", 1) for name in self._output_names[1:]
-        }
+        self._present_to_past = {name: name.replace("present", "past_key_values", 1) for name in self._output_names[1:]}
 
     def empty_cache(self, batch: int) -> HostCache:
         return HostCache.empty(self._past_names, batch, self._kv_heads, self._head_dim, self._kv_dtype)

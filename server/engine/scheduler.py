@@ -65,8 +65,9 @@ class Scheduler:
     `max_rows` the rows decoded together; `prefill_tokens` the prompt tokens prefilled between two
     decode steps while rows decode (Settings: max_queue, max_batch_rows, prefill_tokens_per_step)."""
 
-    def __init__(self, engine: Engine, max_waiting: int, max_rows: int, prefill_tokens: int,
-                 observer: Callable[[Step], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, max_waiting: int, max_rows: int, prefill_tokens: int, observer: Callable[[Step], None] | None = None
+    ) -> None:
         self.engine = engine
         self._max_waiting, self._max_rows, self._prefill_tokens = max_waiting, max_rows, prefill_tokens
         self._observer = observer
@@ -82,8 +83,7 @@ class Scheduler:
         """Events of one generation as the worker produces them. Leaving the iteration early (the client
         disconnected, the task was cancelled) drops the request's rows at the next step."""
         if self._pending >= self._max_waiting:
-            raise QueueFull(f"{self._pending} requests are already decoding or waiting (limit {self._max_waiting}, "
-                            "max_queue)")
+            raise QueueFull(f"{self._pending} requests are already decoding or waiting (limit {self._max_waiting}, max_queue)")
         request = _Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
         self._pending += 1
         try:

@@ -165,9 +165,11 @@ class Sequence:
             best = sorted(self.choices, key=lambda c: -c.logprob_sum / max(c.generated, 1))[: self.params.n]
             for new_index, choice in enumerate(best):
                 self.events.extend(Delta(new_index, d.text, d.logprobs, d.finish_reason) for d in choice.deltas)
-        self.events.append(Usage(
-            prompt_tokens=len(self.prompt.ids),
-            completion_tokens=sum(c.generated for c in self.choices),
-            prompt_tokens_trimmed=self.prompt.trimmed,
-            cached_tokens=self.cached,
-        ))
+        self.events.append(
+            Usage(
+                prompt_tokens=len(self.prompt.ids),
+                completion_tokens=sum(c.generated for c in self.choices),
+                prompt_tokens_trimmed=self.prompt.trimmed,
+                cached_tokens=self.cached,
+            )
+        )

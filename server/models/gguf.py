@@ -26,15 +26,33 @@ __all__ = ["ARCHITECTURES", "GGUFImportError", "GGUFSource", "open_gguf", "impor
 # The file's general.architecture -> transformers' model_type, for every architecture both transformers'
 # GGUF reader (with Gemma 1 taught) and our graph builders take.
 ARCHITECTURES = {
-    "llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "phi3": "phi3", "starcoder2": "starcoder2",
-    "gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text",
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "phi3": "phi3",
+    "starcoder2": "starcoder2",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3_text",
 }
 _MAGIC = b"GGUF"
 
 # Tokens llama.cpp ends a generation on when the vocabulary has them (besides EOS/EOT by id): the ends of
 # a turn, of a text, of a file in a repository layout.
-_END_TEXTS = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
-              "\u2581<EOT>", "<\uff5cend\u2581of\u2581sentence\uff5c>", "<|fim_pad|>", "<|file_sep|>", "<file_sep>")
+_END_TEXTS = (
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<EOT>",
+    "\u2581<EOT>",
+    "<\uff5cend\u2581of\u2581sentence\uff5c>",
+    "<|fim_pad|>",
+    "<|file_sep|>",
+    "<file_sep>",
+)
 # Fill-in-the-middle sentinels by text, for files written before the fim_* keys existed (llama.cpp's own fallback).
 _FIM_TEXTS = {
     "pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<\uff5cfim\u2581begin\uff5c>", "\u2581<PRE>", "<PRE>"),
@@ -43,8 +61,13 @@ _FIM_TEXTS = {
     "rep": ("<|repo_name|>", "<repo_name>", "<reponame>"),
     "sep": ("<|file_sep|>", "<file_sep>", "<|file_separator|>"),
 }
-_FIM_KEYS = {"pre": ("fim_pre", "prefix"), "suf": ("fim_suf", "suffix"), "mid": ("fim_mid", "middle"),
-             "rep": ("fim_rep",), "sep": ("fim_sep",)}
+_FIM_KEYS = {
+    "pre": ("fim_pre", "prefix"),
+    "suf": ("fim_suf", "suffix"),
+    "mid": ("fim_mid", "middle"),
+    "rep": ("fim_rep",),
+    "sep": ("fim_sep",),
+}
 
 
 @dataclass(frozen=True)
@@ -76,8 +99,7 @@ def open_gguf(path: Path) -> GGUFSource:
     reader = _reader(path)
     arch = field(reader, "general.architecture")
     if arch not in ARCHITECTURES:
-        raise GGUFImportError(f"{path.name}: architecture {arch!r} cannot be served yet "
-                              f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+        raise GGUFImportError(f"{path.name}: architecture {arch!r} cannot be served yet (supported: {', '.join(sorted(ARCHITECTURES))})")
     tokens: list[str] = field(reader, "tokenizer.ggml.tokens") or []
     if not tokens:
         raise GGUFImportError(f"{path.name}: the file carries no tokenizer (tokenizer.ggml.tokens)")
@@ -89,9 +111,16 @@ def open_gguf(path: Path) -> GGUFSource:
     # llama.cpp's defaults when the file is silent: SentencePiece vocabularies add BOS, byte-level BPE ones do not
     add_bos = field(reader, "tokenizer.ggml.add_bos_token", field(reader, "tokenizer.ggml.model") == "llama")
     return GGUFSource(
-        path=path, reader=reader, tokens=tokens, architecture=arch, model_type=ARCHITECTURES[arch], context_length=context,
-        vocab_size=len(tokens), prompt_prefix_ids=[bos] if add_bos and bos is not None else [],
-        eos_token_ids=_end_ids(reader, tokens, types, path.name), fim=_fim(reader, tokens),
+        path=path,
+        reader=reader,
+        tokens=tokens,
+        architecture=arch,
+        model_type=ARCHITECTURES[arch],
+        context_length=context,
+        vocab_size=len(tokens),
+        prompt_prefix_ids=[bos] if add_bos and bos is not None else [],
+        eos_token_ids=_end_ids(reader, tokens, types, path.name),
+        fim=_fim(reader, tokens),
         chat_template=field(reader, "tokenizer.chat_template"),
         tensor_types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
     )
@@ -142,8 +171,9 @@ def _fim(reader: Any, tokens: list[str]) -> FimTokens | None:
     if not all(role in found for role in ("pre", "suf", "mid")):
         return None
     sep = found.get("sep")
-    return FimTokens(prefix=found["pre"], suffix=found["suf"], middle=found["mid"], file_sep=sep,
-                     repo_name=found.get("rep") if sep else None)
+    return FimTokens(
+        prefix=found["pre"], suffix=found["suf"], middle=found["mid"], file_sep=sep, repo_name=found.get("rep") if sep else None
+    )
 
 
 def file_sha256(path: Path) -> str:
@@ -154,8 +184,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def import_gguf(gguf_path: Path, out_dir: Path, log: Callable[[str], None] = print,
-                source: GGUFSource | None = None) -> Path:
+def import_gguf(gguf_path: Path, out_dir: Path, log: Callable[[str], None] = print, source: GGUFSource | None = None) -> Path:
     """Write a Hugging Face checkpoint folder (fp32 weights + the rebuilt tokenizer) for a GGUF file
     (`source`: the file already opened, by open_gguf)."""
     from transformers import AutoModelForCausalLM

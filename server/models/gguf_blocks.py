@@ -58,8 +58,7 @@ class Blocks:
     def __post_init__(self) -> None:
         n, n_blocks, blob = self.codes.shape
         if self.bits not in (4, 8) or blob * 8 != self.block_size * self.bits or self.codes.dtype != np.uint8:
-            raise ValueError(f"codes {self.codes.dtype}{list(self.codes.shape)} do not hold "
-                             f"{self.bits}-bit blocks of {self.block_size}")
+            raise ValueError(f"codes {self.codes.dtype}{list(self.codes.shape)} do not hold {self.bits}-bit blocks of {self.block_size}")
         if self.scales.shape != (n, n_blocks) or self.scales.dtype != np.float32:
             raise ValueError(f"scales {self.scales.dtype}{list(self.scales.shape)}, expected float32[{n}, {n_blocks}]")
         if self.offsets is not None:
@@ -129,8 +128,8 @@ def _q5(b: np.ndarray, minimum: bool) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Q5_0 / Q5_1: fp16 d [, fp16 m], 32 high bits (bit i of the little-endian uint32 is weight i),
     16 bytes of low nibbles."""
     at = 4 if minimum else 2
-    qh = np.unpackbits(b[..., at:at + 4], axis=-1, bitorder="little")
-    q = _planes(b[..., at + 4:], 16, 4) | (qh << np.uint8(4))
+    qh = np.unpackbits(b[..., at : at + 4], axis=-1, bitorder="little")
+    q = _planes(b[..., at + 4 :], 16, 4) | (qh << np.uint8(4))
     return _fp16(b[..., :2]), q, _fp16(b[..., 2:4]) if minimum else None
 
 
@@ -183,8 +182,14 @@ def _q6_k(b: np.ndarray, n: int, k: int) -> Blocks:
 
 
 _IMPORTS = {
-    _T.Q4_0: _q4_0, _T.Q4_1: _q4_1, _T.Q5_0: _q5_0, _T.Q5_1: _q5_1, _T.Q8_0: _q8_0,
-    _T.Q4_K: _q4_k, _T.Q5_K: _q5_k, _T.Q6_K: _q6_k,
+    _T.Q4_0: _q4_0,
+    _T.Q4_1: _q4_1,
+    _T.Q5_0: _q5_0,
+    _T.Q5_1: _q5_1,
+    _T.Q8_0: _q8_0,
+    _T.Q4_K: _q4_k,
+    _T.Q5_K: _q5_k,
+    _T.Q6_K: _q6_k,
 }
 
 
@@ -192,8 +197,7 @@ def _codes(blocks: Blocks) -> np.ndarray:
     """MatMulNBits' B bytes back to one code per weight, [N, K/block, block]."""
     if blocks.bits == 8:
         return blocks.codes
-    return np.stack([blocks.codes & np.uint8(0x0F), blocks.codes >> np.uint8(4)], axis=-1).reshape(
-        blocks.n, -1, blocks.block_size)
+    return np.stack([blocks.codes & np.uint8(0x0F), blocks.codes >> np.uint8(4)], axis=-1).reshape(blocks.n, -1, blocks.block_size)
 
 
 def dequantize(blocks: Blocks) -> np.ndarray:
@@ -226,8 +230,7 @@ def _const(name: str, values: list[int]) -> TensorProto:
 
 def _weights(blocks: Blocks, name: str) -> list[TensorProto]:
     names = _names(name)
-    tensors = [numpy_helper.from_array(blocks.codes, names["codes"]),
-               numpy_helper.from_array(blocks.scales, names["scales"])]
+    tensors = [numpy_helper.from_array(blocks.codes, names["codes"]), numpy_helper.from_array(blocks.scales, names["scales"])]
     correction = _correction(blocks)
     if correction is not None:
         tensors.append(numpy_helper.from_array(correction, names["correction"]))
@@ -246,8 +249,9 @@ def block_sums_nodes(x: str, k: int) -> tuple[str, list[onnx.NodeProto], list[Te
     return name, [helper.make_node("MatMul", [x, indicator.name], [name], name=f"{name}/sum")], [indicator]
 
 
-def matmul_nodes(x: str, y: str, name: str, blocks: Blocks, accuracy_level: int = 4,
-                 sums: str | None = None) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
+def matmul_nodes(
+    x: str, y: str, name: str, blocks: Blocks, accuracy_level: int = 4, sums: str | None = None
+) -> tuple[list[onnx.NodeProto], list[TensorProto]]:
     """y = x @ W.T for x float32 [..., K] (any rank, dynamic dims), W = dequantize(blocks), to fp32
     rounding (accuracy_level 4 quantises x to int8 in the kernel where MLAS has that path; 0 keeps fp32).
     `sums`: block_sums_nodes' output for x, where the caller shares it; else built here.
@@ -255,11 +259,11 @@ def matmul_nodes(x: str, y: str, name: str, blocks: Blocks, accuracy_level: int 
     Returns (nodes, initializers); initializer names start with `name` and match gather_nodes' ones."""
     names = _names(name)
     tensors = _weights(blocks, name)
-    attrs: dict[str, Any] = dict(K=blocks.k, N=blocks.n, bits=blocks.bits, block_size=blocks.block_size,
-                 accuracy_level=accuracy_level)
+    attrs: dict[str, Any] = dict(K=blocks.k, N=blocks.n, bits=blocks.bits, block_size=blocks.block_size, accuracy_level=accuracy_level)
     if blocks.offsets is None:
-        return [helper.make_node("MatMulNBits", [x, names["codes"], names["scales"]], [y], name=name,
-                                 domain="com.microsoft", **attrs)], tensors
+        return [
+            helper.make_node("MatMulNBits", [x, names["codes"], names["scales"]], [y], name=name, domain="com.microsoft", **attrs)
+        ], tensors
     # No zero_points input: the symmetric kernel is the fast one. The minimum and the 8·scale the
     # kernel took off come back as sums @ C.T; C is stored [N, K/32], the orientation gather_nodes
     # gathers rows from, so one initializer serves both (ONNX Runtime folds the Transpose at load).
@@ -269,8 +273,7 @@ def matmul_nodes(x: str, y: str, name: str, blocks: Blocks, accuracy_level: int 
         tensors += more
     main, transposed, fix = (f"{name}/{s}" for s in ("main", "correction_t", "fix"))
     nodes += [
-        helper.make_node("MatMulNBits", [x, names["codes"], names["scales"]], [main], name=name,
-                         domain="com.microsoft", **attrs),
+        helper.make_node("MatMulNBits", [x, names["codes"], names["scales"]], [main], name=name, domain="com.microsoft", **attrs),
         helper.make_node("Transpose", [names["correction"]], [transposed], name=f"{name}/transpose", perm=[1, 0]),
         helper.make_node("MatMul", [sums, transposed], [fix], name=f"{name}/correct"),
         helper.make_node("Add", [main, fix], [y], name=f"{name}/add"),
@@ -290,14 +293,21 @@ def gather_nodes(ids: str, y: str, name: str, blocks: Blocks) -> tuple[list[onnx
     names = _names(name)
     tensors = _weights(blocks, name)
     scales3, picked, shape, k_dim = (f"{name}/{s}" for s in ("scales3", "picked", "ids_shape", "k"))
-    tensors += [_const(f"{name}_scales3_shape", [blocks.n, blocks.k // blocks.block_size, 1]),
-                _const(f"{name}_k", [blocks.k])]
+    tensors += [_const(f"{name}_scales3_shape", [blocks.n, blocks.k // blocks.block_size, 1]), _const(f"{name}_k", [blocks.k])]
     nodes = [
         helper.make_node("Reshape", [names["scales"], f"{name}_scales3_shape"], [scales3], name=f"{name}/scales3"),
         # No zero_points: for uint8 data the kernel then subtracts 2^(bits-1), as MatMulNBits does.
-        helper.make_node("GatherBlockQuantized", [names["codes"], ids, scales3], [picked], name=f"{name}/gather",
-                         domain="com.microsoft", gather_axis=0, quantize_axis=2,
-                         block_size=blocks.block_size, bits=blocks.bits),  # -> [ids..., K/block, block]
+        helper.make_node(
+            "GatherBlockQuantized",
+            [names["codes"], ids, scales3],
+            [picked],
+            name=f"{name}/gather",
+            domain="com.microsoft",
+            gather_axis=0,
+            quantize_axis=2,
+            block_size=blocks.block_size,
+            bits=blocks.bits,
+        ),  # -> [ids..., K/block, block]
     ]
     if blocks.offsets is not None:
         rows, column, fixed = (f"{name}/{s}" for s in ("correction_rows", "correction_column", "fixed"))

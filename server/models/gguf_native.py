@@ -63,8 +63,8 @@ def _hashes(rows: np.ndarray) -> np.ndarray:
     mult = np.random.default_rng(rows.shape[1]).integers(1, 2**62, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
     out = np.empty(len(rows), dtype=np.uint64)
     for start in range(0, len(rows), _CHUNK):
-        bits = np.ascontiguousarray(rows[start:start + _CHUNK], dtype=np.float32).view(np.uint32).astype(np.uint64)
-        out[start:start + _CHUNK] = (bits * mult).sum(axis=1)
+        bits = np.ascontiguousarray(rows[start : start + _CHUNK], dtype=np.float32).view(np.uint32).astype(np.uint64)
+        out[start : start + _CHUNK] = (bits * mult).sum(axis=1)
     return out
 
 
@@ -115,11 +115,15 @@ def _take(parts: list[Blocks], picks: list[tuple[int, int]], order: list[int]) -
     base = np.cumsum([0] + [b.n for b in parts])
     rows = np.array([base[order.index(t)] + r for t, r in picks])
     first = parts[0]
-    return Blocks(bits=first.bits, block_size=first.block_size, zero=first.zero,
-                  qtype="+".join(sorted({b.qtype for b in parts})),
-                  codes=np.concatenate([b.codes for b in parts])[rows],
-                  scales=np.concatenate([b.scales for b in parts])[rows],
-                  offsets=None if first.offsets is None else np.concatenate([b.offsets for b in parts])[rows])
+    return Blocks(
+        bits=first.bits,
+        block_size=first.block_size,
+        zero=first.zero,
+        qtype="+".join(sorted({b.qtype for b in parts})),
+        codes=np.concatenate([b.codes for b in parts])[rows],
+        scales=np.concatenate([b.scales for b in parts])[rows],
+        offsets=None if first.offsets is None else np.concatenate([b.offsets for b in parts])[rows],
+    )
 
 
 Part = tuple[Blocks, str]  # blocks, and the initializer name they share when they are one whole tensor
@@ -145,7 +149,7 @@ def _file_blocks(rows: np.ndarray, file: _FileRows, report: NativeReport, label:
         tensors = sorted({t for t, _ in run})
         blocks = [file.blocks(t) for t in tensors]
         held = _take(blocks, run, tensors) if all(blocks) else None  # type: ignore[arg-type]
-        if held is None or not np.array_equal(dequantize(held).view(np.uint32), rows[start:start + len(run)].view(np.uint32)):
+        if held is None or not np.array_equal(dequantize(held).view(np.uint32), rows[start : start + len(run)].view(np.uint32)):
             parts = []
             break
         whole = len(tensors) == 1 and [r for _, r in run] == list(range(held.n)) and len(runs) == 1
@@ -187,8 +191,7 @@ def _runs(picks: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
     return runs
 
 
-def _emit_matmul(x: str, y: str, name: str, parts: list[Part],
-                 sums: dict[str, str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _emit_matmul(x: str, y: str, name: str, parts: list[Part], sums: dict[str, str]) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """One MatMulNBits (and its correction) per part; parts side by side on the last axis. `sums`: the
     block sums already computed, by input, so that MatMuls reading one input share them."""
     nodes: list[onnx.NodeProto] = []
@@ -206,8 +209,7 @@ def _emit_matmul(x: str, y: str, name: str, parts: list[Part],
     return nodes, tensors
 
 
-def write_native_graph(fp32_onnx: Path, gguf_file: GGUFSource, dst: Path,
-                       log: Callable[[str], None] = print) -> NativeReport:
+def write_native_graph(fp32_onnx: Path, gguf_file: GGUFSource, dst: Path, log: Callable[[str], None] = print) -> NativeReport:
     """Rewrite the builder's fp32 graph with the GGUF file's blocks; saved to `dst` with external data."""
     model = onnx.load(str(fp32_onnx), load_external_data=True)
     graph = model.graph
@@ -252,8 +254,7 @@ def write_native_graph(fp32_onnx: Path, gguf_file: GGUFSource, dst: Path,
     _drop_unused(graph)
     graph.initializer.extend(added.values())
     dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=dst.name + ".data",
-              size_threshold=1024)
+    onnx.save(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=dst.name + ".data", size_threshold=1024)
     return report
 
 
@@ -262,8 +263,9 @@ def _rows_of(weight: onnx.TensorProto) -> np.ndarray:
     return np.ascontiguousarray(numpy_helper.to_array(weight).T)
 
 
-def _table(name: str, weights: dict[str, onnx.TensorProto],
-           producers: dict[str, onnx.NodeProto]) -> tuple[str, Callable[[], np.ndarray]] | None:
+def _table(
+    name: str, weights: dict[str, onnx.TensorProto], producers: dict[str, onnx.NodeProto]
+) -> tuple[str, Callable[[], np.ndarray]] | None:
     """An embedding table [V, K], by the initializer it is: an initializer, or the builder's Transpose of
     a tied LM head's weight (whose rows are then those of the head's MatMul)."""
     if name in weights and len(weights[name].dims) == 2:

@@ -28,11 +28,20 @@ _DIGITS_THEN_GPT2 = (r"\p{N}", _GPT2)
 # `tokenizer.ggml.pre` -> the regexes llama.cpp splits text with, applied one after the other (llama-vocab.cpp).
 _PRE_SPLITS: dict[str, tuple[str, ...]] = {
     "default": (_LLAMA3,),
-    "llama3": (_LLAMA3,), "llama-v3": (_LLAMA3,), "llama-bpe": (_LLAMA3,), "smaug-bpe": (_LLAMA3,),
-    "gpt-2": (_GPT2,), "gpt2": (_GPT2,), "phi-2": (_GPT2,),
-    "qwen2": (_QWEN2,), "deepseek-r1-qwen": (_QWEN2,),
-    "starcoder": _DIGITS_THEN_GPT2, "refact": _DIGITS_THEN_GPT2, "smollm": _DIGITS_THEN_GPT2,
-    "codeshell": _DIGITS_THEN_GPT2, "command-r": _DIGITS_THEN_GPT2,
+    "llama3": (_LLAMA3,),
+    "llama-v3": (_LLAMA3,),
+    "llama-bpe": (_LLAMA3,),
+    "smaug-bpe": (_LLAMA3,),
+    "gpt-2": (_GPT2,),
+    "gpt2": (_GPT2,),
+    "phi-2": (_GPT2,),
+    "qwen2": (_QWEN2,),
+    "deepseek-r1-qwen": (_QWEN2,),
+    "starcoder": _DIGITS_THEN_GPT2,
+    "refact": _DIGITS_THEN_GPT2,
+    "smollm": _DIGITS_THEN_GPT2,
+    "codeshell": _DIGITS_THEN_GPT2,
+    "command-r": _DIGITS_THEN_GPT2,
     "deepseek-coder": (r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+", r"\p{N}"),
 }
 PRE_TOKENIZERS = frozenset(_PRE_SPLITS)
@@ -50,8 +59,7 @@ def build_tokenizer(reader: Any, source: str) -> Any:
         return _byte_level_bpe(reader, tokens, names, source)
     if kind == "llama":
         return _sentencepiece_bpe(reader, tokens, names)
-    raise GGUFImportError(f"{source}: tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' and "
-                          "SentencePiece 'llama' are)")
+    raise GGUFImportError(f"{source}: tokenizer type {kind!r} is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are)")
 
 
 def _special_names(reader: Any, tokens: list[str], source: str) -> dict[str, str]:
@@ -88,10 +96,18 @@ def _byte_level_bpe(reader: Any, tokens: list[str], names: dict[str, str], sourc
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     types: list[int] = field(reader, "tokenizer.ggml.token_type", [])
     # control and user-defined tokens are whole pieces, never merged from bytes (as llama.cpp keeps them)
-    tokenizer.add_tokens([AddedToken(t, special=kind == CONTROL, normalized=False)
-                          for t, kind in zip(tokens, types, strict=False) if kind in (CONTROL, USER_DEFINED)])
+    tokenizer.add_tokens(
+        [
+            AddedToken(t, special=kind == CONTROL, normalized=False)
+            for t, kind in zip(tokens, types, strict=False)
+            if kind in (CONTROL, USER_DEFINED)
+        ]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token=names["bos"], eos_token=names["eos"], pad_token=names["pad"],
+        tokenizer_object=tokenizer,
+        bos_token=names["bos"],
+        eos_token=names["eos"],
+        pad_token=names["pad"],
         model_input_names=["input_ids", "attention_mask"],
     )
 
@@ -125,10 +141,18 @@ def _sentencepiece_bpe(reader: Any, tokens: list[str], names: dict[str, str]) ->
     with tempfile.TemporaryDirectory() as tmp:
         model_file = Path(tmp) / "tokenizer.model"
         model_file.write_bytes(proto.SerializeToString())
-        converted = cls(vocab_file=str(model_file), bos_token=names["bos"], eos_token=names["eos"],
-                        pad_token=names["pad"], add_prefix_space=proto.normalizer_spec.add_dummy_prefix)
+        converted = cls(
+            vocab_file=str(model_file),
+            bos_token=names["bos"],
+            eos_token=names["eos"],
+            pad_token=names["pad"],
+            add_prefix_space=proto.normalizer_spec.add_dummy_prefix,
+        )
     # kept as a plain fast tokenizer: the converted class's config would ask for the SentencePiece file again
     return PreTrainedTokenizerFast(
-        tokenizer_object=converted.backend_tokenizer, bos_token=names["bos"], eos_token=names["eos"],
-        pad_token=names["pad"], model_input_names=["input_ids", "attention_mask"],
+        tokenizer_object=converted.backend_tokenizer,
+        bos_token=names["bos"],
+        eos_token=names["eos"],
+        pad_token=names["pad"],
+        model_input_names=["input_ids", "attention_mask"],
     )

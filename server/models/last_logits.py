@@ -61,7 +61,9 @@ def add_logits_to_keep(onnx_path: Path) -> bool:
     nodes = [
         helper.make_node("Neg", [INPUT], ["logits_to_keep/starts"], name="logits_to_keep/Neg"),
         helper.make_node(
-            "Slice", [hidden, "logits_to_keep/starts", "logits_to_keep/ends", "logits_to_keep/axes"], [sliced],
+            "Slice",
+            [hidden, "logits_to_keep/starts", "logits_to_keep/ends", "logits_to_keep/axes"],
+            [sliced],
             name="logits_to_keep/Slice",
         ),
     ]

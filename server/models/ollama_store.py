@@ -27,7 +27,7 @@ def models_dir() -> Path:
 
 
 def _parts(reference: str) -> tuple[str, str, str, str]:
-    """"qwen2.5-coder:1.5b" -> (host, namespace, model, tag), with Ollama's defaults filled in."""
+    """ "qwen2.5-coder:1.5b" -> (host, namespace, model, tag), with Ollama's defaults filled in."""
     name, _, tag = reference.strip().partition(":")
     pieces = [p for p in name.split("/") if p]
     if not pieces or len(pieces) > 3 or not all(_safe(p) for p in [*pieces, tag or _TAG]):
@@ -58,8 +58,9 @@ def find_gguf(reference: str, root: Path | None = None) -> Path:
     if not manifest_path.is_file():
         pulled = pulled_models(root)
         listing = ", ".join(pulled) if pulled else "none"
-        raise OllamaModelNotFound(f"{reference!r} is not pulled in the Ollama store {root} "
-                                  f"(no {manifest_path.relative_to(root)}); pulled there: {listing}")
+        raise OllamaModelNotFound(
+            f"{reference!r} is not pulled in the Ollama store {root} (no {manifest_path.relative_to(root)}); pulled there: {listing}"
+        )
     try:
         layers = json.loads(manifest_path.read_text())["layers"]
         digest = next(layer["digest"] for layer in layers if layer.get("mediaType") == _MODEL_LAYER)
@@ -82,7 +83,6 @@ def pulled_models(root: Path | None = None) -> list[str]:
     found = []
     for path in sorted(p for p in base.glob("*/*/*/*") if p.is_file()):
         host, namespace, model, tag = path.relative_to(base).parts
-        prefix = "" if (host, namespace) == (_HOST, _NAMESPACE) else (
-            f"{namespace}/" if host == _HOST else f"{host}/{namespace}/")
+        prefix = "" if (host, namespace) == (_HOST, _NAMESPACE) else (f"{namespace}/" if host == _HOST else f"{host}/{namespace}/")
         found.append(f"{prefix}{model}:{tag}")
     return found

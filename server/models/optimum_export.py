@@ -33,9 +33,7 @@ _EXTERNAL_DATA_ABOVE_FP32_BYTES = 4 << 30
 
 def _onnx_bytes(directory: Path) -> int:
     """Size of the ONNX graph plus any external-data files in ``directory``."""
-    return sum(
-        p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name.startswith(MODEL_FILE)
-    )
+    return sum(p.stat().st_size for p in directory.iterdir() if p.is_file() and p.name.startswith(MODEL_FILE))
 
 
 # Decoder architectures optimum 2.1 has no ONNX config for, whose inputs and outputs (input_ids,
@@ -56,9 +54,7 @@ def _onnx_config_for(hf_dir: Path) -> dict:
     return {"custom_onnx_configs": {"model": onnx_config}}
 
 
-def export_optimum(
-    hf_dir: Path, out_dir: Path, log: Callable[[str], None] = print, *, dynamic_int8: bool = False
-) -> None:
+def export_optimum(hf_dir: Path, out_dir: Path, log: Callable[[str], None] = print, *, dynamic_int8: bool = False) -> None:
     """Export ``hf_dir`` to ONNX (with KV cache) in fp32, or with ``dynamic_int8`` quantised by
     ORTQuantizer, into ``out_dir``.
 
@@ -111,10 +107,7 @@ def export_optimum(
                 use_external_data_format=external,
             )
             del quantizer
-            log(
-                f"[optimum 2/4] INT8 model done: {_onnx_bytes(result_dir) / 2**20:.1f} MiB "
-                f"in {time.perf_counter() - start:.1f}s"
-            )
+            log(f"[optimum 2/4] INT8 model done: {_onnx_bytes(result_dir) / 2**20:.1f} MiB in {time.perf_counter() - start:.1f}s")
 
         log(f"[optimum 3/4] copying {_GENERATION_CONFIG}")
         for source in (fp32_dir / _GENERATION_CONFIG, hf_dir / _GENERATION_CONFIG):

@@ -51,7 +51,8 @@ class Manifest(BaseModel):
     architecture: str = Field(description="Hugging Face model_type, e.g. gemma3_text, llama, codegen")
     parameters: int = Field(description="Parameter count of the source checkpoint (tied weights once)")
     precision: Literal["int8", "int4", "fp32", "fp16", "gguf"] = Field(
-        description="fp16 is the CUDA graph; gguf holds a GGUF file's own quantised blocks")
+        description="fp16 is the CUDA graph; gguf holds a GGUF file's own quantised blocks"
+    )
     graph: Literal["genai-builder", "optimum"] = Field(description="Which exporter wrote the ONNX graph")
     context_length: int
     vocab_size: int
@@ -60,11 +61,14 @@ class Manifest(BaseModel):
     source: str = Field(description="Where the weights came from: a GGUF file or a checkpoint folder")
     source_file: str = Field("", description="the source GGUF file's path, for exports from one")
     source_sha256: str = Field("", description="sha256 of the source GGUF file, for exports from one")
-    requantised: list[str] = Field(default_factory=list, description="precision gguf: the file's tensors whose "
-                                   "block type has no exact form here, requantised to 8 bits")
+    requantised: list[str] = Field(
+        default_factory=list,
+        description="precision gguf: the file's tensors whose block type has no exact form here, requantised to 8 bits",
+    )
     chat_template: str | None = Field(None, description="Jinja chat template, for models that chat")
-    content_sha256: str = Field("", description="sha256 over the version folder's files (names and bytes), "
-                                "checked by `slipstream models verify`")
+    content_sha256: str = Field(
+        "", description="sha256 over the version folder's files (names and bytes), checked by `slipstream models verify`"
+    )
     fim: FimTokens | None = Field(None, description="Fill-in-the-middle sentinel tokens, for models that have them")
     onnx_file: str = f"{VERSION_DIR}/model.onnx"
     tokenizer_file: str = f"{VERSION_DIR}/tokenizer.json"
@@ -120,8 +124,11 @@ def content_hash(folder: Path) -> str:
     """One digest of every file under `folder` (Triton's model.py shim and Python's bytecode caches aside):
     its relative name, then its bytes, in sorted order. Two exports with the same hash serve the same model."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder) != Path(TRITON_MODEL_PY)
-                       and "__pycache__" not in p.relative_to(folder).parts):
+    for path in sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder) != Path(TRITON_MODEL_PY) and "__pycache__" not in p.relative_to(folder).parts
+    ):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         with path.open("rb") as f:
             while block := f.read(1 << 20):
@@ -136,13 +143,17 @@ def check_content(repository: Path, name: str) -> Manifest:
     manifest = read_manifest(repository, name)
     folder = model_dir(repository, name) / VERSION_DIR
     if not manifest.content_sha256:
-        raise ContentChanged(f"the manifest of {name!r} records no content hash (an export from before slipstream "
-                             f"kept one): export it again (`slipstream export {name} --force`)")
+        raise ContentChanged(
+            f"the manifest of {name!r} records no content hash (an export from before slipstream "
+            f"kept one): export it again (`slipstream export {name} --force`)"
+        )
     actual = content_hash(folder)
     if actual != manifest.content_sha256:
-        raise ContentChanged(f"the files of {name!r} changed since it was exported: {folder} hashes to "
-                             f"{actual[:12]}..., its manifest says {manifest.content_sha256[:12]}... "
-                             f"(export it again: `slipstream export {name} --force`)")
+        raise ContentChanged(
+            f"the files of {name!r} changed since it was exported: {folder} hashes to "
+            f"{actual[:12]}..., its manifest says {manifest.content_sha256[:12]}... "
+            f"(export it again: `slipstream export {name} --force`)"
+        )
     return manifest
 
 

@@ -86,8 +86,12 @@ def render(manifest: Manifest, *, instances: int = 1, kind: Kind | None = None, 
         raise ValueError(f"instances must be at least 1, got {instances}")
     kind = kind or ("KIND_GPU" if manifest.precision == "fp16" else "KIND_CPU")
     return _TEMPLATE.format(
-        name=manifest.name, instances=instances, kind=kind, precision=manifest.precision,
-        onnx_file=manifest.onnx_file, threads=threads,
+        name=manifest.name,
+        instances=instances,
+        kind=kind,
+        precision=manifest.precision,
+        onnx_file=manifest.onnx_file,
+        threads=threads,
     )
 
 

@@ -41,16 +41,21 @@ def _start(args: argparse.Namespace) -> int:
         except store.ModelNotExported as exc:
             raise SystemExit(f"error: {exc}") from None
         triton_config.ensure(repository, manifest)
-    server = TritonServer(repository, models, Ports(args.http_port, args.grpc_port, args.metrics_port),
-                          env=settings.environment())
+    server = TritonServer(repository, models, Ports(args.http_port, args.grpc_port, args.metrics_port), env=settings.environment())
     try:
         server.start(timeout=args.timeout)
     except TritonUnavailable as exc:
         raise SystemExit(f"error: {exc}") from None
-    print(f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
-          f"models {', '.join(models)}; log {server.log}", flush=True)
-    print(f"put the API in front: slipstream serve --backend triton --triton-url {server.grpc_url}"
-          + "".join(f" --model {m}" for m in models), flush=True)
+    print(
+        f"tritonserver ready: gRPC {server.grpc_url}, HTTP {server.http_url}, metrics {server.metrics_url}; "
+        f"models {', '.join(models)}; log {server.log}",
+        flush=True,
+    )
+    print(
+        f"put the API in front: slipstream serve --backend triton --triton-url {server.grpc_url}"
+        + "".join(f" --model {m}" for m in models),
+        flush=True,
+    )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

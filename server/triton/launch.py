@@ -34,8 +34,10 @@ class PortTaken(TritonUnavailable):
     """One of the server's ports was bound by another process."""
 
     def __init__(self, port: int) -> None:
-        super().__init__(f"port {port} on 127.0.0.1 is taken by another process: tritonserver could not bind it "
-                         "(choose another with --http-port, --grpc-port or --metrics-port)")
+        super().__init__(
+            f"port {port} on 127.0.0.1 is taken by another process: tritonserver could not bind it "
+            "(choose another with --http-port, --grpc-port or --metrics-port)"
+        )
         self.port = port
 
 
@@ -54,9 +56,7 @@ class Ports:
 def _wheel() -> Path:
     spec = importlib.util.find_spec("pytriton")  # finds the package without importing it (or its deps)
     if spec is None or not spec.submodule_search_locations:
-        raise TritonUnavailable(
-            "tritonserver comes from the nvidia-pytriton wheel: pip install --no-deps nvidia-pytriton==0.7.0"
-        )
+        raise TritonUnavailable("tritonserver comes from the nvidia-pytriton wheel: pip install --no-deps nvidia-pytriton==0.7.0")
     root = Path(next(iter(spec.submodule_search_locations)))
     if not (root / "tritonserver" / "bin" / "tritonserver").is_file():
         raise TritonUnavailable(f"{root} has no tritonserver binary (nvidia-pytriton 0.7.0 bundles one)")
@@ -82,8 +82,9 @@ def _backends(into: Path) -> Path:
 class TritonServer:
     """tritonserver as a child process, stopped by its own PID; its log goes to `log`."""
 
-    def __init__(self, repository: Path, models: list[str], ports: Ports | None = None, log: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, repository: Path, models: list[str], ports: Ports | None = None, log: Path | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.repository, self.models, self.ports = repository.resolve(), models, ports or Ports()
         self._env = env or {}  # over this process's environment: the engine's SLIPSTREAM_* settings
         self._workdir = Path(tempfile.mkdtemp(prefix="slipstream-triton-"))
@@ -107,13 +108,22 @@ class TritonServer:
     def command(self) -> list[str]:
         binary = _wheel() / "tritonserver" / "bin" / "tritonserver"
         args = [
-            str(binary), f"--model-repository={self.repository}", f"--backend-directory={_backends(self._workdir / 'backends')}",
-            "--disable-auto-complete-config", "--model-control-mode=explicit",
-            "--http-address=127.0.0.1", f"--http-port={self.ports.http}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.ports.grpc}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.ports.metrics}",
-            "--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0", "--exit-on-error=true",
-            "--strict-readiness=true", f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={_backends(self._workdir / 'backends')}",
+            "--disable-auto-complete-config",
+            "--model-control-mode=explicit",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.ports.http}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.ports.grpc}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.ports.metrics}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",
+            "--exit-on-error=true",
+            "--strict-readiness=true",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         return args + [f"--load-model={name}" for name in self.models]
 
@@ -129,8 +139,9 @@ class TritonServer:
         if missing:
             raise TritonUnavailable(f"no config.pbtxt for {', '.join(missing)} in {self.repository}: export them first")
         with self.log.open("w") as sink:
-            self.process = subprocess.Popen(self.command(), stdout=sink, stderr=subprocess.STDOUT, env=self.environment(),
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=sink, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             taken = _TAKEN.search(self.log_tail(100_000))

@@ -34,8 +34,7 @@ class TritonPythonModel:
         settings = engine_settings(parameters)
         device = "cuda" if args.get("model_instance_kind") == "GPU" else "cpu"
         self.engine = Engine.load(folder.parent, args["model_name"], device=device, **settings.engine_options())
-        self.scheduler = Scheduler(self.engine, settings.max_queue, settings.max_batch_rows,
-                                   settings.prefill_tokens_per_step)
+        self.scheduler = Scheduler(self.engine, settings.max_queue, settings.max_batch_rows, settings.prefill_tokens_per_step)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="slipstream-triton-events", daemon=True)
         self._thread.start()
@@ -95,4 +94,3 @@ def _finish(sender, error: str | None) -> None:
     if error is not None:
         sender.send(_response(error))
     sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-
