@@ -110,6 +110,9 @@ class _BackendCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         rows = GaugeMetricFamily("slipstream_batch_rows", "Rows decoding now (0 when idle)", labels=["model"])
         waiting = GaugeMetricFamily("slipstream_queue_depth", "Requests waiting to join the batch", labels=["model"])
+        decoded = CounterMetricFamily(
+            "slipstream_decoded_rows", "Rows of every decode step (a token each), cancelled ones included", labels=["model"]
+        )
         ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])
         cache = {
             "lookups": CounterMetricFamily("slipstream_prefix_cache_lookups", "Prompts looked up in the prefix cache", labels=["model"]),
@@ -130,10 +133,11 @@ class _BackendCollector(Collector):
                 held.add_metric([name], stats.bytes)
             load = self._backend.batch_load(name)
             if load is not None:
-                rows.add_metric([name], load[0])
-                waiting.add_metric([name], load[1])
+                rows.add_metric([name], load.rows)
+                waiting.add_metric([name], load.waiting)
+                decoded.add_metric([name], load.rows_decoded)
             ready.add_metric([name], 1.0 if self._backend.status(name) in SERVING else 0.0)
-        yield from (rows, waiting, ready, *cache.values(), held)
+        yield from (rows, waiting, decoded, ready, *cache.values(), held)
 
 
 class MetricsMiddleware:

@@ -15,9 +15,8 @@ import pytest
 from server.engine import Engine, Prompt, SamplingParams, Scheduler, Usage
 from server.engine.kvcache import HostCache
 from server.engine.prefix_cache import PrefixCache
-from server.engine.scheduler import Step
 from tests.conftest import TINY, TINY_LLAMA
-from tests.engine_helpers import fold
+from tests.engine_helpers import Steps, fold
 
 NO_EOS = {0: -100.0}
 GRID = 16  # a fixed grid for the tests that count reused tokens
@@ -227,7 +226,7 @@ def test_chunked_prefill_gives_the_same_text_and_goes_in_between_decode_steps(ti
     assert len(chunked.prompter.prepare(long_text, 8).ids) > 3 * 16
     assert run(chunked, long_text, params)[0] == run(whole, long_text, params)[0]
 
-    steps: list[Step] = []
+    steps = Steps(hold_at=2)  # the worker holds at the short request's second step, mid-decode
     scheduler = Scheduler(chunked, 16, 64, prefill_tokens=16, observer=steps.append)
 
     async def both() -> None:
@@ -238,7 +237,10 @@ def test_chunked_prefill_gives_the_same_text_and_goes_in_between_decode_steps(ti
         running = asyncio.create_task(collect("x = 1\n", SamplingParams(max_tokens=40, logit_bias=NO_EOS)))
         while len(steps) < 2:  # the short request is decoding
             await asyncio.sleep(0.001)
-        await asyncio.gather(running, collect(long_text, params))
+        long = asyncio.create_task(collect(long_text, params))
+        await asyncio.sleep(0)  # the task runs to its first wait: its request is in the worker's inbox
+        steps.release()
+        await asyncio.gather(running, long)
 
     try:
         asyncio.run(both())

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 
 from server.engine import Delta, Engine, QueueFull, SamplingParams, Scheduler, Usage
-from server.engine.scheduler import Step
 from server.settings import Settings
 from tests.conftest import TINY_LLAMA
-from tests.engine_helpers import fold
+from tests.engine_helpers import Steps, fold
 
 NO_EOS = {0: -100.0}
 PREFILL_TOKENS_PER_STEP = Settings().prefill_tokens_per_step
@@ -25,15 +24,8 @@ def engine(tiny_llama_repo: Path) -> Engine:
     return Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1)
 
 
-class Steps(list[Step]):
-    """What the scheduler's worker did, one entry per decode step."""
-
-    def max(self, field: str) -> int:
-        return max((getattr(s, field) for s in self), default=0)
-
-
-def scheduler_for(engine: Engine, max_waiting: int) -> tuple[Scheduler, Steps]:
-    steps = Steps()
+def scheduler_for(engine: Engine, max_waiting: int, hold_at: int | None = None) -> tuple[Scheduler, Steps]:
+    steps = Steps(hold_at)
     settings = Settings()
     return Scheduler(engine, max_waiting, settings.max_batch_rows, settings.prefill_tokens_per_step, steps.append), steps
 
@@ -124,13 +116,16 @@ def test_a_burst_of_prompts_is_prefilled_a_few_per_step_while_rows_decode(engine
     long_prompt = "def f(x):\n    return x + 1\n" * 9  # ~100 tokens: three of them pass the budget
     burst = [engine.prompter.prepare(long_prompt + f"# {i}\n", 4) for i in range(6)]
     assert sum(len(p.ids) for p in burst) > 2 * PREFILL_TOKENS_PER_STEP
-    scheduler, steps = scheduler_for(engine, max_waiting=16)
+    scheduler, steps = scheduler_for(engine, max_waiting=16, hold_at=2)
 
     async def run() -> list[tuple[dict[int, str], Usage]]:
         first = asyncio.create_task(collect(scheduler, engine, PROMPTS[0], SamplingParams(max_tokens=60, logit_bias=NO_EOS)))
-        while len(steps) < 2:  # the first request is decoding
+        while len(steps) < 2:  # the worker holds at the first request's second step: it is mid-decode
             await asyncio.sleep(0.001)
-        rest = [collect(scheduler, engine, long_prompt + f"# {i}\n", SamplingParams(max_tokens=4, logit_bias=NO_EOS)) for i in range(6)]
+        params = SamplingParams(max_tokens=4, logit_bias=NO_EOS)
+        rest = [asyncio.create_task(collect(scheduler, engine, long_prompt + f"# {i}\n", params)) for i in range(6)]
+        await asyncio.sleep(0)  # each task runs to its first wait: its request is in the worker's inbox
+        steps.release()
         return await asyncio.gather(first, *rest)
 
     try:

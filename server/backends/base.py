@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from server.engine import CacheStats, Delta, Prompt, Prompter, SamplingParams, Usage
@@ -25,6 +26,15 @@ class BackendUnavailable(RuntimeError):
     """The backend could not run a request it had accepted (a Triton server down or gone): 503."""
 
 
+@dataclass(frozen=True)
+class BatchLoad:
+    """A model's batch as /metrics shows it."""
+
+    rows: int  # decoding now (in the last decode step; 0 when idle)
+    waiting: int  # requests waiting to be admitted
+    rows_decoded: int  # every row of every decode step so far, finished or cancelled later: the work done
+
+
 class Backend(Protocol):
     names: list[str]
 
@@ -41,9 +51,9 @@ class Backend(Protocol):
 
     def manifest(self, name: str) -> Manifest | None: ...
 
-    def batch_load(self, name: str) -> tuple[int, int] | None:
-        """(rows decoding, requests waiting) now, for /metrics; None where the batch lives in another
-        process (Triton's: its own metrics show it) or the model has not loaded."""
+    def batch_load(self, name: str) -> BatchLoad | None:
+        """The model's batch now, for /metrics; None where the batch lives in another process (Triton's:
+        its own metrics show it) or the model has not loaded."""
         ...
 
     def cache_stats(self, name: str) -> CacheStats | None:

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 
-from server.backends.base import SERVING, ModelFailed, ModelLoading, ModelStatus
+from server.backends.base import SERVING, BatchLoad, ModelFailed, ModelLoading, ModelStatus
 from server.engine import CacheStats, Delta, Engine, Prompt, Prompter, SamplingParams, Scheduler, Usage
 from server.models import catalog, store
 from server.settings import Settings
@@ -109,10 +109,10 @@ class EmbeddedBackend:
         except store.ModelNotExported:
             return None
 
-    def batch_load(self, name: str) -> tuple[int, int] | None:
-        """(rows in the last decode step, requests waiting to be admitted), None before the model loads."""
+    def batch_load(self, name: str) -> BatchLoad | None:
+        """None before the model loads."""
         scheduler = self._schedulers.get(name)
-        return None if scheduler is None else (scheduler.batch_rows, scheduler.waiting)
+        return None if scheduler is None else BatchLoad(scheduler.batch_rows, scheduler.waiting, scheduler.rows_decoded)
 
     def cache_stats(self, name: str) -> CacheStats | None:
         scheduler = self._schedulers.get(name)

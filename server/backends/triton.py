@@ -23,7 +23,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
-from server.backends.base import BackendUnavailable, ModelFailed, ModelLoading, ModelStatus
+from server.backends.base import BackendUnavailable, BatchLoad, ModelFailed, ModelLoading, ModelStatus
 from server.engine import CacheStats, Delta, Prompt, Prompter, SamplingParams, Usage
 from server.models import store
 from server.settings import Settings
@@ -95,7 +95,7 @@ class TritonBackend:
         except store.ModelNotExported:
             return None
 
-    def batch_load(self, name: str) -> tuple[int, int] | None:
+    def batch_load(self, name: str) -> BatchLoad | None:
         return None  # the batch lives inside tritonserver: its own metrics (port 8002) show it
 
     def cache_stats(self, name: str) -> CacheStats | None:

@@ -75,6 +75,7 @@ class Scheduler:
         self._pending = 0  # submitted and not finished: waiting or decoding
         # what the worker is doing now, read by /metrics: rows decoding, requests not yet admitted
         self.batch_rows = 0
+        self.rows_decoded = 0  # every row of every decode step: the work done, whatever became of it
         self.waiting = 0
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.manifest.name}", daemon=True)
         self._thread.start()
@@ -126,6 +127,7 @@ class Scheduler:
                 self._observer(Step(batch.rows, len(active), prefilled))
             try:
                 self.engine.step(batch)
+                self.rows_decoded += self.batch_rows  # the step's rows, as they were before it
             except Exception as exc:  # noqa: BLE001 - every request in the batch learns of it
                 log.exception("decode step failed")
                 for request in active:
