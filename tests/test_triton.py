@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from client.api import Client
 from server.triton.launch import TritonServer, TritonUnavailable
 from testkit.triton_process import TritonCommand, start_triton
 from tests.conftest import TINY, ServerProcess
@@ -81,28 +83,45 @@ def test_streaming_through_triton_arrives_token_by_token(api: ServerProcess) -> 
     assert "".join(texts) == _complete(api.url, max_tokens=16, temperature=0, ignore_eos=True)["choices"][0]["text"]
 
 
+def _triton_decoded_rows(triton: TritonServer) -> float:
+    """Our engine's rows decoded inside Triton, from Triton's own metrics (the model reports them)."""
+    lines = httpx.get(triton.metrics_url, timeout=10).text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("slipstream_decoded_rows{"))
+
+
 def test_clients_that_leave_mid_stream_end_their_triton_requests(api: ServerProcess, triton: TritonServer) -> None:
-    """Streams dropped after two chunks are cancelled in Triton (their requests end, so Triton can still
-    stop cleanly: the fixture checks its exit status) while the other streams finish whole."""
+    """Streams dropped after two chunks are cancelled in Triton (their rows stop decoding: Triton's metrics
+    count the rows our engine decoded, far fewer than the dropped streams asked for; their requests end, so
+    Triton can still stop cleanly: the fixture checks its exit status) while the other streams finish whole."""
     import asyncio
 
+    whole = {"max_tokens": 24, "ignore_eos": True, "temperature": 0.8, "stream_options": {"include_usage": True}}
+    # seconds of work each (16 rows x 99 steps with top-5 logprobs), if not cancelled
+    dropped = {"max_tokens": 100, "n": 16, "ignore_eos": True, "temperature": 0.8, "logprobs": 5}
+
     async def one(index: int) -> int:
-        body = {"prompt": PROMPT, "max_tokens": 24, "ignore_eos": True, "stream": True, "temperature": 0.8, "seed": index}
+        body = {"prompt": PROMPT, **(dropped if index % 2 == 0 else whole), "stream": True, "seed": index}
         async with httpx.AsyncClient(timeout=60) as client:
             async with client.stream("POST", f"{api.url}/v1/completions", json=body) as response:
-                chunks = 0
+                chunks, generated = 0, 0
                 async for line in response.aiter_lines():
                     chunks += line.startswith("data: ")
                     if index % 2 == 0 and chunks == 2:
                         return -1
-                return chunks
+                    if line.startswith("data: {") and (usage := json.loads(line[6:]).get("usage")):
+                        generated = usage["completion_tokens"]
+                return generated
 
     async def everyone() -> list[int]:
         return await asyncio.gather(*(one(i) for i in range(8)))
 
+    before = _triton_decoded_rows(triton)
     results = asyncio.run(everyone())
-    assert results.count(-1) == 4 and all(r > 10 for r in results if r != -1)
+    assert results.count(-1) == 4 and all(r == 24 for r in results if r != -1)  # the others whole
     assert _complete(api.url, max_tokens=4)["usage"]["completion_tokens"] == 4
+    time.sleep(1.5)  # the model reports its count twice a second
+    decoded = _triton_decoded_rows(triton) - before
+    assert 0 < decoded < 4 * 16 * 99 / 2, f"{decoded:.0f} rows decoded: the dropped streams ran on in Triton"
     assert triton.ready()
 
 
@@ -183,18 +202,21 @@ def test_smollm2_int8_through_triton_streams_to_the_openai_client(bundled_repo: 
 
 def test_triton_start_hands_the_engine_settings_to_the_model(tiny_repo: Path, tmp_path: Path) -> None:
     """`slipstream triton start --max-queue 1` (the settings' own flag) reaches the scheduler inside
-    Triton: of concurrent long requests through the API, the ones past the first are refused with a 429."""
-    import concurrent.futures
-
+    Triton: while one long request streams through the API, the next is refused with a 429."""
+    # seconds of work (16 rows x 99 steps with top-5 logprobs): still decoding when the next one arrives
+    long_run = {"prompt": PROMPT, "max_tokens": 100, "n": 16, "temperature": 1.0, "ignore_eos": True, "logprobs": 5}
     with TritonCommand(
         ["--model", TINY, "--model-repository", str(tiny_repo), "--max-queue", "1"], tmp_path / "triton-start.log"
     ) as triton:
         env = {"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])}
         with ServerProcess(tiny_repo, [TINY], env=env) as api:
-            body = {"prompt": PROMPT, "max_tokens": 100, "temperature": 0, "logit_bias": {"0": -100}}
-            with concurrent.futures.ThreadPoolExecutor(6) as pool:
-                statuses = list(pool.map(lambda _: httpx.post(f"{api.url}/v1/completions", json=body, timeout=60).status_code, range(6)))
-    assert 200 in statuses and 429 in statuses and set(statuses) == {200, 429}, statuses
+            with httpx.stream("POST", f"{api.url}/v1/completions", json=long_run | {"stream": True}, timeout=60) as first:
+                lines = first.iter_lines()
+                assert first.status_code == 200 and next(lines).startswith("data: ")  # decoding in Triton now
+                refused = httpx.post(f"{api.url}/v1/completions", json={"prompt": PROMPT, "max_tokens": 4}, timeout=60)
+            assert refused.status_code == 429 and "max_queue" in refused.json()["error"]["message"], refused.text
+            with Client(api.url, max_retries=30) as client:  # the first is cancelled: room again, after a Retry-After
+                assert client.complete(PROMPT, max_tokens=4)["usage"]["completion_tokens"] == 4
 
 
 def test_a_taken_port_is_named_and_other_ports_are_tried(tiny_repo: Path, tmp_path: Path) -> None:

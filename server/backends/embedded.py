@@ -4,6 +4,7 @@ that the server answers liveness (and says "loading" on readiness) while a model
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 
@@ -120,8 +121,10 @@ class EmbeddedBackend:
 
     async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:
         self.engine(name)
-        async for event in self._schedulers[name].submit(prompt, params):
-            yield event
+        # closed with this generator (serving closes it when the client goes): the rows drop at once
+        async with contextlib.aclosing(self._schedulers[name].submit(prompt, params)) as events:
+            async for event in events:
+                yield event
 
     def close(self) -> None:
         for scheduler in self._schedulers.values():

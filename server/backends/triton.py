@@ -11,6 +11,7 @@ event is retried on the next. No server ready, or one dying mid-request, is a 50
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import uuid
@@ -35,6 +36,7 @@ HEALTH_INTERVAL_S = 1.0
 # what a server that is down, restarting or dying looks like from the client
 _TRANSPORT_ERRORS = (InferenceServerException, grpc.RpcError, OSError)
 _HEALTH_TIMEOUT_S = 2.0
+_CANCEL_S = 30.0  # for telling the model that a request's client went away
 
 
 class TritonUnavailable(BackendUnavailable):
@@ -49,6 +51,7 @@ class TritonBackend:
         self._prompters: dict[str, Prompter] = {}
         self._failures: dict[str, str] = {}
         self._clients: dict[str, grpc_aio.InferenceServerClient] = {}
+        self._telling: set[asyncio.Task[None]] = set()
         self._has: dict[str, set[str]] = {url: set() for url in self.urls}  # url -> models it has ready
         self._down: dict[str, str] = {url: "not asked yet" for url in self.urls}  # url -> why it is not usable
         self._turn = itertools.count()
@@ -148,9 +151,12 @@ class TritonBackend:
         for url in ready[start:] + ready[:start]:
             started = False
             try:
-                async for event in self._stream(url, name, prompt, params):
-                    started = True
-                    yield event
+                # closed here, not left to the garbage collector: a client gone mid-stream cancels its
+                # Triton request at once (an inner generator a loop left is finalised whenever it is collected)
+                async with contextlib.aclosing(self._stream(url, name, prompt, params)) as events:
+                    async for event in events:
+                        started = True
+                        yield event
                 return
             except _TRANSPORT_ERRORS as exc:
                 if started:  # part of the answer is out: another server cannot take over
@@ -160,19 +166,21 @@ class TritonBackend:
                 log.warning("Triton at %s failed a request, trying the next: %s", url, _reason(exc))
         raise TritonUnavailable(f"every Triton server failed the request: {'; '.join(failures)}")
 
-    async def _stream(self, url: str, name: str, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
+    async def _stream(self, url: str, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:
+        request_id = uuid.uuid4().hex
         inputs = [_string_input("prompt", wire.dump_prompt(prompt)), _string_input("sampling_parameters", wire.dump_params(params))]
 
         async def requests() -> AsyncIterator[dict]:
-            yield {"model_name": name, "inputs": inputs, "request_id": uuid.uuid4().hex}
+            yield {"model_name": name, "inputs": inputs, "request_id": request_id}
 
         # the model's last event is the usage (or an error): Triton's final flag then comes without a
         # response (the asyncio client cannot ask for an empty final one), so the usage ends the stream
         responses = self._client(url).stream_infer(requests())
-        ended = False
+        ended = broken = False
         try:
             async for result, error in responses:
                 if error is not None:
+                    broken = True
                     raise error
                 try:
                     event = wire.load_event(result.as_numpy("event").reshape(-1)[0].decode())
@@ -186,13 +194,39 @@ class TritonBackend:
                     break
             else:
                 raise TritonUnavailable(f"Triton at {url} ended the stream before the request's end")
+        except _TRANSPORT_ERRORS:
+            broken = True
+            raise
         finally:
-            if not ended:  # a client gone mid-stream: Triton marks the request cancelled
+            if not ended:  # a client gone mid-stream (or this stream broken)
                 responses.cancel()
+                if not broken:
+                    # Triton marks a cancelled stream's requests cancelled only now and then under
+                    # concurrent streams (a dropped request then decoded to its end): the model is also
+                    # told on a stream of its own, which the leaving client's cancellation cannot cut
+                    self._tell_cancelled(url, name, request_id)
         # the request is over: let Triton close the stream itself (cancelling a stream that is ending
         # crashed tritonserver 2.51 under concurrent streams)
         async for _result, _error in responses:
             pass
+
+    def _tell_cancelled(self, url: str, name: str, request_id: str) -> None:
+        cancel = [_string_input("prompt", "{}"), _string_input("sampling_parameters", wire.dump_cancel(request_id))]
+
+        async def requests() -> AsyncIterator[dict]:
+            yield {"model_name": name, "inputs": cancel, "request_id": f"{request_id}-cancel"}
+
+        async def send() -> None:
+            try:
+                async with asyncio.timeout(_CANCEL_S):
+                    async for _result, _error in self._client(url).stream_infer(requests()):
+                        pass  # the model answers with the final flag only: the stream ends then
+            except Exception as exc:  # noqa: BLE001 - the request's own end still comes, later
+                log.warning("could not tell Triton at %s of a client gone: %s", url, _reason(exc))
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._telling.add(task)  # held until done: a task nobody references may be collected mid-way
+        task.add_done_callback(self._telling.discard)
 
     def close(self) -> None:
         if self._health is not None:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from server.engine.batch import Batch
@@ -80,12 +80,15 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.manifest.name}", daemon=True)
         self._thread.start()
 
-    async def submit(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Delta | Usage]:
+    async def submit(
+        self, prompt: Prompt, params: SamplingParams, cancel: threading.Event | None = None
+    ) -> AsyncGenerator[Delta | Usage, None]:
         """Events of one generation as the worker produces them. Leaving the iteration early (the client
-        disconnected, the task was cancelled) drops the request's rows at the next step."""
+        disconnected, the task was cancelled), or setting `cancel` from anywhere, drops the request's rows
+        at the next step: a consumer that lags behind its events can still stop the work."""
         if self._pending >= self._max_waiting:
             raise QueueFull(f"{self._pending} requests are already decoding or waiting (limit {self._max_waiting}, max_queue)")
-        request = _Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue())
+        request = _Request(prompt, params, asyncio.get_running_loop(), asyncio.Queue(), cancel or threading.Event())
         self._pending += 1
         try:
             self._inbox.put(request)

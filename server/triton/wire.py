@@ -4,6 +4,9 @@
     sampling_parameters  the engine's SamplingParams fields, by name
     event                {"delta": {...}} | {"usage": {...}} | {"error": {"type", "message", "param"}}
 
+    sampling_parameters  {"cancel": REQUEST_ID}: a control request on the same stream, which ends the
+                         request of that id (its client went away); answered with the final flag only
+
 One response per event, then Triton's final flag. An error is an event too (then the final flag), so
 that a refusal keeps its kind (a full queue, a bad field) across the wire: the model sends the kind of
 the engine's exception, and the API raises that same exception again (RemoteError.local), which
@@ -65,6 +68,21 @@ def load_params(text: str) -> SamplingParams:
     if "logit_bias" in values:
         values["logit_bias"] = {int(k): float(v) for k, v in values["logit_bias"].items()}
     return SamplingParams(**values)
+
+
+def dump_cancel(request_id: str) -> str:
+    return json.dumps({"cancel": request_id})
+
+
+def load_cancel(text: str) -> str | None:
+    """The request id a control request cancels, or None for a generation request."""
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(values, dict) and set(values) == {"cancel"} and isinstance(values["cancel"], str):
+        return values["cancel"]
+    return None
 
 
 def dump_event(event: Delta | Usage) -> str:
