@@ -8,7 +8,8 @@ finished (a test that cut them would lose them itself). Every request ends in on
 - lost: anything else (connection dropped, a stream that stopped without a finish_reason, a timeout).
 The run passes only with no lost request. Reported: aggregate completion tokens/s, request latency,
 TTFT and inter-token latency at p50/p95/p99, error rate, and a per-second timeline (clients active,
-requests ended, tokens) with its plot. No retries: a 429 or 503 is an error to count, not to hide; its
+requests ended, tokens) with its plot. Ctrl-C (or SIGTERM) ends it early: the requests in flight finish
+and the report is written for the time run. No retries: a 429 or 503 is an error to count, not to hide; its
 client waits for the Retry-After it was given before its next request (rather than asking again at once,
 which would only measure how fast the server can refuse).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -116,10 +118,20 @@ def run(config: LoadConfig, out: Path, log: Callable[[str], None] = print) -> di
             async def send(index: int, ticket: int) -> None:
                 await _request(index, ticket, config, client, text, t0, outcomes)
 
+            def stop(signame: str) -> None:
+                log(f"  {signame}: no new requests; the {loop.active} clients' requests in flight finish, then the report")
+                loop.stop()
+
+            running = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):  # an early end still reports what was measured
+                running.add_signal_handler(signum, stop, signal.Signals(signum).name)
             reporter = asyncio.create_task(report())
-            wall = await loop.run(send)
-            reporter.cancel()
-            return wall
+            try:
+                return await loop.run(send)
+            finally:
+                reporter.cancel()
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    running.remove_signal_handler(signum)
 
     wall = asyncio.run(main())
     result = summarise(config, outcomes, wall)

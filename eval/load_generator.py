@@ -23,6 +23,7 @@ class ClosedLoop:
     ramp_s: float = 0.0  # client i starts at ramp_s * i / clients
     active: int = 0  # clients started and not yet done (progress lines read it)
     started: int = 0  # requests started so far
+    stopped: bool = False  # stop(): no request starts after it; those in flight end as they would
 
     def __post_init__(self) -> None:
         if self.clients < 1:
@@ -30,13 +31,18 @@ class ClosedLoop:
         if self.total is None and self.per_client is None and self.duration_s is None:
             raise ValueError("a closed loop needs an end: total, per_client or duration_s")
 
+    def stop(self) -> None:
+        """End the run early (Ctrl-C): the requests in flight finish, no other starts."""
+        self.stopped = True
+
     async def run(self, send: Send) -> float:
         """Every client's requests through `send`; returns the wall time in seconds."""
         t0 = time.perf_counter()
 
         def more(sent: int) -> bool:
             return (
-                (self.total is None or self.started < self.total)
+                not self.stopped
+                and (self.total is None or self.started < self.total)
                 and (self.per_client is None or sent < self.per_client)
                 and (self.duration_s is None or time.perf_counter() - t0 < self.duration_s)
             )

@@ -229,6 +229,11 @@ class ModelCard(BaseModel):
     ready: bool = Field(description="Whether requests are served now (in memory, or loaded by the first request)")
     status: ModelStatus = Field(description="ready: in memory; standby: exported, loaded by its first request (load = lazy)")
     prefix_cache_mb: int = Field(0, description="The model's prefix-cache budget (prefix_cache_mb; 0: off)")
+    reuse_grid: int | None = Field(
+        None,
+        description="Cached prompt prefixes are reused in multiples of this many positions (measured at load so that "
+        "a reused prefix gives a cold prefill's bits; 1: to the token); none where unknown (Triton, not loaded)",
+    )
 
 
 class ModelList(BaseModel):

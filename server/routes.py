@@ -55,6 +55,7 @@ async def models(request: Request) -> ModelList:
         status = backend.status(name)
         stats = backend.cache_stats(name)  # the engine's own (0 when the budget was too small), else the setting
         cache_mb = stats.budget_bytes >> 20 if stats is not None else app_state(request).settings.prefix_cache_mb
+        reuse = backend.reuse(name)
         cards.append(
             ModelCard(
                 id=name,
@@ -66,6 +67,7 @@ async def models(request: Request) -> ModelList:
                 ready=status in SERVING,
                 status=status,
                 prefix_cache_mb=cache_mb,
+                reuse_grid=reuse.grid if reuse is not None and cache_mb else None,  # none with the cache off
             )
         )
     return ModelList(data=cards)

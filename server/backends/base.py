@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from server.engine import CacheStats, Delta, Prompt, Prompter, SamplingParams, Usage
+from server.engine import CacheStats, Delta, Prompt, Prompter, ReusePolicy, SamplingParams, Usage
 from server.models.store import Manifest
 
 # ready: in memory (or on a Triton server); standby: exported, loaded by its first request (load = lazy)
@@ -59,6 +59,11 @@ class Backend(Protocol):
     def cache_stats(self, name: str) -> CacheStats | None:
         """The model's prefix-cache counters now (budget 0: off), for /metrics and /v1/models; None where
         the engine runs in another process (Triton) or the model has not loaded."""
+        ...
+
+    def reuse(self, name: str) -> ReusePolicy | None:
+        """How the model's engine reuses its prefix cache (the grid measured at load), for /v1/models; None
+        where the engine runs in another process (Triton) or the model has not loaded."""
         ...
 
     def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:

@@ -9,7 +9,7 @@ import logging
 from collections.abc import AsyncGenerator
 
 from server.backends.base import SERVING, BatchLoad, ModelFailed, ModelLoading, ModelStatus
-from server.engine import CacheStats, Delta, Engine, Prompt, Prompter, SamplingParams, Scheduler, Usage
+from server.engine import CacheStats, Delta, Engine, Prompt, Prompter, ReusePolicy, SamplingParams, Scheduler, Usage
 from server.models import catalog, store
 from server.settings import Settings
 
@@ -118,6 +118,10 @@ class EmbeddedBackend:
     def cache_stats(self, name: str) -> CacheStats | None:
         scheduler = self._schedulers.get(name)
         return None if scheduler is None else scheduler.engine.cache_stats
+
+    def reuse(self, name: str) -> ReusePolicy | None:
+        scheduler = self._schedulers.get(name)
+        return None if scheduler is None else scheduler.engine.reuse
 
     async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:
         self.engine(name)

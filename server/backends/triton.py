@@ -25,7 +25,7 @@ import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
 from server.backends.base import BackendUnavailable, BatchLoad, ModelFailed, ModelLoading, ModelStatus
-from server.engine import CacheStats, Delta, Prompt, Prompter, SamplingParams, Usage
+from server.engine import CacheStats, Delta, Prompt, Prompter, ReusePolicy, SamplingParams, Usage
 from server.models import store
 from server.settings import Settings
 from server.triton import wire
@@ -103,6 +103,9 @@ class TritonBackend:
 
     def cache_stats(self, name: str) -> CacheStats | None:
         return None  # so does the engine's prefix cache
+
+    def reuse(self, name: str) -> ReusePolicy | None:
+        return None  # measured inside tritonserver
 
     # --- health ---
 

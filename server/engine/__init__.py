@@ -11,6 +11,7 @@ from server.engine.engine import Engine
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prefix_cache import CacheStats
 from server.engine.prompts import ContextFile, InvalidInput, Prompt, Prompter
+from server.engine.reuse_grid import ReusePolicy
 from server.engine.runner import DeviceError, GraphError, Runner
 from server.engine.sampling import SamplingParams, log_softmax
 from server.engine.scheduler import QueueFull, Scheduler
@@ -27,6 +28,7 @@ __all__ = [
     "Prompt",
     "Prompter",
     "QueueFull",
+    "ReusePolicy",
     "Runner",
     "SamplingParams",
     "Scheduler",
