@@ -50,7 +50,8 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from server.engine.engine import Engine
 from server.engine.sampling import SamplingParams
-engine = Engine.load(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
+load = getattr(Engine, "load", Engine)  # older revisions: the constructor loaded the model
+engine = load(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
 prompter = getattr(engine, "prompter", engine)  # older revisions: the engine was its own prompter
 print(json.dumps({"ready": True}), flush=True)
 for line in sys.stdin:
