@@ -276,10 +276,12 @@ def run_many(
             futures = {pool.submit(run, source): i for i, source in enumerate(sources)}
             for future in as_completed(futures):
                 i = futures[future]
-                results[i] = future.result()
+                results[i] = result = future.result()
                 if on_result is not None:
-                    on_result(i, results[i])  # type: ignore[arg-type]
+                    on_result(i, result)
     finally:
         for worker in list(started):
             worker.close()
-    return results  # type: ignore[return-value]
+    done = [r for r in results if r is not None]
+    assert len(done) == len(results), "every program has its result"
+    return done

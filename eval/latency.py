@@ -124,14 +124,14 @@ async def run_cell(
 
     ok = [t for t in timings if t.ttft_s is not None]
     tokens = [t.completion_tokens if t.completion_tokens is not None else t.chunks for t in ok]
-    itl = [(t.total_s - t.ttft_s) / (n - 1) for t, n in zip(ok, tokens, strict=True) if n > 1]  # type: ignore[operator]
+    itl = [(t.total_s - first) / (n - 1) for t, n in zip(ok, tokens, strict=True) if n > 1 and (first := t.ttft_s) is not None]
     prompts = [t.prompt_tokens for t in ok if t.prompt_tokens is not None]
     return CellResult(
         cell=cell,
         requests=requests,
         errors=len(errors) + len(timings) - len(ok),
         measured_prompt_tokens=float(np.median(prompts)) if prompts else None,
-        ttft_s=percentiles([t.ttft_s for t in ok]),  # type: ignore[misc]
+        ttft_s=percentiles([t.ttft_s for t in ok if t.ttft_s is not None]),
         itl_s=percentiles(itl),
         e2e_s=percentiles([t.total_s for t in ok]),
         throughput_tok_s=float(sum(tokens) / wall) if wall > 0 else 0.0,

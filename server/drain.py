@@ -6,6 +6,7 @@ instead of a connection cut when uvicorn cancels what is left."""
 from __future__ import annotations
 
 import time
+from types import FrameType
 
 import uvicorn
 
@@ -32,6 +33,6 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.drain = drain
 
-    def handle_exit(self, sig: int, frame: object) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.drain.begin()
-        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        super().handle_exit(sig, frame)

@@ -334,7 +334,8 @@ class _Pool:
             count = 0
         else:
             slab, layout, _ = found
-            count = held[best]  # type: ignore[index]
+            assert best is not None  # found came from the pool at best
+            count = held[best]
         (names, heads, head_dim, _), rows, capacity = layout
         memory = _Memory(slab)
         finalizer = weakref.finalize(memory, self._give_back, slab, layout, memory.label)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,8 +167,9 @@ def common_prefix(run: np.ndarray, ids: np.ndarray) -> int:
     return int(differ[0]) if differ.size else n
 
 
-def _walk(roots: object) -> list[_Node]:
-    out, stack = [], list(roots)  # type: ignore[call-overload]
+def _walk(roots: Iterable[_Node]) -> list[_Node]:
+    out: list[_Node] = []
+    stack = list(roots)
     while stack:
         node = stack.pop()
         out.append(node)

@@ -29,7 +29,6 @@ from server.engine.sequence import Sequence
 log = logging.getLogger("slipstream.scheduler")
 
 _DONE = object()
-_STOP = object()
 
 
 class QueueFull(RuntimeError):
@@ -41,13 +40,18 @@ class _Request:
     prompt: Prompt
     params: SamplingParams
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[object]
+    out: asyncio.Queue[Delta | Usage | BaseException | object]  # object: _DONE
     cancel: threading.Event = field(default_factory=threading.Event)
     prefill: Prefill | None = None  # its prompt on its way in, chunk by chunk
     sequence: Sequence | None = None  # its rows, once the prompt is in
 
     def send(self, item: object) -> None:
         self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+    @property
+    def done(self) -> bool:
+        """Its rows have all finished (a request in the batch has its sequence)."""
+        return self.sequence is not None and self.sequence.done
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class Scheduler:
         self.engine = engine
         self._max_waiting, self._max_rows, self._prefill_tokens = max_waiting, max_rows, prefill_tokens
         self._observer = observer
-        self._inbox: queue.Queue[object] = queue.Queue()
+        self._inbox: queue.Queue[_Request | None] = queue.Queue()  # None: stop
         self._pending = 0  # submitted and not finished: waiting or decoding
         # what the worker is doing now, read by /metrics: rows decoding, requests not yet admitted
         self.batch_rows = 0
@@ -95,13 +99,14 @@ class Scheduler:
             while (event := await request.out.get()) is not _DONE:
                 if isinstance(event, BaseException):
                     raise event
-                yield event  # type: ignore[misc]
+                assert isinstance(event, Delta | Usage)
+                yield event
         finally:
             request.cancel.set()
             self._pending -= 1
 
     def close(self) -> None:
-        self._inbox.put(_STOP)
+        self._inbox.put(None)
 
     # --- the worker thread ---
 
@@ -114,9 +119,9 @@ class Scheduler:
             try:
                 item = self._inbox.get(block=not batch and not waiting)
                 while True:
-                    if item is _STOP:
+                    if item is None:
                         return
-                    waiting.append(item)  # type: ignore[arg-type]
+                    waiting.append(item)
                     item = self._inbox.get_nowait()
             except queue.Empty:
                 pass
@@ -140,7 +145,7 @@ class Scheduler:
                 continue
             for request in active:
                 self._deliver(request)
-            active = [r for r in active if not r.sequence.done]  # type: ignore[union-attr]
+            active = [r for r in active if not r.done]
             self.batch_rows = batch.rows  # rows still decoding: 0 once the batch is done
 
     def _admit(self, waiting: list[_Request], active: list[_Request], batch: Batch) -> int:
@@ -186,7 +191,7 @@ class Scheduler:
         gone = [r for r in active if r.cancel.is_set()]
         if not gone:
             return active
-        batch.remove([r.sequence for r in gone])  # type: ignore[misc]
+        batch.remove([r.sequence for r in gone if r.sequence is not None])
         for request in gone:
             request.send(_DONE)
         return [r for r in active if not r.cancel.is_set()]

@@ -148,7 +148,8 @@ def _file_blocks(rows: np.ndarray, file: _FileRows, report: NativeReport, label:
     for run in runs:
         tensors = sorted({t for t, _ in run})
         blocks = [file.blocks(t) for t in tensors]
-        held = _take(blocks, run, tensors) if all(blocks) else None  # type: ignore[arg-type]
+        present = [b for b in blocks if b is not None]
+        held = _take(present, run, tensors) if len(present) == len(blocks) else None
         if held is None or not np.array_equal(dequantize(held).view(np.uint32), rows[start : start + len(run)].view(np.uint32)):
             parts = []
             break
@@ -171,8 +172,8 @@ def _file_blocks(rows: np.ndarray, file: _FileRows, report: NativeReport, label:
 
 
 def _one_layout(file: _FileRows, tensors: list[int]) -> bool:
-    found = [file.blocks(t) for t in tensors]
-    return all(found) and len({_layout(b) for b in found}) == 1  # type: ignore[arg-type]
+    found = [b for t in tensors if (b := file.blocks(t)) is not None]
+    return len(found) == len(tensors) and len({_layout(b) for b in found}) == 1
 
 
 def _layout(blocks: Blocks) -> tuple[int, int, int, bool, int]:

@@ -102,13 +102,13 @@ from server.triton.model import TritonPythonModel  # noqa: F401
 """
 
 
-def write(repository: Path, manifest: Manifest, **options: object) -> Path:
+def write(repository: Path, manifest: Manifest, *, instances: int = 1, kind: Kind | None = None, threads: int = 0) -> Path:
     """config.pbtxt beside the manifest, and the version folder's model.py that Triton's python backend
     loads: deployment files, not part of the content hash."""
     folder = store.model_dir(repository, manifest.name)
     (folder / store.VERSION_DIR / store.TRITON_MODEL_PY).write_text(_MODEL_PY)
     path = folder / CONFIG
-    path.write_text(render(manifest, **options))  # type: ignore[arg-type]
+    path.write_text(render(manifest, instances=instances, kind=kind, threads=threads))
     return path
 
 
