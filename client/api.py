@@ -20,9 +20,12 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-__all__ = ["APIError", "AsyncClient", "Client", "Timing"]
+__all__ = ["APIError", "AsyncClient", "Client", "PromptInput", "Timing"]
 
 log = logging.getLogger("slipstream.client")
+
+# a completion's prompt as the API takes it: text, texts, token ids, or lists of token ids
+PromptInput = str | list[str] | list[int] | list[list[int]]
 
 _RETRY_STATUSES = (429, 503)
 # a server restarting, seen from here: nothing listens, or a connection is dropped before its answer
@@ -143,14 +146,15 @@ class AsyncClient:
 
     async def models(self) -> list[dict[str, Any]]:
         response = await self._send("GET", "/v1/models")
-        return response.json()["data"]
+        data: list[dict[str, Any]] = response.json()["data"]
+        return data
 
-    async def complete(self, prompt: str | list, **params: Any) -> dict[str, Any]:
+    async def complete(self, prompt: PromptInput, **params: Any) -> dict[str, Any]:
         """A non-streaming completion; params are the API's fields (max_tokens, temperature, n, ...)."""
         response = await self._send("POST", "/v1/completions", json=_body(prompt, params, stream=False))
         return _normalise(response.status_code, response.json(), expect_choices=True)
 
-    async def timed(self, prompt: str | list, *, timing: Timing | None = None, **params: Any) -> Timing:
+    async def timed(self, prompt: PromptInput, *, timing: Timing | None = None, **params: Any) -> Timing:
         """One streamed completion (n=1) with its timings: time to first token, the gaps between
         chunks, the total; token counts from the usage the server sends last, where it does.
 
@@ -185,9 +189,10 @@ class AsyncClient:
     async def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         """A non-streaming chat completion (/v1/chat/completions)."""
         response = await self._send("POST", "/v1/chat/completions", json={"messages": messages, **params, "stream": False})
-        return response.json()
+        reply: dict[str, Any] = response.json()
+        return reply
 
-    async def stream(self, prompt: str | list, **params: Any) -> AsyncGenerator[dict[str, Any], None]:
+    async def stream(self, prompt: PromptInput, **params: Any) -> AsyncGenerator[dict[str, Any], None]:
         """Chunks of a streaming completion as the server sends them; an error event raises APIError. Sent
         again (as the retry policy says) only until its first event has come."""
         body = _body(prompt, params, stream=True)
@@ -231,7 +236,7 @@ class AsyncClient:
         return _RetryPolicy(what, self._max_retries, self._backoff, self._retry_window)
 
 
-def _body(prompt: str | list, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:
+def _body(prompt: PromptInput, params: dict[str, Any], *, stream: bool) -> dict[str, Any]:
     body = {"prompt": prompt, **params, "stream": stream}
     if isinstance(body.get("stop"), str):
         body["stop"] = [body["stop"]]
@@ -316,16 +321,16 @@ class Client:
     def models(self) -> list[dict[str, Any]]:
         return self._loop.run_until_complete(self._async.models())
 
-    def complete(self, prompt: str | list, **params: Any) -> dict[str, Any]:
+    def complete(self, prompt: PromptInput, **params: Any) -> dict[str, Any]:
         return self._loop.run_until_complete(self._async.complete(prompt, **params))
 
     def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         return self._loop.run_until_complete(self._async.chat(messages, **params))
 
-    def timed(self, prompt: str | list, **params: Any) -> Timing:
+    def timed(self, prompt: PromptInput, **params: Any) -> Timing:
         return self._loop.run_until_complete(self._async.timed(prompt, **params))
 
-    def stream(self, prompt: str | list, **params: Any) -> Iterator[dict[str, Any]]:
+    def stream(self, prompt: PromptInput, **params: Any) -> Iterator[dict[str, Any]]:
         chunks = self._async.stream(prompt, **params)
         try:
             while True:

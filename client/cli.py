@@ -49,7 +49,7 @@ def add_api_key_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_complete_command(commands: argparse._SubParsersAction) -> None:
+def add_complete_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser("complete", help="complete a prompt against a running server, streaming")
     parser.add_argument("prompt")
     parser.add_argument("--url", default="http://127.0.0.1:5000")

@@ -5,6 +5,7 @@ import, at module level or inside a function), so a rule broken anywhere fails h
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -149,3 +150,47 @@ def test_mypy_finds_nothing() -> None:
 
     done = subprocess.run([sys.executable, "-m", "mypy", "server", "client", "eval"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-1000:]
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _section_modules(text: str) -> dict[str, set[str]]:
+    """Each `### package/` section of the map's "Every module" with the .py files it names."""
+    modules = text.split("## Every module", 1)[1].split("\n## ", 1)[0]
+    found: dict[str, set[str]] = {}
+    for section in modules.split("\n### ")[1:]:
+        folder = section.split()[0].rstrip("/")
+        found[folder] = set(re.findall(r"`([\w]+\.py)`", section))
+    return found
+
+
+def test_the_map_lists_every_module_and_only_those() -> None:
+    """docs/architecture.md's "Every module": each package's .py files, none left out, none that is gone."""
+    sections = _section_modules(ARCHITECTURE.read_text())
+    assert {"server", "server/engine", "server/models", "client", "eval"} <= set(sections)
+    wrong = {}
+    for folder, named in sections.items():
+        there = {p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py"}
+        if named - {"__init__.py"} != there:
+            wrong[folder] = {"not in the map": sorted(there - named), "gone": sorted(named - there - {"__init__.py"})}
+    assert wrong == {}
+
+
+def _defines(tree: ast.Module, dotted: list[str]) -> bool:
+    body: list[ast.stmt] = tree.body
+    for part in dotted:
+        node = next((n for n in body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and n.name == part), None)
+        if node is None:
+            return False
+        body = node.body
+    return True
+
+
+def test_every_hop_the_map_names_is_in_the_code() -> None:
+    """The paths of the map (a completion's hops both ways, an evaluation's) name file:`function` or
+    file:`Class.method`: each must be defined in that file, so the map cannot drift from the code."""
+    hops = re.findall(r"([\w/]+\.py):`([\w.]+)`", ARCHITECTURE.read_text())
+    assert len(hops) >= 25
+    missing = [f"{path}:{name}" for path, name in hops if not _defines(ast.parse((ROOT / path).read_text()), name.split("."))]
+    assert missing == []

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from server.engine.prompts import Prompt
 from server.engine.sampling import SamplingParams
@@ -63,10 +64,19 @@ class ReusePolicy:
         return prompt[: len(prompt) // self.grid * self.grid] if self.exact else prompt
 
 
+class Pending(Protocol):
+    """A prompt on its way in (engine.py's Prefill), as the measurement reads it."""
+
+    last: npt.NDArray[np.float32] | None  # the last position's logits, once all is prefilled
+
+    @property
+    def remaining(self) -> int: ...
+
+
 class Prefilling(Protocol):
     """What the measurement uses of an Engine (engine.py): named here so that this module needs none."""
 
-    def start(self, prompt: Prompt, params: SamplingParams) -> Any: ...
+    def start(self, prompt: Prompt, params: SamplingParams) -> Pending: ...
 
     def prefill(self, pending: Any) -> object: ...
 
@@ -103,7 +113,7 @@ def measure(probe: Callable[[ReusePolicy | None], Prefilling], manifest: Manifes
     return ReusePolicy()
 
 
-def _last_logits(engine: Prefilling, ids: list[int], params: SamplingParams) -> np.ndarray:
+def _last_logits(engine: Prefilling, ids: list[int], params: SamplingParams) -> npt.NDArray[np.float32]:
     pending = engine.start(Prompt(ids=ids, text=""), params)
     while pending.remaining:
         engine.prefill(pending)
