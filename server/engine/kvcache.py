@@ -4,6 +4,7 @@
     cache.join(other)     rows join (other's after self's)
     cache.repeat(n)       n copies of a one-row cache (n samples of one prompt, one prefill)
     cache.read(row, a, b) a row's held positions a..b, copied out to host arrays
+    cache.rewind(drops)   each row forgets its last drops[row] positions (a verify step's rejected drafts)
     HostCache.holding(a)  a one-row cache holding given positions: a past to prefill on top of
     cache.label(what)     what a one-row cache's row holds, for the next holding() to find in its buffers
     cache.past()          every row's positions as host arrays, what a graph that copies is fed
@@ -28,19 +29,15 @@ that writes in place, and a step that would overflow them moves the cache into b
 
 from __future__ import annotations
 
-import mmap
-import threading
-import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 
+from server.engine.kv_pool import Already, BufferPool
+
 _CAPACITY_STEP = 128  # in-place buffers grow in whole multiples of this many positions
-# of a free set of buffers' label: how many of the positions wanted its first row holds already
-Already = Callable[[object], int]
 
 
 class KVCache(ABC):
@@ -84,6 +81,25 @@ class KVCache(ABC):
         held = np.flatnonzero(self.mask[row])[start:end]
         return {k: np.ascontiguousarray(v[row : row + 1, :, held]) for k, v in self.past().items()}
 
+    def rewind(self, drops: list[int]) -> KVCache:
+        """Each row b forgets its last drops[b] held positions (the draft tokens a verify step rejected):
+        masked out, and the positions no row holds any more trimmed, so that the next step writes right
+        after what each row keeps (a packed row stays packed). Nothing is copied: the values stay where
+        they are until a step writes over them."""
+        mask = self.mask.copy()
+        for row, drop in enumerate(drops):
+            if drop:
+                held = np.flatnonzero(mask[row])
+                if drop > held.size:
+                    raise ValueError(f"row {row} holds {held.size} positions: it cannot drop {drop}")
+                mask[row, held[held.size - drop :]] = 0
+        mask, end = _trimmed(mask)
+        return self._masked(mask, end)
+
+    @abstractmethod
+    def _masked(self, mask: np.ndarray, end: int) -> KVCache:
+        """The same storage holding what `mask` ([B, end], the first `end` positions) says."""
+
 
 @dataclass
 class HostCache(KVCache):
@@ -107,6 +123,9 @@ class HostCache(KVCache):
     def keep(self, rows: list[int]) -> HostCache:
         mask, end = _trimmed(self.mask[rows])
         return HostCache({k: np.ascontiguousarray(v[rows, :, :end]) for k, v in self.tensors.items()}, mask)
+
+    def _masked(self, mask: np.ndarray, end: int) -> HostCache:
+        return HostCache({k: v[:, :, :end] for k, v in self.tensors.items()}, mask)
 
     def join(self, other: KVCache) -> HostCache:
         mask = _joined(self.mask, other.mask)
@@ -140,6 +159,9 @@ class InPlace(KVCache):
     @abstractmethod
     def written(self, mask: np.ndarray) -> InPlace:
         """The same buffers after a step wrote into them: now holding what `mask` says."""
+
+    def _masked(self, mask: np.ndarray, end: int) -> InPlace:
+        return self.written(mask)  # the buffers keep their capacity; the next step writes over the rest
 
 
 @dataclass
@@ -298,87 +320,4 @@ def _buffers(past: dict[str, np.ndarray], capacity: int, rows: int) -> dict[str,
     return out
 
 
-class _Pool:
-    """Host buffers of in-place caches that are gone, kept for the next one. Memory fresh from the system
-    costs a page fault per 4 kB the first time it is written: copying a 900-token SmolLM2 prefix (42 MB)
-    into new buffers took 40 ms, into buffers written before 8 ms, and an editor's every request starts
-    by such a copy. What a reused buffer held beyond a row's length is left there: GroupQueryAttention
-    reads each row's first `length` positions only (checked: the engine's tests give the same bits with
-    the rest NaN).
-
-    A set of buffers is one slab, and every array on it (each layer's buffer, every view of one: a
-    cache's past(), an OrtValue bound to it) has the slab's _Memory as its base, so the slab comes back
-    only when the last of them is gone."""
-
-    def __init__(self, idle: int) -> None:
-        self.idle = idle  # at most this many slabs wait for reuse; the oldest beyond are freed
-        self._free: list[tuple[np.ndarray, tuple, object]] = []  # (slab, its layout, its label or None)
-        self._lock = threading.Lock()  # the scheduler's thread and a direct `generate` may share it
-
-    def take(
-        self, like: dict[str, np.ndarray], rows: int, capacity: int, already: Already | None = None
-    ) -> tuple[dict[str, np.ndarray], int]:
-        """Buffers of at least `rows` rows and `capacity` positions (at most twice that), shaped per layer
-        as `like`'s arrays ([_, kv_heads, _, head_dim]), and how many positions of what the caller wants
-        their first row holds already (`already` of their label; 0 for new ones)."""
-        first = next(iter(like.values()))
-        kind = (tuple(like), first.shape[1], first.shape[3], np.dtype(first.dtype))
-        with self._lock:
-            fits = [i for i, (_, (k, r, c), _) in enumerate(self._free) if k == kind and rows <= r and capacity <= c <= 2 * capacity]
-            held = {i: already(self._free[i][2]) if already is not None and self._free[i][2] is not None else 0 for i in fits}
-            best = max(fits, key=lambda i: (held[i], -self._free[i][0].nbytes), default=None)
-            found = self._free.pop(best) if best is not None else None
-        if found is None:
-            slab = _slab(len(like) * rows * first.shape[1] * capacity * first.shape[3], first.dtype)
-            layout: tuple = (kind, rows, capacity)
-            count = 0
-        else:
-            slab, layout, _ = found
-            assert best is not None  # found came from the pool at best
-            count = held[best]
-        (names, heads, head_dim, _), rows, capacity = layout
-        memory = _Memory(slab)
-        finalizer = weakref.finalize(memory, self._give_back, slab, layout, memory.label)
-        finalizer.atexit = False  # type: ignore[misc]  # documented (weakref docs); typeshed's __slots__ omit it
-        whole = np.asarray(memory)  # it and its views have `memory` as their base
-        size = rows * heads * capacity * head_dim
-        return {name: whole[i * size : (i + 1) * size].reshape(rows, heads, capacity, head_dim) for i, name in enumerate(names)}, count
-
-    def filled(self, past: dict[str, np.ndarray], capacity: int, rows: int) -> dict[str, np.ndarray]:
-        """take(), holding `past` in the first rows and positions."""
-        buffers, _ = self.take(past, rows, capacity)
-        for k, v in past.items():
-            buffers[k][: v.shape[0], :, : v.shape[2]] = v
-        return buffers
-
-    @staticmethod
-    def label(buffer: np.ndarray, label: object) -> None:
-        memory = buffer.base
-        while isinstance(memory, np.ndarray):  # a view of the slab's whole array
-            memory = memory.base
-        assert isinstance(memory, _Memory), "a pooled buffer's base is its slab's _Memory"
-        memory.label[0] = label
-
-    def _give_back(self, slab: np.ndarray, layout: tuple, label: list) -> None:
-        with self._lock:
-            self._free.append((slab, layout, label[0]))
-            del self._free[: -self.idle or len(self._free)]
-
-
-def _slab(count: int, dtype: np.dtype) -> np.ndarray:
-    """`count` zeros of `dtype` in an anonymous mapping of their own, in 4 kB pages taken as first written.
-    Not np.empty: numpy asks for transparent huge pages on large arrays, so that writing a one-row cache
-    (row 0 of each layer's 8-row buffer) touched every layer's 2 MB pages: 178 MB resident instead of 23,
-    and 2-3x the time, for a 512-position SmolLM2 slab."""
-    return np.frombuffer(mmap.mmap(-1, max(count, 1) * np.dtype(dtype).itemsize), dtype, count)
-
-
-class _Memory:
-    """A slab as the base object of the arrays on it: when it goes, no array on the slab is left."""
-
-    def __init__(self, slab: np.ndarray) -> None:
-        self.__array_interface__ = slab.__array_interface__
-        self.label: list[object] = [None]  # what the first row holds, said before the last array goes
-
-
-_POOL = _Pool(idle=1)  # one editor request after another: the last one's buffers serve the next
+_POOL = BufferPool(idle=1)  # one editor request after another: the last one's buffers serve the next
