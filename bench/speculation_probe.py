@@ -27,8 +27,7 @@ from bench import results as results_file
 from bench.machine import machine_info, wait_quiet
 from bench.paths import ROOT
 from eval.editor_sessions import default_files, read_files
-from server.engine import Engine
-from server.engine.drafts import prompt_lookup
+from server.engine import Engine, prompt_lookup
 
 STEPS = (1, 2, 4, 8)  # new tokens per step: the next token and up to 7 drafts
 CONTINUATION = 24  # tokens, as an editor's completion (bench.editor's max_tokens)

@@ -47,13 +47,16 @@ class GenerationRequest:
         return self.prompt.items[0] if len(self.prompt.items) == 1 else self.prompt.items
 
 
-def with_defaults(settings: Settings, asked: SamplingParams, *, max_tokens: int | None, temperature: float | None) -> SamplingParams:
-    """`asked` (the request's other sampling fields) with its max_tokens and temperature: the request's
-    value, else the server's default; every API falls back the same way."""
+def with_defaults(
+    settings: Settings, asked: SamplingParams, *, max_tokens: int | None, temperature: float | None, speculative: bool | None = None
+) -> SamplingParams:
+    """`asked` (the request's other sampling fields) with its max_tokens, temperature and speculation:
+    the request's value, else the server's default; every API falls back the same way."""
     return replace(
         asked,
         max_tokens=settings.default_max_tokens if max_tokens is None else max_tokens,
         temperature=settings.default_temperature if temperature is None else temperature,
+        speculative=settings.speculative if speculative is None else speculative,
     )
 
 

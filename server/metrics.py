@@ -113,6 +113,10 @@ class _BackendCollector(Collector):
         decoded = CounterMetricFamily(
             "slipstream_decoded_rows", "Rows of every decode step (a token each), cancelled ones included", labels=["model"]
         )
+        drafted = CounterMetricFamily("slipstream_draft_tokens", "Draft tokens a speculative step verified", labels=["model", "drafter"])
+        accepted = CounterMetricFamily(
+            "slipstream_accepted_draft_tokens", "Draft tokens the rows' own decisions confirmed", labels=["model", "drafter"]
+        )
         ready = GaugeMetricFamily("slipstream_model_ready", "1 when the model takes requests", labels=["model"])
         cache = {
             "lookups": CounterMetricFamily("slipstream_prefix_cache_lookups", "Prompts looked up in the prefix cache", labels=["model"]),
@@ -136,8 +140,10 @@ class _BackendCollector(Collector):
                 rows.add_metric([name], load.rows)
                 waiting.add_metric([name], load.waiting)
                 decoded.add_metric([name], load.rows_decoded)
+                drafted.add_metric([name, "prompt_lookup"], load.drafted)
+                accepted.add_metric([name, "prompt_lookup"], load.accepted)
             ready.add_metric([name], 1.0 if self._backend.status(name) in SERVING else 0.0)
-        yield from (rows, waiting, decoded, ready, *cache.values(), held)
+        yield from (rows, waiting, decoded, drafted, accepted, ready, *cache.values(), held)
 
 
 class MetricsMiddleware:

@@ -66,6 +66,11 @@ class _SamplingRequest(BaseModel):
         description="Reuse the prefix cache for this prompt and keep its keys and values there (llama.cpp's "
         "field); false: prefilled from scratch and not kept.",
     )
+    speculative: StrictBool | None = Field(
+        None,
+        description="Verify prompt-lookup drafts several tokens a step when the request decodes alone (the same "
+        "text in fewer steps); none: the server's `speculative` setting.",
+    )
 
     _check_logit_bias = field_validator("logit_bias")(_bias_in_range)
 
@@ -89,7 +94,7 @@ class _SamplingRequest(BaseModel):
         return GenerationRequest(
             model=self.model,
             prompt=prompt,
-            params=with_defaults(settings, params, max_tokens=max_tokens, temperature=self.temperature),
+            params=with_defaults(settings, params, max_tokens=max_tokens, temperature=self.temperature, speculative=self.speculative),
             stream=self.stream,
             include_usage=bool(self.stream_options and self.stream_options.include_usage),
             cache_prompt=self.cache_prompt,

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         "about one logit for the bundled int8 models).",
     )
 
+    speculative: bool = Field(
+        False,
+        description="Default for requests that do not say (`speculative`): a request decoding alone verifies "
+        "prompt-lookup drafts of 3 tokens a step and keeps what its own decisions confirm (the same text, fewer "
+        "steps). Off until its speed and exactness figures on the bundled models are in (issue 26).",
+    )
+
     # --- request limits and defaults ---
     default_max_tokens: int = Field(16, ge=1, description="max_tokens when a request gives none (OpenAI's default).")
     default_temperature: float = Field(

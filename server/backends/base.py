@@ -33,6 +33,8 @@ class BatchLoad:
     rows: int  # decoding now (in the last decode step; 0 when idle)
     waiting: int  # requests waiting to be admitted
     rows_decoded: int  # every row of every decode step so far, finished or cancelled later: the work done
+    drafted: int = 0  # speculation's draft tokens verified (prompt lookup's)
+    accepted: int = 0  # of them, those the rows' own decisions confirmed
 
 
 class Backend(Protocol):

@@ -113,7 +113,10 @@ class EmbeddedBackend:
     def batch_load(self, name: str) -> BatchLoad | None:
         """None before the model loads."""
         scheduler = self._schedulers.get(name)
-        return None if scheduler is None else BatchLoad(scheduler.batch_rows, scheduler.waiting, scheduler.rows_decoded)
+        if scheduler is None:
+            return None
+        engine = scheduler.engine
+        return BatchLoad(scheduler.batch_rows, scheduler.waiting, scheduler.rows_decoded, engine.drafted, engine.accepted)
 
     def cache_stats(self, name: str) -> CacheStats | None:
         scheduler = self._schedulers.get(name)

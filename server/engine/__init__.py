@@ -4,9 +4,11 @@ inside Triton's python backend.
 The public surface, what the rest of the server imports: the prompt side (Prompter, Prompt,
 ContextFile, InvalidInput), the sampling parameters, the events a generation yields, the Engine and its Scheduler
 (continuous batching, QueueFull past its bound), the errors a model can raise when it loads, and
-the bare session (Runner) with log_softmax, for checking an export's logits (server/verify.py).
+the bare session (Runner) with log_softmax, for checking an export's logits (server/verify.py);
+prompt_lookup, the speculative drafter.
 """
 
+from server.engine.drafts import prompt_lookup
 from server.engine.engine import Engine
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prefix_cache import CacheStats
@@ -35,4 +37,5 @@ __all__ = [
     "TokenLogprob",
     "Usage",
     "log_softmax",
+    "prompt_lookup",
 ]

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.engine.batch import Batch
+from server.engine.batch import Batch, Finished
+from server.engine.drafts import prompt_lookup
 from server.engine.events import Delta, Usage
 from server.engine.kvcache import KVCache
 from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
@@ -42,6 +43,9 @@ log = logging.getLogger("slipstream.engine")
 
 # The prefix cache must hold at least a prompt this long (or the whole context) to be worth having.
 MIN_CACHED_PROMPT = 2048
+# Draft tokens a speculative step verifies: 3 (4 new tokens a step) was the best trade of the step's cost
+# against acceptance on editor prompts for both bundled models (bench.speculation_probe).
+DRAFT_TOKENS = 3
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Engine:
         grid = reuse.grid
         self.prefill_chunk_tokens = -(-prefill_chunk_tokens // grid) * grid  # a whole number of tiles
         self.cache_stats = prefix_cache.stats if prefix_cache is not None else CacheStats(0)  # 0: off
+        self.drafted = self.accepted = 0  # speculation's draft tokens verified, and confirmed
 
     @classmethod
     def load(
@@ -177,18 +182,51 @@ class Engine:
         return sequence, cache.keep(kept) if len(kept) < rows else cache
 
     def step(self, batch: Batch) -> None:
-        """One decode step for every live row of the batch: each row's next token; finished rows leave
-        (what they generated kept in the prefix cache first)."""
+        """One decode step for every live row of the batch: each row's next token (a row decoding alone
+        that asked for speculation: its next token and as many of its draft's as it confirms); finished
+        rows leave (what they generated kept in the prefix cache first)."""
         assert batch.cache is not None, "a batch with live rows has their cache"
         alone = batch.sequences[0] if batch.rows == 1 else None
         choice = alone.live[0] if alone is not None else 0
-        logits, cache = self.runner.decode(batch.tokens(), batch.cache)
-        batch.advance(logits, cache, self._finished if self.prefix_cache is not None and self.reuse.keeps_generated else None)
+        finished = self._finished if self.prefix_cache is not None and self.reuse.keeps_generated else None
+        draft = self._draft(alone) if alone is not None else []
+        if draft:
+            cache = self._verify(batch, draft, finished)
+        else:
+            logits, cache = self.runner.decode(batch.tokens(), batch.cache)
+            batch.advance(logits, cache, finished)
         if alone is not None and not batch and self.prefix_cache is not None and alone.prompt.cache_prompt:
             # the last row's buffers go back to the pool holding its prompt (and what it generated, where
             # the policy keeps that): the next request that starts the same way takes them and copies none of it
             ids = alone.held(choice) if self.reuse.keeps_generated else self.reuse.reusable(alone.prompt.ids)
             cache.label(_Held(alone.prompt.cache_salt, np.asarray(ids, dtype=np.int64)))
+
+    def _draft(self, sequence: Sequence) -> list[int]:
+        """Prompt lookup's draft for a one-row sequence that asked for speculation, no longer than the
+        tokens it may still decide after its next one."""
+        if not sequence.params.speculative:
+            return []
+        room = min(DRAFT_TOKENS, sequence.params.max_tokens - sequence.steps - 1)
+        held = sequence.choices[sequence.live[0]].ids
+        return prompt_lookup([*sequence.prompt.ids, *held], room) if room > 0 else []
+
+    def _verify(self, batch: Batch, draft: list[int], finished: Finished | None) -> KVCache:
+        """One step over the row's next token and its draft; the row then decides token after token from
+        the step's logits, each as a one-token step would (its sampler, its generator, its stop strings),
+        while what it decides equals the draft; the positions after the last one used are rewound."""
+        inputs = [*batch.tokens(), *draft]
+        assert batch.cache is not None, "a batch with live rows has their cache"
+        logits, cache = self.runner.forward(np.asarray([inputs], dtype=np.int64), batch.cache, keep=len(inputs))
+        sequence, used = batch.sequences[0], 0
+        for position in range(len(inputs)):
+            batch.advance(logits[:, position], cache, finished)
+            used += 1
+            if not batch or position == len(draft) or sequence.tokens[0] != draft[position]:
+                break
+        self.drafted, self.accepted = self.drafted + len(draft), self.accepted + used - 1
+        if batch.cache is not None:
+            batch.cache = batch.cache.rewind([len(inputs) - used])
+        return cache
 
     def _finished(self, sequence: Sequence, choice: int, row: int, cache: KVCache) -> None:
         self._keep(sequence.prompt, sequence.held(choice), cache, row)

@@ -34,6 +34,7 @@ class SamplingParams:
     ignore_eos: bool = False  # generate max_tokens whatever the model says (fixed-length latency runs)
     min_indent: int = 0  # llama.cpp's n_indent: a later line indented less than this ends the completion before it
     max_predict_s: float | None = None  # llama.cpp's t_max_predict_ms: past it from the first token, end at a newline
+    speculative: bool = False  # verify prompt-lookup drafts several tokens a step (a request decoding alone)
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,96 @@
+"""Speculative decoding's first form (issue 26): a request decoding alone verifies prompt lookup's draft
+in one step and keeps what its own decisions confirm. The text is the one it would get without (greedy,
+and seeded samples: each token is decided from the same logits with the same draws), in fewer steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server.engine import Delta, Engine, SamplingParams, Usage
+from tests.conftest import TINY, TINY_LLAMA
+
+# a prompt that repeats itself, as code does: lookup finds drafts, and a tiny model copies
+PROMPT = "x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2, 3]\nw = [1, 2"
+
+
+@pytest.fixture(scope="module", params=["optimum", "fused"])
+def engine(request, tiny_checkpoint: Path, tiny_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """optimum's graph in fp32 (its INT8 graph quantises activations over the whole input, which a
+    several-token step changes), and the fused graph as the store builds it."""
+    if request.param == "fused":
+        return Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1)
+    from server.models.export import export_checkpoint
+
+    repository = tmp_path_factory.mktemp("fp32")
+    export_checkpoint(tiny_checkpoint, repository, TINY, precision="fp32", log=lambda _l: None)
+    return Engine.load(repository, TINY, threads=1)
+
+
+def generate(engine: Engine, params: SamplingParams) -> tuple[str, list[str], Usage]:
+    text, pieces, usage = "", [], None
+    for event in engine.generate(engine.prompter.prepare(PROMPT, params.max_tokens), params):
+        if isinstance(event, Delta):
+            text += event.text
+            pieces.append(event.text)
+        else:
+            usage = event
+    assert usage is not None
+    return text, pieces, usage
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": 0.0},
+        {"temperature": 1.0, "seed": 7},
+        {"temperature": 0.8, "seed": 7, "top_k": 5, "top_p": 0.9, "presence_penalty": 0.1},
+        {"temperature": 0.0, "stop": ["]"]},
+    ],
+    ids=["greedy", "seeded", "filtered", "stop"],
+)
+def test_the_same_text_with_and_without_speculation_in_fewer_steps(engine: Engine, params: dict) -> None:
+    if "seed" in params:  # the tiny random model samples noise: two tokens made likely, so that drafts exist
+        params = {**params, "logit_bias": {engine.prompter.encode(" 2")[-1]: 10.0, engine.prompter.encode(" 3")[-1]: 10.0}}
+    plain = SamplingParams(max_tokens=40, ignore_eos=True, **params)
+    drafted_before, accepted_before = engine.drafted, engine.accepted
+    without = generate(engine, plain)
+    assert (engine.drafted, engine.accepted) == (drafted_before, accepted_before)  # off unless asked for
+    with_drafts = generate(engine, SamplingParams(max_tokens=40, ignore_eos=True, speculative=True, **params))
+    assert with_drafts[0] == without[0]
+    assert with_drafts[2].completion_tokens == without[2].completion_tokens
+    if "stop" not in params:
+        assert with_drafts[2].completion_tokens == 40  # max_tokens exactly, drafts or not
+        assert engine.drafted > drafted_before and engine.accepted > accepted_before  # the steps it saved
+
+
+def test_a_draft_never_runs_past_max_tokens(engine: Engine) -> None:
+    for max_tokens in (1, 2, 3, 5):
+        text, _, usage = generate(engine, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, speculative=True))
+        assert usage.completion_tokens == max_tokens
+        assert text == generate(engine, SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True))[0]
+
+
+def test_through_the_api_the_field_the_text_and_the_counters(duo_server) -> None:
+    """`speculative` on /v1/completions: the same greedy text as without, the draft tokens counted on
+    /metrics; a wrong type is a 400 naming the field."""
+    import httpx
+
+    from tests.test_metrics import scrape
+
+    body = {"model": TINY_LLAMA, "prompt": PROMPT, "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+
+    def complete(**more: object) -> httpx.Response:
+        return httpx.post(f"{duo_server.url}/v1/completions", json=body | more, timeout=60)
+
+    def counted(name: str) -> float:
+        return sum(v for (n, labels), v in scrape(duo_server.url).items() if n == name and dict(labels)["model"] == TINY_LLAMA)
+
+    drafted, accepted = counted("slipstream_draft_tokens_total"), counted("slipstream_accepted_draft_tokens_total")
+    plain = complete().json()["choices"][0]["text"]
+    assert counted("slipstream_draft_tokens_total") == drafted  # the server's default: off
+    assert complete(speculative=True).json()["choices"][0]["text"] == plain
+    assert counted("slipstream_draft_tokens_total") > drafted and counted("slipstream_accepted_draft_tokens_total") > accepted
+    refused = complete(speculative="yes")
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "speculative", refused.text
