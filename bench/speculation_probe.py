@@ -11,6 +11,10 @@ that decide it, per bundled model.
   (server/engine/drafts.py) over the prompt and the tokens so far: how many of the draft's first tokens
   equal what greedy decoding then produced (what a verify step would accept).
 From both: the expected tokens per verify step, and the speed-up over one-token steps it would give.
+- Measured: the engine's own speculative step (`speculative`, 3-token drafts) against plain decoding on
+  the same prompts, greedy, 24 tokens: the time of each generation and whether the text is identical
+  (a verify step computes the row's positions in multi-row tiles, whose sums may differ by a few ULPs
+  from a one-token step's).
 Results: bench/results/speculation_probe.{json,md,png}.
 """
 
@@ -27,7 +31,7 @@ from bench import results as results_file
 from bench.machine import machine_info, wait_quiet
 from bench.paths import ROOT
 from eval.editor_sessions import default_files, read_files
-from server.engine import Engine, prompt_lookup
+from server.engine import Delta, Engine, SamplingParams, prompt_lookup
 
 STEPS = (1, 2, 4, 8)  # new tokens per step: the next token and up to 7 drafts
 CONTINUATION = 24  # tokens, as an editor's completion (bench.editor's max_tokens)
@@ -63,6 +67,27 @@ def acceptance(engine: Engine, ids: list[int], k: int) -> list[int]:
         actual = generated[at : at + len(draft)]
         accepted.append(next((i for i, (d, a) in enumerate(zip(draft, actual, strict=False)) if d != a), len(actual)))
     return accepted
+
+
+def measured(engine: Engine, prompts: list[list[int]]) -> dict:
+    """Greedy generations with and without speculation, alternating: summed time and identical texts."""
+    totals, same = {False: 0.0, True: 0.0}, 0
+    for ids in prompts:
+        texts = {}
+        for speculative in (False, True):
+            params = SamplingParams(max_tokens=CONTINUATION, temperature=0.0, ignore_eos=True, speculative=speculative)
+            start = time.perf_counter()
+            events = list(engine.generate(engine.prompter.prepare(ids, CONTINUATION), params))
+            totals[speculative] += time.perf_counter() - start
+            texts[speculative] = "".join(e.text for e in events if isinstance(e, Delta))
+        same += texts[False] == texts[True]
+    return {
+        "plain_s": totals[False],
+        "speculative_s": totals[True],
+        "speedup": totals[False] / totals[True],
+        "identical": same,
+        "prompts": len(prompts),
+    }
 
 
 def editor_prompts(engine: Engine, count: int) -> list[list[int]]:
@@ -101,7 +126,9 @@ def main() -> None:
                 "speedup": (1 + mean) / (cost[width] / cost[1]),
             }
             print(f"[{name}] T={width}: {mean:.2f} accepted drafts per step over {len(counts)} steps", flush=True)
-        models[name] = {"prompt_tokens": len(prompts[0]), "prompts": len(prompts), "verify_ms": cost, "by_step": per_k}
+        run = measured(engine, prompts)
+        print(f"[{name}] measured: {run['speedup']:.2f}x, {run['identical']}/{run['prompts']} identical", flush=True)
+        models[name] = {"prompt_tokens": len(prompts[0]), "prompts": len(prompts), "verify_ms": cost, "by_step": per_k, "measured": run}
     lines = [
         f"Speculation probe: {info['cpu']}, {args.threads} threads (waited {waited:.0f} s for a quiet machine)",
         "",
@@ -116,6 +143,12 @@ def main() -> None:
                 f"| {name} | {width} | {m['verify_ms'][width]:.1f} ({m['verify_ms'][width] / one:.2f}x) | "
                 f"{k['mean_accepted']:.2f} | {k['share_with_any']:.0%} | {k['speedup']:.2f}x |"
             )
+    lines += ["", "| model | plain s | speculative s | speed-up (prefill included) | identical texts |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {name} | {m['measured']['plain_s']:.2f} | {m['measured']['speculative_s']:.2f} | "
+        f"{m['measured']['speedup']:.2f}x | {m['measured']['identical']}/{m['measured']['prompts']} |"
+        for name, m in models.items()
+    ]
     lines += [
         "",
         f"Acceptance: prompt lookup (n-grams 4..2) on {args.prompts} editor prompts of ~1.4k tokens, greedy "
