@@ -68,8 +68,8 @@ class _SamplingRequest(BaseModel):
     )
     speculative: StrictBool | None = Field(
         None,
-        description="Verify prompt-lookup drafts several tokens a step when the request decodes alone (the same "
-        "text in fewer steps); none: the server's `speculative` setting.",
+        description="Verify prompt-lookup drafts several tokens a step when the request decodes alone (fewer "
+        "steps; the same text up to near ties); none: the server's `speculative` setting.",
     )
 
     _check_logit_bias = field_validator("logit_bias")(_bias_in_range)

@@ -122,8 +122,9 @@ class Settings(BaseSettings):
     speculative: bool = Field(
         False,
         description="Default for requests that do not say (`speculative`): a request decoding alone verifies "
-        "prompt-lookup drafts of 3 tokens a step and keeps what its own decisions confirm (the same text, fewer "
-        "steps). Off until its speed and exactness figures on the bundled models are in (issue 26).",
+        "prompt-lookup drafts of 3 tokens a step and keeps what its own decisions confirm: fewer steps, the same "
+        "text up to near ties, which the bundled int8 graphs' multi-token step can tip (bench/README.md). Off "
+        "until that is exact (issue 26).",
     )
 
     # --- request limits and defaults ---

@@ -1,6 +1,7 @@
 """Speculative decoding's first form (issue 26): a request decoding alone verifies prompt lookup's draft
-in one step and keeps what its own decisions confirm. The text is the one it would get without (greedy,
-and seeded samples: each token is decided from the same logits with the same draws), in fewer steps."""
+in one step and keeps what its own decisions confirm. On the test models the text is the one it would
+get without (greedy, and seeded samples: each token is decided from the same logits with the same
+draws), in fewer steps. (The bundled int8 graphs' multi-token step can tip a near tie: bench/README.md.)"""
 
 from __future__ import annotations
 
