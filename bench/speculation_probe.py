@@ -70,8 +70,9 @@ def acceptance(engine: Engine, ids: list[int], k: int) -> list[int]:
 
 
 def measured(engine: Engine, prompts: list[list[int]]) -> dict:
-    """Greedy generations with and without speculation, alternating: summed time and identical texts."""
-    totals, same = {False: 0.0, True: 0.0}, 0
+    """Greedy generations with and without speculation, alternating: summed time, identical texts, and
+    for each difference the plain path's top-2 logit gap at the first token where the two part."""
+    totals, same, gaps = {False: 0.0, True: 0.0}, 0, []
     for ids in prompts:
         texts = {}
         for speculative in (False, True):
@@ -81,13 +82,31 @@ def measured(engine: Engine, prompts: list[list[int]]) -> dict:
             totals[speculative] += time.perf_counter() - start
             texts[speculative] = "".join(e.text for e in events if isinstance(e, Delta))
         same += texts[False] == texts[True]
+        if texts[False] != texts[True]:
+            gaps.append(_gap_where_they_part(engine, ids, texts[True]))
     return {
         "plain_s": totals[False],
         "speculative_s": totals[True],
         "speedup": totals[False] / totals[True],
         "identical": same,
         "prompts": len(prompts),
+        "top2_gaps_at_first_difference": gaps,
     }
+
+
+def _gap_where_they_part(engine: Engine, ids: list[int], other: str) -> float:
+    """The plain greedy path's top-2 logit gap at its first token whose text leaves `other`."""
+    prompt = engine.prompter.prepare(ids, CONTINUATION)
+    logits, cache = engine.runner.prefill(prompt.ids)
+    step, tokens = logits[-1], []
+    for _ in range(CONTINUATION):
+        top2 = np.sort(step)[-2:]
+        tokens.append(int(step.argmax()))
+        if not other.startswith(engine.prompter.tokenizer.decode(tokens, skip_special_tokens=False)):
+            return float(top2[1] - top2[0])
+        out, cache = engine.runner.decode(tokens[-1:], cache)
+        step = out[0]
+    return float("nan")
 
 
 def editor_prompts(engine: Engine, count: int) -> list[list[int]]:
@@ -143,10 +162,15 @@ def main() -> None:
                 f"| {name} | {width} | {m['verify_ms'][width]:.1f} ({m['verify_ms'][width] / one:.2f}x) | "
                 f"{k['mean_accepted']:.2f} | {k['share_with_any']:.0%} | {k['speedup']:.2f}x |"
             )
-    lines += ["", "| model | plain s | speculative s | speed-up (prefill included) | identical texts |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | plain s | speculative s | speed-up (prefill included) | identical texts | top-2 gaps where they part |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [
         f"| {name} | {m['measured']['plain_s']:.2f} | {m['measured']['speculative_s']:.2f} | "
-        f"{m['measured']['speedup']:.2f}x | {m['measured']['identical']}/{m['measured']['prompts']} |"
+        f"{m['measured']['speedup']:.2f}x | {m['measured']['identical']}/{m['measured']['prompts']} | "
+        f"{', '.join(f'{g:.3f}' for g in sorted(m['measured']['top2_gaps_at_first_difference']))} |"
         for name, m in models.items()
     ]
     lines += [
