@@ -12,9 +12,10 @@ A prompt is prefilled in chunks of at most `prefill_chunk_tokens`, cut at the sa
 whatever is cached or running, and a cached prefix is reused up to a multiple of the kernels' tile
 (server/engine/reuse_grid.py measures it at load), so that a prompt's numbers are the same bits warm
 or cold, alone or under traffic; or, not exact, to the token. The prefix cache keeps each prompt's
-keys and values, and each finished row's, for the next request.
+keys and values for the next request (and, not exact, each finished row's: its ReusePolicy says).
 n samples (or best_of) share one prefill: the one-row KV cache is copied into n rows. A finished row
-leaves the batch at once.
+leaves the batch at once. A row decoding alone that asked for `speculative` has its step verify a
+prompt-lookup draft too (`_verify`), and gives back (`KVCache.rewind`) what its decisions did not confirm.
 """
 
 from __future__ import annotations
