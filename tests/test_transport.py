@@ -49,16 +49,21 @@ def decoded_rows(server: ServerProcess) -> float:
     return sum(v for (name, _), v in scrape(server.url).items() if name == "slipstream_decoded_rows_total")
 
 
-def wait_for_an_empty_batch(server: ServerProcess, cancelled_before: float, cancelled: int, decoded_before: float) -> None:
+def wait_for_an_empty_batch(
+    server: ServerProcess, cancelled_before: float, cancelled: int, decoded_before: float, decoded_at_leave: float | None = None
+) -> None:
     """Until no row decodes and `cancelled` more requests are counted cancelled (a guard of 120 s against a
-    hang, not a speed bound); then the rows decoded since `decoded_before` must be under half of what the
-    cancelled heavy requests would have decoded whole: cancelled, not finished, on any machine's speed."""
+    hang, not a speed bound); then the rows decoded after the clients left (`decoded_at_leave`, default
+    `decoded_before`) must be under half of what the heavy requests had left to decode: cancelled, not
+    finished, on any machine's speed."""
     deadline = time.monotonic() + 120
     while _batch_rows(server) > 0 or _cancelled(server) < cancelled_before + cancelled:
         assert time.monotonic() < deadline, "the batch never emptied, or the requests were not counted cancelled"
         time.sleep(0.05)
-    done = decoded_rows(server) - decoded_before
-    assert done < cancelled * HEAVY_ROWS / 2, f"{done:.0f} rows decoded: the cancelled requests ran on"
+    left_at = decoded_before if decoded_at_leave is None else decoded_at_leave
+    left = cancelled * HEAVY_ROWS - (left_at - decoded_before)  # the work still to do when they left
+    done = decoded_rows(server) - left_at
+    assert done < left / 2, f"{done:.0f} rows decoded after the clients left, of {left:.0f} left: the cancelled requests ran on"
 
 
 def _batch_rows(server: ServerProcess) -> float:
