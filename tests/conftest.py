@@ -36,6 +36,15 @@ def tiny_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @pytest.fixture(scope="session")
+def tiny_fp32_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny CodeGen in fp32: optimum's INT8 graph quantises activations over the whole input, so a
+    row's logits there move (by ~1e-2) with the batch and with a several-token step."""
+    repository = tmp_path_factory.mktemp("fp32")
+    export_checkpoint(tiny_checkpoint, repository, TINY, precision="fp32", log=lambda _line: None)
+    return repository
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The other export path: onnxruntime-genai's fused graph, as the bundled models use."""
     checkpoint = build_tiny_llama(tmp_path_factory.mktemp("hf") / TINY_LLAMA, n_positions=TINY_CONTEXT)

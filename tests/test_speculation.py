@@ -17,16 +17,12 @@ PROMPT = "x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2, 3]\nw = [1, 2"
 
 
 @pytest.fixture(scope="module", params=["optimum", "fused"])
-def engine(request, tiny_checkpoint: Path, tiny_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+def engine(request, tiny_fp32_repo: Path, tiny_llama_repo: Path) -> Engine:
     """optimum's graph in fp32 (its INT8 graph quantises activations over the whole input, which a
     several-token step changes), and the fused graph as the store builds it."""
     if request.param == "fused":
         return Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1)
-    from server.models.export import export_checkpoint
-
-    repository = tmp_path_factory.mktemp("fp32")
-    export_checkpoint(tiny_checkpoint, repository, TINY, precision="fp32", log=lambda _l: None)
-    return Engine.load(repository, TINY, threads=1)
+    return Engine.load(tiny_fp32_repo, TINY, threads=1)
 
 
 def generate(engine: Engine, params: SamplingParams) -> tuple[str, list[str], Usage]:
