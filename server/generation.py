@@ -39,6 +39,7 @@ class GenerationRequest:
     include_usage: bool = False  # a stream's closing usage event (OpenAI's stream_options.include_usage)
     cache_prompt: bool = True  # false: prefilled from scratch and not kept in the prefix cache
     ignored: list[str] = field(default_factory=list)  # fields the API took and cannot honour (X-Slipstream-Ignored)
+    prediction: str | None = None  # the output expected (OpenAI's Predicted Outputs), verified as drafts
 
     def logged(self) -> object:
         """The prompt as the access log records it (with log_prompts)."""

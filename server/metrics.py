@@ -22,6 +22,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.backends.base import SERVING, Backend
+from server.engine import DRAFTERS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -140,8 +141,9 @@ class _BackendCollector(Collector):
                 rows.add_metric([name], load.rows)
                 waiting.add_metric([name], load.waiting)
                 decoded.add_metric([name], load.rows_decoded)
-                drafted.add_metric([name, "prompt_lookup"], load.drafted)
-                accepted.add_metric([name, "prompt_lookup"], load.accepted)
+                for drafter in DRAFTERS:
+                    drafted.add_metric([name, drafter], load.drafted.get(drafter, 0))
+                    accepted.add_metric([name, drafter], load.accepted.get(drafter, 0))
             ready.add_metric([name], 1.0 if self._backend.status(name) in SERVING else 0.0)
         yield from (rows, waiting, decoded, drafted, accepted, ready, *cache.values(), held)
 

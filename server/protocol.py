@@ -40,6 +40,23 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class PredictionPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class Prediction(BaseModel):
+    """OpenAI's Predicted Outputs: text the output is expected to repeat (the code being edited)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["content"]
+    content: str | list[PredictionPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
 class _SamplingRequest(BaseModel):
     """The fields the completion and chat requests share, with the same meaning and bounds."""
 
@@ -57,6 +74,11 @@ class _SamplingRequest(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     user: str | None = None
+    prediction: Prediction | None = Field(
+        None,
+        description="OpenAI's Predicted Outputs ({type: content, content}): drafts verified several tokens a step "
+        "while the output repeats it; usage.completion_tokens_details counts its accepted and rejected tokens.",
+    )
 
     # --- slipstream extensions ---
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off (llama.cpp, vLLM).")
@@ -98,6 +120,7 @@ class _SamplingRequest(BaseModel):
             stream=self.stream,
             include_usage=bool(self.stream_options and self.stream_options.include_usage),
             cache_prompt=self.cache_prompt,
+            prediction=self.prediction.text() if self.prediction is not None else None,
         )
 
 
@@ -198,11 +221,20 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = Field(0, description="Prompt tokens reused from the prefix cache instead of prefilled")
 
 
+class CompletionTokensDetails(BaseModel):
+    accepted_prediction_tokens: int = Field(0, description="Tokens of the prediction that the output confirmed")
+    rejected_prediction_tokens: int = Field(0, description="Tokens of the prediction verified and not confirmed")
+    # --- slipstream extension: speculative decoding, every drafter's (the prediction's included) ---
+    draft_tokens: int = Field(0, description="Draft tokens verified")
+    accepted_draft_tokens: int = Field(0, description="Of them, confirmed: tokens decided without a decode step of their own")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+    completion_tokens_details: CompletionTokensDetails = Field(default_factory=CompletionTokensDetails)
     # --- slipstream extension: how many prompt tokens were cut from the left to fit the context ---
     prompt_tokens_trimmed: int = 0
 

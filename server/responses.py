@@ -24,6 +24,7 @@ from server.protocol import (
     ChatLogprobs,
     Choice,
     CompletionResponse,
+    CompletionTokensDetails,
     ErrorBody,
     ErrorResponse,
     Logprobs,
@@ -57,6 +58,12 @@ def wire_usage(usages: list[Usage]) -> WireUsage:
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in usages)),
         prompt_tokens_trimmed=sum(u.prompt_tokens_trimmed for u in usages),
+        completion_tokens_details=CompletionTokensDetails(
+            accepted_prediction_tokens=sum(u.accepted_prediction_tokens for u in usages),
+            rejected_prediction_tokens=sum(u.rejected_prediction_tokens for u in usages),
+            draft_tokens=sum(u.draft_tokens for u in usages),
+            accepted_draft_tokens=sum(u.accepted_draft_tokens for u in usages),
+        ),
     )
 
 

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from fastapi import Request
@@ -61,6 +61,7 @@ class Job:
     timeout_s: float | None  # request_timeout_s: from the start of generation to its end
     ignored: list[str]  # request fields this model cannot honour (X-Slipstream-Ignored)
     request_id: str = ""  # the X-Request-Id the response carries (server/metrics.py), for the log
+    headers: dict[str, str] = field(default_factory=dict)  # the response's own (a prediction cut to fit)
 
 
 async def generate(
@@ -82,7 +83,9 @@ async def generate(
                 ignored = [*ignored, "suffix"]  # no FIM sentinels: served without it, and said so
         for prompt in prompts:
             _check_prompt_length(prompt, settings)
+        prompts, headers = _with_prediction(prompter, prompts, asked.prediction)
         job = _job(state, request, model, prompts, asked, ignored)
+        job.headers.update(headers)
         return await _respond(backend, job, request, shape(model), asked)
 
 
@@ -109,6 +112,17 @@ def _conversation(backend: Backend, model: str, prompter: Prompter, chat: Conver
             "model",
         )
     return prompter.prepare(prompter.chat_prompt(chat.messages), params.max_tokens, raw=False)
+
+
+def _with_prediction(prompter: Prompter, prompts: list[Prompt], prediction: str | None) -> tuple[list[Prompt], dict[str, str]]:
+    """Each prompt with the prediction's tokens, as many as its context holds after the prompt: drafts
+    past the context could never be used. When fewer than all, a header says how many of how many."""
+    if not prediction:
+        return prompts, {}
+    ids = prompter.encode(prediction)
+    kept = min(len(ids), *(prompter.manifest.context_length - len(p.ids) for p in prompts))
+    cut = {"X-Slipstream-Prediction-Truncated": f"{kept}/{len(ids)}"} if kept < len(ids) else {}
+    return [replace(p, prediction=ids[:kept]) for p in prompts], cut
 
 
 @contextmanager
@@ -201,6 +215,7 @@ async def _respond(
     its first event is there: the one wait before the status line, so that a failure before it (the
     queue full, the backend down) still gets its own status instead of a 200 with an error inside."""
     headers = {"X-Slipstream-Ignored": ",".join(_header_safe(name) for name in job.ignored)} if job.ignored else {}
+    headers.update(job.headers)
     if not asked.stream:
         got = await _while_connected(request, _collect(backend, job))
         whole = shape.response(got)

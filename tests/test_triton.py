@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from client.api import Client
+from server.engine import Prompter
 from server.triton.launch import TritonServer, TritonUnavailable
 from testkit.triton_process import TritonCommand, start_triton
 from tests.conftest import TINY, ServerProcess
@@ -60,6 +61,31 @@ def test_triton_backend_answers_as_the_embedded_one(api: ServerProcess, tiny_ser
     assert via_triton["choices"] == embedded["choices"]
     assert via_triton["usage"] == embedded["usage"]
     assert len(via_triton["choices"]) == body.get("n", 1)
+
+
+def test_speculation_and_predictions_run_inside_triton(
+    api: ServerProcess, tiny_server: ServerProcess, tiny_repo: Path, triton: TritonServer
+) -> None:
+    """A speculative request and one with a prediction: the embedded engine's text and usage (its draft
+    counts included) through Triton, the drafts counted on Triton's own /metrics."""
+    prompter = Prompter(tiny_repo, TINY)
+    likely = {str(prompter.encode(w)[-1]): 10 for w in (" 2", " 3")}  # a random model made to repeat, as code does
+    body = {
+        "prompt": "x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2",
+        "max_tokens": 24,
+        "temperature": 0,
+        "ignore_eos": True,
+        "logit_bias": likely,
+        "cache_prompt": False,  # each server's usage alike, whatever it served before
+    }
+    plain = _complete(api.url, **body)["choices"][0]["text"]
+    for more in ({"speculative": True}, {"prediction": {"type": "content", "content": plain}}):
+        via_triton, embedded = _complete(api.url, **body, **more), _complete(tiny_server.url, **body, **more)
+        assert via_triton["choices"][0]["text"] == embedded["choices"][0]["text"]
+        assert via_triton["usage"] == embedded["usage"]
+        assert via_triton["usage"]["completion_tokens_details"]["accepted_draft_tokens"] > 0, via_triton["usage"]
+    lines = httpx.get(triton.metrics_url, timeout=10).text.splitlines()
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("slipstream_accepted_draft_tokens{")) > 0
 
 
 def test_streaming_through_triton_arrives_token_by_token(api: ServerProcess) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from server.engine import CacheStats, Delta, Prompt, Prompter, ReusePolicy, SamplingParams, Usage
@@ -33,8 +33,8 @@ class BatchLoad:
     rows: int  # decoding now (in the last decode step; 0 when idle)
     waiting: int  # requests waiting to be admitted
     rows_decoded: int  # every row of every decode step so far, finished or cancelled later: the work done
-    drafted: int = 0  # speculation's draft tokens verified (prompt lookup's)
-    accepted: int = 0  # of them, those the rows' own decisions confirmed
+    drafted: Mapping[str, int] = field(default_factory=dict)  # speculation's draft tokens verified, by drafter
+    accepted: Mapping[str, int] = field(default_factory=dict)  # of them, those the rows' own decisions confirmed
 
 
 class Backend(Protocol):

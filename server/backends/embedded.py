@@ -116,7 +116,7 @@ class EmbeddedBackend:
         if scheduler is None:
             return None
         engine = scheduler.engine
-        return BatchLoad(scheduler.batch_rows, scheduler.waiting, scheduler.rows_decoded, engine.drafted, engine.accepted)
+        return BatchLoad(scheduler.batch_rows, scheduler.waiting, scheduler.rows_decoded, *engine.speculator.counts())
 
     def cache_stats(self, name: str) -> CacheStats | None:
         scheduler = self._schedulers.get(name)

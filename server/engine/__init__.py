@@ -5,7 +5,7 @@ The public surface, what the rest of the server imports: the prompt side (Prompt
 ContextFile, InvalidInput), the sampling parameters, the events a generation yields, the Engine and its Scheduler
 (continuous batching, QueueFull past its bound), the errors a model can raise when it loads, and
 the bare session (Runner) with log_softmax, for checking an export's logits (server/verify.py);
-prompt_lookup, the speculative drafter.
+the drafters speculation uses (DRAFTERS names them; prompt_lookup, the first).
 """
 
 from server.engine.drafts import prompt_lookup
@@ -17,8 +17,10 @@ from server.engine.reuse_grid import ReusePolicy
 from server.engine.runner import DeviceError, GraphError, Runner
 from server.engine.sampling import SamplingParams, log_softmax
 from server.engine.scheduler import QueueFull, Scheduler
+from server.engine.speculator import DRAFTERS
 
 __all__ = [
+    "DRAFTERS",
     "CacheStats",
     "ContextFile",
     "Delta",

@@ -14,8 +14,9 @@ whatever is cached or running, and a cached prefix is reused up to a multiple of
 or cold, alone or under traffic; or, not exact, to the token. The prefix cache keeps each prompt's
 keys and values for the next request (and, not exact, each finished row's: its ReusePolicy says).
 n samples (or best_of) share one prefill: the one-row KV cache is copied into n rows. A finished row
-leaves the batch at once. A row decoding alone that asked for `speculative` has its step verify a
-prompt-lookup draft too (`_verify`), and gives back (`KVCache.rewind`) what its decisions did not confirm.
+leaves the batch at once. A row decoding alone that asked for `speculative`, or brought a prediction, has its step verify a
+draft too (server/engine/speculator.py; `_verify`), and gives back (`KVCache.rewind`) what its
+decisions did not confirm.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from server.engine.batch import Batch, Finished
-from server.engine.drafts import prompt_lookup
 from server.engine.events import Delta, Usage
 from server.engine.kvcache import KVCache
 from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
@@ -38,15 +38,13 @@ from server.engine.reuse_grid import ReusePolicy, measure
 from server.engine.runner import Runner
 from server.engine.sampling import SamplingParams
 from server.engine.sequence import Sequence
+from server.engine.speculator import Draft, Speculator
 from server.models.store import Manifest, model_dir
 
 log = logging.getLogger("slipstream.engine")
 
 # The prefix cache must hold at least a prompt this long (or the whole context) to be worth having.
 MIN_CACHED_PROMPT = 2048
-# Draft tokens a speculative step verifies: 3 (4 new tokens a step) was the best trade of the step's cost
-# against acceptance on editor prompts for both bundled models (bench.speculation_probe).
-DRAFT_TOKENS = 3
 
 
 @dataclass
@@ -81,7 +79,7 @@ class Engine:
         grid = reuse.grid
         self.prefill_chunk_tokens = -(-prefill_chunk_tokens // grid) * grid  # a whole number of tiles
         self.cache_stats = prefix_cache.stats if prefix_cache is not None else CacheStats(0)  # 0: off
-        self.drafted = self.accepted = 0  # speculation's draft tokens verified, and confirmed
+        self.speculator = Speculator()  # drafts, the editor's history per salt, counters by drafter
 
     @classmethod
     def load(
@@ -190,41 +188,46 @@ class Engine:
         alone = batch.sequences[0] if batch.rows == 1 else None
         choice = alone.live[0] if alone is not None else 0
         finished = self._finished if self.prefix_cache is not None and self.reuse.keeps_generated else None
-        draft = self._draft(alone) if alone is not None else []
-        if draft:
+        draft = self.speculator.draft(alone) if alone is not None else None
+        before = list(batch.sequences)
+        if draft is not None:
             cache = self._verify(batch, draft, finished)
         else:
             logits, cache = self.runner.decode(batch.tokens(), batch.cache)
             batch.advance(logits, cache, finished)
+        for sequence in before:
+            if sequence.done:
+                self.speculator.remember(sequence)
         if alone is not None and not batch and self.prefix_cache is not None and alone.prompt.cache_prompt:
             # the last row's buffers go back to the pool holding its prompt (and what it generated, where
             # the policy keeps that): the next request that starts the same way takes them and copies none of it
             ids = alone.held(choice) if self.reuse.keeps_generated else self.reuse.reusable(alone.prompt.ids)
             cache.label(_Held(alone.prompt.cache_salt, np.asarray(ids, dtype=np.int64)))
 
-    def _draft(self, sequence: Sequence) -> list[int]:
-        """Prompt lookup's draft for a one-row sequence that asked for speculation, no longer than the
-        tokens it may still decide after its next one."""
-        if not sequence.params.speculative:
-            return []
-        room = min(DRAFT_TOKENS, sequence.params.max_tokens - sequence.steps - 1)
-        held = sequence.choices[sequence.live[0]].ids
-        return prompt_lookup([*sequence.prompt.ids, *held], room) if room > 0 else []
+    @property
+    def drafted(self) -> int:
+        """Draft tokens verified so far, every drafter's."""
+        return sum(self.speculator.drafted.values())
 
-    def _verify(self, batch: Batch, draft: list[int], finished: Finished | None) -> KVCache:
+    @property
+    def accepted(self) -> int:
+        """Of them, those the rows' own decisions confirmed."""
+        return sum(self.speculator.accepted.values())
+
+    def _verify(self, batch: Batch, draft: Draft, finished: Finished | None) -> KVCache:
         """One step over the row's next token and its draft; the row then decides token after token from
         the step's logits, each as a one-token step would (its sampler, its generator, its stop strings),
         while what it decides equals the draft; the positions after the last one used are rewound."""
-        inputs = [*batch.tokens(), *draft]
+        inputs = [*batch.tokens(), *draft.tokens]
         assert batch.cache is not None, "a batch with live rows has their cache"
         logits, cache = self.runner.forward(np.asarray([inputs], dtype=np.int64), batch.cache, keep=len(inputs))
         sequence, used = batch.sequences[0], 0
         for position in range(len(inputs)):
             batch.advance(logits[:, position], cache, finished)
             used += 1
-            if not batch or position == len(draft) or sequence.tokens[0] != draft[position]:
+            if not batch or position == len(draft.tokens) or sequence.tokens[0] != draft.tokens[position]:
                 break
-        self.drafted, self.accepted = self.drafted + len(draft), self.accepted + used - 1
+        self.speculator.settle(sequence, draft, used - 1)
         if batch.cache is not None:
             batch.cache = batch.cache.rewind([len(inputs) - used])
         return cache

@@ -33,3 +33,7 @@ class Usage:
     completion_tokens: int
     prompt_tokens_trimmed: int = 0  # left-trimmed to fit the context window
     cached_tokens: int = 0  # of prompt_tokens, reused from the prefix cache instead of prefilled
+    draft_tokens: int = 0  # speculation: draft tokens verified, every drafter's
+    accepted_draft_tokens: int = 0  # of them, confirmed (tokens decided without a step of their own)
+    accepted_prediction_tokens: int = 0  # of the request's prediction, confirmed (OpenAI's Predicted Outputs)
+    rejected_prediction_tokens: int = 0  # of the request's prediction, verified and not confirmed

@@ -3,7 +3,7 @@ the context), and chat messages rendered through the model's own template."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -36,6 +36,7 @@ class Prompt:
     prefix: int = 0  # how many of ids are the prefix
     cache_salt: str = ""  # prefix-cache isolation: only prompts of the same salt (API key) share keys and values
     cache_prompt: bool = True  # reuse and keep this prompt's keys and values (llama.cpp's field)
+    prediction: list[int] = field(default_factory=list)  # the output expected, as drafts to verify (Predicted Outputs)
 
 
 class Prompter:

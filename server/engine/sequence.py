@@ -8,10 +8,12 @@ batch. best_of buffers every row's deltas and releases the best n (by mean logpr
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from server.engine.drafts import RowDrafting
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prompts import Prompt, Prompter
 from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample
@@ -45,6 +47,10 @@ class Sequence:
         self.steps = 0
         self._first_at: float | None = None  # when the first token was decided (max_predict_s counts from it)
         self._buffer = rows > params.n  # best_of: rank all, return the best n, so nothing streams early
+        # speculation (server/engine/speculator.py): each drafting row's state, this request's counts by drafter
+        self.drafting: dict[int, RowDrafting] = {}
+        self.drafted: Counter[str] = Counter()
+        self.accepted: Counter[str] = Counter()
 
     def _new_choice(self, index: int) -> _Choice:
         rng = np.random.default_rng(None if self.params.seed is None else [self.params.seed, index])
@@ -171,5 +177,9 @@ class Sequence:
                 completion_tokens=sum(c.generated for c in self.choices),
                 prompt_tokens_trimmed=self.prompt.trimmed,
                 cached_tokens=self.cached,
+                draft_tokens=sum(self.drafted.values()),
+                accepted_draft_tokens=sum(self.accepted.values()),
+                accepted_prediction_tokens=self.accepted["prediction"],
+                rejected_prediction_tokens=self.drafted["prediction"] - self.accepted["prediction"],
             )
         )

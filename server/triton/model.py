@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils  # provided by Triton's python backend stub
 
-from server.engine import Engine, Scheduler
+from server.engine import DRAFTERS, Engine, Scheduler
 from server.settings import Settings
 from server.triton import wire
 
@@ -50,6 +50,18 @@ class TritonPythonModel:
         )
         self._decoded = self._family.Metric(labels={"model": args["model_name"]})
         self._reported = 0
+        # speculation's draft tokens, by drafter, under the names our server's /metrics gives them
+        self._draft_families = [
+            pb_utils.MetricFamily(name=name, description=text, kind=pb_utils.MetricFamily.COUNTER)
+            for name, text in (
+                ("slipstream_draft_tokens", "Draft tokens a speculative step verified"),
+                ("slipstream_accepted_draft_tokens", "Draft tokens the rows' own decisions confirmed"),
+            )
+        ]
+        self._drafts = [
+            {d: family.Metric(labels={"model": args["model_name"], "drafter": d}) for d in DRAFTERS} for family in self._draft_families
+        ]
+        self._drafts_reported: list[dict[str, int]] = [{}, {}]
         self.loop.call_soon_threadsafe(self._report_decoded)
 
     def execute(self, requests: list) -> None:
@@ -102,14 +114,19 @@ class TritonPythonModel:
         if now > self._reported:
             self._decoded.increment(now - self._reported)
             self._reported = now
+        for metrics, reported, counts in zip(self._drafts, self._drafts_reported, self.engine.speculator.counts(), strict=True):
+            for drafter, count in counts.items():
+                if count > reported.get(drafter, 0):
+                    metrics[drafter].increment(count - reported.get(drafter, 0))
+                    reported[drafter] = count
         self.loop.call_later(0.5, self._report_decoded)
 
     def finalize(self) -> None:
         self.scheduler.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
-        del self._decoded  # a Triton metric goes before its family
-        del self._family
+        del self._decoded, self._drafts  # a Triton metric goes before its family
+        del self._family, self._draft_families
 
 
 async def _watch(sender, cancel: threading.Event) -> None:
