@@ -56,6 +56,7 @@ bench: install  ## every speed figure vs optimum, torch, llama.cpp, the editor r
 		$(BIN)/slipstream export $$m --precision gguf || exit 1; \
 	done
 	$(BIN)/python -m bench.suite
+	bench/build_llama_server.sh  # llama.cpp's own server for the editor replay's peers (once, ~10 min)
 	$(BIN)/python -m bench.editor
 	$(BIN)/python -m bench.infill
 

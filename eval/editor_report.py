@@ -45,6 +45,8 @@ def summarise(records: list[Request]) -> dict[str, Any]:
         **{kind: outcomes.get(kind, 0) for kind in ("completed", "cancelled", "error", "lost")},
         "cancelled_before_text": sum(r.outcome == "cancelled" and r.ttft_s is None for r in records),
         "completed_without_text": sum(r.outcome == "completed" and r.ttft_s is None for r in records),
+        # typed at a pace: the suggestions that arrived whole before the next word (the last word is never cut)
+        "shown_share": outcomes.get("completed", 0) / len(records) if records else None,
         "ttft_ms": _percentiles([r.ttft_s for r in records if r.ttft_s is not None]),
         "latency_ms": _percentiles([r.total_s for r in records if r.outcome == "completed"]),
         "prompt_tokens_mean": float(np.mean(prompt_tokens)) if prompt_tokens else None,
@@ -81,7 +83,7 @@ def ratios(servers: list[dict]) -> tuple[str | None, dict]:
                     else None
                 )
                 for metric, q in _RATIO_KEYS
-            }
+            } | {"shown_share": summary["shown_share"] / base["shown_share"] if summary["shown_share"] and base["shown_share"] else None}
     return reference["name"], found
 
 
@@ -113,14 +115,20 @@ def _ms(values: dict, *, sep: str = " / ") -> str:
     return sep.join(f"{values[f'p{q}']:,.0f}" for q in QUANTILES) if values else "-"
 
 
+def _share(share: float | None) -> str:
+    return "" if share is None else f" ({100 * share:.0f}%)"
+
+
+def _typing(word_ms: float) -> str:
+    if not word_ms:
+        return "each completion awaited before the next word"
+    return f"a word every {word_ms:g} ms, the request in flight cancelled at the next"
+
+
 def markdown(data: dict) -> str:
     c, sessions = data["config"], data["sessions"]
     files = sorted({s["file"] for s in sessions})
-    typing = (
-        "each completion awaited before the next word"
-        if not c["word_ms"]
-        else f"a word every {c['word_ms']:g} ms, the request in flight cancelled at the next"
-    )
+    typing = _typing(c["word_ms"])
     lines = [
         "# Editor replay",
         "",
@@ -135,9 +143,11 @@ def markdown(data: dict) -> str:
     for run in data["runs"]:
         if run["label"]:
             lines += ["", f"## {run['label']}"]
+        if run.get("word_ms", c["word_ms"]) != c["word_ms"]:
+            lines += ["", f"Typing: {_typing(run['word_ms'])}."]
         lines += [
             "",
-            "| server | pass | requests | completed | cancelled (before text) | TTFT p50 / p90 / p99 (ms) "
+            "| server | pass | requests | completed (shown) | cancelled (before text) | TTFT p50 / p90 / p99 (ms) "
             "| latency p50 / p90 / p99 (ms) | prompt tokens | reused |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
@@ -150,7 +160,7 @@ def markdown(data: dict) -> str:
                 tokens = f"{s['prompt_tokens_mean']:,.0f}" if s["prompt_tokens_mean"] is not None else "n/a"
                 reused = "n/a" if s["reused_share"] is None else f"{100 * s['reused_share']:.1f}%"
                 lines.append(
-                    f"| {server['name']} | {phase} | {s['requests']}{failed} | {s['completed']} | "
+                    f"| {server['name']} | {phase} | {s['requests']}{failed} | {s['completed']}{_share(s['shown_share'])} | "
                     f"{s['cancelled']} ({s['cancelled_before_text']}) | {_ms(s['ttft_ms'])} | "
                     f"{_ms(s['latency_ms'])} | {tokens} | {reused} |"
                 )
@@ -159,12 +169,13 @@ def markdown(data: dict) -> str:
                 "",
                 f"Ratios over {run['reference']} (below 1: faster):",
                 "",
-                "| server | pass | TTFT p50 | TTFT p90 | TTFT p99 | latency p50 | latency p90 | latency p99 |",
-                "|---|---|---|---|---|---|---|---|",
+                "| server | pass | TTFT p50 | TTFT p90 | TTFT p99 | latency p50 | latency p90 | latency p99 | shown |",
+                "|---|---|---|---|---|---|---|---|---|",
             ]
             for name, per_pass in run["ratios"].items():
                 for phase, r in per_pass.items():
-                    cells = " | ".join("-" if r[f"{m}_p{q}"] is None else f"{r[f'{m}_p{q}']:.2f}x" for m, q in _RATIO_KEYS)
+                    keys = [f"{m}_p{q}" for m, q in _RATIO_KEYS] + ["shown_share"]
+                    cells = " | ".join("-" if r.get(k) is None else f"{r[k]:.2f}x" for k in keys)
                     lines.append(f"| {name} | {phase} | {cells} |")
         noise = [
             f"{s['name']} {s['server_cores']:.2f} (others {s['others_cores']:.2f})"
@@ -193,8 +204,12 @@ def plot(path: Path, data: dict) -> None:
     import matplotlib.pyplot as plt
 
     runs = data["runs"]
-    fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 3.8), squeeze=False)
-    for ax, run in zip(axes[0], runs, strict=True):
+    columns = min(len(runs), 4)
+    rows = -(-len(runs) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 3.8 * rows), squeeze=False)
+    for ax in axes.flat[len(runs) :]:
+        ax.axis("off")
+    for ax, run in zip(axes.flat, runs, strict=False):
         ran = [s for s in run["servers"] if "passes" in s]
         bars = [(metric, phase) for metric in ("ttft_ms", "latency_ms") for phase in ("cold", "warm")]
         width = 0.8 / len(bars)
@@ -213,7 +228,10 @@ def plot(path: Path, data: dict) -> None:
             ax.scatter(xs, p90, marker="_", color="black", s=80, zorder=3)
         ax.set_xticks(range(len(ran)), [s["name"] for s in ran], fontsize=8)
         ax.set_ylabel("ms (bar p50, tick p90)")
-        ax.set_title(f"Editor replay {run['label']}".strip(), fontsize=10)
+        shown = ", ".join(f"{s['name']} {100 * s['passes']['warm']['shown_share']:.0f}%" for s in ran) if run.get("word_ms") else ""
+        ax.set_title(
+            f"Editor replay {run['label']}".strip() + (f"\nshown before the next word (warm): {shown}" if shown else ""), fontsize=8
+        )
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

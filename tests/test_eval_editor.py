@@ -86,7 +86,7 @@ def test_one_at_a_time_then_a_typist_faster_than_the_server(tiny_server, tmp_pat
         expected = sum(r["cached_tokens"] for r in reported) / sum(r["prompt_tokens"] for r in reported) if reported else None
         assert s["reused_share"] == expected and s["prompt_tokens_mean"] > 0
     markdown = (tmp_path / "serial" / "editor.md").read_text()
-    assert "| tiny | cold | 16 | 16 | 0 (0) |" in markdown and "| tiny | warm |" in markdown
+    assert "| tiny | cold | 16 | 16 (100%) | 0 (0) |" in markdown and "| tiny | warm |" in markdown
     assert (tmp_path / "serial" / "editor.png").stat().st_size > 1000
 
     # the next word comes between the first text and the end of a typical completion: most are cut mid-stream
@@ -100,6 +100,7 @@ def test_one_at_a_time_then_a_typist_faster_than_the_server(tiny_server, tmp_pat
     for phase in ("cold", "warm"):
         s = server["passes"][phase]
         assert s["completed"] + s["cancelled"] == s["requests"] == 16 and s["error"] == s["lost"] == 0
+        assert s["shown_share"] == s["completed"] / 16  # the suggestions shown before the next word
     assert sum(server["passes"][p]["cancelled"] for p in ("cold", "warm")) >= 1
     for phase in ("cold", "warm"):
         for index in (0, 1):
