@@ -115,3 +115,21 @@ def test_sampled_tokens_follow_the_drafts_no_more_often_than_without_speculation
     expected = table.sum(axis=1, keepdims=True) * table.sum(axis=0, keepdims=True) / table.sum()
     statistic = float(((table - expected) ** 2 / expected).sum())
     assert statistic < 10.83, (statistic, table)  # chi-square, one degree of freedom, p = 0.001
+
+
+def test_logprobs_with_speculation_are_those_without(engine: Engine) -> None:
+    """Each token's logprob and top alternatives from a verify step's position, as from a one-token step
+    (within the graph's tolerance: on the test graphs the same to float rounding)."""
+    likely = {engine.prompter.encode(w)[-1]: 5.0 for w in (" 2", " 3")}  # a random model made to repeat: drafts exist
+    params = {"max_tokens": 24, "temperature": 0.0, "ignore_eos": True, "logprobs": 3, "logit_bias": likely}
+    accepted = engine.accepted
+    pieces: dict[bool, list] = {}
+    for speculative in (False, True):
+        events = engine.generate(engine.prompter.prepare(PROMPT, 24), SamplingParams(speculative=speculative, **params))
+        pieces[speculative] = [entry for e in events if isinstance(e, Delta) and e.logprobs for entry in e.logprobs]
+    assert engine.accepted > accepted
+    assert [p.token for p in pieces[True]] == [p.token for p in pieces[False]]
+    for plain, drafted in zip(pieces[False], pieces[True], strict=True):
+        assert drafted.logprob == pytest.approx(plain.logprob, abs=1e-4)
+        assert drafted.top is not None and plain.top is not None and drafted.top.keys() == plain.top.keys()
+        assert all(drafted.top[t] == pytest.approx(v, abs=1e-4) for t, v in plain.top.items())
