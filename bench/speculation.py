@@ -34,7 +34,7 @@ from server.engine import Delta, Engine, Prompt, SamplingParams, Usage
 
 EDIT_TOKENS = 128
 HUMANEVAL_TOKENS = 128
-HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
+HUMANEVAL_STOPS = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(")  # four: what OpenAI's API takes
 TEST_FILE = """import unittest
 
 from shapes import Rectangle
