@@ -59,6 +59,9 @@ bench: install  ## every speed figure vs optimum, torch, llama.cpp, the editor r
 	bench/build_llama_server.sh  # llama.cpp's own server for the editor replay's peers (once, ~10 min)
 	$(BIN)/python -m bench.editor
 	$(BIN)/python -m bench.infill
+	$(BIN)/python -m bench.speculation
+	$(BIN)/python -m bench.speculation_servers
+	$(BIN)/python -m bench.row_layout_probe
 
 clean-models:
 	rm -rf model_repository/*/ model_repository/.build

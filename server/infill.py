@@ -55,6 +55,8 @@ class InfillRequest(BaseModel):
     stream: bool = False
     cache_prompt: StrictBool = True
     response_fields: list[str] | None = None
+    # --- slipstream extension, as on /v1/completions: verify drafts (timings then count them as llama.cpp's do) ---
+    speculative: StrictBool | None = None
 
     def generation(self, settings: Settings) -> GenerationRequest:
         """The neutral request: the code before the cursor (input_prefix + prompt) to continue, input_suffix
@@ -70,7 +72,13 @@ class InfillRequest(BaseModel):
             min_indent=self.n_indent,
             max_predict_s=self.t_max_predict_ms / 1000 if self.t_max_predict_ms else None,
         )
-        params = with_defaults(settings, asked, max_tokens=None if self.n_predict < 0 else self.n_predict, temperature=self.temperature)
+        params = with_defaults(
+            settings,
+            asked,
+            max_tokens=None if self.n_predict < 0 else self.n_predict,
+            temperature=self.temperature,
+            speculative=self.speculative,
+        )
         return GenerationRequest(
             model=self.model,
             prompt=Texts([self.input_prefix + self.prompt], self.input_suffix, extra),
@@ -137,6 +145,9 @@ class InfillShape:
             "predicted_per_token_ms": predicted_ms / predicted_n if predicted_n else 0.0,
             "predicted_per_second": 1000 * predicted_n / predicted_ms if predicted_ms else 0.0,
         }
+        details = usage.completion_tokens_details
+        if details.draft_tokens:  # as llama.cpp's server reports speculation, only where it drafted
+            timings |= {"draft_n": details.draft_tokens, "draft_n_accepted": details.accepted_draft_tokens}
         return self._project(
             {
                 "index": 0,

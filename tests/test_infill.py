@@ -132,6 +132,19 @@ def test_llama_vim_fim_request(fim_server: ServerProcess) -> None:
     assert ignored == {"samplers", "t_max_prompt_ms", "id_slot"}
 
 
+def test_speculation_on_infill_counts_drafts_as_llama_cpp_does(fim_server: ServerProcess) -> None:
+    """`speculative` (our extension) on /infill: the same content as without, and timings' draft_n and
+    draft_n_accepted, as llama.cpp's server reports its speculation (absent where nothing was drafted)."""
+    body = llama_vim_fim(n_predict=32, prompt="x = [1, 2, 3]\ny = [1, 2, 3]\nz = [1, 2", input_extra=[])
+    plain = post(fim_server, "/infill", body).json()
+    drafted = post(fim_server, "/infill", body | {"speculative": True}).json()
+    assert drafted["content"] == plain["content"]
+    assert "draft_n" not in plain["timings"]
+    assert drafted["timings"]["draft_n"] >= drafted["timings"]["draft_n_accepted"] > 0, drafted["timings"]
+    refused = post(fim_server, "/infill", body | {"speculative": "yes"})
+    assert refused.status_code == 400 and "speculative" in refused.json()["error"]["message"]
+
+
 def test_response_fields_and_streaming(fim_server: ServerProcess) -> None:
     fields = ["content", "timings/prompt_n", "timings/predicted_n", "tokens_cached", "truncated"]
     got = post(fim_server, "/infill", llama_vim_fim(response_fields=fields)).json()
