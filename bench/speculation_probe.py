@@ -30,6 +30,7 @@ import numpy as np
 from bench import results as results_file
 from bench.machine import machine_info, wait_quiet
 from bench.paths import ROOT
+from bench.speculation import gap_where_they_part
 from eval.editor_sessions import default_files, read_files
 from server.engine import Delta, Engine, SamplingParams, prompt_lookup
 
@@ -83,7 +84,7 @@ def measured(engine: Engine, prompts: list[list[int]]) -> dict:
             texts[speculative] = "".join(e.text for e in events if isinstance(e, Delta))
         same += texts[False] == texts[True]
         if texts[False] != texts[True]:
-            gaps.append(_gap_where_they_part(engine, ids, texts[True]))
+            gaps.append(gap_where_they_part(engine, engine.prompter.prepare(ids, CONTINUATION).ids, texts[True], CONTINUATION))
     return {
         "plain_s": totals[False],
         "speculative_s": totals[True],
@@ -92,21 +93,6 @@ def measured(engine: Engine, prompts: list[list[int]]) -> dict:
         "prompts": len(prompts),
         "top2_gaps_at_first_difference": gaps,
     }
-
-
-def _gap_where_they_part(engine: Engine, ids: list[int], other: str) -> float:
-    """The plain greedy path's top-2 logit gap at its first token whose text leaves `other`."""
-    prompt = engine.prompter.prepare(ids, CONTINUATION)
-    logits, cache = engine.runner.prefill(prompt.ids)
-    step, tokens = logits[-1], []
-    for _ in range(CONTINUATION):
-        top2 = np.sort(step)[-2:]
-        tokens.append(int(step.argmax()))
-        if not other.startswith(engine.prompter.tokenizer.decode(tokens, skip_special_tokens=False)):
-            return float(top2[1] - top2[0])
-        out, cache = engine.runner.decode(tokens[-1:], cache)
-        step = out[0]
-    return float("nan")
 
 
 def editor_prompts(engine: Engine, count: int) -> list[list[int]]:
