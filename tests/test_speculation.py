@@ -5,6 +5,7 @@ draws), in fewer steps. (The bundled int8 graphs' multi-token step can tip a nea
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,9 @@ def test_logprobs_with_speculation_are_those_without(engine: Engine) -> None:
     params = {"max_tokens": 24, "temperature": 0.0, "ignore_eos": True, "logprobs": 3, "logit_bias": likely}
     accepted = engine.accepted
     pieces: dict[bool, list] = {}
+    prompt = replace(engine.prompter.prepare(PROMPT, 24), cache_salt="logprobs")  # no other test's history
     for speculative in (False, True):
-        events = engine.generate(engine.prompter.prepare(PROMPT, 24), SamplingParams(speculative=speculative, **params))
+        events = engine.generate(prompt, SamplingParams(speculative=speculative, **params))
         pieces[speculative] = [entry for e in events if isinstance(e, Delta) and e.logprobs for entry in e.logprobs]
     assert engine.accepted > accepted
     assert [p.token for p in pieces[True]] == [p.token for p in pieces[False]]

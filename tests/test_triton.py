@@ -84,8 +84,15 @@ def test_speculation_and_predictions_run_inside_triton(
         assert via_triton["choices"][0]["text"] == embedded["choices"][0]["text"]
         assert via_triton["usage"] == embedded["usage"]
         assert via_triton["usage"]["completion_tokens_details"]["accepted_draft_tokens"] > 0, via_triton["usage"]
-    lines = httpx.get(triton.metrics_url, timeout=10).text.splitlines()
-    assert sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("slipstream_accepted_draft_tokens{")) > 0
+    # the model moves its counters onto Triton's twice a second: wait for the next report, bounded
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = httpx.get(triton.metrics_url, timeout=10).text.splitlines()
+        if sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("slipstream_accepted_draft_tokens{")) > 0:
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError("no accepted draft tokens on Triton's /metrics after 10 s")
 
 
 def test_streaming_through_triton_arrives_token_by_token(api: ServerProcess) -> None:

@@ -123,10 +123,12 @@ class DraftPace:
 
 @dataclass
 class RowDrafting:
-    """A row's drafting state: its pace, and where it last agreed with its prediction (g, p)."""
+    """A row's drafting state: its pace, where it last agreed with its prediction (g, p), and which
+    drafter failed it last (it loses the next tie)."""
 
     pace: DraftPace = field(default_factory=lambda: DraftPace(DRAFT_TOKENS, LONGEST))
     anchor: tuple[int, int] = (0, 0)
+    missed: str | None = None  # the drafter whose last draft was rejected at its first token
 
 
 __all__ = [

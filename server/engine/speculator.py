@@ -56,26 +56,29 @@ class Speculator:
         if k < 1:
             return None
         generated = sequence.choices[index].ids
-        # (tokens matched, priority, draft): the longest match wins; on a tie the prediction, then the history
-        # (what the model said last time after the same tokens, under this key), then the prompt
-        found: list[tuple[int, int, Draft]] = []
+        # (tokens matched, not the drafter that failed last, priority): the longest match wins; on a tie the
+        # prediction, then the history (what the model said last time after the same tokens, under this
+        # key), then the prompt, a drafter whose last draft was rejected outright after the others
+        found: list[tuple[int, bool, int, Draft]] = []
         if prediction:
             tokens, row.anchor, agreed = follow_prediction(prediction, generated, row.anchor, k)
-            found.append((agreed, 2, Draft(tokens, "prediction", index)))
+            found.append((agreed, row.missed != "prediction", 2, Draft(tokens, "prediction", index)))
         if params.speculative:
             context = np.asarray([*sequence.prompt.ids, *generated], dtype=np.int64)
             own, n = lookup(context, context, k)
-            found.append((n, 0, Draft(own, "prompt_lookup", index)))
+            found.append((n, row.missed != "prompt_lookup", 0, Draft(own, "prompt_lookup", index)))
             haystack = self._haystacks.get(sequence.prompt.cache_salt)
             if haystack is not None:
                 earlier, m = lookup(haystack, context, k)
-                found.append((m, 1, Draft(earlier, "history", index)))
-        found = [f for f in found if f[2].tokens]
-        return max(found, key=lambda f: f[:2])[2] if found else None
+                found.append((m, row.missed != "history", 1, Draft(earlier, "history", index)))
+        found = [f for f in found if f[3].tokens]
+        return max(found, key=lambda f: f[:3])[3] if found else None
 
     def settle(self, sequence: Sequence, draft: Draft, accepted: int) -> None:
         """The row confirmed the draft's first `accepted` tokens."""
-        sequence.drafting[draft.choice].pace.settle(len(draft.tokens), accepted)
+        row = sequence.drafting[draft.choice]
+        row.pace.settle(len(draft.tokens), accepted)
+        row.missed = None if accepted else draft.drafter
         for counters, value in ((self.drafted, len(draft.tokens)), (self.accepted, accepted)):
             counters[draft.drafter] += value
         sequence.drafted[draft.drafter] += len(draft.tokens)
