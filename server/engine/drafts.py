@@ -37,6 +37,11 @@ SEPARATOR = -1  # between the entries of a haystack made of several texts: match
 Ids = Sequence[int] | np.ndarray
 
 
+def _ends(hay: np.ndarray, tail: np.ndarray, n: int) -> np.ndarray:
+    """Where each occurrence in `hay` of the last n tokens of `tail` ends (the index after it)."""
+    return np.flatnonzero((sliding_window_view(hay, n) == tail[-n:]).all(axis=1)) + n
+
+
 def lookup(haystack: Ids, tail: Ids, k: int, min_ngram: int = MIN_NGRAM) -> tuple[list[int], int]:
     """Up to `k` tokens that followed the latest occurrence in `haystack` of the last n tokens of `tail`,
     for the largest n from MAX_NGRAM down to `min_ngram` that occurs with a token after it (a draft
@@ -46,11 +51,10 @@ def lookup(haystack: Ids, tail: Ids, k: int, min_ngram: int = MIN_NGRAM) -> tupl
     if k < 1:
         return [], 0
     for n in range(min(MAX_NGRAM, end.size, hay.size - 1), min_ngram - 1, -1):
-        windows = sliding_window_view(hay[:-1], n)  # every window with at least one token after it
-        found = np.flatnonzero((windows == end[-n:]).all(axis=1))
-        found = found[hay[found + n] != SEPARATOR]  # an entry's end: nothing follows it
+        found = _ends(hay[:-1], end, n)  # every occurrence with at least one token after it
+        found = found[hay[found] != SEPARATOR]  # an entry's end: nothing follows it
         if found.size:
-            start = int(found[-1]) + n
+            start = int(found[-1])
             draft = hay[start : start + k].tolist()
             return (draft[: draft.index(SEPARATOR)] if SEPARATOR in draft else draft), n
     return [], 0
@@ -80,8 +84,7 @@ def follow_prediction(
     hay = np.asarray(prediction[low:high], dtype=np.int64)
     end = np.asarray(generated[-MAX_NGRAM:], dtype=np.int64)
     for n in range(min(MAX_NGRAM, end.size, hay.size), 0, -1):
-        windows = sliding_window_view(hay, n)
-        found = low + np.flatnonzero((windows == end[-n:]).all(axis=1)) + n  # where each occurrence ends
+        found = low + _ends(hay, end, n)
         if found.size:
             ahead = found[found > p]  # a rewrite keeps its order: past the anchor first
             pool = ahead if ahead.size else found
