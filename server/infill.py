@@ -30,7 +30,7 @@ from server.settings import Settings
 
 router = APIRouter()
 # llama.cpp's fields that this server takes and does not act on (named back in X-Slipstream-Ignored)
-_NOT_DONE = ("samplers", "t_max_prompt_ms", "id_slot", "min_p", "repeat_penalty", "typical_p", "n_probs")
+_NOT_DONE = ("samplers", "t_max_prompt_ms", "id_slot", "repeat_penalty", "typical_p", "n_probs")
 _STOP_TYPE = {"stop": "eos", "length": "limit"}
 
 
@@ -47,6 +47,7 @@ class InfillRequest(BaseModel):
     t_max_predict_ms: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)  # llama.cpp's default is 0.05; an editor that wants it sends it
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
@@ -65,6 +66,7 @@ class InfillRequest(BaseModel):
         asked = SamplingParams(
             top_k=self.top_k,
             top_p=self.top_p,
+            min_p=self.min_p,
             stop=tuple(self.stop),
             seed=None if self.seed in (None, -1) else self.seed,
             presence_penalty=self.presence_penalty,

@@ -16,7 +16,9 @@ from server.generation import Conversation, GenerationRequest, Texts, with_defau
 from server.settings import Settings
 
 # what Ollama's options hold that the engine does not do (context size, mirostat, ...): named back as ignored
-_SUPPORTED_OPTIONS = frozenset({"temperature", "top_p", "top_k", "num_predict", "stop", "seed", "presence_penalty", "frequency_penalty"})
+_SUPPORTED_OPTIONS = frozenset(
+    {"temperature", "top_p", "top_k", "min_p", "num_predict", "stop", "seed", "presence_penalty", "frequency_penalty"}
+)
 
 
 class Options(BaseModel):
@@ -25,6 +27,7 @@ class Options(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
     num_predict: int | None = Field(None, ge=-2, description="-1: until the end; -2: fill the context (Ollama)")
     stop: list[str] | None = None
     seed: int | None = Field(None, ge=0)
@@ -40,6 +43,7 @@ class Options(BaseModel):
         asked = SamplingParams(
             top_p=1.0 if self.top_p is None else self.top_p,
             top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
             stop=tuple(self.stop or ()),
             seed=self.seed,
             presence_penalty=self.presence_penalty or 0.0,

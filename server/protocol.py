@@ -82,6 +82,9 @@ class _SamplingRequest(BaseModel):
 
     # --- slipstream extensions ---
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens; 0 turns it off (llama.cpp, vLLM).")
+    min_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="Cut tokens less likely than min_p times the most likely one (llama.cpp, vLLM); 0: off."
+    )
     ignore_eos: bool = Field(False, description="Go on past EOS up to max_tokens (as llama.cpp and vLLM allow).")
     cache_prompt: StrictBool = Field(
         True,
@@ -101,6 +104,7 @@ class _SamplingRequest(BaseModel):
         return SamplingParams(
             top_p=self.top_p,
             top_k=self.top_k,
+            min_p=self.min_p,
             n=self.n,
             stop=_stops(self.stop),
             seed=self.seed,

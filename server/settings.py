@@ -138,7 +138,9 @@ class Settings(BaseSettings):
         "an editor (OpenAI's own default is 1.0).",
     )
     max_tokens_limit: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
-    max_n: int = Field(32, ge=1, le=1024, description="Largest n (and best_of) a request may ask for.")
+    max_n: int = Field(
+        64, ge=1, le=1024, description="Largest n (and best_of) a request may ask for (a researcher's samples of one problem: 10 to 200)."
+    )
     max_stop_sequences: int = Field(
         4, ge=1, le=64, description="Most stop strings a request may give (OpenAI allows 4; Codex's HumanEval set is 5)."
     )

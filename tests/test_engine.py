@@ -12,7 +12,6 @@ import pytest
 from server.engine import Delta, DeviceError, Engine, InvalidInput, SamplingParams, Usage
 from server.engine.kvcache import DeviceBuffers, HostCache, InPlace, SharedBuffers
 from server.engine.runner import Runner
-from server.engine.sampling import sample
 from tests.conftest import TINY, TINY_CONTEXT, TINY_LLAMA
 
 PROMPT = "def heappush(heap, item):\n    "
@@ -137,36 +136,6 @@ def test_cancel_stops_generation(engine: Engine) -> None:
     received = [next(events), next(events)]
     cancel.set()
     assert list(events) == [] and all(isinstance(e, Delta) for e in received)
-
-
-def test_sampling_filters() -> None:
-    rng = np.random.default_rng(0)
-    logits = np.array([0.0, 3.0, 2.9, -1.0], dtype=np.float32)
-    assert sample(logits, SamplingParams(temperature=0.0), rng) == 1
-    assert {sample(logits, SamplingParams(temperature=1.0, top_k=1), rng) for _ in range(20)} == {1}
-    assert {sample(logits, SamplingParams(temperature=1.0, top_p=0.01), rng) for _ in range(20)} == {1}
-    top2 = {sample(logits, SamplingParams(temperature=1.0, top_k=2), rng) for _ in range(200)}
-    assert top2 == {1, 2}
-    everything = {sample(logits, SamplingParams(temperature=5.0), rng) for _ in range(500)}
-    assert everything == {0, 1, 2, 3}
-
-
-def test_top_p_is_the_exact_nucleus_and_draws_follow_its_distribution() -> None:
-    from server.engine.sampling import _nucleus
-
-    rng = np.random.default_rng(3)
-    for scale in (0.5, 3.0, 12.0):  # flat to peaked distributions over a Gemma-sized vocabulary
-        logits = (rng.standard_normal(262_144) * scale).astype(np.float32)
-        weights = np.exp(logits - logits.max()).astype(np.float32)
-        probs = weights.astype(np.float64) / weights.sum(dtype=np.float64)
-        order = np.argsort(-probs, kind="stable")
-        expected = order[: int(np.searchsorted(np.cumsum(probs[order]), 0.9)) + 1]  # by the definition, sorting all
-        assert set(_nucleus(weights, None, 0.9).tolist()) == set(expected.tolist())
-    # draws: a 4-token distribution, top_p keeping the 3 most likely, renormalised among them
-    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
-    params = SamplingParams(temperature=1.0, top_p=0.9)
-    draws = np.bincount([sample(logits, params, rng) for _ in range(20_000)], minlength=4) / 20_000
-    assert draws[3] == 0 and np.allclose(draws[:3], np.array([0.5, 0.3, 0.15]) / 0.95, atol=0.015)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ import numpy as np
 from server.engine.drafts import RowDrafting
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prompts import Prompt, Prompter
-from server.engine.sampling import SamplingParams, adjust_logits, log_softmax, sample
+from server.engine.sampler import log_sum_exp, sample
+from server.engine.sampling import SamplingParams
 from server.engine.text import IncrementalDetokenizer, StopMatcher
 
 
@@ -74,9 +75,13 @@ class Sequence:
         self._first_at = self._first_at or now
         late = self.params.max_predict_s is not None and now - self._first_at > self.params.max_predict_s
         kept, tokens = [], []
-        for row, i in enumerate(self.live):
-            choice = self.choices[i]
-            token, delta = self._next_token(choice, logits[row])
+        choices = [self.choices[i] for i in self.live]
+        params = self.params
+        # every row's token in one pass over [rows, V]; logprobs (and best_of's ranking) from the raw logits
+        scored = params.logprobs is not None or (params.best_of or 0) > params.n
+        chosen, lse = sample(logits, params, [c.rng for c in choices], [c.counts for c in choices], scored)
+        for row, choice in enumerate(choices):
+            token, delta = self._next_token(choice, int(chosen[row]), logits[row], None if lse is None else float(lse[row]))
             self._emit(choice, delta)
             if delta.finish_reason is not None:
                 continue
@@ -108,29 +113,28 @@ class Sequence:
         scored = None
         if self.params.logprobs is not None:
             scored = []
+            lse = log_sum_exp(logits)
             for pos in range(self.prompt.prefix, len(self.prompt.ids)):
                 token = self.prompt.ids[pos]
                 if pos == 0:  # token i is scored by position i-1: nothing scores the first
                     scored.append(TokenLogprob(self._decode(token), None, None))
                 else:
-                    scored.append(self._token_logprob(token, log_softmax(logits[pos - 1]), self.params.logprobs))
+                    scored.append(self._token_logprob(token, logits[pos - 1], float(lse[pos - 1]), self.params.logprobs))
         self.events.extend(Delta(i, self.prompt.text, scored) for i in range(self.params.n))
 
     # --- one row's next token ---
 
-    def _next_token(self, choice: _Choice, logits: np.ndarray) -> tuple[int, Delta]:
-        # logits: [V] for this row
+    def _next_token(self, choice: _Choice, token: int, logits: np.ndarray, lse: float | None) -> tuple[int, Delta]:
+        # logits: [V], this row's raw logits; lse their log-normaliser when logprobs are wanted
         params = self.params
-        token = sample(adjust_logits(logits, params, choice.counts), params, choice.rng)
         choice.generated += 1
         choice.ids.append(token)
         choice.counts[token] = choice.counts.get(token, 0) + 1
         info = None
-        if params.logprobs is not None or (params.best_of or 0) > params.n:
-            logprobs = log_softmax(logits)
-            choice.logprob_sum += float(logprobs[token])
+        if lse is not None:
+            choice.logprob_sum += float(logits[token]) - lse
             if params.logprobs is not None:
-                info = [self._token_logprob(token, logprobs, params.logprobs)]
+                info = [self._token_logprob(token, logits, lse, params.logprobs)]
         if token in self.eos and not params.ignore_eos:
             return token, Delta(choice.index, self._drain(choice), info, "stop")
         piece = choice.detok.add(token)
@@ -147,15 +151,15 @@ class Sequence:
     def _decode(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)
 
-    def _token_logprob(self, token: int, logprobs: np.ndarray, top_n: int) -> TokenLogprob:
+    def _token_logprob(self, token: int, logits: np.ndarray, lse: float, top_n: int) -> TokenLogprob:
         top: dict[str, float] | None = None
         if top_n > 0:
-            best = np.argpartition(-logprobs, top_n - 1)[:top_n]
-            best = best[np.argsort(-logprobs[best])]
+            best = np.argpartition(-logits, top_n - 1)[:top_n]
+            best = best[np.argsort(-logits[best], kind="stable")]
             top = {}
             for t in best:  # best first: tokens that decode alike (byte pieces) keep the higher value
-                top.setdefault(self._decode(int(t)), float(logprobs[t]))
-        return TokenLogprob(self._decode(token), float(logprobs[token]), top)
+                top.setdefault(self._decode(int(t)), float(logits[t]) - lse)
+        return TokenLogprob(self._decode(token), float(logits[token]) - lse, top)
 
     # --- events ---
 
