@@ -214,7 +214,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         help="completion: the prompt is continued (/v1/completions); instruct: chat models get the problem "
         "in a message and the function is extracted from the reply (/v1/chat/completions)",
     )
-    he.add_argument("--concurrency", type=positive, default=4, help="requests in flight")
+    he.add_argument(
+        "--concurrency",
+        type=positive,
+        help="requests in flight (default: enough to fill the rows the server decodes together, from its "
+        "/v1/models max_batch_rows; 4 where it does not say)",
+    )
     he.add_argument(
         "--retry-window",
         type=float,

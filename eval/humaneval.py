@@ -42,6 +42,11 @@ class RunSummary:
     execution_s: float
     samples_per_s_executed: float
     box: str
+    # how the generation went (0 in summaries written before these were recorded)
+    concurrency: int = 0  # requests in flight while generating
+    generated_samples: int = 0  # by this run (a resumed run generates only what was missing)
+    generated_tokens: int = 0
+    tokens_per_s: float = 0.0  # generated_tokens / generation_s: the server's aggregate rate over the run
 
 
 def run_dir(out: Path, model: str, temperature: float, mode: str = "completion") -> Path:
@@ -107,6 +112,19 @@ def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int,
     return passk.benchmark_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks)
 
 
+async def _fill_rows(url: str, config: GenerationConfig, timeout: float) -> int:
+    """Requests in flight that keep the server's batch full: its rows (max_batch_rows in its /v1/models
+    entry) over the samples a request asks for, plus one waiting to take the rows the first to finish
+    frees; 4 where the server does not say."""
+    async with AsyncClient(url, timeout=timeout) as client:
+        entry = next((m for m in await client.models() if m.get("id") == config.model), {})
+    rows = entry.get("max_batch_rows")
+    if not isinstance(rows, int) or rows < 1:
+        return 4
+    per_request = min(config.samples_per_problem, config.per_request)
+    return -(-rows // per_request) + 1
+
+
 async def _generate(
     url: str, problems: list[Problem], config: GenerationConfig, path: Path, concurrency: int, timeout: float, retry_window: float
 ) -> list[dict[str, Any]]:
@@ -127,7 +145,7 @@ def run(
     limit: int | None = None,
     max_tokens: int = 384,
     prompt_format: PromptFormat = "raw",
-    concurrency: int = 4,
+    concurrency: int | None = None,
     workers: int | None = None,
     seed: int = 0,
     timeout: float = 600.0,
@@ -147,9 +165,13 @@ def run(
             )
             folder = run_dir(out, model, temperature, mode)
             folder.mkdir(parents=True, exist_ok=True)
+            before = {(r["task_id"], r["sample"]) for r in read_jsonl(folder / "samples.jsonl")}
+            in_flight = concurrency or asyncio.run(_fill_rows(url, config, timeout))
             started = time.perf_counter()
-            samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", concurrency, timeout, retry_window))
+            samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", in_flight, timeout, retry_window))
             generation_s = time.perf_counter() - started
+            new = [s for s in samples if (s["task_id"], s["sample"]) not in before]
+            generated_tokens = sum(int(s["completion_tokens"]) for s in new)
             wanted = {p.task_id for p in problems}
             samples = [s for s in samples if s["task_id"] in wanted and s["sample"] < config.samples_per_problem]
             results, executed, execution_s = execute(
@@ -167,11 +189,19 @@ def run(
                 prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT,
                 generation_s=round(generation_s, 2),
                 execution_s=round(execution_s, 2),
+                concurrency=in_flight,
+                generated_samples=len(new),
+                generated_tokens=generated_tokens,
+                tokens_per_s=round(generated_tokens / generation_s, 1) if new else 0.0,
                 box=box,
                 samples_per_s_executed=round(executed / execution_s, 2) if executed else 0.0,
             )
             (folder / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
             print(_line(summary))
+            print(
+                f"generated {len(new)} samples ({generated_tokens} tokens) in {generation_s:.1f} s at {in_flight} requests in "
+                f"flight: {summary.tokens_per_s:g} tok/s, {len(new) / generation_s:.2f} samples/s; executed in {execution_s:.1f} s"
+            )
             summaries.append(summary)
     write_report(out, all_summaries(out))  # with earlier runs in the same folder (other models)
     return summaries
@@ -205,6 +235,8 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
         "samples/problem",
         *(f"pass@{k}" for k in ks),
         "generation s",
+        "in flight",
+        "tok/s",
         "execution s",
         "executed/s",
         "box",
@@ -217,6 +249,8 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
             str(s.samples_per_problem),
             *(f"{100 * s.pass_at_k[k]:.1f}%" if k in s.pass_at_k else "" for k in ks),
             f"{s.generation_s:.0f}",
+            str(s.concurrency or ""),
+            f"{s.tokens_per_s:g}" if s.generated_samples else "",
             f"{s.execution_s:.1f}",
             f"{s.samples_per_s_executed:.1f}",
             s.box,

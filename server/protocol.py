@@ -277,6 +277,12 @@ class ModelCard(BaseModel):
     )
 
 
+    max_batch_rows: int | None = Field(
+        None, description="Rows (samples) the server decodes together at most: a client fills them with requests in flight"
+    )
+    max_n: int | None = Field(None, description="The largest n (and best_of) one request may ask for")
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]

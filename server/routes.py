@@ -68,6 +68,8 @@ async def models(request: Request) -> ModelList:
                 status=status,
                 prefix_cache_mb=cache_mb,
                 reuse_grid=reuse.grid if reuse is not None and cache_mb else None,  # none with the cache off
+                max_batch_rows=app_state(request).settings.max_batch_rows,
+                max_n=app_state(request).settings.max_n,
             )
         )
     return ModelList(data=cards)

