@@ -62,6 +62,7 @@ bench: install  ## every speed figure vs optimum, torch, llama.cpp, the editor r
 	$(BIN)/python -m bench.speculation
 	$(BIN)/python -m bench.speculation_servers
 	$(BIN)/python -m bench.row_layout_probe
+	$(BIN)/python -m bench.samples --humaneval-before 6b297a1  # n samples vs llama-server -np n; HumanEval n=10 before issue 27
 
 clean-models:
 	rm -rf model_repository/*/ model_repository/.build

@@ -62,7 +62,7 @@ class LlamaServer(ChildServer):
 
     ready_path = "/health"
 
-    def __init__(self, launch: Launch, speculative: bool) -> None:
+    def __init__(self, launch: Launch, speculative: bool, extra: tuple[str, ...] = ()) -> None:
         binary = llama_server_binary()
         assert binary is not None and launch.gguf is not None
         port = free_port()
@@ -70,6 +70,7 @@ class LlamaServer(ChildServer):
         args = [str(binary), "-m", str(launch.gguf), "-t", threads, "-tb", threads, "-c", str(launch.context)]
         args += ["--alias", launch.model, "--host", "127.0.0.1", "--port", str(port)]
         args += ["--spec-type", "ngram-mod"] if speculative else []
+        args += list(extra)
         # the shared libraries it links sit beside it (a build tree moved keeps working)
         env = {"LD_LIBRARY_PATH": f"{binary.parent}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
         super().__init__(args, "llama-server", port, env)
