@@ -14,8 +14,9 @@ Paths, per bundled model (all on --threads cores, the same prompt ids):
   package those rows say so.
 
 Cases: TTFT at prompt lengths 32, 512 and 1536 tokens; single-stream greedy decode tok/s (EOS ignored,
-exactly --tokens tokens); n = 1, 4, 16 samples of one prompt at temperature 0.8 (aggregate tok/s;
-llama-cpp-python has no batch: its n samples run one after another); 1, 4 and 16 concurrent
+exactly --tokens tokens); n = 1, 4, 16, 64 samples of one prompt at temperature 0.8 (aggregate tok/s;
+llama-cpp-python has no batch: its n samples run one after another; llama.cpp's own server with n
+slots is bench.samples); 1, 4 and 16 concurrent
 streaming clients on the server (aggregate tok/s, p50/p95 latency); the HTTP + SSE overhead over the
 engine for a 128-token completion; the server's RSS (each export's, loaded alone); the machine's memory bandwidth, against which
 single-stream decode is set (the floor: bytes of weights per token / bandwidth). Protocol: a discarded

@@ -24,7 +24,7 @@ from bench.paths import Run, optimum_folder
 from bench.suite_paths import EngineDirect, Generate, LlamaCpp, Server, ggufs, hf_checkpoint
 
 PROMPT_LENGTHS = (32, 512, 1536)
-SAMPLES = (1, 4, 16)
+SAMPLES = (1, 4, 16, 64)  # llama.cpp's server with n slots: bench.samples
 CLIENTS = (1, 4, 16)
 HTTP_TOKENS = 128
 

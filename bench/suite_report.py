@@ -57,6 +57,9 @@ def ratios(model: dict, bandwidth: float, name: str = RSS_TARGET_MODEL) -> dict[
         "n16_over_n1": div(
             model["samples"]["16"]["engine int8"]["aggregate_tok_s_median"], model["samples"]["1"]["engine int8"]["aggregate_tok_s_median"]
         ),
+        "n64_over_n1": div(
+            model["samples"]["64"]["engine int8"]["aggregate_tok_s_median"], model["samples"]["1"]["engine int8"]["aggregate_tok_s_median"]
+        ),
         "clients16_over_clients1": div(model["clients"]["16"]["aggregate_tok_s"], model["clients"]["1"]["aggregate_tok_s"]),
         "http_overhead_at_most": 1 - http["engine int8"]["total_s_median"] / http["server int8"]["total_s_median"],
         "rss_mb_at_most": model["server_rss_mb_loaded"] if name == RSS_TARGET_MODEL else None,

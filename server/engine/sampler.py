@@ -25,7 +25,7 @@ BLOCK = 1024
 # what top-k or top-p need; the last keeps every token whose weight is not 0 (the others cannot be drawn).
 _CUTS = (1e-2, 1e-4, 1e-6, 1e-9, 1e-15, 1e-25, float(np.finfo(np.float32).smallest_subnormal))
 _TEMPERED_CUTS = (1e-2, 1e-4)
-_scratch = threading.local()  # buffers of the last shape, kept per thread (an engine per model, each on its thread)
+_scratch = threading.local()  # scratch buffers, per thread (an engine per model, each on its own thread)
 _CHUNK_ELEMENTS = 1 << 18  # logits sampled together: 1 MB, which stays in a core's cache through the passes
 
 
@@ -266,10 +266,14 @@ def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
 
 
 def _buffer(name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 scratch array of this shape, reused while the shape stays (a decode step's rows rarely
-    change): a fresh 16 MB array each step costs its page faults."""
-    held: np.ndarray | None = getattr(_scratch, name, None)
-    if held is None or held.shape != shape:
-        held = np.empty(shape, dtype=np.float32)
-        setattr(_scratch, name, held)
-    return held
+    """A float32 scratch array of this shape, kept per thread and per shape (a step's chunks take at
+    most two: the whole ones and the last), so that each step does not allocate and fault in its own."""
+    held: dict[tuple[str, tuple[int, ...]], np.ndarray] | None = getattr(_scratch, "held", None)
+    if held is None:
+        held = _scratch.held = {}
+    key = (name, shape)
+    if key not in held:
+        if len(held) >= 8:  # rows or vocabulary changed (another model, another chunk): start again
+            held.clear()
+        held[key] = np.empty(shape, dtype=np.float32)
+    return held[key]
