@@ -276,7 +276,6 @@ class ModelCard(BaseModel):
         "a reused prefix gives a cold prefill's bits; 1: to the token); none where unknown (Triton, not loaded)",
     )
 
-
     max_batch_rows: int | None = Field(
         None, description="Rows (samples) the server decodes together at most: a client fills them with requests in flight"
     )

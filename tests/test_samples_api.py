@@ -9,7 +9,9 @@ import pytest
 from tests.api_helpers import assert_error, complete, post
 from tests.conftest import TINY_LLAMA
 
-SAMPLED = dict(model=TINY_LLAMA, prompt="def merge(a, b):\n", max_tokens=10, temperature=0.9, top_p=0.95, min_p=0.02, seed=5, ignore_eos=True)
+SAMPLED = dict(
+    model=TINY_LLAMA, prompt="def merge(a, b):\n", max_tokens=10, temperature=0.9, top_p=0.95, min_p=0.02, seed=5, ignore_eos=True
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,11 @@ def test_min_p_cuts_and_is_checked(url: str) -> None:
     for seed in (1, 2):
         assert complete(url, **{**SAMPLED, "min_p": 1.0, "seed": seed})["choices"][0]["text"] == greedy
     assert_error(post(url, {**SAMPLED, "min_p": 1.5}), 400, "min_p")
-    ollama = post(url, {"model": TINY_LLAMA, "prompt": "x", "raw": True, "stream": False, "options": {"min_p": 1.0, "num_predict": 4}}, "/api/generate")
+    ollama = post(
+        url,
+        {"model": TINY_LLAMA, "prompt": "x", "raw": True, "stream": False, "options": {"min_p": 1.0, "num_predict": 4}},
+        "/api/generate",
+    )
     assert ollama.status_code == 200, ollama.text
     assert "options.min_p" not in ollama.headers.get("X-Slipstream-Ignored", "")
     assert post(url, {"model": TINY_LLAMA, "prompt": "x", "options": {"min_p": -1}}, "/api/generate").status_code == 400
