@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from server.engine.sampler import BLOCK, _above, _nucleus, adjust, choose, log_sum_exp, sample
+from server.engine.sampler import BLOCK, Sampler, _above, _nucleus, adjust, choose, log_sum_exp, sample
 from server.engine.sampling import SamplingParams, log_softmax
 
 
@@ -158,3 +158,18 @@ def test_a_heavy_tail_below_temperature_1_is_weighed_whole() -> None:
     seen = np.bincount(draw(np.log(probs).astype(np.float32), params, 20_000), minlength=5000) / 20_000
     assert set(np.flatnonzero(seen)) <= set(np.flatnonzero(expected))
     assert np.abs(seen - expected).max() < 0.015
+
+
+def test_rows_sampled_on_several_threads_get_the_tokens_of_one_thread() -> None:
+    rng = np.random.default_rng(4)
+    rows, vocab = 7, 200_000  # past the size from which a step is split over threads
+    logits = (rng.standard_normal((rows, vocab)) * 3).astype(np.float32)
+    params = SamplingParams(temperature=0.8, top_p=0.95, frequency_penalty=0.3, logit_bias={1: 2.0})
+    counts = [{r: 2, 100 + r: 1} for r in range(rows)]
+    runs = {}
+    for threads in (1, 2, 3):
+        tokens, lse = Sampler(threads).sample(logits, params, [np.random.default_rng([9, r]) for r in range(rows)], counts, scored=True)
+        assert lse is not None
+        runs[threads] = (tokens.tolist(), lse.tolist())
+    assert runs[1] == runs[2] == runs[3]
+    np.testing.assert_allclose(runs[1][1], log_sum_exp(logits), rtol=1e-6)

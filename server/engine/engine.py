@@ -36,6 +36,7 @@ from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
 from server.engine.prompts import Prompt, Prompter
 from server.engine.reuse_grid import ReusePolicy, measure
 from server.engine.runner import Runner
+from server.engine.sampler import Sampler
 from server.engine.sampling import SamplingParams
 from server.engine.sequence import Sequence
 from server.engine.speculator import Draft, Speculator
@@ -80,6 +81,7 @@ class Engine:
         self.prefill_chunk_tokens = -(-prefill_chunk_tokens // grid) * grid  # a whole number of tiles
         self.cache_stats = prefix_cache.stats if prefix_cache is not None else CacheStats(0)  # 0: off
         self.speculator = Speculator()  # drafts, the editor's history per salt, counters by drafter
+        self.sampler = Sampler(runner.threads)  # a step's rows sampled on the session's threads, between runs
 
     @classmethod
     def load(
@@ -168,7 +170,7 @@ class Engine:
         assert pending.last is not None and pending.cache is not None, "prefill the whole prompt first"
         prompt, params = pending.prompt, pending.params
         rows = params.best_of or params.n
-        sequence = Sequence(self.prompter, prompt, params, pending.cached)
+        sequence = Sequence(self.prompter, prompt, params, self.sampler, pending.cached)
         if params.echo:
             sequence.echo(np.concatenate(pending.scored) if pending.scored else pending.last)
         if params.max_tokens == 0:  # echo-only scoring: nothing to generate

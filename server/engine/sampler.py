@@ -15,6 +15,7 @@ the whole vocabulary find its block before its token.
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -26,7 +27,34 @@ BLOCK = 1024
 _CUTS = (1e-2, 1e-4, 1e-6, 1e-9, 1e-15, 1e-25, float(np.finfo(np.float32).smallest_subnormal))
 _TEMPERED_CUTS = (1e-2, 1e-4)
 _scratch = threading.local()  # scratch buffers, per thread (an engine per model, each on its own thread)
+_SPLIT_ELEMENTS = 1 << 19  # a smaller step samples on one thread: the hand-off to another costs more than it saves
 _CHUNK_ELEMENTS = 1 << 18  # logits sampled together: 1 MB, which stays in a core's cache through the passes
+
+
+class Sampler:
+    """Samples a step's rows of one request on `threads` threads (the engine's own count: between two
+    steps ONNX Runtime's threads are idle, and do not spin: server/engine/runner.py), each taking a slice
+    of the rows; numpy's passes release the GIL. A slice's rows are sampled as they would be alone."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = max(1, threads)
+        self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="sampler") if self.threads > 1 else None
+
+    def sample(
+        self, logits: np.ndarray, params: SamplingParams, rngs: list[np.random.Generator], counts: list[dict[int, int]], scored: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """As `sample`, the rows split over the threads where the step is large enough to pay for it."""
+        rows = logits.shape[0]
+        parts = min(self.threads, rows) if logits.size >= _SPLIT_ELEMENTS and not params.greedy else 1
+        if parts == 1 or self._pool is None:
+            return sample(logits, params, rngs, counts, scored)
+        edges = [rows * i // parts for i in range(parts + 1)]
+        slices = [slice(a, b) for a, b in zip(edges, edges[1:], strict=False)]
+        futures = [self._pool.submit(sample, logits[s], params, rngs[s], counts[s], scored) for s in slices[1:]]
+        first = slices[0]
+        done = [sample(logits[first], params, rngs[first], counts[first], scored)] + [f.result() for f in futures]
+        tokens = np.concatenate([t for t, _ in done])
+        return tokens, (np.concatenate([lse for _, lse in done if lse is not None]) if scored else None)
 
 
 def sample(

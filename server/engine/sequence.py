@@ -16,7 +16,7 @@ import numpy as np
 from server.engine.drafts import RowDrafting
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
 from server.engine.prompts import Prompt, Prompter
-from server.engine.sampler import log_sum_exp, sample
+from server.engine.sampler import Sampler, log_sum_exp
 from server.engine.sampling import SamplingParams
 from server.engine.text import IncrementalDetokenizer, StopMatcher
 
@@ -37,7 +37,8 @@ class _Choice:
 
 
 class Sequence:
-    def __init__(self, prompter: Prompter, prompt: Prompt, params: SamplingParams, cached: int = 0) -> None:
+    def __init__(self, prompter: Prompter, prompt: Prompt, params: SamplingParams, sampler: Sampler, cached: int = 0) -> None:
+        self.sampler = sampler
         self.tokenizer, self.eos, self.prompt, self.params = prompter.tokenizer, prompter.eos, prompt, params
         self.cached = cached  # prompt tokens reused from the prefix cache
         rows = params.best_of or params.n
@@ -79,7 +80,7 @@ class Sequence:
         params = self.params
         # every row's token in one pass over [rows, V]; logprobs (and best_of's ranking) from the raw logits
         scored = params.logprobs is not None or (params.best_of or 0) > params.n
-        chosen, lse = sample(logits, params, [c.rng for c in choices], [c.counts for c in choices], scored)
+        chosen, lse = self.sampler.sample(logits, params, [c.rng for c in choices], [c.counts for c in choices], scored)
         for row, choice in enumerate(choices):
             token, delta = self._next_token(choice, int(chosen[row]), logits[row], None if lse is None else float(lse[row]))
             self._emit(choice, delta)
