@@ -14,7 +14,7 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,17 +112,21 @@ def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int,
     return passk.benchmark_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks)
 
 
-async def _fill_rows(url: str, config: GenerationConfig, timeout: float) -> int:
-    """Requests in flight that keep the server's batch full: its rows (max_batch_rows in its /v1/models
-    entry) over the samples a request asks for, plus one waiting to take the rows the first to finish
-    frees; 4 where the server does not say."""
+async def _server_limits(url: str, model: str, timeout: float) -> tuple[int | None, int | None]:
+    """The rows the server decodes together and the largest n a request may ask for, where its
+    /v1/models entry says (ours: max_batch_rows, max_n); None where it does not."""
     async with AsyncClient(url, timeout=timeout) as client:
-        entry = next((m for m in await client.models() if m.get("id") == config.model), {})
-    rows = entry.get("max_batch_rows")
-    if not isinstance(rows, int) or rows < 1:
+        entry = next((m for m in await client.models() if m.get("id") == model), {})
+    rows, max_n = entry.get("max_batch_rows"), entry.get("max_n")
+    return (rows if isinstance(rows, int) and rows > 0 else None), (max_n if isinstance(max_n, int) and max_n > 0 else None)
+
+
+def fill_rows(rows: int | None, config: GenerationConfig) -> int:
+    """Requests in flight that keep the server's batch full: its rows over the samples a request asks
+    for, plus one waiting to take the rows the first to finish frees; 4 where the server does not say."""
+    if rows is None:
         return 4
-    per_request = min(config.samples_per_problem, config.per_request)
-    return -(-rows // per_request) + 1
+    return -(-rows // min(config.samples_per_problem, config.per_request)) + 1
 
 
 async def _generate(
@@ -166,7 +170,10 @@ def run(
             folder = run_dir(out, model, temperature, mode)
             folder.mkdir(parents=True, exist_ok=True)
             before = {(r["task_id"], r["sample"]) for r in read_jsonl(folder / "samples.jsonl")}
-            in_flight = concurrency or asyncio.run(_fill_rows(url, config, timeout))
+            rows, max_n = asyncio.run(_server_limits(url, model, timeout))
+            if max_n is not None and max_n < config.per_request:  # a server that takes fewer samples a request
+                config = replace(config, per_request=max_n)
+            in_flight = concurrency or fill_rows(rows, config)
             started = time.perf_counter()
             samples = asyncio.run(_generate(url, problems, config, folder / "samples.jsonl", in_flight, timeout, retry_window))
             generation_s = time.perf_counter() - started

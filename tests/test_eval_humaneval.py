@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from testkit.server_process import ServerProcess
 from tests.conftest import ROOT, TINY
 
 
@@ -172,3 +173,15 @@ def test_instruct_mode_through_chat(duo_server, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert sorted((r["model"], r["mode"]) for r in report) == sorted([(TINY_LLAMA, "instruct"), (TINY, "completion")])
+
+
+def test_a_server_that_takes_fewer_samples_a_request_gets_them_in_several(tiny_repo: Path, tmp_path: Path) -> None:
+    # max_n 2: a problem's 3 samples go as requests of 2 and 1 (each its own seed), the rows filled with 2 a request
+    with ServerProcess(tiny_repo, [TINY], env={"SLIPSTREAM_MAX_N": "2"}) as server:
+        done = eval_humaneval(server.url, tmp_path, "--temperatures", "0.8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / TINY / "t0.8"
+    samples = lines(run / "samples.jsonl")
+    assert sorted((s["task_id"], s["sample"]) for s in samples) == [(f"HumanEval/{t}", i) for t in range(3) for i in range(3)]
+    assert all(len({s["seed"] for s in samples if s["task_id"] == f"HumanEval/{t}"}) == 2 for t in range(3))
+    assert json.loads((run / "summary.json").read_text())["concurrency"] == 64 // 2 + 1
