@@ -24,14 +24,14 @@ def messages(prompt: str) -> list[dict[str, str]]:
 
 
 def extract(reply: str, entry_point: str) -> str:
-    """The code that defines `entry_point`: from the code block that defines it (else the first
-    Python block, else the whole reply), keeping imports, functions, classes and top-level
-    assignments, and dropping demo calls, prints and `if __name__` blocks. Code that does not parse
-    is returned as found (it fails when run, as it should)."""
+    """The code that defines `entry_point`: from the last code block that defines it (else the last
+    Python block, else the whole reply: a reasoning model's drafts come before its answer), keeping
+    imports, functions, classes and top-level assignments, and dropping demo calls, prints and
+    `if __name__` blocks. Code that does not parse is returned as found (it fails when run, as it should)."""
     blocks = [(lang.lower(), body) for lang, body in _BLOCK.findall(reply)]
     defining = [body for _, body in blocks if re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", body, re.M)]
     python = [body for lang, body in blocks if lang in ("", "python", "py", "python3")]
-    code = (defining or python or [_bare_code(reply)])[0]
+    code = (defining or python or [_bare_code(reply)])[-1]
     try:
         tree = ast.parse(code)
     except SyntaxError:

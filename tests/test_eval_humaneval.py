@@ -131,6 +131,9 @@ def test_instruct_extraction_from_messy_replies() -> None:
         assert runs(completion), case
     assert "import math" in extract(replies["several blocks, the function in the second"], "add")
     assert "return a - b" in extract("```python\ndef add(a, b):\n    return a - b\n```", "add")  # wrong code stays wrong
+    # a reasoning model drafts before it answers: the last block that defines the function is the answer
+    drafted = f"<think>First try:\n```python\ndef add(a, b):\n    return a - b\n```\nNo, wrong.</think>\n```python\n{FUNCTION}\n```"
+    assert runs(extract(drafted, "add")) and "a - b" not in extract(drafted, "add")
 
 
 def test_instruct_mode_through_chat(duo_server, tmp_path: Path) -> None:
