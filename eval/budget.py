@@ -98,6 +98,9 @@ def costs_of(run: HumanEvalRun, parameters: int, rates: Rates | None) -> ModelCo
     )
 
 
+K_LIMITS = ("half", "all")  # how far k goes: half the samples drawn (the paper), or all of them
+
+
 def pass_at_budget(run: HumanEvalRun, cost: Callable[[int], float], budget: float, n: int) -> tuple[int, float]:
     """(k, pass@k) for the largest k whose cost fits the budget; k = 0 scores 0."""
     k = passk.largest_k(cost, budget, n)
@@ -107,7 +110,16 @@ def pass_at_budget(run: HumanEvalRun, cost: Callable[[int], float], budget: floa
     return k, passk.benchmark_pass_at_k(counts, [k])[k]
 
 
-def curves(runs: list[HumanEvalRun], costs: list[ModelCost], axis: str) -> list[Curve]:
+def k_max(samples: int, k_limit: str) -> int:
+    """The largest k a run of `samples` samples per problem is scored at: Hassid et al. estimate pass@k
+    for k up to half the samples drawn (the unbiased estimator keeps a margin there), "all" lets k
+    reach them; a run of one sample (greedy) is scored at k = 1 either way."""
+    if k_limit not in K_LIMITS:
+        raise ValueError(f"k_limit is one of {K_LIMITS}, not {k_limit!r}")
+    return samples if k_limit == "all" else max(1, samples // 2)
+
+
+def curves(runs: list[HumanEvalRun], costs: list[ModelCost], axis: str, k_limit: str = "half") -> list[Curve]:
     problem_sets = {r.label: frozenset(r.by_problem()) for r in runs}
     if len(set(problem_sets.values())) > 1:  # pass@k over different problems would not compare
         sizes = ", ".join(f"{label}: {len(p)} problems" for label, p in problem_sets.items())
@@ -120,12 +132,13 @@ def curves(runs: list[HumanEvalRun], costs: list[ModelCost], axis: str) -> list[
     out = []
     for run, cost in zip(runs, costs, strict=True):
         fn = cost_fn(cost)
+        most = k_max(cost.samples_per_problem, k_limit)
         ks, scores, capped = [], [], []
         for u in units:
-            k, score = pass_at_budget(run, fn, u * unit, cost.samples_per_problem)
+            k, score = pass_at_budget(run, fn, u * unit, most)
             ks.append(k)
             scores.append(score)
-            capped.append(k == cost.samples_per_problem and fn(k + 1) <= u * unit)
+            capped.append(k == most and fn(k + 1) <= u * unit)
         out.append(Curve(run.label, axis, [u * unit for u in units], units, ks, scores, capped))
     return out
 
@@ -192,6 +205,7 @@ def budget(
     parameters: dict[str, int],
     prompts_per_model: int = 5,
     log: Callable[[str], None] = print,
+    k_limit: str = "half",
 ) -> dict:
     """Curves on both axes (time only with a server to measure), written to out/budget.{json,md,png}."""
     served = asyncio.run(served_models(url)) if url else {}
@@ -211,11 +225,11 @@ def budget(
             tokens = max(8, min(MEASURE_TOKENS, context // 2))
             rates[model] = asyncio.run(measure_rates(url, model, [problems[t] for t in ids], tokens=tokens, log=log))
     costs = [costs_of(r, known[r.model], rates.get(r.model)) for r in runs]
-    result: dict = {"costs": [asdict(c) for c in costs], "curves": {}, "winners": {}}
+    result: dict = {"costs": [asdict(c) for c in costs], "k_limit": k_limit, "curves": {}, "winners": {}}
     for temperature in sorted({r.temperature for r in runs}):
         group = [(r, c) for r, c in zip(runs, costs, strict=True) if r.temperature == temperature]
         for axis in ("flops", "seconds") if url else ("flops",):
-            cs = curves([r for r, _ in group], [c for _, c in group], axis)
+            cs = curves([r for r, _ in group], [c for _, c in group], axis, k_limit)
             key = f"{axis}@t{temperature:g}"
             result["curves"][key] = [asdict(c) for c in cs]
             result["winners"][key] = winners(cs)
@@ -232,8 +246,12 @@ def markdown(result: dict) -> str:
         "",
         "flops(k) = 2·N·(P + k·G); time(k) = P / prefill tok/s + k·G / decode tok/s at the best batch size. "
         "N parameters, P prompt tokens per problem (one shared prefill), G generated tokens per sample. "
-        "Budgets in units of the cheapest model's one-sample cost; k = 0 scores 0; * marks a budget that "
-        "would buy more samples than were drawn.",
+        "Budgets in units of the cheapest model's one-sample cost; k = 0 scores 0; "
+        + (
+            "k up to half the samples drawn per problem, as the paper estimates it; * marks a budget that would buy more."
+            if result.get("k_limit", "half") == "half"
+            else "k up to every sample drawn (--k-up-to-n, not the paper's setting); * marks a budget that would buy more."
+        ),
         "",
         "| run | N | P | G | prefill tok/s | decode tok/s (batch) | FLOPs/sample | s/sample |",
         "|---|---|---|---|---|---|---|---|",

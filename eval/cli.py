@@ -105,7 +105,7 @@ def _budget(args: argparse.Namespace) -> int:
         print(f"error: --parameters wants MODEL=COUNT: {exc}", file=sys.stderr)
         return 1
     try:
-        budget(runs, args.out or args.runs, None if args.flops_only else args.url, parameters)
+        budget(runs, args.out or args.runs, None if args.flops_only else args.url, parameters, k_limit="all" if args.k_up_to_n else "half")
     except (APIError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -261,6 +261,11 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         default=[],
         metavar="MODEL=COUNT",
         help="a model's parameter count where the server does not say (repeatable)",
+    )
+    bud.add_argument(
+        "--k-up-to-n",
+        action="store_true",
+        help="let k reach every sample drawn per problem (default: up to half of them, as Hassid et al. estimate pass@k)",
     )
     bud.add_argument("--out", type=Path, help="default: the runs folder")
     add_api_key_flag(bud)

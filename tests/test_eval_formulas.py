@@ -130,13 +130,19 @@ def test_budget_curves_in_units_of_the_cheapest_sample() -> None:
     small = run_of({"A": [(True, -0.1, "stop"), (False, -0.1, "stop")] * 2}, model="small")
     large = run_of({"A": [(True, -0.1, "stop")] * 4}, model="large")
     costs = [budget.costs_of(small, 1_000, None), budget.costs_of(large, 4_000, None)]
-    small_curve, large_curve = budget.curves([small, large], costs, "flops")
+    small_curve, large_curve = budget.curves([small, large], costs, "flops", k_limit="all")
     assert small_curve.units[0] == 1.0 and small_curve.budgets[0] == costs[0].flops(1)
     assert small_curve.k[0] == 1 and large_curve.k[0] == 0 and large_curve.score[0] == 0.0
     i = large_curve.k.index(1)  # the large model's first sample costs 4x the small one's
     assert large_curve.units[i] >= 4 and small_curve.k[i] == 4 and small_curve.capped[-1]
     rows = budget.winners([small_curve, large_curve])
     assert rows[0]["winner"] == [small.label] and rows[i]["winner"] == [small.label, large.label]
+    # the paper's setting: k up to half the 4 samples drawn, capped there however large the budget
+    half, _ = budget.curves([small, large], costs, "flops")
+    assert max(half.k) == 2 and half.capped[-1] and half.k[: i + 1] == [min(k, 2) for k in small_curve.k[: i + 1]]
+    assert budget.k_max(1, "half") == 1 and budget.k_max(10, "half") == 5 and budget.k_max(10, "all") == 10
+    with pytest.raises(ValueError, match="k_limit"):
+        budget.k_max(4, "most")
     other = run_of({"B": [(True, -0.1, "stop")] * 4}, model="other")
     with pytest.raises(ValueError, match="cover different problems"):
         budget.curves([small, other], [costs[0], budget.costs_of(other, 1_000, None)], "flops")

@@ -120,6 +120,10 @@ def test_budget_curves_with_rates_measured_on_the_server(duo_server, tmp_path: P
         assert rates["prefill_tok_s"] > 0 and rates["best_batch"] in (1, 2, 4, 8, 16)
         assert rates["decode_tok_s"] == max(rates["by_batch"].values())
     assert set(result["curves"]) == {"flops@t0.8", "seconds@t0.8"}
+    # the paper's setting: k up to half the samples drawn (4 for the CodeGen run, 2 for the Llama's)
+    assert result["k_limit"] == "half"
+    for curves in result["curves"].values():
+        assert {c["run"]: max(c["k"]) for c in curves} == {f"{TINY} t=0.8": 2, f"{TINY_LLAMA} t=0.8": 1}
     for curves in result["curves"].values():
         assert min(c["units"][0] for c in curves) == 1.0
         assert all(c["k"] == sorted(c["k"]) for c in curves)  # more budget never buys fewer samples
