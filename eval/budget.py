@@ -226,11 +226,12 @@ def budget(
             rates[model] = asyncio.run(measure_rates(url, model, [problems[t] for t in ids], tokens=tokens, log=log))
     costs = [costs_of(r, known[r.model], rates.get(r.model)) for r in runs]
     result: dict = {"costs": [asdict(c) for c in costs], "k_limit": k_limit, "curves": {}, "winners": {}}
-    for temperature in sorted({r.temperature for r in runs}):
-        group = [(r, c) for r, c in zip(runs, costs, strict=True) if r.temperature == temperature]
+    # a completion-mode run and an instruct-mode one have other prompts (and lengths): compared apart
+    for mode, temperature in sorted({(r.mode, r.temperature) for r in runs}):
+        group = [(r, c) for r, c in zip(runs, costs, strict=True) if (r.mode, r.temperature) == (mode, temperature)]
         for axis in ("flops", "seconds") if url else ("flops",):
             cs = curves([r for r, _ in group], [c for _, c in group], axis, k_limit)
-            key = f"{axis}@t{temperature:g}"
+            key = f"{axis}@t{temperature:g}" if mode == "completion" else f"{axis}@{mode}-t{temperature:g}"
             result["curves"][key] = [asdict(c) for c in cs]
             result["winners"][key] = winners(cs)
     out.mkdir(parents=True, exist_ok=True)

@@ -148,6 +148,18 @@ def test_budget_curves_in_units_of_the_cheapest_sample() -> None:
         budget.curves([small, other], [costs[0], budget.costs_of(other, 1_000, None)], "flops")
 
 
+def test_budget_compares_runs_of_one_mode_only(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    completion = run_of({"HumanEval/0": [(True, -0.1, "stop")] * 4}, model="small")
+    instruct = replace(run_of({"HumanEval/0": [(False, -0.1, "stop")] * 4}, model="chat"), mode="instruct")
+    result = budget.budget([completion, instruct], tmp_path, None, {"small": 1_000, "chat": 2_000}, log=lambda _l: None)
+    assert {key: [c["run"] for c in curves] for key, curves in result["curves"].items()} == {
+        "flops@t0.8": [completion.label],
+        "flops@instruct-t0.8": [instruct.label],
+    }
+
+
 def test_perplexity_is_normalised_by_pygments_tokens() -> None:
     assert perplexity.lexer_token_count("x = 1  # hi\n", "python") == 4  # x, =, 1, the comment
     assert perplexity.lexer_token_count("int main(void) { return 0; }\n", "c") == 10
