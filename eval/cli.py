@@ -20,6 +20,7 @@ def _humaneval(args: argparse.Namespace) -> int:
     from client.api import APIError
     from eval import execution
     from eval.humaneval import run
+    from eval.manifest import RunMismatch
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")  # the retries
     limits = execution.Limits(timeout=args.exec_timeout)
@@ -43,6 +44,9 @@ def _humaneval(args: argparse.Namespace) -> int:
     except (APIError, httpx.HTTPError) as exc:
         print(f"error: the server at {args.url} failed: {exc}", file=sys.stderr)
         print("samples generated so far are kept; run the same command again to resume", file=sys.stderr)
+        return 1
+    except RunMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"report: {args.out / 'report.md'}")
     return 0

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from client.api import AsyncClient
-from eval import execution, generate, instruct, passk
-from eval.datasets import Problem, PromptFormat, humaneval
+from eval import execution, generate, manifest, passk
+from eval.datasets import Problem, PromptFormat, humaneval, humaneval_file
 from eval.generate import GenerationConfig, read_jsonl
 
 KS = (1, 10, 100)
@@ -112,11 +112,15 @@ def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int,
     return passk.benchmark_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks)
 
 
-async def _server_limits(url: str, model: str, timeout: float) -> tuple[int | None, int | None]:
-    """The rows the server decodes together and the largest n a request may ask for, where its
-    /v1/models entry says (ours: max_batch_rows, max_n); None where it does not."""
+async def _model_entry(url: str, model: str, timeout: float) -> dict[str, Any]:
+    """The server's /v1/models entry for the model ({} where it lists none by that name)."""
     async with AsyncClient(url, timeout=timeout) as client:
-        entry = next((m for m in await client.models() if m.get("id") == model), {})
+        return next((m for m in await client.models() if m.get("id") == model), {})
+
+
+def _limits(entry: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The rows the server decodes together and the largest n a request may ask for, where its entry
+    says (ours: max_batch_rows, max_n); None where it does not."""
     rows, max_n = entry.get("max_batch_rows"), entry.get("max_n")
     return (rows if isinstance(rows, int) and rows > 0 else None), (max_n if isinstance(max_n, int) and max_n > 0 else None)
 
@@ -169,8 +173,11 @@ def run(
             )
             folder = run_dir(out, model, temperature, mode)
             folder.mkdir(parents=True, exist_ok=True)
-            before = {(r["task_id"], r["sample"]) for r in read_jsonl(folder / "samples.jsonl")}
-            rows, max_n = asyncio.run(_server_limits(url, model, timeout))
+            existing = read_jsonl(folder / "samples.jsonl")
+            before = {(r["task_id"], r["sample"]) for r in existing}
+            entry = asyncio.run(_model_entry(url, model, timeout))
+            manifest.start(folder, config, entry, humaneval_file(), existing)  # a resume with other settings: refused
+            rows, max_n = _limits(entry)
             if max_n is not None and max_n < config.per_request:  # a server that takes fewer samples a request
                 config = replace(config, per_request=max_n)
             in_flight = concurrency or fill_rows(rows, config)
@@ -193,7 +200,7 @@ def run(
                 pass_at_k=score(problems, results),
                 greedy=temperature == 0,
                 mode=mode,
-                prompt_format=prompt_format if mode == "completion" else instruct.PROMPT_FORMAT,
+                prompt_format=samples[0]["prompt_format"] if samples else manifest.generation(config)["prompt_format"],  # as generated
                 generation_s=round(generation_s, 2),
                 execution_s=round(execution_s, 2),
                 concurrency=in_flight,

@@ -188,3 +188,25 @@ def test_a_server_that_takes_fewer_samples_a_request_gets_them_in_several(tiny_r
     assert sorted((s["task_id"], s["sample"]) for s in samples) == [(f"HumanEval/{t}", i) for t in range(3) for i in range(3)]
     assert all(len({s["seed"] for s in samples if s["task_id"] == f"HumanEval/{t}"}) == 2 for t in range(3))
     assert json.loads((run / "summary.json").read_text())["concurrency"] == 64 // 2 + 1
+
+
+def test_a_resume_with_other_settings_is_refused_by_the_manifest(tiny_server, tmp_path: Path) -> None:
+    first = eval_humaneval(tiny_server.url, tmp_path, "--temperatures", "0.8")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / TINY / "t0.8"
+    written = json.loads((run / "manifest.json").read_text())
+    assert written["generation"]["max_tokens"] == 12 and written["generation"]["top_p"] == 0.95
+    assert written["server"]["id"] == TINY and len(written["dataset"]["sha256"]) == 64 and written["tool"]["slipstream"]
+    before = (run / "samples.jsonl").read_bytes()
+    # other settings into the same folder: refused, every difference named, nothing written
+    other = eval_humaneval(tiny_server.url, tmp_path, "--temperatures", "0.8", "--max-tokens", "20", "--seed", "3")
+    assert other.returncode == 1 and "max_tokens: 12 there, 20 now" in other.stderr and "seed: 0 there, 3 now" in other.stderr
+    assert (run / "samples.jsonl").read_bytes() == before
+    # more samples of the same kind (n grows) is a resume, not a mismatch
+    more = eval_humaneval(tiny_server.url, tmp_path, "--temperatures", "0.8", "--n", "4")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert len(lines(run / "samples.jsonl")) == 12
+    # a folder from before manifests: its samples say what they were generated with
+    (run / "manifest.json").unlink()
+    legacy = eval_humaneval(tiny_server.url, tmp_path, "--temperatures", "0.8", "--n", "4", "--prompt-format", "strip")
+    assert legacy.returncode == 1 and "prompt_format: 'raw' there, 'strip' now" in legacy.stderr
