@@ -14,7 +14,7 @@ import asyncio
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +47,7 @@ class RunSummary:
     generated_samples: int = 0  # by this run (a resumed run generates only what was missing)
     generated_tokens: int = 0
     tokens_per_s: float = 0.0  # generated_tokens / generation_s: the server's aggregate rate over the run
+    pass_at_k_interval: dict[int, list[float]] = field(default_factory=dict)  # 95% bootstrap over problems
 
 
 def run_dir(out: Path, model: str, temperature: float, mode: str = "completion") -> Path:
@@ -101,6 +102,15 @@ def execute(
 
 
 def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int, ...] = KS) -> dict[int, float]:
+    return passk.benchmark_pass_at_k(_counts(problems, results), ks)
+
+
+def score_interval(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int, ...] = KS) -> dict[int, tuple[float, float]]:
+    """The 95% bootstrap interval over problems of each pass@k `score` reports."""
+    return passk.benchmark_pass_at_k_interval(_counts(problems, results), ks)
+
+
+def _counts(problems: list[Problem], results: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
     counts: dict[str, list[int]] = {p.task_id: [0, 0] for p in problems}
     for r in results:
         if r["task_id"] in counts:
@@ -109,7 +119,7 @@ def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int,
     missing = [t for t, (n, _) in counts.items() if n == 0]
     if missing:
         raise RuntimeError(f"{len(missing)} problems have no executed sample (first: {missing[0]})")
-    return passk.benchmark_pass_at_k({t: (n, c) for t, (n, c) in counts.items()}, ks)
+    return {t: (n, c) for t, (n, c) in counts.items()}
 
 
 async def _model_entry(url: str, model: str, timeout: float) -> dict[str, Any]:
@@ -198,6 +208,7 @@ def run(
                 problems=len(problems),
                 samples_per_problem=config.samples_per_problem,
                 pass_at_k=score(problems, results),
+                pass_at_k_interval={k: [round(low, 4), round(high, 4)] for k, (low, high) in score_interval(problems, results).items()},
                 greedy=temperature == 0,
                 mode=mode,
                 prompt_format=samples[0]["prompt_format"] if samples else manifest.generation(config)["prompt_format"],  # as generated
@@ -227,6 +238,7 @@ def all_summaries(out: Path) -> list[RunSummary]:
     for path in out.rglob("summary.json"):
         row = json.loads(path.read_text())
         row["pass_at_k"] = {int(k): v for k, v in row["pass_at_k"].items()}
+        row["pass_at_k_interval"] = {int(k): v for k, v in row.get("pass_at_k_interval", {}).items()}
         found.append(RunSummary(**{k: row[k] for k in RunSummary.__dataclass_fields__ if k in row}))
     return sorted(found, key=lambda s: (s.model, s.mode, s.temperature))
 
@@ -235,6 +247,13 @@ def _line(s: RunSummary) -> str:
     scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in s.pass_at_k.items())
     kind = "greedy" if s.greedy else f"n={s.samples_per_problem}"
     return f"{s.model} {s.mode} t={s.temperature:g} ({kind}, {s.problems} problems): {scores}"
+
+
+def _with_interval(s: RunSummary, k: int) -> str:
+    if k not in s.pass_at_k:
+        return ""
+    interval = s.pass_at_k_interval.get(k)
+    return f"{100 * s.pass_at_k[k]:.1f}%" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
 
 
 def write_report(out: Path, summaries: list[RunSummary]) -> None:
@@ -261,7 +280,7 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
             s.mode,
             f"{s.temperature:g}" + (" (greedy)" if s.greedy else ""),
             str(s.samples_per_problem),
-            *(f"{100 * s.pass_at_k[k]:.1f}%" if k in s.pass_at_k else "" for k in ks),
+            *(_with_interval(s, k) for k in ks),
             f"{s.generation_s:.0f}",
             str(s.concurrency or ""),
             f"{s.tokens_per_s:g}" if s.generated_samples else "",
@@ -276,7 +295,8 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
         "# HumanEval",
         "",
         f"{', '.join(map(str, problems))} problems; pass@k by the unbiased estimator (Chen et al. 2021), reported only "
-        "for k up to the samples per problem; temperature 0 is greedy decoding, its own pass@1.",
+        "for k up to the samples per problem, with its 95% bootstrap interval over problems in brackets; temperature 0 "
+        "is greedy decoding, its own pass@1.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -296,10 +316,14 @@ def _plot(path: Path, summaries: list[RunSummary], ks: list[int]) -> None:
     fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.6), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         for model, mode in dict.fromkeys((s.model, s.mode) for s in summaries):
-            points = sorted((s.temperature, s.pass_at_k[k]) for s in summaries if (s.model, s.mode) == (model, mode) and k in s.pass_at_k)
-            if points:
+            runs = sorted((s for s in summaries if (s.model, s.mode) == (model, mode) and k in s.pass_at_k), key=lambda s: s.temperature)
+            if runs:
                 label = model if mode == "completion" else f"{model} ({mode})"
-                ax.plot([t for t, _ in points], [100 * v for _, v in points], marker="o", label=label)
+                values = [100 * s.pass_at_k[k] for s in runs]
+                # the 95% bootstrap interval as error bars (none for summaries written before it was kept)
+                below = [v - 100 * s.pass_at_k_interval.get(k, [s.pass_at_k[k]])[0] for v, s in zip(values, runs, strict=True)]
+                above = [100 * s.pass_at_k_interval.get(k, [0, s.pass_at_k[k]])[1] - v for v, s in zip(values, runs, strict=True)]
+                ax.errorbar([s.temperature for s in runs], values, yerr=[below, above], marker="o", capsize=3, label=label)
         ax.set_title(f"pass@{k}")
         ax.set_xlabel("temperature")
         ax.set_ylabel("% of problems")

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from eval.stats import bootstrap_interval
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Probability that at least one of k samples drawn without replacement from n, c of them
@@ -28,6 +30,17 @@ def benchmark_pass_at_k(counts: Mapping[str, tuple[int, int]], ks: Iterable[int]
         return {}
     least = min(n for n, _ in counts.values())
     return {k: float(np.mean([pass_at_k(n, c, k) for n, c in counts.values()])) for k in sorted(set(ks)) if k <= least}
+
+
+def benchmark_pass_at_k_interval(
+    counts: Mapping[str, tuple[int, int]], ks: Iterable[int], level: float = 0.95
+) -> dict[int, tuple[float, float]]:
+    """For each k benchmark_pass_at_k reports: the bootstrap interval over problems of its mean (the
+    uncertainty of which problems the benchmark holds; the per-problem estimate is unbiased)."""
+    if not counts:
+        return {}
+    least = min(n for n, _ in counts.values())
+    return {k: bootstrap_interval([pass_at_k(n, c, k) for n, c in counts.values()], level) for k in sorted(set(ks)) if k <= least}
 
 
 def rank_score_at_k(passed: Sequence[bool], scores: Sequence[float], k: int) -> float:

@@ -1,4 +1,5 @@
-"""The one percentile helper of every report (eval's studies, `eval load|editor`, the speed suite)."""
+"""The one percentile helper of every report (eval's studies, `eval load|editor`, the speed suite) and the
+bootstrap interval of a mean over a benchmark's problems."""
 
 from __future__ import annotations
 
@@ -18,4 +19,17 @@ def percentiles(values: Sequence[float], quantiles: Sequence[int] = QUANTILES, s
     return {f"p{q}": float(v) * scale for q, v in zip(quantiles, found, strict=True)}
 
 
-__all__ = ["QUANTILES", "percentiles"]
+def bootstrap_interval(per_item: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of the mean over items (a benchmark's problems, each resampled
+    with replacement `resamples` times, seeded: the same data give the same interval)."""
+    values = np.asarray(per_item, dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("no items to resample")
+    draws = np.random.default_rng(seed).integers(0, values.size, size=(resamples, values.size))
+    means = values[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+__all__ = ["QUANTILES", "bootstrap_interval", "percentiles"]

@@ -148,6 +148,24 @@ def test_budget_curves_in_units_of_the_cheapest_sample() -> None:
         budget.curves([small, other], [costs[0], budget.costs_of(other, 1_000, None)], "flops")
 
 
+def test_bootstrap_interval_over_problems() -> None:
+    from eval.passk import benchmark_pass_at_k, benchmark_pass_at_k_interval
+    from eval.stats import bootstrap_interval
+
+    assert bootstrap_interval([0.3] * 20) == (pytest.approx(0.3), pytest.approx(0.3))  # no spread, no width
+    half = [0.0, 1.0] * 50
+    low, high = bootstrap_interval(half)
+    assert low < 0.5 < high and high - low == pytest.approx(2 * 1.96 * 0.05, abs=0.03)  # the normal approximation's width
+    assert bootstrap_interval(half) == (low, high)  # seeded: the same data, the same interval
+    few_low, few_high = bootstrap_interval([0.0, 1.0] * 5)
+    assert few_high - few_low > 2 * (high - low)  # fewer problems, wider
+    counts = {f"t{i}": (10, i % 4) for i in range(40)}
+    point, interval = benchmark_pass_at_k(counts, [1, 5]), benchmark_pass_at_k_interval(counts, [1, 5, 20])
+    assert set(interval) == {1, 5} and all(interval[k][0] <= point[k] <= interval[k][1] for k in (1, 5))
+    with pytest.raises(ValueError, match="no items"):
+        bootstrap_interval([])
+
+
 def test_budget_compares_runs_of_one_mode_only(tmp_path: Path) -> None:
     from dataclasses import replace
 

@@ -58,6 +58,8 @@ def test_run_writes_human_eval_files_and_resumes(tiny_server, tmp_path: Path) ->
     assert len(results) == 9 and all(r["result"] == "passed" or r["result"].startswith(("failed", "timed out")) for r in results)
     summary = json.loads((sampled / "summary.json").read_text())
     assert set(summary["pass_at_k"]) == {"1"}  # 3 samples per problem: pass@10 is not reported
+    low, high = summary["pass_at_k_interval"]["1"]  # its 95% bootstrap interval over the 3 problems
+    assert 0 <= low <= summary["pass_at_k"]["1"] <= high <= 1
     # how long generating took and at what rate, the requests in flight filling the server's 64 rows (3 a request)
     assert summary["concurrency"] == 64 // 3 + 2 and summary["generated_samples"] == 9
     assert summary["generated_tokens"] == sum(s["completion_tokens"] for s in samples) > 0
