@@ -122,6 +122,17 @@ def test_penalties_and_bias_move_the_logits_by_their_definition() -> None:
     assert logits.max() == 0.0  # the step's logits are not written over
 
 
+def test_log_sum_exp_over_an_echoed_prompt_keeps_its_scratch_to_a_chunk() -> None:
+    from server.engine import sampler
+
+    logits = (np.random.default_rng(2).standard_normal((300, 5000)) * 4).astype(np.float32)  # 300 positions, several chunks
+    lse = log_sum_exp(logits)
+    wide = logits.astype(np.float64)
+    np.testing.assert_allclose(lse, np.log(np.exp(wide - wide.max(axis=1, keepdims=True)).sum(axis=1)) + wide.max(axis=1), rtol=1e-6)
+    held = [buffer.size for (name, _shape), buffer in sampler._scratch.held.items() if name == "lse"]
+    assert held and max(held) <= sampler._CHUNK_ELEMENTS
+
+
 def test_log_sum_exp_gives_log_softmax() -> None:
     logits = (np.random.default_rng(1).standard_normal((3, 70_000)) * 4).astype(np.float32)
     lse = log_sum_exp(logits)

@@ -84,12 +84,19 @@ def sample(
 
 
 def log_sum_exp(logits: np.ndarray) -> np.ndarray:
-    """[rows, V] -> [rows] float32: each row's log-normaliser, for logprobs (logit - lse)."""
-    top = logits.max(axis=1, keepdims=True)
-    work = _buffer("lse", logits.shape)
-    np.subtract(logits, top, out=work)
-    np.exp(work, out=work)
-    return (top[:, 0] + np.log(work.sum(axis=1))).astype(np.float32)
+    """[rows, V] -> [rows] float32: each row's log-normaliser, for logprobs (logit - lse). A few rows at a
+    time: an echoed prompt's logits are thousands of rows, and the scratch stays one chunk's."""
+    rows, vocab = logits.shape
+    step = max(1, _CHUNK_ELEMENTS // vocab)
+    out = np.empty(rows, dtype=np.float32)
+    for first in range(0, rows, step):
+        part = logits[first : first + step]
+        top = part.max(axis=1, keepdims=True)
+        work = _buffer("lse", part.shape)
+        np.subtract(part, top, out=work)
+        np.exp(work, out=work)
+        out[first : first + step] = top[:, 0] + np.log(work.sum(axis=1))
+    return out
 
 
 def adjust(logits: np.ndarray, params: SamplingParams, counts: list[dict[int, int]]) -> np.ndarray:
