@@ -1,5 +1,5 @@
-"""The next token of every row of a request at once: logits [rows, V] -> tokens [rows], in passes over
-the whole array (logit bias, penalties, temperature, min-p, top-k, top-p, the log-sum-exp logprobs
+"""The next token of every row of a request at once: logits [rows, V] -> tokens [rows], in passes over a
+few rows at a time (logit bias, penalties, temperature, min-p, top-k, top-p, the log-sum-exp logprobs
 need), then a short loop over the rows for what is left, each on a few candidates.
 
 Every operation works within a row (a reduction over a row's columns runs as it would on that row
