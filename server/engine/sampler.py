@@ -15,6 +15,7 @@ the whole vocabulary find its block before its token.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -66,11 +67,9 @@ def sample(
     A few rows at a time, so that a chunk's logits and weights stay in cache through the passes over
     them: a pass over all of a 64-row step's logits at once (67 MB for Gemma-3) waits on memory."""
     rows, vocab = logits.shape
-    step = max(1, _CHUNK_ELEMENTS // vocab)
     tokens = np.empty(rows, dtype=np.int64)
     lse = np.empty(rows, dtype=np.float32) if scored else None
-    for first in range(0, rows, step):
-        part = slice(first, first + step)
+    for part in _chunks(rows, vocab):
         raw = logits[part]
         adjusted = adjust(raw, params, counts[part])
         if lse is not None and adjusted is raw and _on_raw_weights(params, vocab):
@@ -87,16 +86,22 @@ def log_sum_exp(logits: np.ndarray) -> np.ndarray:
     """[rows, V] -> [rows] float32: each row's log-normaliser, for logprobs (logit - lse). A few rows at a
     time: an echoed prompt's logits are thousands of rows, and the scratch stays one chunk's."""
     rows, vocab = logits.shape
-    step = max(1, _CHUNK_ELEMENTS // vocab)
     out = np.empty(rows, dtype=np.float32)
-    for first in range(0, rows, step):
-        part = logits[first : first + step]
-        top = part.max(axis=1, keepdims=True)
-        work = _buffer("lse", part.shape)
-        np.subtract(part, top, out=work)
+    for part in _chunks(rows, vocab):
+        chunk = logits[part]
+        top = chunk.max(axis=1, keepdims=True)
+        work = _buffer("lse", chunk.shape)
+        np.subtract(chunk, top, out=work)
         np.exp(work, out=work)
-        out[first : first + step] = top[:, 0] + np.log(work.sum(axis=1))
+        out[part] = top[:, 0] + np.log(work.sum(axis=1))
     return out
+
+
+def _chunks(rows: int, vocab: int) -> Iterator[slice]:
+    """The rows a few at a time: about _CHUNK_ELEMENTS logits each, at least one row."""
+    step = max(1, _CHUNK_ELEMENTS // vocab)
+    for first in range(0, rows, step):
+        yield slice(first, first + step)
 
 
 def adjust(logits: np.ndarray, params: SamplingParams, counts: list[dict[int, int]]) -> np.ndarray:
@@ -127,24 +132,20 @@ def choose(
     rows, vocab = logits.shape
     raw = _on_raw_weights(params, vocab)
     assert raw or not with_lse
-    blocks = -(-vocab // BLOCK)
-    weights = _buffer("weights", (rows, blocks * BLOCK))
-    # each row's weights relative to its most likely token (which gets 1): exp((logit - max) / T); a
-    # truncated draw below temperature 1 reads exp(logit - max) and tempers its candidates only
+    # a truncated draw below temperature 1 reads exp(logit - max) and tempers its candidates only
     top = logits.max(axis=1, keepdims=True)
-    np.subtract(logits, top, out=weights[:, :vocab])
-    if params.temperature != 1.0 and not raw:
-        np.multiply(weights[:, :vocab], np.float32(1.0 / params.temperature), out=weights[:, :vocab])
-    np.exp(weights[:, :vocab], out=weights[:, :vocab])
-    weights[:, vocab:] = 0.0
-    tiled = weights.reshape(rows, blocks, BLOCK)
+    weights, tiled = _weights("weights", logits, top, 1.0 if raw else params.temperature)
     top_k = params.top_k if params.top_k < vocab else 0
     whole = top_k <= 0 and params.min_p <= 0  # top-p (if any) chooses among the whole vocabulary
     sums = tiled.sum(axis=2) if whole or with_lse else None
     if params.temperature < 1.0 and raw:
         tops = tiled.max(axis=2)
         out = np.array(
-            [_tempered(logits[r], top[r], tiled[r], tops[r], sums, r, top_k, params, rngs[r]) for r in range(rows)], dtype=np.int64
+            [
+                _tempered(logits[r : r + 1], top[r : r + 1], tiled[r], tops[r], None if sums is None else sums[r], top_k, params, rngs[r])
+                for r in range(rows)
+            ],
+            dtype=np.int64,
         )
     else:
         out = _pick(weights, tiled, sums, top_k, params, rngs)
@@ -152,6 +153,20 @@ def choose(
         return out, None
     assert sums is not None
     return out, (top[:, 0] + np.log(sums.sum(axis=1, dtype=np.float64))).astype(np.float32)
+
+
+def _weights(name: str, logits: np.ndarray, top: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's weights relative to its most likely token (which gets 1), exp((logit - max) / T), in a
+    scratch array padded with zeros to whole blocks; and the same as [rows, blocks, BLOCK]."""
+    rows, vocab = logits.shape
+    blocks = -(-vocab // BLOCK)
+    weights = _buffer(name, (rows, blocks * BLOCK))
+    np.subtract(logits, top, out=weights[:, :vocab])
+    if temperature != 1.0:
+        np.multiply(weights[:, :vocab], np.float32(1.0 / temperature), out=weights[:, :vocab])
+    np.exp(weights[:, :vocab], out=weights[:, :vocab])
+    weights[:, vocab:] = 0.0
+    return weights, weights.reshape(rows, blocks, BLOCK)
 
 
 def _on_raw_weights(params: SamplingParams, vocab: int) -> bool:
@@ -167,19 +182,19 @@ def _tempered(
     tiled: np.ndarray,
     tops: np.ndarray,
     sums: np.ndarray | None,
-    r: int,
     top_k: int,
     params: SamplingParams,
     rng: np.random.Generator,
 ) -> int:
-    """One row's draw at temperature T < 1 from raw weights e = exp(logit - max): the weight at T is
+    """One row's draw (logits, top: [1, V], [1, 1]; sums: its block sums of e, where the pool is the
+    whole vocabulary) at temperature T < 1 from raw weights e = exp(logit - max): the weight at T is
     e^(1/T), computed for the tokens above a cut of e only. A token below a cut c weighs at most
     c^(1/T - 1) times its raw weight, so the tokens outside hold at most that share of the raw mass
     left outside: where the nucleus is the same at both ends of that bound, it is exact. A row that
     two cuts do not settle is weighed whole at T (one more pass over it)."""
     inverse, flat = 1.0 / params.temperature, tiled.reshape(-1)
     floor = params.min_p**params.temperature * (1 - 1e-6) if params.min_p > 0 else 0.0  # w >= min_p <=> e >= min_p^T
-    raw_total = float(sums[r].sum(dtype=np.float64)) if sums is not None else 0.0
+    raw_total = float(sums.sum(dtype=np.float64)) if sums is not None else 0.0
     for cut in _TEMPERED_CUTS:
         found = _above(tiled, tops, max(cut, floor))
         if top_k and found.size < top_k and floor < cut:
@@ -205,21 +220,19 @@ def _tempered(
         high = int(np.searchsorted(cumulative, params.top_p * (inside + outside)))
         if low == high and high < len(cumulative):
             return int(found[_draw(weights[: high + 1], rng)])
-    row = _buffer("row", (1, tiled.size))
-    np.subtract(logits, top, out=row[0, : logits.shape[0]])
-    np.multiply(row[0, : logits.shape[0]], np.float32(inverse), out=row[0, : logits.shape[0]])
-    np.exp(row[0, : logits.shape[0]], out=row[0, : logits.shape[0]])
-    row[0, logits.shape[0] :] = 0.0
-    whole = row.reshape(1, -1, BLOCK)
-    sums_t = whole.sum(axis=2) if top_k <= 0 and params.min_p <= 0 else None
-    return int(_pick(row, whole, sums_t, top_k, params, [rng])[0])
+    row, whole = _weights("row", logits, top, params.temperature)
+    return int(_pick(row, whole, None, top_k, params, [rng])[0])
 
 
 def _pick(
     weights: np.ndarray, tiled: np.ndarray, sums: np.ndarray | None, top_k: int, params: SamplingParams, rngs: list[np.random.Generator]
 ) -> np.ndarray:
+    """Each row's draw from its weights; sums: the block sums where the caller has them (else taken
+    here where the pool is the whole vocabulary)."""
     rows = weights.shape[0]
     whole = top_k <= 0 and params.min_p <= 0
+    if whole and sums is None:
+        sums = tiled.sum(axis=2)
     if whole and params.top_p >= 1.0:  # nothing cut: a draw over the whole vocabulary
         assert sums is not None
         return np.array([_draw_any(tiled[r], sums[r], rngs[r]) for r in range(rows)], dtype=np.int64)
