@@ -102,15 +102,11 @@ def execute(
 
 
 def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int, ...] = KS) -> dict[int, float]:
-    return passk.benchmark_pass_at_k(_counts(problems, results), ks)
+    return passk.benchmark_pass_at_k(problem_counts(problems, results), ks)
 
 
-def score_interval(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int, ...] = KS) -> dict[int, tuple[float, float]]:
-    """The 95% bootstrap interval over problems of each pass@k `score` reports."""
-    return passk.benchmark_pass_at_k_interval(_counts(problems, results), ks)
-
-
-def _counts(problems: list[Problem], results: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+def problem_counts(problems: list[Problem], results: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Each problem's (samples executed, samples passed); every problem must have one."""
     counts: dict[str, list[int]] = {p.task_id: [0, 0] for p in problems}
     for r in results:
         if r["task_id"] in counts:
@@ -202,13 +198,16 @@ def run(
                 by_id, samples, folder / "results.jsonl", limits, workers, label=f"{model} t={temperature:g}"
             )
             results = [r for r in results if r["task_id"] in wanted and r["sample"] < config.samples_per_problem]
+            counts = problem_counts(problems, results)
             summary = RunSummary(
                 model=model,
                 temperature=temperature,
                 problems=len(problems),
                 samples_per_problem=config.samples_per_problem,
-                pass_at_k=score(problems, results),
-                pass_at_k_interval={k: [round(low, 4), round(high, 4)] for k, (low, high) in score_interval(problems, results).items()},
+                pass_at_k=passk.benchmark_pass_at_k(counts, KS),
+                pass_at_k_interval={
+                    k: [round(low, 4), round(high, 4)] for k, (low, high) in passk.benchmark_pass_at_k_interval(counts, KS).items()
+                },
                 greedy=temperature == 0,
                 mode=mode,
                 prompt_format=samples[0]["prompt_format"] if samples else manifest.generation(config)["prompt_format"],  # as generated
