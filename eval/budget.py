@@ -31,8 +31,7 @@ import numpy as np
 
 from client.api import AsyncClient
 from eval import passk
-from eval.datasets import humaneval
-from eval.runs import HumanEvalRun
+from eval.runs import HumanEvalRun, problems_of
 
 BATCH_SIZES = (1, 2, 4, 8, 16)
 MEASURE_TOKENS = 128
@@ -213,7 +212,7 @@ def budget(
     missing = sorted({r.model for r in runs} - set(known))
     if missing:
         raise ValueError(f"no parameter count for {', '.join(missing)}: the server does not say; give --parameters MODEL=N")
-    problems = {p.task_id: p.prompt for p in humaneval()}
+    problems = {task: p.prompt for task, p in problems_of(runs).items()}
     rates: dict[str, Rates] = {}
     if url:
         for model in dict.fromkeys(r.model for r in runs):

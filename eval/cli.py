@@ -19,6 +19,7 @@ def _humaneval(args: argparse.Namespace) -> int:
 
     from client.api import APIError
     from eval import execution
+    from eval.datasets import ProblemsError
     from eval.humaneval import run
     from eval.manifest import RunMismatch
 
@@ -40,7 +41,11 @@ def _humaneval(args: argparse.Namespace) -> int:
             limits=limits,
             mode=args.mode,
             retry_window=args.retry_window,
+            problems_file=args.problems,
         )
+    except ProblemsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (APIError, httpx.HTTPError) as exc:
         print(f"error: the server at {args.url} failed: {exc}", file=sys.stderr)
         print("samples generated so far are kept; run the same command again to resume", file=sys.stderr)
@@ -206,6 +211,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     )
     he.add_argument("--n", type=positive, default=10, help="samples per problem at temperatures above 0 (default 10)")
     he.add_argument("--limit", type=positive, help="the first N problems only")
+    he.add_argument(
+        "--problems",
+        type=Path,
+        help="a JSONL file (or .jsonl.gz) of problems instead of HumanEval: HumanEval's format, or EvalPlus's "
+        "(HumanEval+, MBPP+: base and plus inputs, both reported)",
+    )
     he.add_argument("--out", type=Path, default=Path("eval-runs/humaneval"), help="where samples, results and the report go")
     he.add_argument("--max-tokens", type=positive, default=384)
     he.add_argument(

