@@ -289,3 +289,31 @@ def test_in_place_buffers_are_reused_only_once_no_cache_holds_them() -> None:
     assert np.array_equal(view["past_key_values.0.key"][:, :, :5], run["past_key_values.0.key"])
     del view
     assert base(SharedBuffers.holding([run], room=8)) == held  # now they are free: reused
+
+
+def test_echoed_prompt_logprobs_are_the_graphs_own_across_prefill_chunks(tiny_llama_repo: Path) -> None:
+    """Echo reduces each prefill chunk's logits as they arrive (the logprob of each next prompt token and
+    its best alternatives): with chunks of 64, a long prompt's scores against one full prefill here (the fused
+    graph, whose logits do not depend on how the positions are chunked)."""
+    from server.engine import log_softmax
+    from server.models.store import model_dir
+
+    chunked = Engine.load(tiny_llama_repo, TINY_LLAMA, threads=1, prefill_chunk_tokens=64)
+    prompter = chunked.prompter
+    text = "def merge(a, b):\n    out = []\n    while a and b:\n        out.append(a.pop(0) if a[0] < b[0] else b.pop(0))\n" * 2
+    prompt = prompter.prepare(text, 1)
+    assert 64 < len(prompt.ids) <= TINY_CONTEXT - 1
+    deltas = [e for e in chunked.generate(prompt, SamplingParams(max_tokens=0, echo=True, logprobs=3)) if isinstance(e, Delta)]
+    scored = [lp for d in deltas for lp in d.logprobs or []]
+    assert "".join(lp.token for lp in scored) == prompt.text and scored[0].logprob is None
+    logits, _cache = Runner(model_dir(tiny_llama_repo, TINY_LLAMA) / prompter.manifest.onnx_file, threads=1).prefill(
+        prompt.ids, all_logits=True
+    )
+    model = log_softmax(logits)
+    for pos in range(1, len(prompt.ids)):
+        expected = {}
+        for t in np.argsort(-model[pos - 1], kind="stable")[:3]:
+            expected.setdefault(prompter.tokenizer.decode([int(t)], skip_special_tokens=False), float(model[pos - 1, t]))
+        assert scored[pos].logprob == pytest.approx(float(model[pos - 1, prompt.ids[pos]]), abs=1e-4)
+        assert scored[pos].top is not None and list(scored[pos].top) == list(expected)
+        assert all(scored[pos].top[k] == pytest.approx(v, abs=1e-4) for k, v in expected.items())

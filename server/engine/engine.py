@@ -33,6 +33,7 @@ from server.engine.batch import Batch, Finished
 from server.engine.events import Delta, Usage
 from server.engine.kvcache import KVCache
 from server.engine.prefix_cache import CacheStats, PrefixCache, common_prefix
+from server.engine.prompt_scores import PromptScores
 from server.engine.prompts import Prompt, Prompter
 from server.engine.reuse_grid import ReusePolicy, measure
 from server.engine.runner import Runner
@@ -57,7 +58,7 @@ class Prefill:
     cache: KVCache | None
     done: int  # prompt positions in `cache`
     cached: int  # of them, reused from the prefix cache
-    scored: list[np.ndarray] | None  # every prefilled position's logits, when echo scores the prompt
+    scored: PromptScores | None  # every prefilled position's score of the next token, when echo scores the prompt
     last: np.ndarray | None = None  # [1, V]: the last prompt position's logits, once all is prefilled
 
     @property
@@ -137,7 +138,7 @@ class Engine:
         the prompt, which needs every position's logits, or the request opts out)."""
         scored = params.echo and params.logprobs is not None
         if self.prefix_cache is None or not prompt.cache_prompt or scored:
-            return Prefill(prompt, params, None, 0, 0, [] if scored else None)
+            return Prefill(prompt, params, None, 0, 0, PromptScores(prompt.ids, params.logprobs or 0) if scored else None)
         cached, runs = self.prefix_cache.lookup(prompt.cache_salt, prompt.ids, self.reuse.grid, leave=self.reuse.leave)
         if not cached:
             return Prefill(prompt, params, None, 0, 0, None)
@@ -158,7 +159,7 @@ class Engine:
         logits, cache = self.runner.prefill(ids, all_logits=pending.scored is not None, past=pending.cache)
         pending.cache, pending.done = cache, pending.done + len(ids)
         if pending.scored is not None:
-            pending.scored.append(logits)
+            pending.scored.add(logits)
         if not pending.remaining:
             pending.last = logits[-1:]
             self._keep(pending.prompt, self.reuse.reusable(pending.prompt.ids), cache, 0)
@@ -172,7 +173,7 @@ class Engine:
         rows = params.best_of or params.n
         sequence = Sequence(self.prompter, prompt, params, self.sampler, pending.cached)
         if params.echo:
-            sequence.echo(np.concatenate(pending.scored) if pending.scored else pending.last)
+            sequence.echo(pending.scored)
         if params.max_tokens == 0:  # echo-only scoring: nothing to generate
             sequence.close_all("length")
             return sequence, None

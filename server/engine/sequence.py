@@ -15,8 +15,9 @@ import numpy as np
 
 from server.engine.drafts import RowDrafting
 from server.engine.events import Delta, FinishReason, TokenLogprob, Usage
+from server.engine.prompt_scores import PromptScores
 from server.engine.prompts import Prompt, Prompter
-from server.engine.sampler import Sampler, log_sum_exp
+from server.engine.sampler import Sampler
 from server.engine.sampling import SamplingParams
 from server.engine.text import IncrementalDetokenizer, StopMatcher
 
@@ -108,19 +109,24 @@ class Sequence:
         self.live = []
         self._end()
 
-    def echo(self, logits: np.ndarray) -> None:
+    def echo(self, scores: PromptScores | None) -> None:
         """The prompt as the first text of each choice, with its own tokens' logprobs when asked for
-        (logits: [T, V], every prompt position's; the prefix is not echoed)."""
+        (scores: every prompt position's, reduced as prefill went; the prefix is not echoed)."""
         scored = None
-        if self.params.logprobs is not None:
+        if self.params.logprobs is not None and scores is not None:
             scored = []
-            lse = log_sum_exp(logits)
             for pos in range(self.prompt.prefix, len(self.prompt.ids)):
                 token = self.prompt.ids[pos]
                 if pos == 0:  # token i is scored by position i-1: nothing scores the first
                     scored.append(TokenLogprob(self._decode(token), None, None))
-                else:
-                    scored.append(self._token_logprob(token, logits[pos - 1], float(lse[pos - 1]), self.params.logprobs))
+                    continue
+                logprob, best = scores.at(pos)
+                top: dict[str, float] | None = None
+                if self.params.logprobs > 0:
+                    top = {}
+                    for t, value in best:  # best first: tokens that decode alike (byte pieces) keep the higher value
+                        top.setdefault(self._decode(t), value)
+                scored.append(TokenLogprob(self._decode(token), logprob, top))
         self.events.extend(Delta(i, self.prompt.text, scored) for i in range(self.params.n))
 
     # --- one row's next token ---
