@@ -174,8 +174,10 @@ def _perplexity(args: argparse.Namespace) -> int:
             {lang: Path(folder) for lang, folder in args.lang},
             args.out,
             files=args.files,
+            method=args.method,
             window_tokens=args.window,
             overlap=args.overlap,
+            prefix=args.first_token_prefix,
         )
     except (APIError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -317,8 +319,20 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         help="a Pygments language name and a folder of its files, repeatable",
     )
     pp.add_argument("--files", type=positive, default=20, help="files per language (default 20)")
-    pp.add_argument("--window", type=positive, default=512, help="model tokens per window at most (default 512)")
-    pp.add_argument("--overlap", type=float, default=0.25, help="share of each window repeated as context (default 0.25)")
+    pp.add_argument(
+        "--method",
+        choices=("polycoder", "windows"),
+        default="polycoder",
+        help="polycoder (default, the paper's): every Pygments token, the first token scored, rolling windows at the "
+        "model's whole context; windows: whitespace tokens left out, --window tokens with --overlap repeated",
+    )
+    pp.add_argument("--window", type=positive, help="model tokens per window at most (polycoder: the model's context; windows: 512)")
+    pp.add_argument("--overlap", type=float, help="windows method: share of each window repeated as context (default 0.25)")
+    pp.add_argument(
+        "--first-token-prefix",
+        default="<|endoftext|>",
+        help="polycoder method: the token scored before a file's first where the model has no BOS (default <|endoftext|>)",
+    )
     pp.add_argument("--out", type=Path, default=Path("eval-runs/perplexity"))
     add_api_key_flag(pp)
     pp.set_defaults(run=_perplexity)

@@ -32,4 +32,19 @@ def bootstrap_interval(per_item: Sequence[float], level: float = 0.95, resamples
     return float(low), float(high)
 
 
-__all__ = ["QUANTILES", "bootstrap_interval", "percentiles"]
+def bootstrap_ratio_interval(
+    numerators: Sequence[float], denominators: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """The percentile bootstrap interval of Σ numerators / Σ denominators over items resampled together
+    (a pooled rate: perplexity's Σ log p / Σ tokens over files)."""
+    top, bottom = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    if top.size == 0 or top.size != bottom.size:
+        raise ValueError(f"need as many denominators as numerators, and some: {top.size} and {bottom.size}")
+    draws = np.random.default_rng(seed).integers(0, top.size, size=(resamples, top.size))
+    ratios = top[draws].sum(axis=1) / bottom[draws].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(ratios, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+__all__ = ["QUANTILES", "bootstrap_interval", "bootstrap_ratio_interval", "percentiles"]

@@ -178,6 +178,29 @@ def test_budget_compares_runs_of_one_mode_only(tmp_path: Path) -> None:
     }
 
 
+def test_polycoders_token_count_is_every_token_the_lexer_yields() -> None:
+    # x, " ", =, " ", 1, "  ", the comment, the newline: whitespace tokens count, as in PolyCoder's code
+    assert perplexity.lexer_token_count("x = 1  # hi\n", "python", "polycoder") == 8
+    # int, " ", main, (, void, ), " ", {, " ", return, " ", 0, ;, " ", }, the newline
+    assert perplexity.lexer_token_count("int main(void) { return 0; }\n", "c", "polycoder") == 16
+    # the lexer's default options: leading and trailing newlines stripped, one final newline ensured
+    assert (
+        perplexity.lexer_token_count("\n\nx\n\n\n", "python", "polycoder") == perplexity.lexer_token_count("x", "python", "polycoder") == 2
+    )
+
+
+def test_bootstrap_ratio_interval_of_a_pooled_rate() -> None:
+    from eval.stats import bootstrap_ratio_interval
+
+    # two files: the resamples are (a, a), (a, b), (b, a), (b, b): ratios -1, -2, -2, -3 (Σ num / Σ den)
+    assert bootstrap_ratio_interval([-1.0, -3.0], [1.0, 1.0]) == (-3.0, -1.0)
+    # pooled, not averaged: a long file weighs by its tokens (-1 and -30/10: Σ -31 / 11 when both are drawn)
+    low, high = bootstrap_ratio_interval([-1.0, -30.0], [1.0, 10.0], level=0.5)
+    assert -3.0 <= low <= -31 / 11 <= high <= -1.0
+    with pytest.raises(ValueError, match="as many denominators"):
+        bootstrap_ratio_interval([1.0], [1.0, 2.0])
+
+
 def test_perplexity_is_normalised_by_pygments_tokens() -> None:
     assert perplexity.lexer_token_count("x = 1  # hi\n", "python") == 4  # x, =, 1, the comment
     assert perplexity.lexer_token_count("int main(void) { return 0; }\n", "c") == 10

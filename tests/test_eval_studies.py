@@ -4,6 +4,7 @@ folders of real HumanEval problems, real execution of the code, real server proc
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from client.api import Client
-from eval import execution
+from eval import execution, perplexity
 from eval.datasets import humaneval
 from eval.humaneval import execute, run_dir
-from tests.conftest import ROOT, TINY, TINY_LLAMA
+from tests.conftest import ROOT, TINY, TINY_LLAMA, ServerProcess
 
 PROBLEM = humaneval(1)[0]  # HumanEval/0, has_close_elements
 CANONICAL = PROBLEM.canonical_solution
@@ -152,6 +153,8 @@ def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_
         f"python={python}",
         "--lang",
         f"c={c}",
+        "--method",
+        "windows",
         "--window",
         "512",
         "--overlap",
@@ -185,6 +188,8 @@ def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_
         TINY,
         "--lang",
         f"c={c}",
+        "--method",
+        "windows",
         "--window",
         "512",
         "--overlap",
@@ -197,3 +202,74 @@ def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_
     assert merged["python"] == rows["python"] and merged["c"]["files"] == 2
     missing = slipstream("perplexity", "--url", tiny_server.url, "--model", TINY, "--lang", f"cobol-ish={c}")
     assert missing.returncode == 1 and "no lexer named" in missing.stderr
+
+
+def test_perplexity_polycoders_method_scores_every_token_at_the_whole_context(duo_server, duo_repo: Path, tmp_path: Path) -> None:
+    """PolyCoder's method: the first token scored after <|endoftext|> (neither tiny model has a BOS; a
+    model with one scores it after that, below), rolling windows at the whole context (128 here), every
+    Pygments token counted; a one-window file's log p equals the graph's own over [EOT] + its tokens."""
+    import asyncio
+
+    from client.api import AsyncClient
+    from eval.perplexity_scoring import Scored, score_rolling
+    from server.engine import Prompter, Runner, log_softmax
+    from server.models.store import model_dir
+
+    python = tmp_path / "py"
+    python.mkdir()
+    short = "def add(a, b):\n    return a + b\n\n\n" * 40  # ~1 KB, many windows
+    (python / "long.py").write_text(short)
+    out = tmp_path / "out"
+    args = ["perplexity", "--url", duo_server.url, "--model", TINY, "--model", TINY_LLAMA, "--lang", f"python={python}", "--out", str(out)]
+    done = slipstream(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "perplexity.json").read_text())
+    assert result["method"] == "polycoder" and result["window_tokens"] is None
+    for model in (TINY, TINY_LLAMA):
+        [file] = result["files"][model]["python"]
+        prompter = Prompter(duo_repo, model)
+        ids = prompter.tokenizer.encode(short, add_special_tokens=False).ids
+        assert file["unscored"] == 0 and file["prefixed"]
+        assert file["windows"] > 1 and abs(file["model_tokens"] - len(ids)) <= file["windows"]  # every token once
+        assert file["windows"] <= len(ids) / 64 + 1  # windows of half the context or more: one token of overlap, not a share
+        assert file["lexer_tokens"] == perplexity.lexer_token_count(short, "python", "polycoder")
+    [row] = [r for r in result["results"] if r["model"] == TINY]
+    low, high = row["perplexity_interval"]
+    assert low == high == pytest.approx(row["perplexity"])  # one file: every resample is the file itself
+    assert "PolyCoder's method" in (out / "perplexity.md").read_text()
+
+    # text within one window: its log p is the graph's own over <|endoftext|> + its tokens, first token included
+    one = "import os\n\n\ndef main():\n    print(os.getcwd())\n" * 3
+
+    def rolling(url: str, model: str) -> Scored:
+        async def score() -> Scored:
+            async with AsyncClient(url) as client:
+                return await score_rolling(client, model, one, 10_000, "<|endoftext|>")
+
+        return asyncio.run(score())
+
+    prompter = Prompter(duo_repo, TINY_LLAMA)
+    eot = prompter.tokenizer.token_to_id("<|endoftext|>")
+    ids = [eot, *prompter.tokenizer.encode(one, add_special_tokens=False).ids]
+    assert len(ids) <= 128
+    logits, _ = Runner(model_dir(duo_repo, TINY_LLAMA) / prompter.manifest.onnx_file, threads=1).prefill(ids, all_logits=True)
+    expected = float(sum(log_softmax(logits)[i - 1, ids[i]] for i in range(1, len(ids))))
+    prefixed = rolling(duo_server.url, TINY_LLAMA)
+    assert prefixed.prefixed and prefixed.windows == 1 and prefixed.unscored == 0 and prefixed.tokens == len(ids) - 1
+    assert prefixed.logprob == pytest.approx(expected, abs=1e-3)
+
+    # the tiny Llama given a BOS of its own (the same token, put there by the server): nothing prefixed, the same log p
+    bos_repo = tmp_path / "bos"
+    shutil.copytree(duo_repo / TINY_LLAMA, bos_repo / TINY_LLAMA)
+    manifest = json.loads((bos_repo / TINY_LLAMA / "manifest.json").read_text())
+    (bos_repo / TINY_LLAMA / "manifest.json").write_text(json.dumps(manifest | {"prompt_prefix_ids": [eot]}))
+    with ServerProcess(bos_repo, [TINY_LLAMA]) as server:
+        own = rolling(server.url, TINY_LLAMA)
+    assert not own.prefixed and own.unscored == 0 and own.tokens == prefixed.tokens
+    assert own.logprob == pytest.approx(expected, abs=1e-3)
+
+    # the prefix must be one token of the vocabulary; --overlap belongs to the windows method
+    bad = slipstream(*args[:7], "--lang", f"python={python}", "--first-token-prefix", "<|no such token|>", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 1 and "is not one token of its vocabulary" in bad.stderr
+    mixed = slipstream(*args[:7], "--lang", f"python={python}", "--overlap", "0.5", "--out", str(tmp_path / "y"))
+    assert mixed.returncode == 1 and "--overlap is the windows method's" in mixed.stderr
