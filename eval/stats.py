@@ -1,9 +1,10 @@
 """The one percentile helper of every report (eval's studies, `eval load|editor`, the speed suite) and the
-bootstrap interval of a mean over a benchmark's problems."""
+bootstrap intervals over a benchmark's problems (of a mean, of a pooled rate, of a paired difference)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,4 +48,33 @@ def bootstrap_ratio_interval(
     return float(low), float(high)
 
 
-__all__ = ["QUANTILES", "bootstrap_interval", "bootstrap_ratio_interval", "percentiles"]
+@dataclass(frozen=True)
+class Paired:
+    """Two runs' per-problem scores on the same problems: the mean difference a - b, its percentile
+    bootstrap interval (problems resampled, both runs' scores together), and the two-sided bootstrap p:
+    twice the share of resampled differences on the far side of 0 (0 when none is)."""
+
+    difference: float
+    low: float
+    high: float
+    p: float
+
+    @property
+    def significant(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Paired:
+    first, second = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if first.size == 0 or first.size != second.size:
+        raise ValueError(f"a paired comparison needs the same problems on both sides: {first.size} and {second.size} scores")
+    differences = first - second
+    draws = np.random.default_rng(seed).integers(0, differences.size, size=(resamples, differences.size))
+    means = differences[draws].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    far = min(float(np.mean(means <= 0)), float(np.mean(means >= 0)))
+    return Paired(float(differences.mean()), float(low), float(high), min(1.0, 2 * far))
+
+
+__all__ = ["QUANTILES", "Paired", "bootstrap_interval", "bootstrap_ratio_interval", "paired_bootstrap", "percentiles"]

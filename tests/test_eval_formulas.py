@@ -8,6 +8,7 @@ import math
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from eval import budget, perf, perplexity, rank
@@ -25,6 +26,46 @@ def brute_rank_score(passed: list[bool], scores: list[float], k: int) -> float:
         tied = [passed[i] for i in subset if scores[i] == best]
         total += sum(tied) / len(tied)
     return total / len(subsets)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rank_score_draws_k_from_every_sample_and_submits_the_best_that_ended(seed: int) -> None:
+    """k drawn from all n samples; the best-scored of those that ended is submitted, none ended: 0. The
+    same k on every problem, whatever share of its samples ended."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 7))
+    samples = [
+        {
+            "passed": bool(rng.random() < 0.5),
+            "finish_reason": "stop" if rng.random() < 0.6 else "length",
+            "mean_logprob": float(rng.integers(-3, 0)),
+        }
+        for _ in range(n)
+    ]
+    for k in range(1, n + 1):
+        total = 0.0
+        subsets = list(itertools.combinations(range(n), k))
+        for subset in subsets:
+            kept = [i for i in subset if samples[i]["finish_reason"] == "stop"]
+            if kept:
+                best = max(samples[i]["mean_logprob"] for i in kept)
+                tied = [samples[i]["passed"] for i in kept if samples[i]["mean_logprob"] == best]
+                total += sum(tied) / len(tied)
+        assert rank.problem_rank_scores(samples, "mean_logprob", k) == pytest.approx(total / len(subsets), abs=1e-12)
+
+
+def test_paired_bootstrap_of_two_runs_on_the_same_problems() -> None:
+    from eval.stats import paired_bootstrap
+
+    better = paired_bootstrap([1.0] * 8, [0.0] * 8)
+    assert (better.difference, better.low, better.high, better.p, better.significant) == (1.0, 1.0, 1.0, 0.0, True)
+    same = paired_bootstrap([0.5, 0.2, 0.9], [0.5, 0.2, 0.9])
+    assert (same.difference, same.p, same.significant) == (0.0, 1.0, False)
+    # differences +1 and -1: resampled means 1, 0, 0, -1 equally often; p = 2 * min(3/4, 3/4), capped at 1
+    mixed = paired_bootstrap([1.0, 0.0], [0.0, 1.0])
+    assert mixed.difference == 0.0 and mixed.low == -1.0 and mixed.high == 1.0 and mixed.p == 1.0
+    with pytest.raises(ValueError, match="the same problems on both sides"):
+        paired_bootstrap([1.0], [1.0, 0.0])
 
 
 def test_rank_score_by_hand() -> None:
@@ -98,13 +139,14 @@ def test_rank_run_discards_samples_without_eos() -> None:
     )
     result = rank.rank_run(run, ks=(1, 2))
     assert result.kept == 3 and result.samples == 8
-    # A: kept [T(-0.1), F(-0.9), F(-0.5)]; B: nothing kept, scores 0
-    for ranking in rank.RANKINGS:  # one sample drawn: nothing to rank
-        assert result.rank_score[ranking][1] == pytest.approx((1 / 3 + 0) / 2)
-    assert result.rank_score["mean logprob"][2] == pytest.approx((2 / 3 + 0) / 2)  # the right one ranked first
-    assert result.rank_score["random"][2] == pytest.approx((1 / 3 + 0) / 2)
-    # sum: T -1.0 (10x), F -1.8 (2x), F -1.0 (2x): a tie at the top counts its mean, {0,1} 1, {0,3} 1/2, {1,3} 0
-    assert result.rank_score["sum logprob"][2] == pytest.approx((1.5 / 3 + 0) / 2)
+    # A: kept 0 T(-0.1), 1 F(-0.9), 3 F(-0.5), discarded 2; B: nothing kept, scores 0. k drawn from all 4
+    for ranking in rank.RANKINGS:  # one sample drawn: sample 0 or nothing
+        assert result.rank_score[ranking][1] == pytest.approx((1 / 4 + 0) / 2)
+    # {0,1} 1, {0,2} 1 (2 never submitted), {0,3} 1, {1,2} 0, {1,3} 0, {2,3} 0
+    assert result.rank_score["mean logprob"][2] == pytest.approx((3 / 6 + 0) / 2)  # the right one ranked first
+    assert result.rank_score["random"][2] == pytest.approx((2 / 6 + 0) / 2)  # {0,1} 1/2, {0,2} 1, {0,3} 1/2
+    # sum: T -1.0 (10x), F -1.8 (2x), F -1.0 (2x): a tie at the top counts its mean, {0,1} 1, {0,2} 1, {0,3} 1/2
+    assert result.rank_score["sum logprob"][2] == pytest.approx((2.5 / 6 + 0) / 2)
     # pass@k counts every sample (the oracle): A 1 of 4, B 1 of 4
     assert result.pass_at_k[1] == pytest.approx(0.25)
 

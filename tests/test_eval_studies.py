@@ -95,7 +95,14 @@ def test_rank_and_report_from_a_run_folder(tmp_path: Path) -> None:
     (result,) = json.loads((tmp_path / "rank.json").read_text())
     # finish "length" on samples 0 and 3 (every third): kept 1 (passes, mean -0.2) and 2 (fails, mean -0.3)
     assert result["kept"] == 2 and result["pass_at_k"]["1"] == pytest.approx(0.5)
-    assert result["rank_score"]["mean logprob"]["2"] == 1.0 and result["rank_score"]["random"]["2"] == 0.5
+    # k = 2 drawn from all 4: {0,1} 1, {0,2} 0, {0,3} none ended: 0, {1,2} 1 (by score; 0.5 at random), {1,3} 1, {2,3} 0
+    assert result["rank_score"]["mean logprob"]["2"] == pytest.approx(3 / 6)
+    assert result["rank_score"]["random"]["2"] == pytest.approx(2.5 / 6)
+    assert result["rank_score"]["mean logprob"]["1"] == pytest.approx(1 / 4)  # only sample 1 both ended and passes
+    low, high = result["rank_score_interval"]["mean logprob"]["2"]
+    assert low == high == pytest.approx(0.5)  # one problem: every resample is itself
+    assert result["mean_over_random"]["2"]["difference"] == pytest.approx(0.5 / 6)
+    assert "mean logprob - random (paired)" in (tmp_path / "rank.md").read_text()
     page = slipstream("report", str(tmp_path))
     assert page.returncode == 0, page.stderr
     index = (tmp_path / "index.md").read_text()
