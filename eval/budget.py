@@ -13,8 +13,15 @@ sample. k is whole; a budget below one sample buys k = 0, which scores 0; k stop
 run has (a budget that would buy more is marked, never extrapolated). Rates come from the server
 itself (measure_rates): prefill tokens/s from one-token completions of the run's prompts, decode
 tokens/s as the best aggregate over batch sizes (n samples of one prompt in one request), i.e. batch
-throughput, not one request's latency. Budgets are on a log scale in units of the cheapest model's
-one-sample cost.
+throughput, not one request's latency. `time_at="run"` (ours, an option): time(k) = k · G / the run's
+own aggregate tokens/s (summary.json: its generated tokens over its wall time, prefill folded in), the
+batch the run really used rather than the best one. Budgets are on a log scale in units of the cheapest
+model's one-sample cost.
+
+Beside pass@k (the tests as an oracle), each budget's k is scored without tests too: rank-score@k, the
+best of k by mean log-probability (eval/rank.py, samples that did not end never submitted). Every score
+carries a 95% bootstrap interval over problems, and at each budget the leader is compared with the
+runner-up on the same problems (paired bootstrap): a lead inside the noise is said to be one.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from client.api import AsyncClient
-from eval import passk
+from eval import passk, rank
+from eval.budget_report import markdown, plot
 from eval.runs import HumanEvalRun, problems_of
+from eval.stats import bootstrap_interval, paired_bootstrap
 
 BATCH_SIZES = (1, 2, 4, 8, 16)
 MEASURE_TOKENS = 128
@@ -56,6 +65,8 @@ class ModelCost:
     generated_tokens: float  # G, per sample
     samples_per_problem: int
     rates: Rates | None
+    time_at: str = "best"  # "best": the best batch's rates (the paper); "run": the run's own aggregate rate
+    run_tok_s: float = 0.0
 
     def flops(self, k: int) -> float:
         return 0.0 if k == 0 else 2.0 * self.parameters * (self.prompt_tokens + k * self.generated_tokens)
@@ -63,6 +74,10 @@ class ModelCost:
     def seconds(self, k: int) -> float:
         if k == 0:
             return 0.0
+        if self.time_at == "run":
+            if self.run_tok_s <= 0:
+                raise ValueError(f"{self.run}: its summary records no generation rate (resumed with nothing new?): use the best batch's")
+            return k * self.generated_tokens / self.run_tok_s
         if self.rates is None:
             raise ValueError(f"{self.run}: no measured rates, so no time budget")
         return self.prompt_tokens / self.rates.prefill_tok_s + k * self.generated_tokens / self.rates.decode_tok_s
@@ -77,9 +92,12 @@ class Curve:
     k: list[int]
     score: list[float]
     capped: list[bool]  # the budget would buy more samples than the run has
+    score_interval: list[list[float]] = field(default_factory=list)  # 95% bootstrap over problems
+    rank_score: list[float] = field(default_factory=list)  # the same k, the best by mean logprob (no tests)
+    rank_interval: list[list[float]] = field(default_factory=list)
 
 
-def costs_of(run: HumanEvalRun, parameters: int, rates: Rates | None) -> ModelCost:
+def costs_of(run: HumanEvalRun, parameters: int, rates: Rates | None, time_at: str = "best") -> ModelCost:
     problems = run.by_problem()
     prompts = [s[0]["prompt_tokens"] for s in problems.values() if s[0].get("prompt_tokens") is not None]
     if len(prompts) < len(problems):
@@ -94,19 +112,30 @@ def costs_of(run: HumanEvalRun, parameters: int, rates: Rates | None) -> ModelCo
         float(np.mean(generated)),
         min(len(s) for s in problems.values()),
         rates,
+        time_at,
+        run.tokens_per_s,
     )
 
 
 K_LIMITS = ("half", "all")  # how far k goes: half the samples drawn (the paper), or all of them
+TIME_AT = ("best", "run")  # the time axis at the best batch's throughput (the paper), or at the run's own rate
 
 
 def pass_at_budget(run: HumanEvalRun, cost: Callable[[int], float], budget: float, n: int) -> tuple[int, float]:
     """(k, pass@k) for the largest k whose cost fits the budget; k = 0 scores 0."""
     k = passk.largest_k(cost, budget, n)
+    return k, float(np.mean(per_problem(run, k)))
+
+
+def per_problem(run: HumanEvalRun, k: int, ranking: str | None = None) -> list[float]:
+    """Each problem's score at k, in task order: pass@k (ranking None), or rank-score@k by a sample
+    field (mean_logprob); k = 0 scores 0."""
+    problems = run.by_problem()
     if k == 0:
-        return 0, 0.0
-    counts = {t: (len(s), sum(x["passed"] for x in s)) for t, s in run.by_problem().items()}
-    return k, passk.benchmark_pass_at_k(counts, [k])[k]
+        return [0.0] * len(problems)
+    if ranking is None:
+        return [passk.pass_at_k(len(s), sum(bool(x["passed"]) for x in s), k) for s in problems.values()]
+    return [rank.problem_rank_scores(s, ranking, k) for s in problems.values()]
 
 
 def k_max(samples: int, k_limit: str) -> int:
@@ -132,24 +161,36 @@ def curves(runs: list[HumanEvalRun], costs: list[ModelCost], axis: str, k_limit:
     for run, cost in zip(runs, costs, strict=True):
         fn = cost_fn(cost)
         most = k_max(cost.samples_per_problem, k_limit)
-        ks, scores, capped = [], [], []
+        curve = Curve(run.label, axis, [u * unit for u in units], units, [], [], [])
         for u in units:
-            k, score = pass_at_budget(run, fn, u * unit, most)
-            ks.append(k)
-            scores.append(score)
-            capped.append(k == most and fn(k + 1) <= u * unit)
-        out.append(Curve(run.label, axis, [u * unit for u in units], units, ks, scores, capped))
+            k = passk.largest_k(fn, u * unit, most)
+            oracle, ranked = per_problem(run, k), per_problem(run, k, "mean_logprob")
+            curve.k.append(k)
+            curve.score.append(float(np.mean(oracle)))
+            curve.capped.append(k == most and fn(k + 1) <= u * unit)
+            curve.score_interval.append(list(bootstrap_interval(oracle)))
+            curve.rank_score.append(float(np.mean(ranked)))
+            curve.rank_interval.append(list(bootstrap_interval(ranked)))
+        out.append(curve)
     return out
 
 
-def winners(curves_: list[Curve]) -> list[dict]:
-    """Per budget: each model's k and score, and who scores highest (a tie names all of them)."""
+def winners(curves_: list[Curve], runs: list[HumanEvalRun]) -> list[dict]:
+    """Per budget: each model's k and score, who scores highest (a tie names all of them), and the
+    leader against the runner-up on the same problems (paired bootstrap of their per-problem pass@k)."""
+    by_label = {r.label: r for r in runs}
     rows = []
     for i, unit in enumerate(curves_[0].units):
         entries = {c.run: (c.k[i], c.score[i], c.capped[i]) for c in curves_}
         best = max(score for _, score, _ in entries.values())
         leaders = [run for run, (_, score, _) in entries.items() if score == best and best > 0]
-        rows.append({"units": unit, "budget": curves_[0].budgets[i], "entries": entries, "winner": leaders})
+        row = {"units": unit, "budget": curves_[0].budgets[i], "entries": entries, "winner": leaders, "lead": None}
+        ordered = sorted(curves_, key=lambda c: -c.score[i])
+        if len(leaders) == 1 and len(ordered) > 1:
+            first, second = ordered[0], ordered[1]
+            lead = paired_bootstrap(per_problem(by_label[first.run], first.k[i]), per_problem(by_label[second.run], second.k[i]))
+            row["lead"] = {"over": second.run, **asdict(lead), "significant": lead.significant}
+        rows.append(row)
     return rows
 
 
@@ -205,8 +246,12 @@ def budget(
     prompts_per_model: int = 5,
     log: Callable[[str], None] = print,
     k_limit: str = "half",
+    time_at: str = "best",
 ) -> dict:
-    """Curves on both axes (time only with a server to measure), written to out/budget.{json,md,png}."""
+    """Curves on both axes (time: at the best batch with a server to measure; at the run's own rate
+    with time_at "run", no server needed), written to out/budget.{json,md,png}."""
+    if time_at not in TIME_AT:
+        raise ValueError(f"time_at is one of {TIME_AT}, not {time_at!r}")
     served = asyncio.run(served_models(url)) if url else {}
     known = {name: int(card["parameters"]) for name, card in served.items() if card.get("parameters")} | parameters
     missing = sorted({r.model for r in runs} - set(known))
@@ -214,7 +259,7 @@ def budget(
         raise ValueError(f"no parameter count for {', '.join(missing)}: the server does not say; give --parameters MODEL=N")
     problems = {task: p.prompt for task, p in problems_of(runs).items()}
     rates: dict[str, Rates] = {}
-    if url:
+    if url and time_at == "best":
         for model in dict.fromkeys(r.model for r in runs):
             run = next(r for r in runs if r.model == model)
             ids = list(run.by_problem())[:prompts_per_model]
@@ -223,81 +268,18 @@ def budget(
             context = int(served.get(model, {}).get("context_length") or 2 * MEASURE_TOKENS)
             tokens = max(8, min(MEASURE_TOKENS, context // 2))
             rates[model] = asyncio.run(measure_rates(url, model, [problems[t] for t in ids], tokens=tokens, log=log))
-    costs = [costs_of(r, known[r.model], rates.get(r.model)) for r in runs]
-    result: dict = {"costs": [asdict(c) for c in costs], "k_limit": k_limit, "curves": {}, "winners": {}}
+    costs = [costs_of(r, known[r.model], rates.get(r.model), time_at) for r in runs]
+    result: dict = {"costs": [asdict(c) for c in costs], "k_limit": k_limit, "time_at": time_at, "curves": {}, "winners": {}}
     # a completion-mode run and an instruct-mode one have other prompts (and lengths): compared apart
     for mode, temperature in sorted({(r.mode, r.temperature) for r in runs}):
         group = [(r, c) for r, c in zip(runs, costs, strict=True) if (r.mode, r.temperature) == (mode, temperature)]
-        for axis in ("flops", "seconds") if url else ("flops",):
+        for axis in ("flops", "seconds") if url or time_at == "run" else ("flops",):
             cs = curves([r for r, _ in group], [c for _, c in group], axis, k_limit)
             key = f"{axis}@t{temperature:g}" if mode == "completion" else f"{axis}@{mode}-t{temperature:g}"
             result["curves"][key] = [asdict(c) for c in cs]
-            result["winners"][key] = winners(cs)
+            result["winners"][key] = winners(cs, [r for r, _ in group])
     out.mkdir(parents=True, exist_ok=True)
     (out / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "budget.md").write_text(markdown(result))
-    _plot(out / "budget.png", result)
+    plot(out / "budget.png", result)
     return result
-
-
-def markdown(result: dict) -> str:
-    lines = [
-        "# pass@k under a budget (Hassid et al. 2024)",
-        "",
-        "flops(k) = 2·N·(P + k·G); time(k) = P / prefill tok/s + k·G / decode tok/s at the best batch size. "
-        "N parameters, P prompt tokens per problem (one shared prefill), G generated tokens per sample. "
-        "Budgets in units of the cheapest model's one-sample cost; k = 0 scores 0; "
-        + (
-            "k up to half the samples drawn per problem, as the paper estimates it; * marks a budget that would buy more."
-            if result.get("k_limit", "half") == "half"
-            else "k up to every sample drawn (--k-up-to-n, not the paper's setting); * marks a budget that would buy more."
-        ),
-        "",
-        "| run | N | P | G | prefill tok/s | decode tok/s (batch) | FLOPs/sample | s/sample |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in result["costs"]:
-        r = c["rates"]
-        rate = f"{r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} ({r['best_batch']})" if r else "- | -"
-        flops1 = 2 * c["parameters"] * (c["prompt_tokens"] + c["generated_tokens"])
-        secs = f"{c['prompt_tokens'] / r['prefill_tok_s'] + c['generated_tokens'] / r['decode_tok_s']:.2f}" if r else "-"
-        lines.append(
-            f"| {c['run']} | {c['parameters'] / 1e6:.0f}M | {c['prompt_tokens']:.0f} | "
-            f"{c['generated_tokens']:.0f} | {rate} | {flops1:.2e} | {secs} |"
-        )
-    for key, rows in result["winners"].items():
-        runs = list(rows[0]["entries"])
-        lines += [
-            "",
-            f"## Who wins: {key}",
-            "",
-            "| budget (units) | " + " | ".join(runs) + " | winner |",
-            "|---|" + "---|" * (len(runs) + 1),
-        ]
-        for row in rows:
-            cells = [f"k={k}{'*' if capped else ''} {100 * score:.1f}%" for k, score, capped in row["entries"].values()]
-            lines.append(f"| {row['units']:.2f} | " + " | ".join(cells) + f" | {', '.join(row['winner']) or '-'} |")
-    return "\n".join(lines) + "\n"
-
-
-def _plot(path: Path, result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = list(result["curves"])
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.8 * len(keys), 3.8), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
-        for curve in result["curves"][key]:
-            ax.step(curve["units"], [100 * s for s in curve["score"]], where="post", marker=".", label=curve["run"])
-        axis, temperature = key.split("@")
-        ax.set_title(f"pass_{'flops' if axis == 'flops' else 'time'}@budget, {temperature}", fontsize=10)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"budget ({'FLOPs' if axis == 'flops' else 'seconds'}, units of the cheapest sample)")
-        ax.set_ylabel("pass@k, % of problems")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

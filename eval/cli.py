@@ -114,7 +114,14 @@ def _budget(args: argparse.Namespace) -> int:
         print(f"error: --parameters wants MODEL=COUNT: {exc}", file=sys.stderr)
         return 1
     try:
-        budget(runs, args.out or args.runs, None if args.flops_only else args.url, parameters, k_limit="all" if args.k_up_to_n else "half")
+        budget(
+            runs,
+            args.out or args.runs,
+            None if args.flops_only else args.url,
+            parameters,
+            k_limit="all" if args.k_up_to_n else "half",
+            time_at=args.time_at,
+        )
     except (APIError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -283,6 +290,13 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         "--k-up-to-n",
         action="store_true",
         help="let k reach every sample drawn per problem (default: up to half of them, as Hassid et al. estimate pass@k)",
+    )
+    bud.add_argument(
+        "--time-at",
+        choices=("best", "run"),
+        default="best",
+        help="the time axis at the best batch's throughput measured on the server (default, as the paper), or at each "
+        "run's own aggregate rate (the batch it really used; no server needed)",
     )
     bud.add_argument("--out", type=Path, help="default: the runs folder")
     add_api_key_flag(bud)

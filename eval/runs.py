@@ -20,6 +20,7 @@ class HumanEvalRun:
     folder: Path
     samples: list[dict[str, Any]]  # samples.jsonl rows with `passed` and `result` from results.jsonl
     problems_file: Path | None = None  # the --problems file its manifest names; None: HumanEval's own
+    tokens_per_s: float = 0.0  # the generation's own aggregate rate (summary.json; 0 where not recorded)
 
     @property
     def label(self) -> str:
@@ -57,6 +58,7 @@ def load_runs(root: Path) -> list[HumanEvalRun]:
             raise RunsError(f"{folder}: summary.json but no executed sample: run `slipstream eval humaneval` again")
         run = HumanEvalRun(summary["model"], float(summary["temperature"]), summary.get("mode", "completion"), folder, samples)
         run.problems_file = _problems_file(folder)
+        run.tokens_per_s = float(summary.get("tokens_per_s") or 0.0)
         runs.append(run)
     if not runs:
         raise RunsError(f"no HumanEval run under {root} (looked for */summary.json from `slipstream eval humaneval`)")

@@ -177,8 +177,11 @@ def test_budget_curves_in_units_of_the_cheapest_sample() -> None:
     assert small_curve.k[0] == 1 and large_curve.k[0] == 0 and large_curve.score[0] == 0.0
     i = large_curve.k.index(1)  # the large model's first sample costs 4x the small one's
     assert large_curve.units[i] >= 4 and small_curve.k[i] == 4 and small_curve.capped[-1]
-    rows = budget.winners([small_curve, large_curve])
+    rows = budget.winners([small_curve, large_curve], [small, large])
     assert rows[0]["winner"] == [small.label] and rows[i]["winner"] == [small.label, large.label]
+    # one problem: the small model's k = 1 (pass@1 1/2) leads the large one's k = 0 by exactly that
+    assert rows[0]["lead"] == {"over": large.label, "difference": 0.5, "low": 0.5, "high": 0.5, "p": 0.0, "significant": True}
+    assert rows[i]["lead"] is None  # a tie: no single leader
     # the paper's setting: k up to half the 4 samples drawn, capped there however large the budget
     half, _ = budget.curves([small, large], costs, "flops")
     assert max(half.k) == 2 and half.capped[-1] and half.k[: i + 1] == [min(k, 2) for k in small_curve.k[: i + 1]]

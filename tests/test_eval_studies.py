@@ -31,7 +31,9 @@ def slipstream(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     )
 
 
-def write_run(out: Path, model: str, temperature: float, completions: list[tuple[str, str]], execute_them: bool = True) -> Path:
+def write_run(
+    out: Path, model: str, temperature: float, completions: list[tuple[str, str]], execute_them: bool = True, tokens_per_s: float = 0.0
+) -> Path:
     """A run folder as `eval humaneval` writes it, from (task_id, completion) pairs; verdicts by real execution."""
     folder = run_dir(out, model, temperature)
     folder.mkdir(parents=True)
@@ -60,7 +62,8 @@ def write_run(out: Path, model: str, temperature: float, completions: list[tuple
     (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     problems = {p.task_id: p for p in humaneval(3)}
     execute(problems, samples, folder / "results.jsonl", execution.DEFAULT_LIMITS, workers=1)
-    (folder / "summary.json").write_text(json.dumps({"model": model, "temperature": temperature, "mode": "completion"}))
+    summary = {"model": model, "temperature": temperature, "mode": "completion", "tokens_per_s": tokens_per_s}
+    (folder / "summary.json").write_text(json.dumps(summary))
     return folder
 
 
@@ -113,8 +116,8 @@ def test_rank_and_report_from_a_run_folder(tmp_path: Path) -> None:
 
 def test_budget_curves_with_rates_measured_on_the_server(duo_server, tmp_path: Path) -> None:
     task = PROBLEM.task_id
-    write_run(tmp_path, TINY, 0.8, [(task, CANONICAL), (task, WRONG)] * 2)
-    write_run(tmp_path, TINY_LLAMA, 0.8, [(task, WRONG), (task, CANONICAL)])
+    write_run(tmp_path, TINY, 0.8, [(task, CANONICAL), (task, WRONG)] * 2, tokens_per_s=100.0)
+    write_run(tmp_path, TINY_LLAMA, 0.8, [(task, WRONG), (task, CANONICAL)], tokens_per_s=50.0)
     refused = slipstream("budget", str(tmp_path), "--flops-only")
     assert refused.returncode == 1 and "no parameter count for" in refused.stderr
     done = slipstream("budget", str(tmp_path), "--url", duo_server.url)
@@ -137,6 +140,37 @@ def test_budget_curves_with_rates_measured_on_the_server(duo_server, tmp_path: P
         assert all(c["k"] == sorted(c["k"]) for c in curves)  # more budget never buys fewer samples
         assert any(c["k"][0] == 0 and c["score"][0] == 0.0 for c in curves) or len({c["k"][0] for c in curves}) == 1
     assert "Who wins: flops@t0.8" in (tmp_path / "budget.md").read_text()
+    # without tests: the same k's best by mean logprob. The CodeGen run (finish length on samples 0 and 3):
+    # k = 1 submits sample 2 (the one both ended and passes) a quarter of the time; k = 2 of 4: {0,2} and {2,3} pass
+    for key, curves in result["curves"].items():
+        tiny = next(c for c in curves if c["run"] == f"{TINY} t=0.8")
+        by_k = dict(zip(tiny["k"], tiny["rank_score"], strict=True))
+        assert all(score == pytest.approx({0: 0.0, 1: 1 / 4, 2: 2 / 6}[k]) for k, score in by_k.items())
+        assert key.startswith("seconds") or set(by_k) >= {1, 2}  # the time axis' steps depend on the measured rates
+        assert all(low == high == pytest.approx(score) for (low, high), score in zip(tiny["score_interval"], tiny["score"], strict=True))
+    for rows in result["winners"].values():
+        for row in rows:  # one problem: the lead is the score difference, its interval a point
+            if row["lead"]:
+                scores = sorted((e[1] for e in row["entries"].values()), reverse=True)
+                assert row["lead"]["difference"] == pytest.approx(scores[0] - scores[1])
+                assert row["lead"]["significant"] == (scores[0] > scores[1])
+
+    # the time axis at each run's own rate: no server, seconds per sample = G / the run's tok/s
+    own = slipstream(
+        "budget", str(tmp_path), "--flops-only", "--time-at", "run", "--parameters", f"{TINY}=1e6", "--parameters", f"{TINY_LLAMA}=2e6"
+    )
+    assert own.returncode == 0, own.stderr[-3000:]
+    result = json.loads((tmp_path / "budget.json").read_text())
+    assert result["time_at"] == "run" and set(result["curves"]) == {"flops@t0.8", "seconds@t0.8"}
+    assert {c["run"]: c["run_tok_s"] for c in result["costs"]} == {f"{TINY} t=0.8": 100.0, f"{TINY_LLAMA} t=0.8": 50.0}
+    # G: the CodeGen's 20, 25, 30, 35 tokens at 100 tok/s (0.275 s), the Llama's 20, 25 at 50 (0.45 s)
+    assert result["curves"]["seconds@t0.8"][0]["budgets"][0] == pytest.approx(0.275)
+    summary = tmp_path / TINY / "t0.8" / "summary.json"
+    summary.write_text(json.dumps(json.loads(summary.read_text()) | {"tokens_per_s": 0}))
+    unknown = slipstream(
+        "budget", str(tmp_path), "--flops-only", "--time-at", "run", "--parameters", f"{TINY}=1e6", "--parameters", f"{TINY_LLAMA}=2e6"
+    )
+    assert unknown.returncode == 1 and "records no generation rate" in unknown.stderr
 
 
 def test_perplexity_per_language_through_echo(tiny_server, tiny_repo: Path, tmp_path: Path) -> None:
