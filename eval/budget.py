@@ -39,6 +39,8 @@ import numpy as np
 from client.api import AsyncClient
 from eval import passk, rank
 from eval.budget_report import markdown, plot
+from eval.ranker import FIELD as RANKER_FIELD
+from eval.ranker import score_runs
 from eval.runs import HumanEvalRun, problems_of
 from eval.stats import bootstrap_interval, paired_bootstrap
 
@@ -67,6 +69,8 @@ class ModelCost:
     rates: Rates | None
     time_at: str = "best"  # "best": the best batch's rates (the paper); "run": the run's own aggregate rate
     run_tok_s: float = 0.0
+    ranker_flops: float = 0.0  # a second model scoring each sample (prompt + completion, one prefill): its cost per sample
+    ranker_seconds: float = 0.0
 
     def flops(self, k: int) -> float:
         return 0.0 if k == 0 else 2.0 * self.parameters * (self.prompt_tokens + k * self.generated_tokens)
@@ -82,6 +86,13 @@ class ModelCost:
             raise ValueError(f"{self.run}: no measured rates, so no time budget")
         return self.prompt_tokens / self.rates.prefill_tok_s + k * self.generated_tokens / self.rates.decode_tok_s
 
+    def ranked_flops(self, k: int) -> float:
+        """k samples and their ranking: a second model's scoring of each is paid for; the own logprobs are free."""
+        return self.flops(k) + k * self.ranker_flops
+
+    def ranked_seconds(self, k: int) -> float:
+        return self.seconds(k) + k * self.ranker_seconds
+
 
 @dataclass
 class Curve:
@@ -93,8 +104,9 @@ class Curve:
     score: list[float]
     capped: list[bool]  # the budget would buy more samples than the run has
     score_interval: list[list[float]] = field(default_factory=list)  # 95% bootstrap over problems
-    rank_score: list[float] = field(default_factory=list)  # the same k, the best by mean logprob (no tests)
+    rank_score: list[float] = field(default_factory=list)  # the best of rank_k by mean logprob (no tests)
     rank_interval: list[list[float]] = field(default_factory=list)
+    rank_k: list[int] = field(default_factory=list)  # k once the ranking is paid for (= k with the own logprobs)
 
 
 def costs_of(run: HumanEvalRun, parameters: int, rates: Rates | None, time_at: str = "best") -> ModelCost:
@@ -147,12 +159,17 @@ def k_max(samples: int, k_limit: str) -> int:
     return samples if k_limit == "all" else max(1, samples // 2)
 
 
-def curves(runs: list[HumanEvalRun], costs: list[ModelCost], axis: str, k_limit: str = "half") -> list[Curve]:
+def curves(
+    runs: list[HumanEvalRun], costs: list[ModelCost], axis: str, k_limit: str = "half", ranking: str = "mean_logprob"
+) -> list[Curve]:
+    """Each run's pass@k and rank-score@k (by the sample field `ranking`: its own mean logprob, or a
+    ranker's, whose cost is then added to each sample's) over budgets in units of the cheapest sample."""
     problem_sets = {r.label: frozenset(r.by_problem()) for r in runs}
     if len(set(problem_sets.values())) > 1:  # pass@k over different problems would not compare
         sizes = ", ".join(f"{label}: {len(p)} problems" for label, p in problem_sets.items())
         raise ValueError(f"the runs cover different problems ({sizes}): run humaneval with the same --limit for all")
     cost_fn = {"flops": lambda c: c.flops, "seconds": lambda c: c.seconds}[axis]
+    ranked_fn = {"flops": lambda c: c.ranked_flops, "seconds": lambda c: c.ranked_seconds}[axis]
     unit = min(cost_fn(c)(1) for c in costs)
     top = max(cost_fn(c)(c.samples_per_problem) for c in costs)
     steps = int(np.ceil(np.log2(top / unit) * BUDGET_STEPS_PER_DOUBLING)) + 1
@@ -164,8 +181,10 @@ def curves(runs: list[HumanEvalRun], costs: list[ModelCost], axis: str, k_limit:
         curve = Curve(run.label, axis, [u * unit for u in units], units, [], [], [])
         for u in units:
             k = passk.largest_k(fn, u * unit, most)
-            oracle, ranked = per_problem(run, k), per_problem(run, k, "mean_logprob")
+            rank_k = passk.largest_k(ranked_fn(cost), u * unit, most)
+            oracle, ranked = per_problem(run, k), per_problem(run, rank_k, ranking)
             curve.k.append(k)
+            curve.rank_k.append(rank_k)
             curve.score.append(float(np.mean(oracle)))
             curve.capped.append(k == most and fn(k + 1) <= u * unit)
             curve.score_interval.append(list(bootstrap_interval(oracle)))
@@ -209,14 +228,7 @@ async def measure_rates(
     tok/s over batch sizes (n samples of one prompt, `tokens` each, EOS ignored where the server allows;
     the counted tokens are those the server reports)."""
     async with AsyncClient(url, timeout=600) as client:
-        await client.complete(prompts[0], model=model, max_tokens=4)  # warm-up
-        prefill = []
-        for prompt in prompts:
-            started = time.perf_counter()
-            response = await client.complete(prompt, model=model, max_tokens=1, temperature=0)
-            elapsed = time.perf_counter() - started
-            prefill.append(response["usage"]["prompt_tokens"] / elapsed)
-        prefill_tok_s = statistics.median(prefill)
+        prefill_tok_s = await prefill_rate(client, model, prompts)
         by_batch = {}
         for n in batches:
             started = time.perf_counter()
@@ -228,6 +240,22 @@ async def measure_rates(
             log(f"  {model}: batch {n:>2}: {by_batch[n]:.1f} tok/s")
     best = max(by_batch, key=by_batch.__getitem__)
     return Rates(prefill_tok_s, by_batch[best], best, by_batch)
+
+
+async def prefill_rate(client: AsyncClient, model: str, prompts: list[str]) -> float:
+    """Prompt tokens/s: the median over one-token completions of the prompts, after a warm-up."""
+    await client.complete(prompts[0], model=model, max_tokens=4)
+    rates = []
+    for prompt in prompts:
+        started = time.perf_counter()
+        response = await client.complete(prompt, model=model, max_tokens=1, temperature=0)
+        rates.append(response["usage"]["prompt_tokens"] / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+async def _ranker_prefill_rate(url: str, ranker: str, prompts: list[str]) -> float:
+    async with AsyncClient(url, timeout=600) as client:
+        return await prefill_rate(client, ranker, prompts)
 
 
 async def served_models(url: str) -> dict[str, dict]:
@@ -247,6 +275,7 @@ def budget(
     log: Callable[[str], None] = print,
     k_limit: str = "half",
     time_at: str = "best",
+    ranker: str | None = None,
 ) -> dict:
     """Curves on both axes (time: at the best batch with a server to measure; at the run's own rate
     with time_at "run", no server needed), written to out/budget.{json,md,png}."""
@@ -254,7 +283,9 @@ def budget(
         raise ValueError(f"time_at is one of {TIME_AT}, not {time_at!r}")
     served = asyncio.run(served_models(url)) if url else {}
     known = {name: int(card["parameters"]) for name, card in served.items() if card.get("parameters")} | parameters
-    missing = sorted({r.model for r in runs} - set(known))
+    if ranker and not url:
+        raise ValueError("--ranker scores the samples on a server: give --url, not --flops-only")
+    missing = sorted(({r.model for r in runs} | ({ranker} if ranker else set())) - set(known))
     if missing:
         raise ValueError(f"no parameter count for {', '.join(missing)}: the server does not say; give --parameters MODEL=N")
     problems = {task: p.prompt for task, p in problems_of(runs).items()}
@@ -269,12 +300,28 @@ def budget(
             tokens = max(8, min(MEASURE_TOKENS, context // 2))
             rates[model] = asyncio.run(measure_rates(url, model, [problems[t] for t in ids], tokens=tokens, log=log))
     costs = [costs_of(r, known[r.model], rates.get(r.model), time_at) for r in runs]
-    result: dict = {"costs": [asdict(c) for c in costs], "k_limit": k_limit, "time_at": time_at, "curves": {}, "winners": {}}
+    ranking = "mean_logprob"
+    if ranker and url:
+        score_runs(url, ranker, runs, problems_of(runs), log=log)
+        ranking = RANKER_FIELD
+        ids = list(runs[0].by_problem())[:prompts_per_model]
+        ranker_rate = asyncio.run(_ranker_prefill_rate(url, ranker, [problems[t] for t in ids]))
+        for cost in costs:  # the ranker reads each sample whole: prompt and completion, one prefill
+            cost.ranker_flops = 2.0 * known[ranker] * (cost.prompt_tokens + cost.generated_tokens)
+            cost.ranker_seconds = (cost.prompt_tokens + cost.generated_tokens) / ranker_rate
+    result: dict = {
+        "costs": [asdict(c) for c in costs],
+        "k_limit": k_limit,
+        "time_at": time_at,
+        "ranker": ranker,
+        "curves": {},
+        "winners": {},
+    }
     # a completion-mode run and an instruct-mode one have other prompts (and lengths): compared apart
     for mode, temperature in sorted({(r.mode, r.temperature) for r in runs}):
         group = [(r, c) for r, c in zip(runs, costs, strict=True) if (r.mode, r.temperature) == (mode, temperature)]
         for axis in ("flops", "seconds") if url or time_at == "run" else ("flops",):
-            cs = curves([r for r, _ in group], [c for _, c in group], axis, k_limit)
+            cs = curves([r for r, _ in group], [c for _, c in group], axis, k_limit, ranking)
             key = f"{axis}@t{temperature:g}" if mode == "completion" else f"{axis}@{mode}-t{temperature:g}"
             result["curves"][key] = [asdict(c) for c in cs]
             result["winners"][key] = winners(cs, [r for r, _ in group])

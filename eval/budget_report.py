@@ -29,7 +29,13 @@ def markdown(result: dict) -> str:
             else "k up to every sample drawn (--k-up-to-n, not the paper's setting); * marks a budget that would buy more."
         )
         + " Each cell: pass@k with its 95% bootstrap interval over problems, and rank-score@k (the best of the k "
-        "by mean log-probability, no tests). The lead: the winner minus the runner-up on the same problems "
+        + (
+            f"by {result['ranker']}'s mean log-probability of each completion, no tests; the ranker's reading of each sample "
+            "is paid for: 2·N_ranker·(P + G) FLOPs, (P + G) / its prefill tok/s, so the ranked k may be smaller)."
+            if result.get("ranker")
+            else "by the model's own mean log-probability, no tests)."
+        )
+        + " The lead: the winner minus the runner-up on the same problems "
         "(paired bootstrap); a lead whose interval holds 0 is within the noise.",
         "",
         "| run | N | P | G | prefill tok/s | decode tok/s (batch) | run tok/s | FLOPs/sample | s/sample |",
@@ -63,7 +69,10 @@ def markdown(result: dict) -> str:
             for run, (k, score, capped) in row["entries"].items():
                 curve = curves[run]
                 interval = curve.get("score_interval", [None] * (i + 1))[i]
-                ranked = f"; ranked {100 * curve['rank_score'][i]:.1f}%" if curve.get("rank_score") else ""
+                ranked = ""
+                if curve.get("rank_score"):
+                    rank_k = curve.get("rank_k", [k] * (i + 1))[i]
+                    ranked = f"; ranked{'' if rank_k == k else f' k={rank_k}'} {100 * curve['rank_score'][i]:.1f}%"
                 cells.append(f"k={k}{'*' if capped else ''} {_pct(score, interval)}{ranked}")
             lead = row.get("lead")
             said = (

@@ -121,6 +121,7 @@ def _budget(args: argparse.Namespace) -> int:
             parameters,
             k_limit="all" if args.k_up_to_n else "half",
             time_at=args.time_at,
+            ranker=args.ranker,
         )
     except (APIError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -135,14 +136,28 @@ def _rank(args: argparse.Namespace) -> int:
     runs = _runs(args.runs)
     if runs is None:
         return 1
-    results = [rank.rank_run(r) for r in runs]
+    extra = {}
+    if args.ranker:
+        import httpx
+
+        from client.api import APIError
+        from eval.ranker import FIELD, score_runs
+        from eval.runs import problems_of
+
+        try:
+            score_runs(args.url, args.ranker, runs, problems_of(runs))
+        except (APIError, httpx.HTTPError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        extra = {f"{args.ranker} mean logprob": FIELD}
+    results = [rank.rank_run(r, extra=extra) for r in runs]
     rank.write(args.out or args.runs, results)
     for r in results:
         ks = sorted(r.pass_at_k)
         k = ks[-1]  # at k = 1 every ranking is a random pick
         print(
             f"{r.run}: rank-score@{k} "
-            + "; ".join(f"{name} {100 * r.rank_score[name][k]:.1f}%" for name in rank.RANKINGS)
+            + "; ".join(f"{name} {100 * r.rank_score[name][k]:.1f}%" for name in r.rank_score)
             + f"; pass@{k} {100 * r.pass_at_k[k]:.1f}%"
         )
     print(f"rank-score@k: {(args.out or args.runs) / 'rank.md'}")
@@ -298,12 +313,24 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         help="the time axis at the best batch's throughput measured on the server (default, as the paper), or at each "
         "run's own aggregate rate (the batch it really used; no server needed)",
     )
+    bud.add_argument(
+        "--ranker",
+        metavar="MODEL",
+        help="rank each run's samples by a second model's mean log-probability (echo at --url), its cost added to each sample's",
+    )
     bud.add_argument("--out", type=Path, help="default: the runs folder")
     add_api_key_flag(bud)
     bud.set_defaults(run=_budget)
 
     rk = kinds.add_parser("rank", help="rank-score@k: the best of k samples by mean / sum log-probability or at random")
     rk.add_argument("runs", type=Path, help="the --out folder of `slipstream eval humaneval`")
+    rk.add_argument(
+        "--ranker",
+        metavar="MODEL",
+        help="also rank by a second model's mean log-probability of each completion (echo + logprobs at --url)",
+    )
+    rk.add_argument("--url", default="http://127.0.0.1:5000", help="the server of --ranker")
+    add_api_key_flag(rk)
     rk.add_argument("--out", type=Path, help="default: the runs folder")
     rk.set_defaults(run=_rank)
 

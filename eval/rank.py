@@ -27,6 +27,7 @@ from eval.runs import HumanEvalRun
 from eval.stats import bootstrap_interval, paired_bootstrap
 
 RANKINGS = ("mean logprob", "sum logprob", "random")
+FIELDS = {"mean logprob": "mean_logprob", "sum logprob": "sum_logprob", "random": "random"}  # ranking -> sample field
 KS = (1, 2, 5, 10)
 
 
@@ -51,20 +52,22 @@ def ended(sample: dict) -> bool:
 
 
 def problem_rank_scores(samples: list[dict], key: str, k: int) -> float:
-    """One problem's rank-score@k by a sample field (mean_logprob, sum_logprob; "random": all tied): k
-    drawn from all its samples, those that did not end ranked below every one that did and never
-    submitted (scored -inf, counted as failing)."""
-    passed = [bool(s["passed"]) and ended(s) for s in samples]
-    scores = [(0.0 if key == "random" else float(s[key])) if ended(s) else -math.inf for s in samples]
+    """One problem's rank-score@k by a sample field (mean_logprob, sum_logprob, a ranker's; "random": all
+    tied): k drawn from all its samples, those that did not end (or have no score) ranked below every one
+    that did and never submitted (scored -inf, counted as failing)."""
+    usable = [ended(s) and (key == "random" or s.get(key) is not None) for s in samples]
+    passed = [bool(s["passed"]) and ok for s, ok in zip(samples, usable, strict=True)]
+    scores = [(0.0 if key == "random" else float(s[key])) if ok else -math.inf for s, ok in zip(samples, usable, strict=True)]
     return passk.rank_score_at_k(passed, scores, k)
 
 
-def rank_run(run: HumanEvalRun, ks: tuple[int, ...] = KS) -> RankResult:
+def rank_run(run: HumanEvalRun, ks: tuple[int, ...] = KS, extra: dict[str, str] | None = None) -> RankResult:
+    """extra: more rankings by name -> sample field (a second model's scores: eval/ranker.py)."""
     problems = run.by_problem()
     least = min(len(s) for s in problems.values())
     ks = tuple(k for k in ks if k <= least)
-    keys = {"mean logprob": "mean_logprob", "sum logprob": "sum_logprob", "random": "random"}
-    scores = {r: {k: [problem_rank_scores(samples, keys[r], k) for samples in problems.values()] for k in ks} for r in RANKINGS}
+    fields = FIELDS | (extra or {})
+    scores = {r: {k: [problem_rank_scores(samples, key, k) for samples in problems.values()] for k in ks} for r, key in fields.items()}
     kept_total = sum(ended(s) for samples in problems.values() for s in samples)
     counts = {t: (len(s), sum(x["passed"] for x in s)) for t, s in problems.items()}
     return RankResult(
@@ -105,7 +108,7 @@ def write(out: Path, results: list[RankResult]) -> None:
             "| ranking | " + " | ".join(f"@{k}" for k in ks) + " |",
             "|---|" + "---|" * len(ks),
         ]
-        for ranking in RANKINGS:
+        for ranking in r.rank_score:
             lines.append(f"| {ranking} | " + " | ".join(_cell(r, ranking, k) for k in ks) + " |")
         lines += ["| pass@k (oracle) | " + " | ".join(f"{100 * r.pass_at_k[k]:.1f}" for k in ks) + " |"]
         if r.mean_over_random:
@@ -137,7 +140,7 @@ def _plot(path: Path, results: list[RankResult]) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
     for ax, r in zip(axes[0], results, strict=True):
         ks = sorted(r.pass_at_k)
-        for ranking in RANKINGS:
+        for ranking in r.rank_score:
             values = [100 * r.rank_score[ranking][k] for k in ks]
             spans = [r.rank_score_interval.get(ranking, {}).get(k, [v / 100, v / 100]) for k, v in zip(ks, values, strict=True)]
             errors = [
