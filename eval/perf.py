@@ -1,20 +1,26 @@
 """The run time of generated code (Coignion, Quinton, Rouvoy, EASE 2024): every sample that passed
-its tests, timed on those tests, normalised within its problem, compared across models and temperatures.
+its tests, timed, normalised within its problem by a fixed reference, compared across models and
+temperatures.
+
+What is timed (eval/perf_workload.py): the problem's own inputs scaled until one pass of the canonical
+solution takes at least `target_s` (10 ms), after the solution's outputs on them are checked against
+the canonical solution's; a problem without literal inputs is timed on its tests (check()).
 
 Timing, the way pytest-benchmark and pyperf do it: each measurement is a program of its own in the
-same box as execution (eval/execution.py), pinned to one core, that runs the problem's check() on the
-solution: warm-up calls, then a calibrated number of calls per round (rounds of at least
-`min_round_s`), `rounds` rounds with the garbage collector off; it reports the minimum and the median
-per call. The solution's own output is discarded while it is timed. Every solution of a problem (the
+same box as execution (eval/execution.py), pinned to one core: warm-up passes, then a calibrated
+number of passes per round (rounds of at least `min_round_s`, the inputs copied before the clock
+starts), `rounds` rounds with the garbage collector off; it reports the minimum and the median per
+pass. The solution's own output is discarded while it is timed. Every solution of a problem (the
 canonical one first, then the samples in a fixed order) is measured once per repetition, the
 repetitions one after another (round-robin), so that a slow spell of the machine hits them alike; a
 solution's time is the minimum over repetitions of its median, and the spread across repetitions
-(coefficient of variation) is reported as the noise. Identical completions of a problem are measured
-once and shared.
+(coefficient of variation) is reported as the noise. Identical completions are measured once.
 
-Normalisation within each problem, so that a slow problem does not dominate: the ratio to the
-canonical solution's time (aggregated across problems by geometric mean) and the z-score among all
-measured solutions of the problem (every model and temperature; 0 where a problem has one solution).
+Normalisation within each problem by a fixed reference, the canonical solution: a sample's ratio to
+its time, so that adding runs to the folder changes no other run's figure (a z-score among every
+run's solutions would). A run's figure: the geometric mean over problems of its per-problem geometric
+mean ratio, with a 95% bootstrap interval over problems; each run is compared with the same model's
+lowest temperature on the problems both timed (paired bootstrap of the log ratios).
 """
 
 from __future__ import annotations
@@ -33,10 +39,56 @@ from tqdm import tqdm
 
 from eval import execution
 from eval.datasets import Problem
+from eval.perf_report import markdown, plots
+from eval.perf_workload import Workload, calibrate, embed
 from eval.runs import HumanEvalRun, problems_of
+from eval.stats import bootstrap_interval, paired_bootstrap
 
 _RESULT = "SLIPSTREAM_PERF "
 
+# a workload of inputs: prepare copies (untimed), then one pass calls the solution on every input
+_INPUTS = """
+    import base64, copy, pickle
+    inputs = pickle.loads(base64.b64decode({inputs!r}))
+    reference = {{}}
+    exec(compile({reference!r}, "<canonical solution>", "exec"), reference)
+    expected_of, solution = reference[{entry_point!r}], {entry_point}
+
+    def same(got, want):
+        if got == want:
+            return True
+        if isinstance(want, float) and isinstance(got, float):
+            return abs(got - want) <= 1e-6 + 1e-7 * abs(want)
+        if isinstance(want, (list, tuple)) and type(got) is type(want) and len(got) == len(want):
+            return all(same(g, w) for g, w in zip(got, want))
+        return False
+
+    mutates = False
+    for index, args in enumerate(inputs):  # untimed: the same outputs as the canonical solution's
+        given = copy.deepcopy(args)
+        if not same(solution(*given), expected_of(*copy.deepcopy(args))):
+            sys.stderr.write("{marker}" + json.dumps({{"differs": index}}) + "\\n")
+            return
+        mutates = mutates or given != args
+    # a solution that changes its inputs gets fresh copies each pass (made before the clock starts), as
+    # many passes a round as 64 MB of copies allow; one that does not is called on the same inputs
+    size = max(1, len(pickle.dumps(inputs)))
+    most = max(1, (64 << 20) // (3 * size))
+    prepare = (lambda loops: [copy.deepcopy(inputs) for _ in range(min(loops, most))]) if mutates else (lambda loops: [inputs] * loops)
+
+    def run(batch):
+        for copies in batch:
+            for args in copies:
+                solution(*args)
+"""
+# the problem's tests: nothing to prepare, one pass is check()
+_TESTS = """
+    prepare = lambda loops: [None] * loops
+
+    def run(batch):
+        for _ in batch:
+            check({entry_point})
+"""
 _HARNESS = """
 def __slipstream_perf():
     import gc, json, os, sys, time
@@ -45,18 +97,17 @@ def __slipstream_perf():
     except (AttributeError, OSError):
         pass
     clock = time.perf_counter
-    call = lambda: check({entry_point})
     out, sys.stdout = sys.stdout, open(os.devnull, "w")
     try:
-        for _ in range({warmup}):
-            call()
+{workload}
+        run(prepare({warmup}))
         loops = 1
         while True:  # calibrate: a round of at least min_round_s
+            batch = prepare(loops)
             started = clock()
-            for _ in range(loops):
-                call()
+            run(batch)
             took = clock() - started
-            if took >= {min_round_s} or loops >= {max_loops}:
+            if took >= {min_round_s} or loops >= {max_loops} or len(batch) < loops:
                 break
             loops = min({max_loops}, max(loops * 2, int(loops * {min_round_s} / max(took, 1e-9) * 1.2)))
         rounds = max(3, min({rounds}, int({budget_s} / max(took, 1e-9))))
@@ -65,10 +116,10 @@ def __slipstream_perf():
         gc.disable()
         try:
             for _ in range(rounds):
+                batch = prepare(loops)
                 started = clock()
-                for _ in range(loops):
-                    call()
-                times.append((clock() - started) / loops)
+                run(batch)
+                times.append((clock() - started) / len(batch))
         finally:
             gc.enable()
     finally:
@@ -83,6 +134,7 @@ __slipstream_perf()
 @dataclass(frozen=True)
 class TimingConfig:
     rounds: int = 7
+    target_s: float = 0.01  # a pass of the canonical solution over the scaled inputs (eval/perf_workload.py)
     warmup: int = 2
     min_round_s: float = 0.01
     max_loops: int = 100_000
@@ -112,10 +164,21 @@ class Solution:
         return statistics.stdev(self.medians) / statistics.mean(self.medians)
 
 
-def harness(problem: Problem, completion: str, core: int, config: TimingConfig) -> str:
+def harness(problem: Problem, completion: str, core: int, config: TimingConfig, workload: Workload | None = None) -> str:
+    """The measurement program of one solution: on the workload's inputs, or on the problem's tests."""
+    if workload is None or workload.inputs is None:
+        body = _TESTS.format(entry_point=problem.entry_point)
+    else:
+        body = _INPUTS.format(
+            inputs=embed(workload.inputs),
+            reference=problem.prompt + problem.canonical_solution,
+            entry_point=problem.entry_point,
+            marker=_RESULT,
+        )
+    body = "\n".join("    " + line if line.strip() else line for line in body.strip("\n").splitlines())
     return f"{problem.prompt}{completion}\n{problem.test}\n" + _HARNESS.format(
         core=core,
-        entry_point=problem.entry_point,
+        workload=body,
         warmup=config.warmup,
         min_round_s=config.min_round_s,
         max_loops=config.max_loops,
@@ -134,6 +197,8 @@ def parse(result: execution.Result) -> tuple[float, float] | str:
         lines = result.stderr.strip().splitlines()
         return f"failed while being timed: {lines[-1] if lines else result.status}"
     found = json.loads(match.group(1))
+    if "differs" in found:
+        return f"differs from the canonical solution on scaled input {found['differs']}"
     return found["min"], found["median"]
 
 
@@ -161,8 +226,15 @@ def _task_number(task_id: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def measure(solutions: dict[str, list[Solution]], problems: dict[str, Problem], config: TimingConfig, core: int | None = None) -> None:
+def measure(
+    solutions: dict[str, list[Solution]],
+    problems: dict[str, Problem],
+    config: TimingConfig,
+    workloads: dict[str, Workload] | None = None,
+    core: int | None = None,
+) -> None:
     """Time every solution config.repeats times, round-robin within each problem, one program at a time."""
+    workloads = workloads or {}
     core = sorted(os.sched_getaffinity(0))[-1] if core is None else core
     limits = execution.Limits(timeout=config.timeout_s, cpu_seconds=int(config.timeout_s) + 5)
     order = [(s, problems[s.task_id]) for group in solutions.values() for _ in range(config.repeats) for s in group]
@@ -178,56 +250,79 @@ def measure(solutions: dict[str, list[Solution]], problems: dict[str, Problem], 
                 solution.medians.append(found[1])
             bar.update()
 
-        execution.run_many([harness(p, s.completion, core, config) for s, p in order], limits, workers=1, on_result=record)
+        programs = [harness(p, s.completion, core, config, workloads.get(s.task_id)) for s, p in order]
+        execution.run_many(programs, limits, workers=1, on_result=record)
 
 
 def normalise(group: list[Solution]) -> dict[int, dict[str, float | None]]:
-    """Per solution (by position in group): ratio to the canonical time and z-score among the problem's
-    measured solutions (the canonical one included). Solutions without a time are left out."""
-    timed = {i: s.seconds for i, s in enumerate(group) if s.seconds is not None}
+    """Per solution (by position in group): its ratio to the canonical solution's time, None where the
+    canonical one could not be timed. Solutions without a time are left out."""
     canonical = next((s.seconds for s in group if s.canonical), None)
-    values = list(timed.values())
-    mean = statistics.mean(values) if values else 0.0
-    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-    out = {}
-    for i, t in timed.items():
-        out[i] = {
-            "ratio": t / canonical if canonical else None,  # the canonical one could not be timed
-            "z": (t - mean) / spread if spread > 0 else 0.0,
-        }
-    return out
+    return {i: {"ratio": s.seconds / canonical if canonical else None} for i, s in enumerate(group) if s.seconds is not None}
+
+
+def problem_log_ratios(runs: list[HumanEvalRun], solutions: dict[str, list[Solution]]) -> dict[str, dict[str, float]]:
+    """Per run, per problem: the mean log ratio of its timed samples (each sample counts, so a completion
+    written twice weighs twice)."""
+    logs: dict[str, dict[str, list[float]]] = {r.label: {} for r in runs}
+    for task, group in solutions.items():
+        for i, norm in normalise(group).items():
+            if norm["ratio"] is None:
+                continue
+            for sample in group[i].samples:
+                logs[sample["run"]].setdefault(task, []).append(math.log(norm["ratio"]))
+    return {run: {task: statistics.mean(values) for task, values in tasks.items()} for run, tasks in logs.items()}
 
 
 def summarise(runs: list[HumanEvalRun], solutions: dict[str, list[Solution]]) -> list[dict]:
-    """Per run: success rate (passing samples / samples), solutions timed, geometric-mean ratio to the
-    canonical solution, mean z-score, problems covered."""
-    per_run: dict[str, dict[str, Any]] = {r.label: {"ratio": [], "z": [], "problems": set()} for r in runs}
+    """Per run: success rate (passing samples / samples), samples timed, the geometric mean over problems
+    of its ratio to the canonical solution with a 95% bootstrap interval over problems, problems covered,
+    and the paired comparison with the same model's lowest temperature."""
+    logs = problem_log_ratios(runs, solutions)
+    timed = {r.label: 0 for r in runs}
     for group in solutions.values():
-        for i, norm in normalise(group).items():
+        for i in normalise(group):
             for sample in group[i].samples:
-                entry = per_run[sample["run"]]
-                if norm["ratio"] is not None:
-                    entry["ratio"].append(norm["ratio"])
-                entry["z"].append(norm["z"])
-                entry["problems"].add(group[i].task_id)
+                timed[sample["run"]] += 1
     rows = []
     for run in runs:
-        entry = per_run[run.label]
-        passed = sum(s["passed"] for s in run.samples)
+        per_problem = logs[run.label]
+        values = list(per_problem.values())
+        interval = [math.exp(v) for v in bootstrap_interval(values)] if values else None
+        baseline = min((r for r in runs if (r.model, r.mode) == (run.model, run.mode)), key=lambda r: r.temperature)
         rows.append(
             {
                 "run": run.label,
                 "model": run.model,
                 "temperature": run.temperature,
                 "mode": run.mode,
-                "success_rate": passed / len(run.samples),
-                "timed_samples": len(entry["z"]),
-                "problems": len(entry["problems"]),
-                "ratio_geomean": math.exp(statistics.mean(math.log(r) for r in entry["ratio"])) if entry["ratio"] else None,
-                "z_mean": statistics.mean(entry["z"]) if entry["z"] else None,
+                "success_rate": sum(s["passed"] for s in run.samples) / len(run.samples),
+                "timed_samples": timed[run.label],
+                "problems": len(per_problem),
+                "ratio_geomean": math.exp(statistics.mean(values)) if values else None,
+                "ratio_interval": interval,
+                "against": _paired(run.label, baseline.label, logs) if baseline.label != run.label else None,
             }
         )
     return rows
+
+
+def _paired(run: str, baseline: str, logs: dict[str, dict[str, float]]) -> dict[str, Any] | None:
+    """This run's ratio over the baseline run's on the problems both timed: exp of the mean difference of
+    their per-problem log ratios, its paired bootstrap interval and p."""
+    common = sorted(set(logs[run]) & set(logs[baseline]))
+    if not common:
+        return None
+    paired = paired_bootstrap([logs[run][t] for t in common], [logs[baseline][t] for t in common])
+    return {
+        "baseline": baseline,
+        "problems": len(common),
+        "ratio": math.exp(paired.difference),
+        "low": math.exp(paired.low),
+        "high": math.exp(paired.high),
+        "p": paired.p,
+        "significant": paired.significant,
+    }
 
 
 def study(
@@ -244,11 +339,18 @@ def study(
         raise ValueError("no sample passed its tests: nothing to time")
     count = sum(len(g) for g in solutions.values())
     log(execution.box_line(execution.detect_box()))
+    limits = execution.Limits(timeout=config.timeout_s, cpu_seconds=int(config.timeout_s) + 5)
+    workloads = calibrate([problems[t] for t in solutions], limits, target_s=config.target_s)
+    scaled = [w for w in workloads.values() if w.inputs is not None]
+    log(
+        f"workloads: {len(scaled)} problems on their inputs scaled (factor median "
+        f"{statistics.median(w.factor for w in scaled) if scaled else '-'}), {len(workloads) - len(scaled)} on their tests"
+    )
     log(
         f"timing {count} distinct solutions ({len(solutions)} canonical) of {len(solutions)} problems, "
         f"{config.repeats} repetitions each, on core {sorted(os.sched_getaffinity(0))[-1]}"
     )
-    measure(solutions, problems, config)
+    measure(solutions, problems, config, workloads)
     rows = summarise(runs, solutions)
     cvs = [s.cv for g in solutions.values() for s in g if s.cv is not None]
     detail = []
@@ -265,6 +367,7 @@ def study(
                     "minimums": s.minimums,
                     "cv": s.cv,
                     "error": s.error,
+                    "workload": workloads[s.task_id].kind,
                     **norms.get(i, {}),
                 }
             )
@@ -278,84 +381,5 @@ def study(
     out.mkdir(parents=True, exist_ok=True)
     (out / "perf.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "perf.md").write_text(markdown(result))
-    _plots(out, result)
+    plots(out, result)
     return result
-
-
-def markdown(result: dict) -> str:
-    c, noise = result["config"], result["noise"]
-    failed = [s for s in result["solutions"] if s["error"]]
-    lines = [
-        "# Run time of the generated code",
-        "",
-        f"Each solution that passed its tests, timed on them: {c['warmup']} warm-up calls, calibrated rounds of at "
-        f"least {1000 * c['min_round_s']:.0f} ms, up to {c['rounds']} rounds with GC off, pinned to one core, in the "
-        f"{result['box']} box; {c['repeats']} repetitions round-robin within each problem, a solution's time the "
-        "minimum of its per-repetition medians. Normalised within each problem: ratio to the canonical solution "
-        "(geometric mean across problems; below 1 is faster) and z-score among the problem's solutions.",
-        "",
-        f"Noise: coefficient of variation across repetitions, median {_pct(noise['cv_median'])}, p90 "
-        f"{_pct(noise['cv_p90'])}, max {_pct(noise['cv_max'])} over {noise['solutions']} solutions.",
-        "",
-        "| run | success rate | timed samples | problems | time / canonical (geomean) | mean z |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in result["runs"]:
-        ratio = f"{r['ratio_geomean']:.3f}" if r["ratio_geomean"] is not None else "-"
-        z = f"{r['z_mean']:+.3f}" if r["z_mean"] is not None else "-"
-        lines.append(f"| {r['run']} | {100 * r['success_rate']:.1f}% | {r['timed_samples']} | {r['problems']} | {ratio} | {z} |")
-    if failed:
-        lines += [
-            "",
-            f"{len(failed)} solutions could not be timed (they pass once but not when called repeatedly, or "
-            "ran past the limit): " + "; ".join(f"{s['task_id']}: {s['error']}" for s in failed[:5]),
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _plots(out: Path, result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for model in dict.fromkeys(r["model"] for r in result["runs"]):
-        points = sorted(
-            (r["temperature"], r["ratio_geomean"], r["success_rate"])
-            for r in result["runs"]
-            if r["model"] == model and r["ratio_geomean"] is not None
-        )
-        if not points:
-            continue
-        ax.plot([p[1] for p in points], [100 * p[2] for p in points], marker="o", label=model)
-        for t, x, y in points:
-            ax.annotate(f"t={t:g}", (x, 100 * y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("run time / canonical solution (geometric mean)")
-    ax.set_ylabel("success rate (% of samples)")
-    ax.set_title("Success rate vs run time of the code", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "perf.png", dpi=120)
-    plt.close(fig)
-
-    tasks = list(dict.fromkeys(s["task_id"] for s in result["solutions"] if not s["canonical"] and s.get("ratio")))
-    if not tasks:
-        return
-    fig, ax = plt.subplots(figsize=(max(4, 0.45 * len(tasks) + 1.5), 3.8))
-    data = [[s["ratio"] for s in result["solutions"] if s["task_id"] == t and not s["canonical"] and s.get("ratio")] for t in tasks]
-    ax.boxplot(data, showfliers=True)
-    ax.set_xticks(range(1, len(tasks) + 1), [t.split("/")[-1] for t in tasks], fontsize=7)
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
-    ax.set_yscale("log")
-    ax.set_xlabel("HumanEval problem")
-    ax.set_ylabel("run time / canonical")
-    ax.set_title("Per-problem distribution of the samples' run times", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "perf_problems.png", dpi=120)
-    plt.close(fig)

@@ -266,17 +266,14 @@ def solution(seconds: float | None, canonical: bool = False, error: str | None =
     return s
 
 
-def test_run_times_are_normalised_within_the_problem() -> None:
+def test_run_times_are_normalised_within_the_problem_by_the_canonical_solution() -> None:
     group = [solution(1.0, canonical=True), solution(2.0), solution(4.0), solution(3.0, error="failed while being timed")]
     norms = perf.normalise(group)
-    assert set(norms) == {0, 1, 2}  # the one that could not be timed is left out
-    assert [norms[i]["ratio"] for i in (0, 1, 2)] == [1.0, 2.0, 4.0]
-    mean, spread = 7 / 3, math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 3)
-    assert norms[2]["z"] == pytest.approx((4 - mean) / spread)
-    assert sum(n["z"] for n in norms.values()) == pytest.approx(0)
+    assert norms == {0: {"ratio": 1.0}, 1: {"ratio": 2.0}, 2: {"ratio": 4.0}}  # the one that could not be timed is left out
     assert group[1].seconds == 2.0  # the least of the repetitions' medians (2.2, 2.0)
     assert group[1].cv == pytest.approx(math.sqrt(0.02) / 2.1)  # their sample stdev over their mean
-    assert perf.normalise([solution(5.0, canonical=True)]) == {0: {"ratio": 1.0, "z": 0.0}}  # alone: z 0
+    # a fixed reference: another solution added to the problem moves nobody else's ratio
+    assert perf.normalise([*group, solution(100.0)])[1] == norms[1]
     assert perf.normalise([solution(None, canonical=True, error="timed out"), solution(2.0)])[1]["ratio"] is None
 
 
@@ -288,3 +285,30 @@ def test_runs_are_compared_by_geometric_mean_across_problems() -> None:
     rows = perf.summarise([run], {"T": [solution(1.0, canonical=True), fast, slow]})
     assert rows[0]["ratio_geomean"] == pytest.approx(4.0)  # sqrt(2 * 8)
     assert rows[0]["success_rate"] == 0.5 and rows[0]["timed_samples"] == 2 and rows[0]["problems"] == 1
+
+
+def test_runs_are_averaged_over_problems_and_paired_with_the_lowest_temperature() -> None:
+    cool = run_of({"T": [(True, -0.1, "stop")], "U": [(True, -0.1, "stop")]}, temperature=0.2)
+    warm = run_of({"T": [(True, -0.1, "stop")] * 2, "U": [(True, -0.1, "stop")]}, temperature=0.8)
+
+    def timed(seconds: float, run: HumanEvalRun, sample: int) -> perf.Solution:
+        s = solution(seconds)
+        s.samples = [{"run": run.label, "model": "m", "temperature": run.temperature, "mode": "completion", "sample": sample}]
+        return s
+
+    solutions = {
+        "T": [solution(1.0, canonical=True), timed(2.0, cool, 0), timed(4.0, warm, 0), timed(16.0, warm, 1)],
+        "U": [solution(1.0, canonical=True), timed(1.0, cool, 0), timed(4.0, warm, 0)],
+    }
+    rows = {r["run"]: r for r in perf.summarise([cool, warm], solutions)}
+    # per problem first (T: the warm run's 4 and 16 make 8), then across problems: sqrt(2 * 1) and sqrt(8 * 4)
+    assert rows[cool.label]["ratio_geomean"] == pytest.approx(math.sqrt(2))
+    assert rows[warm.label]["ratio_geomean"] == pytest.approx(math.sqrt(32))
+    assert rows[cool.label]["against"] is None  # the lowest temperature is the baseline
+    against = rows[warm.label]["against"]
+    # 4x slower on both problems: the paired ratio is 4 on every resample
+    assert against["baseline"] == cool.label and against["problems"] == 2
+    assert (against["ratio"], against["low"], against["high"]) == (pytest.approx(4.0), pytest.approx(4.0), pytest.approx(4.0))
+    assert against["significant"] and against["p"] == 0.0
+    low, high = rows[warm.label]["ratio_interval"]
+    assert low == pytest.approx(4.0) and high == pytest.approx(8.0)  # resampling T (8) and U (4): 4 .. sqrt(32) .. 8

@@ -171,3 +171,17 @@ def test_eval_humaneval_runs_a_problems_file_and_reports_base_and_plus(tiny_serv
     refused = eval_humaneval(tiny_server.url, tmp_path / "never", "--problems", str(bad))
     assert refused.returncode == 1 and "bad.jsonl:1: a HumanEval-format record lacks entry_point, test" in refused.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_the_perf_workload_is_a_problems_own_inputs(tmp_path: Path) -> None:
+    from eval.perf_workload import problem_inputs, scale_args
+
+    [plus] = load_problems(write(tmp_path / "plus.jsonl", [ADD]))
+    assert problem_inputs(plus) == [[1, 2], [3, 4], [-1, -1], [10**6, 1]]  # EvalPlus: base, then plus
+    # HumanEval: the literal arguments of the test's candidate(...) calls, in order, each once
+    zero = humaneval(1)[0]
+    found = problem_inputs(zero)
+    assert found is not None and len(found) == 7 and found[0] == [[1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3]
+    assert problem_inputs(FIND_ZERO) is None  # its test draws random polynomials: timed on the test itself
+    # scaling repeats sequences, never numbers
+    assert scale_args([[1, 2], "ab", (3,), 7, 0.5], 3) == [[1, 2] * 3, "ababab", (3, 3, 3), 7, 0.5]

@@ -23,6 +23,10 @@ SLOW = "    sum(range(300000))  # a few ms of waste per call\n" + CANONICAL
 # passes its tests once, fails when they are run again: timing must say so, not time it
 STATEFUL = "    _calls.append(1)\n    if len(_calls) > 12:\n        raise RuntimeError('stateful')\n" + CANONICAL + "\n_calls = []\n"
 WRONG = "    return True\n"
+# passes the tests, but not on inputs longer than theirs: not timed, said so
+LONG_WRONG = "    if len(numbers) > 1000:\n        return False\n" + CANONICAL
+# sorts its argument in place: called on a fresh copy each pass (the copies made before the clock starts)
+MUTATES = "    numbers.sort()\n" + CANONICAL
 
 
 def slipstream(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -69,7 +73,8 @@ def write_run(
 
 def test_perf_times_passing_samples_against_the_canonical_solution(tmp_path: Path) -> None:
     task = PROBLEM.task_id
-    write_run(tmp_path, "m", 0.2, [(task, CANONICAL), (task, SLOW), (task, STATEFUL), (task, SLOW), (task, WRONG)])
+    completions = [(task, CANONICAL), (task, SLOW), (task, STATEFUL), (task, SLOW), (task, WRONG), (task, LONG_WRONG), (task, MUTATES)]
+    write_run(tmp_path, "m", 0.2, completions)
     done = slipstream("perf", str(tmp_path), "--repeats", "2", "--rounds", "3", "--min-round-ms", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "perf.json").read_text())
@@ -77,15 +82,21 @@ def test_perf_times_passing_samples_against_the_canonical_solution(tmp_path: Pat
     assert f"{result['box']} box" in (tmp_path / "perf.md").read_text()
     by_code = {s["samples"][0]["sample"] if s["samples"] else "canonical": s for s in result["solutions"]}
     # the sample identical to the canonical solution is timed with it, once; the two slow ones once, together
-    assert set(by_code) == {0, 1, 2} and [x["sample"] for x in by_code[1]["samples"]] == [1, 3]
+    assert set(by_code) == {0, 1, 2, 5, 6} and [x["sample"] for x in by_code[1]["samples"]] == [1, 3]
     canonical, slow, stateful = by_code[0], by_code[1], by_code[2]
+    assert by_code[5]["error"] == "differs from the canonical solution on scaled input 0" and by_code[5]["seconds"] is None
+    assert by_code[6]["error"] is None and by_code[6]["seconds"] > 0
     assert canonical["canonical"] and canonical["ratio"] == 1.0 and len(canonical["medians"]) == 2
-    assert slow["ratio"] > 20 and slow["seconds"] > 5 * 7 * 1e-4  # 7 calls per check, each summing 300k numbers
+    assert slow["ratio"] > 20 and slow["seconds"] > 5 * 7 * 1e-4  # 7 inputs a pass, each call summing 300k numbers
+    # the test's 7 literal inputs, repeated until the canonical solution's pass is long enough (its early
+    # exit on a repeated number keeps it short: the factor reaches its cap)
+    assert {s["workload"] for s in result["solutions"]} == {"inputs x4096"}
+    assert "1 problems on scaled inputs" in (tmp_path / "perf.md").read_text()
     assert stateful["error"].startswith("failed while being timed") and stateful["seconds"] is None
-    assert 0 <= canonical["cv"] < 1 and result["noise"]["solutions"] == 2
+    assert 0 <= canonical["cv"] < 1 and result["noise"]["solutions"] == 3
     (row,) = result["runs"]
-    assert row["timed_samples"] == 3 and row["success_rate"] == pytest.approx(4 / 5)  # WRONG fails
-    assert row["ratio_geomean"] == pytest.approx((1 * slow["ratio"] ** 2) ** (1 / 3))
+    assert row["timed_samples"] == 4 and row["success_rate"] == pytest.approx(6 / 7)  # WRONG fails
+    assert row["ratio_geomean"] == pytest.approx((1 * slow["ratio"] ** 2 * by_code[6]["ratio"]) ** (1 / 4))
     assert "could not be timed" in (tmp_path / "perf.md").read_text()
     assert (tmp_path / "perf.png").stat().st_size > 1000 and (tmp_path / "perf_problems.png").stat().st_size > 1000
 
