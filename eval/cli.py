@@ -190,16 +190,36 @@ def _perplexity(args: argparse.Namespace) -> int:
     import httpx
 
     from client.api import APIError
+    from eval import perplexity_set
     from eval.perplexity import run
 
-    if not args.lang:
-        print("error: give at least one --lang LANGUAGE=FOLDER (e.g. --lang python=/usr/lib/python3.11)", file=sys.stderr)
+    languages: dict[str, Path] = {}
+    try:
+        if args.fetch_set:
+            rows = perplexity_set.fetch(args.fetch_set, args.fetch_languages, files=args.files)
+            print(f"perplexity set: {args.fetch_set / 'SOURCES.md'} ({sum('error' not in r for r in rows)} of {len(rows)} languages)")
+            if not args.model:
+                return 0 if all("error" not in r for r in rows) else 1
+        for folder in filter(None, (args.fetch_set, args.set)):
+            languages |= perplexity_set.languages_in(folder)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    languages |= {lang: Path(folder) for lang, folder in args.lang}
+    if not args.model:
+        print("error: give --model (the models to measure)", file=sys.stderr)
+        return 1
+    if not languages:
+        print(
+            "error: give --set DIR (from --fetch-set DIR) or --lang LANGUAGE=FOLDER (e.g. --lang python=/usr/lib/python3.11)",
+            file=sys.stderr,
+        )
         return 1
     try:
         run(
             args.url,
             args.model,
-            {lang: Path(folder) for lang, folder in args.lang},
+            languages,
             args.out,
             files=args.files,
             method=args.method,
@@ -362,7 +382,16 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
     pp = kinds.add_parser("perplexity", help="perplexity per language over folders of source files (echo + logprobs)")
     pp.add_argument("--url", default="http://127.0.0.1:5000")
-    pp.add_argument("--model", action="append", required=True, help="model name, repeatable")
+    pp.add_argument("--model", action="append", help="model name, repeatable")
+    pp.add_argument(
+        "--fetch-set",
+        type=Path,
+        metavar="DIR",
+        help="download a set of PolyCoder's 12 languages from Debian, npm and PyPI packages into DIR (then measure it, "
+        "if --model is given)",
+    )
+    pp.add_argument("--fetch-languages", type=lambda t: [v for v in t.split(",") if v], help="comma-separated: fetch only these")
+    pp.add_argument("--set", type=Path, metavar="DIR", help="measure a set fetched before (DIR/<language>/)")
     pp.add_argument(
         "--lang",
         type=pairs,
