@@ -140,10 +140,12 @@ def _limits(entry: dict[str, Any]) -> tuple[int | None, int | None]:
 
 def fill_rows(rows: int | None, config: GenerationConfig) -> int:
     """Requests in flight that keep the server's batch full: its rows over the samples a request asks
-    for, plus one waiting to take the rows the first to finish frees; 4 where the server does not say."""
+    for, plus one waiting to take the rows the first to finish frees, never more requests than rows (a
+    server queues as many as it has rows: one sample a request fills them without a spare); 4 where the
+    server does not say."""
     if rows is None:
         return 4
-    return -(-rows // min(config.samples_per_problem, config.per_request)) + 1
+    return min(rows, -(-rows // min(config.samples_per_problem, config.per_request)) + 1)
 
 
 async def _generate(

@@ -62,6 +62,8 @@ def test_run_writes_human_eval_files_and_resumes(tiny_server, tmp_path: Path) ->
     assert 0 <= low <= summary["pass_at_k"]["1"] <= high <= 1
     # how long generating took and at what rate, the requests in flight filling the server's 64 rows (3 a request)
     assert summary["concurrency"] == 64 // 3 + 2 and summary["generated_samples"] == 9
+    # greedy, one sample a request: as many requests as rows, none waiting beyond the server's queue of 64
+    assert json.loads((greedy / "summary.json").read_text())["concurrency"] == 64
     assert summary["generated_tokens"] == sum(s["completion_tokens"] for s in samples) > 0
     tokens, seconds = summary["generated_tokens"], summary["generation_s"]  # seconds rounded to 0.01
     assert tokens / (seconds + 0.005) - 0.1 <= summary["tokens_per_s"] <= tokens / max(seconds - 0.005, 1e-3) + 0.1
