@@ -276,6 +276,7 @@ def budget(
     k_limit: str = "half",
     time_at: str = "best",
     ranker: str | None = None,
+    across_modes: bool = False,
 ) -> dict:
     """Curves on both axes (time: at the best batch with a server to measure; at the run's own rate
     with time_at "run", no server needed), written to out/budget.{json,md,png}."""
@@ -314,15 +315,18 @@ def budget(
         "k_limit": k_limit,
         "time_at": time_at,
         "ranker": ranker,
+        "across_modes": across_modes,
         "curves": {},
         "winners": {},
     }
-    # a completion-mode run and an instruct-mode one have other prompts (and lengths): compared apart
-    for mode, temperature in sorted({(r.mode, r.temperature) for r in runs}):
-        group = [(r, c) for r, c in zip(runs, costs, strict=True) if (r.mode, r.temperature) == (mode, temperature)]
+    # a completion-mode run and an instruct-mode one have other prompts (and lengths): compared apart, unless
+    # across_modes (a chat model against a base one at one temperature, each at its own prompt's cost)
+    for mode, temperature in sorted({("any" if across_modes else r.mode, r.temperature) for r in runs}):
+        group = [(r, c) for r, c in zip(runs, costs, strict=True) if mode in ("any", r.mode) and r.temperature == temperature]
         for axis in ("flops", "seconds") if url or time_at == "run" else ("flops",):
             cs = curves([r for r, _ in group], [c for _, c in group], axis, k_limit, ranking)
             key = f"{axis}@t{temperature:g}" if mode == "completion" else f"{axis}@{mode}-t{temperature:g}"
+            key = f"{axis}@modes-t{temperature:g}" if mode == "any" else key
             result["curves"][key] = [asdict(c) for c in cs]
             result["winners"][key] = winners(cs, [r for r, _ in group])
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,12 @@ def markdown(result: dict) -> str:
             if result.get("ranker")
             else "by the model's own mean log-probability, no tests)."
         )
+        + (
+            " Completion-mode and instruct-mode runs are compared together (--across-modes, not the paper's setting), each "
+            "at its own prompt's cost."
+            if result.get("across_modes")
+            else ""
+        )
         + " The lead: the winner minus the runner-up on the same problems "
         "(paired bootstrap); a lead whose interval holds 0 is within the noise.",
         "",

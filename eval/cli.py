@@ -123,6 +123,7 @@ def _budget(args: argparse.Namespace) -> int:
             k_limit="all" if args.k_up_to_n else "half",
             time_at=args.time_at,
             ranker=args.ranker,
+            across_modes=args.across_modes,
         )
     except (APIError, httpx.HTTPError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -296,6 +297,12 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
         "--ranker",
         metavar="MODEL",
         help="rank each run's samples by a second model's mean log-probability (echo at --url), its cost added to each sample's",
+    )
+    bud.add_argument(
+        "--across-modes",
+        action="store_true",
+        help="compare completion-mode and instruct-mode runs of one temperature together, each at its own prompt's cost "
+        "(default: apart, as the paper compares one family in one mode)",
     )
     bud.add_argument("--out", type=Path, help="default: the runs folder")
     add_api_key_flag(bud)

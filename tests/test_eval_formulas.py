@@ -221,6 +221,13 @@ def test_budget_compares_runs_of_one_mode_only(tmp_path: Path) -> None:
         "flops@t0.8": [completion.label],
         "flops@instruct-t0.8": [instruct.label],
     }
+    # on request, together at one temperature: each at its own prompt's cost (P from its own samples)
+    both = budget.budget([completion, instruct], tmp_path, None, {"small": 1_000, "chat": 2_000}, log=lambda _l: None, across_modes=True)
+    assert {key: [c["run"] for c in curves] for key, curves in both["curves"].items()} == {
+        "flops@modes-t0.8": [completion.label, instruct.label]
+    }
+    assert both["winners"]["flops@modes-t0.8"][0]["winner"] == [completion.label]  # it passes, the chat run does not
+    assert "--across-modes, not the paper's setting" in (tmp_path / "budget.md").read_text()
 
 
 def test_polycoders_token_count_is_every_token_the_lexer_yields() -> None:
