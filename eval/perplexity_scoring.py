@@ -81,7 +81,7 @@ async def score_rolling(client: AsyncClient, model: str, text: str, window_chars
         end = _cut(text, start, min(len(text), begin + window_chars))
         if start > 0 and end == len(text):
             begin = max(0, min(begin, len(text) - window_chars))  # the last window: a whole window of context
-        head = prefix if out.prefixed else ""
+        head = prefix if out.prefixed and start == 0 else ""  # the first window only: later ones have a token of context
         tokens, offsets, values = await _echo(client, model, head + text[begin:end])
         if start == 0 and not head and values[0] is None:  # no BOS: the first token needs the end-of-text token
             if not prefix:
