@@ -44,7 +44,7 @@ from eval.ranker import score_runs
 from eval.runs import HumanEvalRun, problems_of
 from eval.stats import bootstrap_interval, paired_bootstrap
 
-BATCH_SIZES = (1, 2, 4, 8, 16)
+BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)  # up to the rows the server decodes together (16 where it does not say)
 MEASURE_TOKENS = 128
 BUDGET_STEPS_PER_DOUBLING = 2
 
@@ -295,11 +295,13 @@ def budget(
         for model in dict.fromkeys(r.model for r in runs):
             run = next(r for r in runs if r.model == model)
             ids = list(run.by_problem())[:prompts_per_model]
-            log(f"measuring {model} at {url} (prefill on {len(ids)} prompts, batches {BATCH_SIZES})")
+            rows = served.get(model, {}).get("max_batch_rows")
+            batches = tuple(b for b in BATCH_SIZES if b <= (rows if isinstance(rows, int) and rows > 0 else 16))
+            log(f"measuring {model} at {url} (prefill on {len(ids)} prompts, batches {batches})")
             # half the context at most: the prompt keeps room (a server trims a long prompt to fit the rest)
             context = int(served.get(model, {}).get("context_length") or 2 * MEASURE_TOKENS)
             tokens = max(8, min(MEASURE_TOKENS, context // 2))
-            rates[model] = asyncio.run(measure_rates(url, model, [problems[t] for t in ids], tokens=tokens, log=log))
+            rates[model] = asyncio.run(measure_rates(url, model, [problems[t] for t in ids], batches, tokens=tokens, log=log))
     costs = [costs_of(r, known[r.model], rates.get(r.model), time_at) for r in runs]
     ranking = "mean_logprob"
     if ranker and url:
