@@ -321,6 +321,23 @@ def test_perplexity_polycoders_method_scores_every_token_at_the_whole_context(du
     assert not own.prefixed and own.unscored == 0 and own.tokens == prefixed.tokens
     assert own.logprob == pytest.approx(expected, abs=1e-3)
 
+    # two windows, rebuilt here by hand from echo: the first after <|endoftext|>, cut at its last line break
+    # in reach (char 66 of 70); the last reaching back a whole window (chars 50-120), scoring from char 66
+    text = "x = 1\n" * 10 + "y = 2\n" * 10
+
+    async def by_hand() -> tuple[Scored, float]:
+        async with AsyncClient(duo_server.url) as client:
+            got = await score_rolling(client, TINY, text, 70, "<|endoftext|>")
+
+            async def echoed(prompt: str, first: int) -> float:
+                lp = (await client.complete(prompt, model=TINY, max_tokens=0, echo=True, logprobs=0))["choices"][0]["logprobs"]
+                return sum(v for o, v in zip(lp["text_offset"], lp["token_logprobs"], strict=True) if o >= first and v is not None)
+
+            return got, await echoed("<|endoftext|>" + text[:66], len("<|endoftext|>")) + await echoed(text[50:], 16)
+
+    got, expected = asyncio.run(by_hand())
+    assert got.windows == 2 and got.prefixed and got.logprob == pytest.approx(expected, abs=1e-4)
+
     # the prefix must be one token of the vocabulary; --overlap belongs to the windows method
     bad = slipstream(*args[:7], "--lang", f"python={python}", "--first-token-prefix", "<|no such token|>", "--out", str(tmp_path / "x"))
     assert bad.returncode == 1 and "is not one token of its vocabulary" in bad.stderr
