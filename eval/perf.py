@@ -52,7 +52,7 @@ _INPUTS = """
     inputs = pickle.loads(base64.b64decode({inputs!r}))
     reference = {{}}
     exec(compile({reference!r}, "<canonical solution>", "exec"), reference)
-    expected_of, solution = reference[{entry_point!r}], {entry_point}
+    expected_of, solution = reference[{entry_point!r}], globals()[{entry_point!r}]  # not a bare name: the harness has locals
 
     def same(got, want):
         if got == want:
@@ -87,7 +87,7 @@ _TESTS = """
 
     def run(batch):
         for _ in batch:
-            check({entry_point})
+            check(globals()[{entry_point!r}])
 """
 _HARNESS = """
 def __slipstream_perf():

@@ -39,7 +39,7 @@ def __slipstream_calibrate():
     import copy, json, pickle, base64, sys, time
 {scale}
     inputs = pickle.loads(base64.b64decode({inputs!r}))
-    fn = {entry_point}
+    fn = globals()[{entry_point!r}]
     scalable = any(isinstance(a, (list, tuple, str)) and len(a) > 0 for args in inputs for a in args)
     good, took = 1, None
     factor = 1
