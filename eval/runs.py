@@ -3,6 +3,8 @@ verdict, so that budget curves, rankings and the perf study read the same record
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +72,10 @@ def _problems_file(folder: Path) -> Path | None:
     path = folder / "manifest.json"
     if not path.is_file():
         return None
-    held = json.loads(path.read_text()).get("dataset", {}).get("path")
-    if held is None or Path(held).resolve() == humaneval_file().resolve():
+    dataset = json.loads(path.read_text()).get("dataset", {})
+    held = dataset.get("path")
+    # HumanEval's own file, wherever its package was installed when the run was made (folders move)
+    if held is None or Path(held).resolve() == humaneval_file().resolve() or dataset.get("sha256") == _humaneval_sha256():
         return None
     if not Path(held).is_file():
         raise RunsError(f"{folder}: its problems file {held} is gone: put it back, the studies need its tests and prompts")
@@ -87,3 +91,8 @@ def problems_of(runs: list[HumanEvalRun]) -> dict[str, Problem]:
             if held != problem:
                 raise RunsError(f"the runs come from problem sets that disagree on {problem.task_id}: study them apart")
     return problems
+
+
+@functools.cache
+def _humaneval_sha256() -> str:
+    return hashlib.sha256(humaneval_file().read_bytes()).hexdigest()

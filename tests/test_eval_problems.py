@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import subprocess
 import sys
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
 
 from eval import execution
-from eval.datasets import ProblemsError, humaneval, load_problems
+from eval.datasets import ProblemsError, humaneval, humaneval_file, load_problems
 from eval.humaneval import execute, problem_counts
 from tests.conftest import ROOT, TINY
 from tests.test_eval_humaneval import eval_humaneval, lines
@@ -165,6 +167,34 @@ def test_eval_humaneval_runs_a_problems_file_and_reports_base_and_plus(tiny_serv
     other = eval_humaneval(tiny_server.url, out, "--temperatures", "0", "--max-tokens", "1")
     assert other.returncode == 1 and "dataset: {'file': 'tiny-plus.jsonl'" in other.stderr and "HumanEval.jsonl.gz" in other.stderr
     assert (run / "samples.jsonl").read_bytes() == before
+
+    # a HumanEval run moved from another machine: its manifest names a package path that is gone here,
+    # but the file's hash says HumanEval, so the studies read the problems from this machine's package
+    from eval.runs import RunsError, load_runs, problems_of
+
+    moved = out / TINY / "t0-moved"
+    shutil.copytree(run, moved)
+    (moved / "samples.jsonl").write_text("")
+    record = json.loads((run / "manifest.json").read_text())
+    record["dataset"] = {
+        "file": "HumanEval.jsonl.gz",
+        "sha256": sha256(humaneval_file().read_bytes()).hexdigest(),
+        "path": "/gone/HumanEval.jsonl.gz",
+    }
+    (moved / "manifest.json").write_text(json.dumps(record))
+    (moved / "samples.jsonl").write_text(
+        (run / "samples.jsonl").read_text().replace("Plus/add", "HumanEval/0").replace("Plus/half", "HumanEval/1")
+    )
+    (moved / "results.jsonl").write_text(
+        (run / "results.jsonl").read_text().replace("Plus/add", "HumanEval/0").replace("Plus/half", "HumanEval/1")
+    )
+    [moved_run] = [r for r in load_runs(out) if r.folder == moved]
+    assert moved_run.problems_file is None and "HumanEval/0" in problems_of([moved_run])
+    record["dataset"] |= {"file": "other.jsonl", "sha256": "0" * 64, "path": "/gone/other.jsonl"}
+    (moved / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(RunsError, match="its problems file /gone/other.jsonl is gone"):
+        load_runs(out)
+    shutil.rmtree(moved)
 
     # a bad file: a clear error before anything is asked of the server
     bad = write(tmp_path / "bad.jsonl", [{"task_id": "x", "prompt": "def f():\n"}])
