@@ -133,12 +133,6 @@ K_LIMITS = ("half", "all")  # how far k goes: half the samples drawn (the paper)
 TIME_AT = ("best", "run")  # the time axis at the best batch's throughput (the paper), or at the run's own rate
 
 
-def pass_at_budget(run: HumanEvalRun, cost: Callable[[int], float], budget: float, n: int) -> tuple[int, float]:
-    """(k, pass@k) for the largest k whose cost fits the budget; k = 0 scores 0."""
-    k = passk.largest_k(cost, budget, n)
-    return k, float(np.mean(per_problem(run, k)))
-
-
 def per_problem(run: HumanEvalRun, k: int, ranking: str | None = None) -> list[float]:
     """Each problem's score at k, in task order: pass@k (ranking None), or rank-score@k by a sample
     field (mean_logprob); k = 0 scores 0."""

@@ -109,12 +109,12 @@ def calibrate(
 ) -> dict[str, Workload]:
     """Each problem's workload: its inputs scaled by the factor calibrated on its canonical solution."""
     programs, chosen = [], []
+    indented = "\n".join("    " + line for line in SCALE_SOURCE.strip().splitlines())
     for problem in problems:
         inputs = problem_inputs(problem)
         if inputs is None:
             continue
         chosen.append((problem, inputs))
-        indented = "\n".join("    " + line for line in SCALE_SOURCE.strip().splitlines())
         harness = _CALIBRATE.format(
             scale=indented,
             inputs=embed(inputs),

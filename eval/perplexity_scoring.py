@@ -33,7 +33,9 @@ class Scored:
     prefixed: bool = False  # the first window went after the end-of-text token
 
 
-async def _echo(client: AsyncClient, model: str, text: str) -> tuple[list[str], list[int], list[float | None]]:
+async def echo(client: AsyncClient, model: str, text: str) -> tuple[list[str], list[int], list[float | None]]:
+    """The text's tokens, their offsets and log-probabilities as the server echoes them (max_tokens 0);
+    WindowTrimmed where the server had to cut the text to fit the model's context."""
     response = await client.complete(text, model=model, max_tokens=0, echo=True, logprobs=0, temperature=0)
     logprobs = response["choices"][0].get("logprobs") or {}
     tokens, offsets, values = logprobs.get("tokens") or [], logprobs.get("text_offset") or [], logprobs.get("token_logprobs") or []
@@ -59,7 +61,7 @@ async def score_overlapping(client: AsyncClient, model: str, text: str, window_c
         context = 0 if start == 0 else min(int(window_chars * overlap), start)
         begin = start - context
         end = _cut(text, start, min(len(text), begin + window_chars))
-        _tokens, offsets, values = await _echo(client, model, text[begin:end])
+        _tokens, offsets, values = await echo(client, model, text[begin:end])
         for offset, value in zip(offsets, values, strict=True):
             if offset < context:
                 continue  # context only: scored by the window before
@@ -82,7 +84,7 @@ async def score_rolling(client: AsyncClient, model: str, text: str, window_chars
         if start > 0 and end == len(text):
             begin = max(0, min(begin, len(text) - window_chars))  # the last window: a whole window of context
         head = prefix if out.prefixed and start == 0 else ""  # the first window only: later ones have a token of context
-        tokens, offsets, values = await _echo(client, model, head + text[begin:end])
+        tokens, offsets, values = await echo(client, model, head + text[begin:end])
         if start == 0 and not head and values[0] is None:  # no BOS: the first token needs the end-of-text token
             if not prefix:
                 raise ValueError(f"{model} has no BOS token and no --first-token-prefix was given: its first token cannot be scored")

@@ -26,8 +26,8 @@ from eval import passk
 from eval.runs import HumanEvalRun
 from eval.stats import bootstrap_interval, paired_bootstrap
 
-RANKINGS = ("mean logprob", "sum logprob", "random")
 FIELDS = {"mean logprob": "mean_logprob", "sum logprob": "sum_logprob", "random": "random"}  # ranking -> sample field
+RANKINGS = tuple(FIELDS)
 KS = (1, 2, 5, 10)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from client.api import AsyncClient
 from eval.datasets import Problem, format_prompt
 from eval.generate import read_jsonl
+from eval.perplexity_scoring import WindowTrimmed, echo
 from eval.runs import HumanEvalRun
 
 FIELD = "ranker_mean_logprob"
@@ -32,13 +33,10 @@ async def score_completion(client: AsyncClient, ranker: str, prompt: str, comple
     0) for an empty completion."""
     if not completion:
         return None, None, 0
-    response = await client.complete(prompt + completion, model=ranker, max_tokens=0, echo=True, logprobs=0, temperature=0)
-    if (response.get("usage") or {}).get("prompt_tokens_trimmed"):
-        raise ValueError(f"a prompt and its completion overflow {ranker}'s context: the ranker must hold what it scores")
-    logprobs = response["choices"][0].get("logprobs") or {}
-    offsets, values = logprobs.get("text_offset") or [], logprobs.get("token_logprobs") or []
-    if not offsets:
-        raise ValueError(f"the server echoed no logprobs for {ranker}: the ranker needs echo + logprobs with max_tokens 0")
+    try:
+        _tokens, offsets, values = await echo(client, ranker, prompt + completion)
+    except WindowTrimmed:
+        raise ValueError(f"a prompt and its completion overflow {ranker}'s context: the ranker must hold what it scores") from None
     picked = [v for offset, v in zip(offsets, values, strict=True) if offset >= len(prompt) and v is not None]
     if not picked:
         return None, None, 0

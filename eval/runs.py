@@ -4,7 +4,6 @@ verdict, so that budget curves, rankings and the perf study read the same record
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 from eval.datasets import Problem, humaneval_file, load_problems
 from eval.generate import read_jsonl
+from eval.manifest import file_hash
 
 
 @dataclass
@@ -95,4 +95,4 @@ def problems_of(runs: list[HumanEvalRun]) -> dict[str, Problem]:
 
 @functools.cache
 def _humaneval_sha256() -> str:
-    return hashlib.sha256(humaneval_file().read_bytes()).hexdigest()
+    return file_hash(humaneval_file())
