@@ -18,10 +18,12 @@ class PromptScores:
         self.top_ids: list[np.ndarray] = []  # per chunk: [rows, top_n], best first
         self.top_values: list[np.ndarray] = []
         self.done = 0  # positions scored
+        self._joined: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def add(self, logits: np.ndarray) -> None:
         """The next chunk's logits ([positions, V], from position `done` on). The prompt's last position
         scores no prompt token (the first generated token is sampled from it, apart)."""
+        self._joined = None
         rows = min(len(logits), len(self.ids) - 1 - self.done)
         if rows > 0:
             chunk = logits[:rows]
@@ -38,11 +40,15 @@ class PromptScores:
 
     def at(self, position: int) -> tuple[float, list[tuple[int, float]]]:
         """The logprob of the token at `position` (> 0) and the best alternatives there, best first."""
-        logprobs = np.concatenate(self.logprobs) if len(self.logprobs) != 1 else self.logprobs[0]
-        self.logprobs = [logprobs]
+        logprobs, top_ids, top_values = self._table()
         row = position - 1
         if self.top_n == 0:
             return float(logprobs[row]), []
-        if len(self.top_ids) != 1:
-            self.top_ids, self.top_values = [np.concatenate(self.top_ids)], [np.concatenate(self.top_values)]
-        return float(logprobs[row]), [(int(t), float(v)) for t, v in zip(self.top_ids[0][row], self.top_values[0][row], strict=True)]
+        return float(logprobs[row]), [(int(t), float(v)) for t, v in zip(top_ids[row], top_values[row], strict=True)]
+
+    def _table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chunks joined, once: echo reads every position after the last chunk."""
+        if self._joined is None:
+            ids, values = (np.concatenate(self.top_ids), np.concatenate(self.top_values)) if self.top_n > 0 else (np.empty(0), np.empty(0))
+            self._joined = (np.concatenate(self.logprobs), ids, values)
+        return self._joined
