@@ -3,7 +3,7 @@ Triton's wire (server/triton/wire.py) and reach serving, whichever backend ran t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 # Why a choice ended: an EOS token or a stop string ("stop"), or max_tokens ("length").
@@ -25,6 +25,7 @@ class Delta:
     text: str
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
+    token_ids: list[int] = field(default_factory=list)  # the choice's tokens decided since its previous delta (failover resumes from them)
 
 
 @dataclass

@@ -37,6 +37,10 @@ class Prompt:
     cache_salt: str = ""  # prefix-cache isolation: only prompts of the same salt (API key) share keys and values
     cache_prompt: bool = True  # reuse and keep this prompt's keys and values (llama.cpp's field)
     prediction: list[int] = field(default_factory=list)  # the output expected, as drafts to verify (Predicted Outputs)
+    # failover (server/backends/ray_serve.py): the last `resumed` of ids are tokens one choice generated on an
+    # engine that died, of whose text the client was sent `sent`; the choice goes on from there (n = 1)
+    resumed: int = 0
+    sent: str = ""
 
 
 class Prompter:

@@ -21,6 +21,8 @@ from server.engine.sampler import Sampler
 from server.engine.sampling import SamplingParams
 from server.engine.text import IncrementalDetokenizer, StopMatcher
 
+_UNFINISHED = "\ufffd"  # a character whose bytes were split over tokens: decoded again with its last byte
+
 
 @dataclass
 class _Choice:
@@ -34,6 +36,7 @@ class _Choice:
     newline: bool = False  # a newline generated (t_max_predict_ms ends a completion only after one)
     logprob_sum: float = 0.0
     deltas: list[Delta] = field(default_factory=list)  # kept only when best_of buffers
+    reported: int = 0  # of ids, those a delta has carried
     finish_reason: FinishReason | None = None
 
 
@@ -43,6 +46,8 @@ class Sequence:
         self.tokenizer, self.eos, self.prompt, self.params = prompter.tokenizer, prompter.eos, prompt, params
         self.cached = cached  # prompt tokens reused from the prefix cache
         rows = params.best_of or params.n
+        if prompt.resumed and rows != 1:
+            raise ValueError(f"a resumed prompt goes on with one choice, not {rows}")
         self.choices = [self._new_choice(i) for i in range(rows)]
         self.live = list(range(rows))  # choice indexes, in the order of this sequence's cache rows
         self.tokens: list[int] = []  # the next token of each live row, fed to the next decode step
@@ -58,7 +63,16 @@ class Sequence:
     def _new_choice(self, index: int) -> _Choice:
         rng = np.random.default_rng(None if self.params.seed is None else [self.params.seed, index])
         stops = StopMatcher(list(self.params.stop), self.params.min_indent)
-        return _Choice(index, rng, IncrementalDetokenizer(self.tokenizer, self.prompt.ids), stops)
+        choice = _Choice(index, rng, IncrementalDetokenizer(self.tokenizer, self.prompt.ids), stops)
+        if self.prompt.resumed:  # failover: the tokens generated before count as this choice's own
+            earlier = self.prompt.ids[-self.prompt.resumed :]
+            choice.generated = len(earlier)
+            for token in earlier:
+                choice.counts[token] = choice.counts.get(token, 0) + 1
+            text = self.tokenizer.decode(earlier, skip_special_tokens=True).rstrip(_UNFINISHED)
+            stops.resume(text, len(self.prompt.sent))
+            choice.newline = "\n" in text
+        return choice
 
     @property
     def done(self) -> bool:
@@ -174,17 +188,18 @@ class Sequence:
         if delta.finish_reason:
             choice.finish_reason = delta.finish_reason
         if not (delta.text or delta.logprobs or delta.finish_reason):
-            return
+            return  # its tokens go with the choice's next delta
+        delta.token_ids, choice.reported = choice.ids[choice.reported :], len(choice.ids)
         (choice.deltas if self._buffer else self.events).append(delta)
 
     def _end(self) -> None:
         if self._buffer:
             best = sorted(self.choices, key=lambda c: -c.logprob_sum / max(c.generated, 1))[: self.params.n]
             for new_index, choice in enumerate(best):
-                self.events.extend(Delta(new_index, d.text, d.logprobs, d.finish_reason) for d in choice.deltas)
+                self.events.extend(Delta(new_index, d.text, d.logprobs, d.finish_reason, d.token_ids) for d in choice.deltas)
         self.events.append(
             Usage(
-                prompt_tokens=len(self.prompt.ids),
+                prompt_tokens=len(self.prompt.ids) - self.prompt.resumed,
                 completion_tokens=sum(c.generated for c in self.choices),
                 prompt_tokens_trimmed=self.prompt.trimmed,
                 cached_tokens=self.cached,

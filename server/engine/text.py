@@ -49,6 +49,11 @@ class StopMatcher:
         self._emitted = 0
         self.stopped = False
 
+    def resume(self, text: str, emitted: int) -> None:
+        """Go on from `text` generated before (on an engine that died), of which the first `emitted`
+        characters were sent: the rest is a tail held back, still to be matched or sent."""
+        self._text, self._emitted = text, min(emitted, len(text))
+
     def push(self, piece: str) -> str:
         """Add generated text; return what can be sent now."""
         if self.stopped:
