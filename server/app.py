@@ -36,11 +36,12 @@ log = logging.getLogger("slipstream.app")
 ROUTERS = (router, copilot_router, ollama_router, infill_router)  # every API the app serves, listed once
 
 
-def create_app(settings: Settings, environ: Mapping[str, str] = os.environ) -> FastAPI:
+def create_app(settings: Settings, environ: Mapping[str, str] = os.environ, backend: Backend | None = None) -> FastAPI:
     """The app, its state (settings, backend, metrics, drain, keys) read by the routes as app_state(request).
-    The backend loads in the background once the app starts: liveness answers meanwhile."""
+    The backend (settings.backend's, unless given: Ray Serve's ingress gives its own) loads in the
+    background once the app starts: liveness answers meanwhile."""
     keys = auth.load_keys(environ)  # AuthConfigError before anything loads: a lock that does not lock is no lock
-    backend = _backend(settings)
+    backend = backend or _backend(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -64,6 +64,13 @@ def _serve(args: argparse.Namespace) -> int:
                 raise SystemExit(f"error: {exc}") from exc
     from server.auth import AuthConfigError
 
+    if settings.ray:
+        from server.rayserve.launch import NoCluster, serve_on_ray
+
+        try:
+            return serve_on_ray(settings)
+        except NoCluster as exc:
+            raise SystemExit(f"error: {exc}") from None
     try:
         app = create_app(settings)
     except AuthConfigError as exc:

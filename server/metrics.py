@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.backends.base import SERVING, Backend
+from server.backends.base import SERVING, Backend, Placement
 from server.engine import DRAFTERS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -130,6 +130,7 @@ class _BackendCollector(Collector):
             ),
         }
         held = GaugeMetricFamily("slipstream_prefix_cache_bytes", "Bytes of keys and values the prefix cache holds", labels=["model"])
+        gateway = _gateway_families()
         for name in self._backend.names:
             stats = self._backend.cache_stats(name)
             if stats is not None:
@@ -144,8 +145,39 @@ class _BackendCollector(Collector):
                 for drafter in DRAFTERS:
                     drafted.add_metric([name, drafter], load.drafted.get(drafter, 0))
                     accepted.add_metric([name, drafter], load.accepted.get(drafter, 0))
+                gateway["waiting"].add_metric([name], load.waiting)
+                gateway["running"].add_metric([name], load.running)
+                gateway["kv"].add_metric([name], min(1.0, load.rows / max(load.max_rows, 1)))
             ready.add_metric([name], 1.0 if self._backend.status(name) in SERVING else 0.0)
-        yield from (rows, waiting, decoded, drafted, accepted, ready, *cache.values(), held)
+        yield from (rows, waiting, decoded, drafted, accepted, ready, *cache.values(), held, *gateway.values())
+        placement = self._backend.placement()
+        if placement is not None:
+            yield from _placement_families(placement)
+
+
+def _gateway_families() -> dict[str, GaugeMetricFamily]:
+    """The gauges Kubernetes inference gateways route on, under the names their endpoint pickers read by
+    default (the Gateway API Inference Extension, llm-d, KServe: vLLM's), so a pool of slipstream pods
+    needs no engineConfigs of its own. KV-cache use is the batch's rows over max_batch_rows: our KV
+    cache is sized per row, so the rows taken are the share of it in use."""
+    return {
+        "waiting": GaugeMetricFamily("vllm:num_requests_waiting", "Requests waiting to join the batch", labels=["model_name"]),
+        "running": GaugeMetricFamily("vllm:num_requests_running", "Requests whose rows are decoding", labels=["model_name"]),
+        "kv": GaugeMetricFamily("vllm:kv_cache_usage_perc", "Share of the batch's KV-cache rows in use, 0-1", labels=["model_name"]),
+    }
+
+
+def _placement_families(placement: Placement) -> Iterable[Metric]:
+    """The engine replicas (Ray Serve): by state, the requests each took, the requests resumed."""
+    replicas = GaugeMetricFamily("slipstream_engine_replicas", "Engine replicas by state (Ray Serve)", labels=["state"])
+    for state, count in placement.replicas.items():
+        replicas.add_metric([state], count)
+    routed = CounterMetricFamily("slipstream_replica_requests", "Requests each engine replica took", labels=["replica"])
+    for replica, count in placement.routed.items():
+        routed.add_metric([replica], count)
+    resumed = CounterMetricFamily("slipstream_failovers", "Requests resumed on another replica after theirs died")
+    resumed.add_metric([], placement.resumed)
+    yield from (replicas, routed, resumed)
 
 
 class MetricsMiddleware:

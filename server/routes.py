@@ -91,4 +91,8 @@ async def health() -> dict[str, str]:
 async def ready(request: Request) -> JSONResponse:
     backend: Backend = app_state(request).backend
     status = {name: backend.status(name) for name in backend.names}
-    return JSONResponse({"ready": backend.ready, "models": status}, status_code=200 if backend.ready else 503)
+    body: dict = {"ready": backend.ready, "models": status}
+    placement = backend.placement()
+    if placement is not None:  # engine replicas (Ray Serve): how many run, and why not all where they do not
+        body["replicas"] = {"states": dict(placement.replicas), "status": placement.status, "message": placement.message}
+    return JSONResponse(body, status_code=200 if backend.ready else 503)

@@ -74,6 +74,24 @@ class Settings(BaseSettings):
         description="Triton gRPC address(es) for --backend triton; requests are spread over the ready ones.",
     )
 
+    # --- Ray Serve (server/rayserve/) ---
+    ray: str = Field(
+        "",
+        description="Serve on Ray Serve: `local` starts a one-machine cluster here, HOST:PORT (or `auto`) joins one "
+        "started with `ray start --head`; engine replicas behind this API, routed by prompt prefix, with failover. "
+        "Empty: not on Ray.",
+    )
+    ray_replicas: int = Field(2, ge=1, description="Engine replicas on Ray (the autoscaler's minimum and starting count).")
+    ray_max_replicas: int = Field(0, ge=0, description="Most engine replicas the autoscaler may start; 0: ray_replicas (fixed).")
+    ray_replica_cpus: float = Field(
+        1.0, gt=0, description="CPUs each engine replica reserves on Ray; its ONNX Runtime threads, unless --threads says."
+    )
+    ray_router: Literal["prefix", "power_of_two"] = Field(
+        "prefix",
+        description="How requests pick an engine replica on Ray: prefix (the replica holding the prompt's longest "
+        "prefix under its key, unless it is busier) or power_of_two (Serve's own).",
+    )
+
     # --- engine ---
     device: Literal["cpu", "cuda"] = Field(
         "cpu",

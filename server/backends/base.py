@@ -35,6 +35,19 @@ class BatchLoad:
     rows_decoded: int  # every row of every decode step so far, finished or cancelled later: the work done
     drafted: Mapping[str, int] = field(default_factory=dict)  # speculation's draft tokens verified, by drafter
     accepted: Mapping[str, int] = field(default_factory=dict)  # of them, those the rows' own decisions confirmed
+    running: int = 0  # requests whose rows are decoding
+    max_rows: int = 1  # rows the batch takes at most (max_batch_rows)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the engine runs when it runs as replicas (Ray Serve), for /ready and /metrics."""
+
+    replicas: Mapping[str, int]  # the engine deployment's replicas by state (RUNNING, STARTING, ...)
+    status: str  # the deployment's (HEALTHY, UPDATING, UNHEALTHY, ...)
+    message: str  # why, when it is not healthy
+    routed: Mapping[str, int] = field(default_factory=dict)  # requests each replica took, by "replica (pid N)"
+    resumed: int = 0  # requests resumed on another replica after theirs died
 
 
 class Backend(Protocol):
@@ -66,6 +79,10 @@ class Backend(Protocol):
     def reuse(self, name: str) -> ReusePolicy | None:
         """How the model's engine reuses its prefix cache (the grid measured at load), for /v1/models; None
         where the engine runs in another process (Triton) or the model has not loaded."""
+        ...
+
+    def placement(self) -> Placement | None:
+        """The engine's replicas (Ray Serve); None where the engine is this process or a Triton server."""
         ...
 
     def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Delta | Usage, None]:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator
 
-from server.backends.base import SERVING, BatchLoad, ModelFailed, ModelLoading, ModelStatus
+from server.backends.base import SERVING, BatchLoad, ModelFailed, ModelLoading, ModelStatus, Placement
 from server.engine import CacheStats, Delta, Engine, Prompt, Prompter, ReusePolicy, SamplingParams, Scheduler, Usage
 from server.models import catalog, store
 from server.settings import Settings
@@ -79,6 +79,10 @@ class EmbeddedBackend:
             return "failed"
         return "standby" if name in self._standby and name not in self._loading else "loading"
 
+    def failure(self, name: str) -> str | None:
+        """Why the model failed to load, if it did."""
+        return self._failures.get(name)
+
     @property
     def ready(self) -> bool:
         return all(self.status(n) in SERVING for n in self.names)
@@ -116,11 +120,23 @@ class EmbeddedBackend:
         if scheduler is None:
             return None
         engine = scheduler.engine
-        return BatchLoad(scheduler.batch_rows, scheduler.waiting, scheduler.rows_decoded, *engine.speculator.counts())
+        drafted, accepted = engine.speculator.counts()
+        return BatchLoad(
+            scheduler.batch_rows,
+            scheduler.waiting,
+            scheduler.rows_decoded,
+            drafted,
+            accepted,
+            running=scheduler.running,
+            max_rows=self.settings.max_batch_rows,
+        )
 
     def cache_stats(self, name: str) -> CacheStats | None:
         scheduler = self._schedulers.get(name)
         return None if scheduler is None else scheduler.engine.cache_stats
+
+    def placement(self) -> Placement | None:
+        return None
 
     def reuse(self, name: str) -> ReusePolicy | None:
         scheduler = self._schedulers.get(name)

@@ -24,7 +24,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
-from server.backends.base import BackendUnavailable, BatchLoad, ModelFailed, ModelLoading, ModelStatus
+from server.backends.base import BackendUnavailable, BatchLoad, ModelFailed, ModelLoading, ModelStatus, Placement
 from server.engine import CacheStats, Delta, Prompt, Prompter, ReusePolicy, SamplingParams, Usage
 from server.models import store
 from server.settings import Settings
@@ -103,6 +103,9 @@ class TritonBackend:
 
     def cache_stats(self, name: str) -> CacheStats | None:
         return None  # so does the engine's prefix cache
+
+    def placement(self) -> Placement | None:
+        return None
 
     def reuse(self, name: str) -> ReusePolicy | None:
         return None  # measured inside tritonserver

@@ -81,6 +81,7 @@ class Scheduler:
         self.batch_rows = 0
         self.rows_decoded = 0  # every row of every decode step: the work done, whatever became of it
         self.waiting = 0
+        self.running = 0  # requests whose rows are in the batch
         self._thread = threading.Thread(target=self._run, name=f"engine-{engine.manifest.name}", daemon=True)
         self._thread.start()
 
@@ -128,7 +129,7 @@ class Scheduler:
             active = self._drop_cancelled(active, batch)
             prefilled = self._admit(waiting, active, batch)
             self.waiting = len(waiting)
-            self.batch_rows = batch.rows
+            self.batch_rows, self.running = batch.rows, len(active)
             if not batch:
                 continue
             if self._observer is not None:
@@ -146,7 +147,7 @@ class Scheduler:
             for request in active:
                 self._deliver(request)
             active = [r for r in active if not r.done]
-            self.batch_rows = batch.rows  # rows still decoding: 0 once the batch is done
+            self.batch_rows, self.running = batch.rows, len(active)  # rows still decoding: 0 once the batch is done
 
     def _admit(self, waiting: list[_Request], active: list[_Request], batch: Batch) -> int:
         """Prefill the waiting requests in turn, chunk by chunk, into the batch while their rows fit; while

@@ -93,9 +93,14 @@ def dump_error(kind: str, message: str, param: str | None = None) -> str:
     return json.dumps({"error": {"type": kind, "message": message, "param": param}})
 
 
+def error_kind(exc: Exception) -> str:
+    """An exception's kind from _KINDS, INTERNAL for any other."""
+    return next((k for k, cls in _KINDS.items() if isinstance(exc, cls)), INTERNAL)
+
+
 def dump_exception(exc: Exception) -> str:
     """The error event for an exception the engine raised: its kind from _KINDS, INTERNAL for any other."""
-    kind = next((k for k, cls in _KINDS.items() if isinstance(exc, cls)), INTERNAL)
+    kind = error_kind(exc)
     if kind == INTERNAL:
         return dump_error(INTERNAL, f"{type(exc).__name__}: {exc}")
     return dump_error(kind, str(exc), getattr(exc, "param", None))
