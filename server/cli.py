@@ -65,11 +65,11 @@ def _serve(args: argparse.Namespace) -> int:
     from server.auth import AuthConfigError
 
     if settings.ray:
-        from server.rayserve.launch import NoCluster, serve_on_ray
+        from server.rayserve.launch import NoCluster, NotDeployed, serve_on_ray
 
         try:
             return serve_on_ray(settings)
-        except NoCluster as exc:
+        except (NoCluster, NotDeployed, AuthConfigError) as exc:
             raise SystemExit(f"error: {exc}") from None
     try:
         app = create_app(settings)

@@ -80,10 +80,17 @@ class ServerProcess(ChildServer):
     """A real `slipstream serve` process on 127.0.0.1, stopped by its own PID."""
 
     def __init__(
-        self, repository: Path, models: list[str], env: dict[str, str] | None = None, threads: int = 2, port: int | None = None
+        self,
+        repository: Path,
+        models: list[str],
+        env: dict[str, str] | None = None,
+        threads: int = 2,
+        port: int | None = None,
+        flags: list[str] | None = None,
     ) -> None:
         self._given_port = port is not None  # a given port: a server restarted where its clients expect it
         self._repository, self._models, self._env, self._threads = repository, models, env, threads
+        self._flags = flags or []  # more of serve's flags (--ray local, ...)
         self._launch(port or free_port())
 
     def _launch(self, port: int) -> None:
@@ -104,6 +111,7 @@ class ServerProcess(ChildServer):
         ]
         for model in self._models:
             args += ["--model", model]
+        args += self._flags
         super().__init__(args, "slipstream-server", port, self._env)
 
     def wait_ready(self, timeout: float = 120.0) -> None:

@@ -17,12 +17,14 @@ ROUTING_STATS_PERIOD_S = 1.0
 class Ingress:
     """The ingress deployment's class: our app, built in the replica (server/app.py's create_app)."""
 
-    def __init__(self, settings: dict[str, Any], engine: Any) -> None:
+    def __init__(self, settings: dict[str, Any], keys: list[str], engine: Any) -> None:
         from server.app import create_app
+        from server.auth import ENV_KEYS
         from server.backends.ray_serve import RayBackend
 
         resolved = Settings(**settings)
-        self.built = create_app(resolved, backend=RayBackend(resolved, engine, APP))
+        environ = {ENV_KEYS: ",".join(keys)} if keys else {}  # read where `serve` ran: this node need not have them
+        self.built = create_app(resolved, environ, backend=RayBackend(resolved, engine, APP))
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.built
@@ -34,8 +36,8 @@ def engine_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"threads": threads})
 
 
-def application(settings: Settings) -> Any:
-    """The bound application for serve.run."""
+def application(settings: Settings, keys: list[str]) -> Any:
+    """The bound application for serve.run; `keys` the API keys (auth.load_keys where `serve` runs)."""
     from ray import serve
     from ray.serve.config import AutoscalingConfig, RequestRouterConfig
 
@@ -74,5 +76,5 @@ def application(settings: Settings) -> Any:
         ray_actor_options={"num_cpus": 0},  # it tokenises and relays: the CPUs are the engines'
         max_ongoing_requests=settings.max_queue * most + 64,
         graceful_shutdown_timeout_s=settings.shutdown_grace_s,
-    )(ingress_class).bind(settings.model_dump(mode="json"), engine)
+    )(ingress_class).bind(settings.model_dump(mode="json"), keys, engine)
     return ingress

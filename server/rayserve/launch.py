@@ -45,19 +45,28 @@ def connect(address: str) -> None:
         raise NoCluster(f"could not join the Ray cluster at {address}: {exc}") from exc
 
 
+class NotDeployed(RuntimeError):
+    """The application did not come up (a replica's constructor failed, the cluster lacks resources)."""
+
+
 def serve_on_ray(settings: Settings) -> int:
     import ray
     from ray import serve
 
+    from server.auth import load_keys
     from server.rayserve.app import APP, application
 
+    keys = load_keys()  # AuthConfigError before a cluster starts; the ingress gets them as arguments
     connect(settings.ray)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(application(settings), name=APP, route_prefix="/", blocking=False)
+        try:
+            serve.run(application(settings, keys), name=APP, route_prefix="/", blocking=False)
+        except RuntimeError as exc:  # its replicas' own errors are in the log above
+            raise NotDeployed(f"the application did not start on Ray: {exc}") from exc
         log.info(
             "serving on Ray at http://%s:%d (%d engine replicas, %s router)",
             settings.host,

@@ -59,7 +59,10 @@ class EngineReplica:
 
         self.settings = Settings(**settings)
         self.backend = EmbeddedBackend(self.settings)
-        await self.backend.load()  # a model that fails is recorded, and check_health says so
+        await self.backend.load()
+        failed = [f"{n}: {self.backend.failure(n)}" for n in self.backend.names if self.backend.status(n) == "failed"]
+        if failed:  # never RUNNING, so never routed to: Serve starts another, and says why on /ready
+            raise RuntimeError(f"this engine replica cannot load {'; '.join(failed)}")
         context = serve.get_replica_context()
         self.served = Served(context.replica_id.unique_id, os.getpid(), ray.get_runtime_context().get_node_id())
         log.info("engine replica %s (pid %d) up: %s", self.served.replica, self.served.pid, self._statuses())
