@@ -77,11 +77,13 @@ class Server:
     """`slipstream serve` in a child process; the client sends the prompt as token ids (the server
     adds the model's prefix, as the engine's prepare does)."""
 
-    def __init__(self, repository: Path, name: str, threads: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, repository: Path, name: str, threads: int, env: dict[str, str] | None = None, flags: list[str] | None = None
+    ) -> None:
         from client.api import Client
         from testkit.server_process import ServerProcess
 
-        self.process = ServerProcess(repository, [name], env=env, threads=threads)
+        self.process = ServerProcess(repository, [name], env=env, threads=threads, flags=flags)
         self.process.wait_ready(timeout=600)
         self.url, self.name = self.process.url, name
         self.client = Client(self.url, timeout=600)

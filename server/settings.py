@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     ray_replica_cpus: float = Field(
         1.0, gt=0, description="CPUs each engine replica reserves on Ray; its ONNX Runtime threads, unless --threads says."
     )
+    ray_coalesce_ms: float = Field(
+        25.0,
+        ge=0,
+        description="An engine replica sends a stream's events on together when they come within this many "
+        "milliseconds of the last it sent (the first and the last at once): fewer messages through Ray per token.",
+    )
     ray_router: Literal["prefix", "power_of_two"] = Field(
         "prefix",
         description="How requests pick an engine replica on Ray: prefix (the replica holding the prompt's longest "

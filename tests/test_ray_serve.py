@@ -187,8 +187,10 @@ def test_a_replica_killed_mid_stream_loses_no_request_and_is_replaced(ray_server
             break
         time.sleep(0.5)
     assert states.get("RUNNING") == 2, states
-    for user in range(12):  # the new replica takes requests
+    deadline, user = time.monotonic() + 30, 0
+    while len(replica_requests(ray_server)) < 3 and time.monotonic() < deadline:  # the new replica takes requests
         complete(ray_server, KEYS[user % len(KEYS)], f"print({user})\n" * 3)
+        user += 1
     pids = set(replica_requests(ray_server))
     assert killed in pids and len(pids) == 3
 

@@ -217,8 +217,9 @@ class RayBackend:
 
 async def _items(stream: Any) -> AsyncGenerator[Item, None]:
     try:
-        async for item in stream:
-            yield item
+        async for batch in stream:  # the replica sends its items in lists (EngineReplica.generate)
+            for item in batch:
+                yield item
     finally:
         stream.cancel()  # a client gone: the replica's generator is closed, its rows dropped
 
