@@ -132,9 +132,9 @@ def replica_requests(server: ServerProcess) -> dict[int, int]:
     return {int(pid): int(float(n)) for pid, n in found}
 
 
-def stream(server: ServerProcess, key: str, prompt: str, got: dict, chunks: threading.Semaphore) -> None:
-    body = {"model": TINY_LLAMA, "prompt": prompt, "max_tokens": 700, "temperature": 0, "ignore_eos": True, "stream": True}
-    text, finish = "", None
+def stream(server: ServerProcess, key: str, prompt: str, n: int, got: dict, chunks: threading.Semaphore) -> None:
+    body = {"model": TINY_LLAMA, "prompt": prompt, "max_tokens": 700, "temperature": 0, "ignore_eos": True, "stream": True, "n": n}
+    texts, finish = [""] * n, [None] * n
     with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=120) as r:
         status = r.status_code
         for line in r.iter_lines():
@@ -142,19 +142,21 @@ def stream(server: ServerProcess, key: str, prompt: str, got: dict, chunks: thre
                 continue
             event = json.loads(line[6:])
             assert "error" not in event, event
-            choice = event["choices"][0]
-            text += choice["text"]
-            finish = choice["finish_reason"] or finish
+            for choice in event["choices"]:
+                texts[choice["index"]] += choice["text"]
+                finish[choice["index"]] = choice["finish_reason"] or finish[choice["index"]]
             chunks.release()
-    got[key] = (status, text, finish)
+    got[key] = (status, texts, finish)
 
 
 def six_streams(server: ServerProcess, kill: bool) -> tuple[dict, int | None]:
     got: dict = {}
     chunks = threading.Semaphore(0)
     before = replica_requests(server)
+    # the first client asks for two choices: each is resumed on its own, the two streams merged into one
     clients = [
-        threading.Thread(target=stream, args=(server, key, f"# {key}\ndef work_{i}(items):\n", got, chunks)) for i, key in enumerate(KEYS)
+        threading.Thread(target=stream, args=(server, key, f"# {key}\ndef work_{i}(items):\n", 2 if i == 0 else 1, got, chunks))
+        for i, key in enumerate(KEYS)
     ]
     for client in clients:
         client.start()
@@ -177,7 +179,7 @@ def test_a_replica_killed_mid_stream_loses_no_request_and_is_replaced(ray_server
     for key in KEYS:
         assert stormy[key][0] == 200
         assert stormy[key][1] == calm[key][1], key  # greedy: the same text as without the kill
-        assert stormy[key][2] == "length"
+        assert stormy[key][2] == ["length"] * len(calm[key][2])
     metrics = httpx.get(f"{ray_server.url}/metrics", headers={"Authorization": f"Bearer {KEYS[0]}"}, timeout=10).text
     assert float(re.search(r"^slipstream_failovers_total (\S+)$", metrics, re.M).group(1)) >= 1
     deadline = time.monotonic() + 60
@@ -223,3 +225,17 @@ def test_ray_pointing_at_no_cluster_fails_within_seconds(long_repo: Path) -> Non
     assert "no Ray cluster answers at 127.0.0.1:9" in done.stderr
     assert time.monotonic() - started < 20
     assert (Path(sys.executable).parent / "ray").exists()  # `ray start --head`, which the error points to, is installed
+
+
+def test_local_replicas_that_would_not_fit_the_cores_share_them() -> None:
+    from server.rayserve.app import engine_settings
+    from server.rayserve.launch import fit_to_this_machine
+    from server.settings import Settings
+
+    cores = os.cpu_count() or 1
+    crowded = fit_to_this_machine(Settings(ray="local", ray_replicas=4 * cores, ray_replica_cpus=1))
+    assert crowded.ray_replica_cpus == 0.25  # a quarter of a core each: all start, none waits for CPUs forever
+    assert engine_settings(crowded).threads == 1
+    roomy = Settings(ray="local", ray_replicas=1, ray_replica_cpus=cores)
+    assert fit_to_this_machine(roomy) == roomy
+    assert engine_settings(roomy).threads == cores

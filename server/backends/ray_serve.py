@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import Counter
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ class _Choice:
     ids: list[int] = field(default_factory=list)  # tokens generated so far
     text: str = ""  # text sent, the echoed prompt not included
     done: bool = False
+    ended_here: bool = False  # all max_tokens were out when its replica died: the ingress ends it
 
 
 @dataclass
@@ -166,6 +168,10 @@ class RayBackend:
                     raise BackendUnavailable(f"{MAX_TRIES} engine replicas died during the request; the last: {exc}") from exc
                 usages.clear()  # a finished choice's tokens are counted from its deltas, the resumed ones' anew
                 attempts = self._resume(name, prompt, params, choices, bool(echoed))
+                for index, c in choices.items():
+                    if c.done and c.ended_here:  # its last token was out: only its end was lost
+                        c.ended_here = False
+                        yield Delta(index, "", None, "length")
                 self._resumed += 1
                 log.warning("an engine replica died during a request: resuming %d choice(s) on another", len(attempts))
 
@@ -186,29 +192,38 @@ class RayBackend:
             while ids and tokenizer.decode(ids, skip_special_tokens=True).endswith("\ufffd"):
                 ids.pop()
             rest = params.max_tokens - len(ids)
+            if rest <= 0:
+                c.done = c.ended_here = True
+                continue
             resumed = replace(prompt, ids=prompt.ids + ids, resumed=len(ids), sent=c.text, prediction=[])
             seed = None if params.seed is None else params.seed + index
-            attempts.append(_Attempt(resumed, replace(params, n=1, best_of=None, echo=False, max_tokens=max(rest, 1), seed=seed), index))
+            attempts.append(_Attempt(resumed, replace(params, n=1, best_of=None, echo=False, max_tokens=rest, seed=seed), index))
             c.ids = ids
         return attempts
 
     async def _stream(self, name: str, attempt: _Attempt) -> AsyncGenerator[tuple[int, Delta | Usage], None]:
+        from ray.serve import context
         from ray.serve.exceptions import BackPressureError
 
+        # A handle call takes its internal request id from the request being served, and Serve's router
+        # keys its pending requests by it: two calls of one request at once (choices resumed apart) left
+        # one never routed. Each call gets its own (ray 2.60's request context; the version is pinned).
+        request = context._get_serve_request_context()
+        context._serve_request_context.set(replace(request, _internal_request_id=uuid.uuid4().hex))  # type: ignore[arg-type]
         try:
             stream = self._engine.generate.remote(name, attempt.prompt, attempt.params)
-        except BackPressureError as exc:
+            async with contextlib.aclosing(_items(stream)) as items:
+                async for item in items:
+                    if isinstance(item, Served):
+                        self._routed[(item.replica, item.pid)] += 1
+                    elif isinstance(item, Refused):
+                        raise item.exception()
+                    elif isinstance(item, Usage):
+                        yield -1, item
+                    else:
+                        yield (item.index if attempt.index is None else attempt.index), item
+        except BackPressureError as exc:  # past max_ongoing_requests on every replica and max_queued_requests
             raise QueueFull(f"every engine replica is full: {exc}") from exc
-        async with contextlib.aclosing(_items(stream)) as items:
-            async for item in items:
-                if isinstance(item, Served):
-                    self._routed[(item.replica, item.pid)] += 1
-                elif isinstance(item, Refused):
-                    raise item.exception()
-                elif isinstance(item, Usage):
-                    yield -1, item
-                else:
-                    yield (item.index if attempt.index is None else attempt.index), item
 
     def close(self) -> None:
         if self._watch is not None:
@@ -262,7 +277,7 @@ async def _merged(streams: list[AsyncGenerator[tuple[int, Delta | Usage], None]]
 def _usage(prompt: Prompt, usages: list[Usage], choices: dict[int, _Choice], attempts: list[_Attempt]) -> Usage:
     """The request's usage: the one the engine sent, or, after a failover, the resumed streams' summed
     with what the dead replica generated for choices that had finished."""
-    if len(usages) == 1 and attempts[0].index is None:
+    if len(usages) == 1 and attempts and attempts[0].index is None:
         return usages[-1]
     resumed = {a.index for a in attempts}
     earlier = sum(len(c.ids) for i, c in choices.items() if i not in resumed)

@@ -49,6 +49,19 @@ class NotDeployed(RuntimeError):
     """The application did not come up (a replica's constructor failed, the cluster lacks resources)."""
 
 
+def fit_to_this_machine(settings: Settings) -> Settings:
+    """On one machine, replicas that reserve more CPUs than it has would wait for them forever: each
+    then reserves its share of the cores (a fraction), with one engine thread at least."""
+    cores = os.cpu_count() or 1
+    if settings.ray_replicas * settings.ray_replica_cpus <= cores:
+        return settings
+    share = cores / settings.ray_replicas
+    log.warning(
+        "%d replicas of %g CPUs do not fit %d cores: %.2f CPUs each", settings.ray_replicas, settings.ray_replica_cpus, cores, share
+    )
+    return settings.model_copy(update={"ray_replica_cpus": share})
+
+
 def serve_on_ray(settings: Settings) -> int:
     import ray
     from ray import serve
@@ -57,6 +70,8 @@ def serve_on_ray(settings: Settings) -> int:
     from server.rayserve.app import APP, application
 
     keys = load_keys()  # AuthConfigError before a cluster starts; the ingress gets them as arguments
+    if settings.ray == "local":
+        settings = fit_to_this_machine(settings)
     connect(settings.ray)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
