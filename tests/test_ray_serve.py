@@ -120,6 +120,11 @@ def test_two_keys_identical_prompts_share_nothing(ray_server: ServerProcess) -> 
     assert complete(ray_server, KEYS[0], prompt)["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert complete(ray_server, KEYS[1], prompt)["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert complete(ray_server, KEYS[0], prompt)["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+    # the ingress writes the access log (Ray forwards its stdout with the replica's name before each line)
+    logged = [
+        json.loads(line[line.index("{") :]) for line in ray_server.log.read_text().splitlines() if '"route": "/v1/completions"' in line
+    ]
+    assert logged and all(entry["status"] == 200 and entry["model"] == TINY_LLAMA for entry in logged)
 
 
 # --- failover ---

@@ -21,8 +21,10 @@ class Ingress:
         from server.app import create_app
         from server.auth import ENV_KEYS
         from server.backends.ray_serve import RayBackend
+        from server.cli import configure_logging
 
         resolved = Settings(**settings)
+        configure_logging(resolved.log_level)  # the access log's JSON lines, on this replica's stdout (Ray's worker log)
         environ = {ENV_KEYS: ",".join(keys)} if keys else {}  # read where `serve` ran: this node need not have them
         self.built = create_app(resolved, environ, backend=RayBackend(resolved, engine, APP))
 
