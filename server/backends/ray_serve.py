@@ -30,7 +30,7 @@ from server.settings import Settings
 log = logging.getLogger("slipstream.ray")
 
 MAX_TRIES = 4
-STATUS_INTERVAL_S = 1.0
+STATUS_INTERVAL_S = 2.0  # serve.status() costs the controller and this process a little every time
 ENGINE = "engine"  # the engine deployment's name in the application (server/rayserve/app.py)
 
 

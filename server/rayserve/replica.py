@@ -74,8 +74,8 @@ class EngineReplica:
         return {name: self.backend.status(name) for name in self.backend.names}
 
     async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[list[Item], None]:
-        """The request's items in lists: Served with the first event at once, then what the engine made
-        within ray_coalesce_ms of the last list sent, and the last event at once. Each list is one
+        """The request's items in lists: Served with the first events at once (until one has text), then
+        what the engine made within ray_coalesce_ms of the last list sent, and the last event at once. Each list is one
         message of Ray's stream through the ingress and Serve's proxy: on a machine whose cores decode,
         a message per token took a fifth of a single stream's speed (bench/README.md)."""
         events: asyncio.Queue[Item | None] = asyncio.Queue()  # None: the end
@@ -83,14 +83,14 @@ class EngineReplica:
         window = self.settings.ray_coalesce_ms / 1000
         try:
             batch: list[Item] = [self.served]
-            sent_at = float("-inf")
+            sent_at, texted = float("-inf"), False  # until the first text is out, nothing waits (TTFT)
             while True:
                 item = await events.get()
                 if item is None:
                     break
                 batch.append(item)
                 wait = sent_at + window - time.monotonic()
-                if wait > 0 and isinstance(item, Delta) and item.finish_reason is None:
+                if texted and wait > 0 and isinstance(item, Delta) and item.finish_reason is None:
                     await asyncio.sleep(wait)
                 ended = False
                 while not events.empty():
@@ -99,6 +99,7 @@ class EngineReplica:
                         ended = True
                         break
                     batch.append(more)
+                texted = texted or any(isinstance(i, Delta) and i.text for i in batch)
                 yield batch
                 batch, sent_at = [], time.monotonic()
                 if ended:

@@ -50,7 +50,6 @@ class PrefixRouter(RequestRouter):
     def initialize_state(self, block_tokens: int = BLOCK_TOKENS, imbalance: int = 4, **_: Any) -> None:
         self._block_tokens, self._imbalance = block_tokens, imbalance
         self._where: OrderedDict[bytes, ReplicaID] = OrderedDict()  # block chain hash -> replica last sent it
-        self.affine = self.fallbacks = 0  # requests routed to their prefix's replica / by load
 
     def _load(self, replica: RunningReplica) -> int:
         probed = self.replica_queue_len_cache.get(replica.replica_id)
@@ -73,10 +72,8 @@ class PrefixRouter(RequestRouter):
         loads = {r.replica_id: self._load(r) for r in candidate_replicas}
         least = min(loads.values())
         if holder is not None and loads[holder.replica_id] - least <= self._imbalance:
-            self.affine += 1
             rest = sorted((r for r in candidate_replicas if r is not holder), key=lambda r: loads[r.replica_id])
             return [[holder], *([r] for r in rest)]
-        self.fallbacks += 1
         two = random.sample(candidate_replicas, min(2, len(candidate_replicas)))
         two.sort(key=lambda r: loads[r.replica_id])
         rest = [r for r in candidate_replicas if r not in two]
