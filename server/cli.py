@@ -42,6 +42,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.logs import configure_logging
     from server.models import catalog, store
     from server.models.export import ExportError
     from server.models.export_gguf import export_bundled
@@ -88,18 +89,6 @@ def _serve(args: argparse.Namespace) -> int:
     )
     DrainingServer(config, app.state.slipstream.drain).run()
     return 0
-
-
-def configure_logging(level: str) -> None:
-    """The server's log as text lines on stderr at `level`; the access log as JSON lines on stdout, one
-    object per request, alone on its line (a log shipper reads it as is), while the level is info or below."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    access = logging.getLogger("slipstream.access")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
-    access.propagate = False
-    access.setLevel(logging.INFO if logging.getLevelName(level.upper()) <= logging.INFO else logging.WARNING)
 
 
 def _export(args: argparse.Namespace) -> int:

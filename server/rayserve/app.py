@@ -21,7 +21,7 @@ class Ingress:
         from server.app import create_app
         from server.auth import ENV_KEYS
         from server.backends.ray_serve import RayBackend
-        from server.cli import configure_logging
+        from server.logs import configure_logging
 
         resolved = Settings(**settings)
         configure_logging(resolved.log_level)  # the access log's JSON lines, on this replica's stdout (Ray's worker log)

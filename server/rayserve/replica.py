@@ -75,9 +75,9 @@ class EngineReplica:
 
     async def generate(self, name: str, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[list[Item], None]:
         """The request's items in lists: Served with the first events at once (until one has text), then
-        what the engine made within ray_coalesce_ms of the last list sent, and the last event at once. Each list is one
-        message of Ray's stream through the ingress and Serve's proxy: on a machine whose cores decode,
-        a message per token took a fifth of a single stream's speed (bench/README.md)."""
+        what the engine made within ray_coalesce_ms of the last list sent, and the last event at once.
+        Each list is one message of Ray's stream through the ingress and Serve's proxy, whose CPU a
+        machine with no core to spare takes from decoding (bench/README.md, `bench.ray`)."""
         events: asyncio.Queue[Item | None] = asyncio.Queue()  # None: the end
         pump = asyncio.create_task(self._pump(name, prompt, params, events))
         window = self.settings.ray_coalesce_ms / 1000
