@@ -21,7 +21,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from server.backends.base import BackendUnavailable, BatchLoad, ModelFailed, ModelLoading, ModelStatus, Placement
+from server.backends.base import BackendUnavailable, BatchLoad, ModelLoading, ModelStatus, Placement
+from server.backends.prompt_sides import PromptSides
 from server.engine import CacheStats, Delta, Prompt, Prompter, QueueFull, ReusePolicy, SamplingParams, Usage
 from server.models import store
 from server.rayserve.replica import Item, Refused, Served
@@ -55,20 +56,14 @@ class RayBackend:
         self.names: list[str] = list(dict.fromkeys(settings.model))
         self._engine = engine.options(stream=True)  # a DeploymentHandle to the engine deployment
         self._app = app_name
-        self._prompters: dict[str, Prompter] = {}
-        self._failures: dict[str, str] = {}
+        self._sides = PromptSides(settings.model_repository, self.names)
         self._placement = Placement(replicas={}, status="starting", message="")
         self._routed: Counter[tuple[str, int]] = Counter()  # (replica, pid) -> requests it took
         self._resumed = 0
         self._watch: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
-        for name in self.names:
-            try:
-                self._prompters[name] = await asyncio.to_thread(Prompter, self.settings.model_repository, name)
-            except Exception as exc:  # reported by readiness and by every request for this model
-                log.error("model %s cannot be served: %s", name, exc)
-                self._failures[name] = f"{type(exc).__name__}: {exc}"
+        await self._sides.load()
         await self._poll()
         self._watch = asyncio.create_task(self._watching())
 
@@ -98,9 +93,9 @@ class RayBackend:
 
     def status(self, name: str) -> ModelStatus:
         """ready (a replica runs), loading (none yet), or failed (the model's prompt side cannot load)."""
-        if name in self._failures:
+        if self._sides.failed(name):
             return "failed"
-        if name in self._prompters and self._placement.replicas.get("RUNNING", 0) > 0:
+        if self._sides.loaded(name) and self._placement.replicas.get("RUNNING", 0) > 0:
             return "ready"
         return "loading"
 
@@ -109,19 +104,13 @@ class RayBackend:
         return all(self.status(n) == "ready" for n in self.names)
 
     async def acquire(self, name: str) -> Prompter:
-        if name in self._failures:
-            raise ModelFailed(f"model {name!r} cannot be served: {self._failures[name]}")
+        prompter = self._sides.get(name)
         if self.status(name) != "ready":
             raise ModelLoading(f"no engine replica is running yet ({self._placement.status}: {self._placement.message or 'starting'})")
-        return self._prompters[name]
+        return prompter
 
     def manifest(self, name: str) -> store.Manifest | None:
-        if name in self._prompters:
-            return self._prompters[name].manifest
-        try:
-            return store.read_manifest(self.settings.model_repository, name)
-        except store.ModelNotExported:
-            return None
+        return self._sides.manifest(name)
 
     def batch_load(self, name: str) -> BatchLoad | None:
         return None  # the batches live in the replicas: Ray's metrics and their routing stats show them
@@ -183,7 +172,7 @@ class RayBackend:
                 c.ids, c.text, c.done = [], "", False
             return [_Attempt(prompt, replace(params, echo=params.echo and not echoed), None)]
         attempts = []
-        tokenizer = self._prompters[name].tokenizer
+        tokenizer = self._sides.get(name).tokenizer
         for index, c in choices.items():
             if c.done:
                 continue

@@ -16,7 +16,6 @@ import itertools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,7 +23,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
-from server.backends.base import BackendUnavailable, BatchLoad, ModelFailed, ModelLoading, ModelStatus, Placement
+from server.backends.base import BackendUnavailable, BatchLoad, ModelLoading, ModelStatus, Placement
+from server.backends.prompt_sides import PromptSides
 from server.engine import CacheStats, Delta, Prompt, Prompter, ReusePolicy, SamplingParams, Usage
 from server.models import store
 from server.settings import Settings
@@ -48,8 +48,7 @@ class TritonBackend:
         self.settings = settings
         self.names: list[str] = list(dict.fromkeys(settings.model))
         self.urls: list[str] = list(dict.fromkeys(settings.triton_url))
-        self._prompters: dict[str, Prompter] = {}
-        self._failures: dict[str, str] = {}
+        self._sides = PromptSides(settings.model_repository, self.names)
         self._clients: dict[str, grpc_aio.InferenceServerClient] = {}
         self._telling: set[asyncio.Task[None]] = set()
         self._has: dict[str, set[str]] = {url: set() for url in self.urls}  # url -> models it has ready
@@ -60,20 +59,15 @@ class TritonBackend:
     # --- models ---
 
     async def load(self) -> None:
-        for name in self.names:
-            try:
-                self._prompters[name] = await asyncio.to_thread(Prompter, self.settings.model_repository, name)
-            except Exception as exc:  # reported by readiness and by every request for this model
-                log.error("model %s cannot be served: %s", name, exc)
-                self._failures[name] = f"{type(exc).__name__}: {exc}"
+        await self._sides.load()
         await self._poll()
         self._health = asyncio.create_task(self._watch())
 
     def status(self, name: str) -> ModelStatus:
         """ready (a Triton server has it ready), loading (not yet: no server has it), or failed."""
-        if name in self._failures:
+        if self._sides.failed(name):
             return "failed"
-        if name in self._prompters and any(name in models for models in self._has.values()):
+        if self._sides.loaded(name) and any(name in models for models in self._has.values()):
             return "ready"
         return "loading"
 
@@ -82,21 +76,13 @@ class TritonBackend:
         return all(self.status(n) == "ready" for n in self.names)
 
     async def acquire(self, name: str) -> Prompter:
-        if name in self._failures:
-            raise ModelFailed(f"model {name!r} cannot be served: {self._failures[name]}")
-        if name not in self._prompters:
-            raise ModelLoading(f"model {name!r} is still loading")
+        prompter = self._sides.get(name)
         if self.status(name) != "ready":
             raise ModelLoading(f"no Triton server has model {name!r} ready: {self._why_not(name)}")
-        return self._prompters[name]
+        return prompter
 
     def manifest(self, name: str) -> store.Manifest | None:
-        if name in self._prompters:
-            return self._prompters[name].manifest
-        try:
-            return store.read_manifest(Path(self.settings.model_repository), name)
-        except store.ModelNotExported:
-            return None
+        return self._sides.manifest(name)
 
     def batch_load(self, name: str) -> BatchLoad | None:
         return None  # the batch lives inside tritonserver: its own metrics (port 8002) show it

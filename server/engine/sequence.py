@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -196,7 +196,7 @@ class Sequence:
         if self._buffer:
             best = sorted(self.choices, key=lambda c: -c.logprob_sum / max(c.generated, 1))[: self.params.n]
             for new_index, choice in enumerate(best):
-                self.events.extend(Delta(new_index, d.text, d.logprobs, d.finish_reason, d.token_ids) for d in choice.deltas)
+                self.events.extend(replace(d, index=new_index) for d in choice.deltas)
         self.events.append(
             Usage(
                 prompt_tokens=len(self.prompt.ids) - self.prompt.resumed,

@@ -118,10 +118,7 @@ class EngineReplica:
         except Exception as exc:  # noqa: BLE001 - every failure crosses as an item, by kind
             if not isinstance(exc, wire.REFUSALS):
                 log.exception("request failed on replica %s", self.served.replica)
-            kind = wire.error_kind(exc)
-            events.put_nowait(
-                Refused(kind, str(exc) if kind != wire.INTERNAL else f"{type(exc).__name__}: {exc}", getattr(exc, "param", None))
-            )
+            events.put_nowait(Refused(*wire.error_fields(exc)))
         finally:
             events.put_nowait(None)
 

@@ -93,17 +93,18 @@ def dump_error(kind: str, message: str, param: str | None = None) -> str:
     return json.dumps({"error": {"type": kind, "message": message, "param": param}})
 
 
-def error_kind(exc: Exception) -> str:
-    """An exception's kind from _KINDS, INTERNAL for any other."""
-    return next((k for k, cls in _KINDS.items() if isinstance(exc, cls)), INTERNAL)
+def error_fields(exc: Exception) -> tuple[str, str, str | None]:
+    """An exception the engine raised as (kind, message, param): its kind from _KINDS, INTERNAL (its
+    type named in the message) for any other."""
+    kind = next((k for k, cls in _KINDS.items() if isinstance(exc, cls)), INTERNAL)
+    if kind == INTERNAL:
+        return INTERNAL, f"{type(exc).__name__}: {exc}", None
+    return kind, str(exc), getattr(exc, "param", None)
 
 
 def dump_exception(exc: Exception) -> str:
-    """The error event for an exception the engine raised: its kind from _KINDS, INTERNAL for any other."""
-    kind = error_kind(exc)
-    if kind == INTERNAL:
-        return dump_error(INTERNAL, f"{type(exc).__name__}: {exc}")
-    return dump_error(kind, str(exc), getattr(exc, "param", None))
+    """The error event for an exception the engine raised."""
+    return dump_error(*error_fields(exc))
 
 
 def load_event(text: str) -> Delta | Usage:
