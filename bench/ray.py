@@ -15,15 +15,14 @@ bench/results/ray.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import textwrap
 from pathlib import Path
 
+from bench import api_pair
 from bench.machine import machine_info
 from bench.results import side_by_side, write
 from bench.suite import add_run_flags
-from bench.suite_cases import Bench, singles
 from bench.suite_paths import Server
 
 EMBEDDED, RAY = "embedded", "ray serve"
@@ -48,14 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         servers[EMBEDDED] = Server(args.repository, args.model, args.threads)
         ray_flags = ["--ray", "local", "--ray-replicas", "1", "--ray-replica-cpus", str(args.threads)]
         servers[RAY] = Server(args.repository, args.model, args.threads, flags=ray_flags)
-        bench = Bench(args.model, args)
-        single = bench.measure("1 client", {k: (lambda s=s: s.single(ids, args.tokens)) for k, s in servers.items()}, singles)
-        many = bench.measure(
-            f"{args.clients} clients",
-            {k: (lambda s=s: s.clients(ids, args.clients, args.requests, args.tokens)) for k, s in servers.items()},
-            lambda runs: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
-            | {"errors": sum(r["errors"] for r in runs), "runs": runs},
-        )
+        single, many = api_pair.measure(args, servers, ids)
     finally:
         for server in servers.values():
             server.close()
@@ -72,15 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Embedded engine vs Ray Serve (ingress + 1 engine replica), {args.model}, {args.tokens}-token completions, "
         f"{args.repeats} rounds, {args.threads} threads; {info['cpu']}; {info['date']}.",
         "",
-        f"| backend | 1 client: total s | 1 client: TTFT ms | {args.clients} clients: tok/s | p50 s | p95 s | errors |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for label in (EMBEDDED, RAY):
-        s, m = single[label], many[label]
-        lines.append(
-            f"| {label} | {s['total_s_median']:.3f} | {s['ttft_ms_median']:.1f} | {m['aggregate_tok_s']:.1f} | "
-            f"{m['latency_p50_s']:.2f} | {m['latency_p95_s']:.2f} | {m['errors']} |"
-        )
+    lines += api_pair.table(single, many, args.clients)
     extra = result["ray_extra_latency_single"]
     lines += [
         "",

@@ -1,6 +1,6 @@
 """The cases bench.suite measures on one model, and the protocol it measures every case with.
 
-Not run on its own (bench.triton uses Bench and singles too). bench_model loads every path of
+Not run on its own (bench.api_pair uses Bench and singles too). bench_model loads every path of
 bench.suite_paths for a model, then times TTFT at PROMPT_LENGTHS, single-stream decode, the HTTP
 overhead at HTTP_TOKENS, SAMPLES samples of one prompt and CLIENTS concurrent clients; Bench.measure
 runs a case: a discarded warm-up per path, then --repeats rounds in alternating order, each run after

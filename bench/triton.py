@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import textwrap
 from pathlib import Path
 
+from bench import api_pair
 from bench.machine import machine_info
 from bench.suite import add_run_flags
-from bench.suite_cases import Bench, singles
 from bench.suite_paths import Server
 
 EMBEDDED, TRITON = "embedded", "triton"
@@ -52,14 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
             env={"SLIPSTREAM_BACKEND": "triton", "SLIPSTREAM_TRITON_URL": json.dumps([triton.grpc_url])},
         )
-        bench = Bench(args.model, args)
-        single = bench.measure("1 client", {k: (lambda s=s: s.single(ids, args.tokens)) for k, s in servers.items()}, singles)
-        many = bench.measure(
-            f"{args.clients} clients",
-            {k: (lambda s=s: s.clients(ids, args.clients, args.requests, args.tokens)) for k, s in servers.items()},
-            lambda runs: {k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "errors"}
-            | {"errors": sum(r["errors"] for r in runs), "runs": runs},
-        )
+        single, many = api_pair.measure(args, servers, ids)
     finally:
         for server in servers.values():
             server.close()
@@ -79,15 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Embedded engine vs Triton backend, {args.model}, {args.tokens}-token completions, {args.repeats} rounds, "
         f"{args.threads} threads; {info['cpu']}; {info['date']}.",
         "",
-        f"| backend | 1 client: total s | 1 client: TTFT ms | {args.clients} clients: tok/s | p50 s | p95 s | errors |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for label in (EMBEDDED, TRITON):
-        s, m = single[label], many[label]
-        lines.append(
-            f"| {label} | {s['total_s_median']:.3f} | {s['ttft_ms_median']:.1f} | {m['aggregate_tok_s']:.1f} | "
-            f"{m['latency_p50_s']:.2f} | {m['latency_p95_s']:.2f} | {m['errors']} |"
-        )
+    lines += api_pair.table(single, many, args.clients)
     lines += [
         "",
         f"Triton's extra latency at one client: {result['triton_extra_latency_single'] * 100:+.1f}% end to end, "
