@@ -33,7 +33,16 @@ $(PLUGINS_STAMP): $(PLUGINS)/package.json $(PLUGINS)/package-lock.json
 	cd $(PLUGINS) && npm install --omit=optional --no-save --no-audit --no-fund --loglevel=error
 	touch $(PLUGINS_STAMP)
 
-test: install $(PLUGINS_STAMP)  ## the whole suite: tiny models, real editor plugins, then the real bundled models end to end
+# the browser tests' Chromium (the playground, the report pages): Debian's, driven by Playwright, whose own
+# browser download is not reachable from these machines; installed once where it is missing
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get install -y -qq --no-install-recommends chromium \
+		|| { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+
+test: install $(PLUGINS_STAMP) $(CHROMIUM)  ## the whole suite: tiny models, real editor plugins and a browser, then the real bundled models end to end
 	$(BIN)/python -m pytest
 
 BENCH_MODELS := smollm2-135m gemma3-270m

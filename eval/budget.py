@@ -39,6 +39,7 @@ import numpy as np
 from client.api import AsyncClient
 from eval import passk, rank
 from eval.budget_report import markdown, plot
+from eval.html_page import write_study
 from eval.ranker import FIELD as RANKER_FIELD
 from eval.ranker import score_runs
 from eval.runs import HumanEvalRun, problems_of
@@ -329,4 +330,5 @@ def budget(
     (out / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "budget.md").write_text(markdown(result))
     plot(out / "budget.png", result)
+    write_study(out / "budget.md")
     return result

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from eval.html_page import write_study
 from eval.stats import percentiles
 
 if TYPE_CHECKING:
@@ -244,3 +245,4 @@ def write(out: Path, data: dict, stem: str = "editor") -> None:
     (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
     (out / f"{stem}.md").write_text(markdown(data))
     plot(out / f"{stem}.png", data)
+    write_study(out / f"{stem}.md")

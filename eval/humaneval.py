@@ -24,6 +24,7 @@ from client.api import AsyncClient
 from eval import evalplus, execution, generate, manifest, passk
 from eval.datasets import Problem, PromptFormat, humaneval_file, load_problems
 from eval.generate import GenerationConfig, read_jsonl
+from eval.html_page import write_study
 
 KS = (1, 10, 100)
 
@@ -342,6 +343,7 @@ def write_report(out: Path, summaries: list[RunSummary]) -> None:
     ]
     (out / "report.md").write_text("\n".join(lines))
     _plot(out / "report.png", summaries, ks)
+    write_study(out / "report.md")
 
 
 def _plot(path: Path, summaries: list[RunSummary], ks: list[int]) -> None:

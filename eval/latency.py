@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from client.api import AsyncClient, Timing
+from eval.html_page import write_study
 from eval.load_generator import ClosedLoop
 from eval.stats import percentiles
 
@@ -197,6 +198,7 @@ def write(out: Path, results: list[CellResult]) -> None:
         writer.writerows(rows)
     (out / "latency.md").write_text(markdown(results))
     _plots(out, results)
+    write_study(out / "latency.md")
 
 
 def markdown(results: list[CellResult]) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from client.api import APIError, AsyncClient
+from eval.html_page import write_study
 from eval.latency import corpus, prompt_for
 from eval.load_generator import ClosedLoop
 from eval.stats import percentiles
@@ -139,6 +140,7 @@ def run(config: LoadConfig, out: Path, log: Callable[[str], None] = print) -> di
     (out / "load.json").write_text(json.dumps(result | {"outcomes": [asdict(o) for o in outcomes]}, indent=2) + "\n")
     (out / "load.md").write_text(markdown(result))
     _plot(out / "load.png", result)
+    write_study(out / "load.md")
     return result
 
 

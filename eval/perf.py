@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from eval import execution
 from eval.datasets import Problem
+from eval.html_page import write_study
 from eval.perf_report import markdown, plots
 from eval.perf_workload import Workload, calibrate, embed
 from eval.runs import HumanEvalRun, problems_of
@@ -382,4 +383,5 @@ def study(
     (out / "perf.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "perf.md").write_text(markdown(result))
     plots(out, result)
+    write_study(out / "perf.md")
     return result

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from client.api import AsyncClient
+from eval.html_page import write_study
 from eval.perplexity_scoring import Scored, WindowTrimmed, score_overlapping, score_rolling
 from eval.stats import bootstrap_ratio_interval
 
@@ -228,6 +229,7 @@ def run(
     )
     (out / "perplexity.md").write_text(markdown(results, settings))
     _plot(out / "perplexity.png", results)
+    write_study(out / "perplexity.md")
     return results
 
 

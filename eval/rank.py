@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from eval import passk
+from eval.html_page import write_study
 from eval.runs import HumanEvalRun
 from eval.stats import bootstrap_interval, paired_bootstrap
 
@@ -120,6 +121,7 @@ def write(out: Path, results: list[RankResult]) -> None:
         lines.append("")
     (out / "rank.md").write_text("\n".join(lines))
     _plot(out / "rank.png", results)
+    write_study(out / "rank.md")
 
 
 def _cell(r: RankResult, ranking: str, k: int) -> str:

@@ -1,30 +1,27 @@
 """`slipstream eval report RUN_DIR`: one page for a whole evaluation run.
 
-Every study writes JSON (for machines), markdown (for people) and PNG plots into its folder; this page
-gathers them: each study's markdown in a fixed order (HumanEval, budget, ranking, perf, perplexity,
-latency, then any other), its plots below it, and the list of JSON files it came from.
+Every study writes JSON (for machines), markdown (for people), PNG plots and its HTML page into its
+folder; this page gathers them: the HumanEval runs found (model, mode, temperature, pass@k, each
+linked), then each study's markdown in a fixed order (HumanEval, budget, ranking, perf, perplexity,
+latency, the traffic replays, then any other), its plots below it, and the list of JSON files it came
+from. Written twice: index.md, and index.html (one offline page, plots inlined, each study's own page
+linked), every study's page written again on the way so that older folders get theirs.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import re
 from pathlib import Path
 
-# (markdown file, its plots): the order a reader wants them in
-STUDIES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("report.md", ("report.png",)),
-    ("budget.md", ("budget.png",)),
-    ("rank.md", ("rank.png",)),
-    ("perf.md", ("perf.png", "perf_problems.png")),
-    ("perplexity.md", ("perplexity.png",)),
-    ("latency.md", ("latency_vs_prompt.png", "throughput_vs_concurrency.png")),
-)
+from eval.html_page import STUDIES, anchor, write_page, write_study
+
 PAGE = "index.md"
 
 
 def gather(root: Path) -> Path:
-    """Write root/index.md from every study found under root; returns its path."""
+    """Write root/index.md and root/index.html (and every study's own page) from every study found under
+    root; returns the markdown's path."""
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder")
     known = {name for name, _ in STUDIES}
@@ -34,8 +31,10 @@ def gather(root: Path) -> Path:
     found += [(p, ()) for p in sorted(root.rglob("*.md")) if p.name not in known and p.name != PAGE]
     if not found:
         raise ValueError(f"no study under {root}: run slipstream eval humaneval / budget / rank / perf / perplexity first")
-    lines = [f"# Evaluation run: {root.name}", "", "Contents:", ""]
-    lines += [f"- [{_title(p)}](#{_anchor(_title(p))}) ({_rel(p, root)})" for p, _ in found]
+    for md, _ in found:
+        write_study(md)
+    lines = [f"# Evaluation run: {root.name}", "", *_runs(root), "Contents:", ""]
+    lines += [f"- [{_title(p)}](#{anchor(_title(p))}) (its page: [{_rel(p, root)}]({_rel(p, root)}))" for p, _ in found]
     for md, plots in found:
         lines += ["", "---", ""]
         lines += _demoted(md.read_text(), _title(md))
@@ -49,7 +48,27 @@ def gather(root: Path) -> Path:
             lines += ["", "Data: " + ", ".join(f"[{p.name}]({_rel(p, root)})" for p in data)]
     page = root / PAGE
     page.write_text("\n".join(lines) + "\n")
+    write_page(page)
     return page
+
+
+def _runs(root: Path) -> list[str]:
+    """The HumanEval runs under root (each folder's summary.json), one table row each."""
+    rows = []
+    for path in sorted(root.rglob("summary.json")):
+        try:
+            s = json.loads(path.read_text())
+            scores = sorted(s.get("pass_at_k", {}).items(), key=lambda kv: int(kv[0]))
+            passk = ", ".join(f"pass@{k} {100 * v:.1f}%" for k, v in scores) or "not scored"
+            cells = [s["model"], s.get("mode", "completion"), f"{float(s['temperature']):g}", str(s.get("samples_per_problem", "")), passk]
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # another shape: said, not skipped silently
+            cells = ["?", "?", "?", "?", f"unreadable summary.json ({type(exc).__name__}: {exc})"]
+        folder = _rel(path.parent, root)
+        rows.append("| " + " | ".join([*cells, f"[{folder}]({folder}/summary.json)"]) + " |")
+    if not rows:
+        return []
+    header = ["| model | mode | temperature | samples/problem | pass@k | run |", "|---|---|---|---|---|---|"]
+    return ["## Runs", "", *header, *rows, ""]
 
 
 def _title(md: Path) -> str:
@@ -65,10 +84,6 @@ def _demoted(text: str, title: str) -> list[str]:
             continue
         out.append("#" + line if line.startswith("#") else line)
     return out
-
-
-def _anchor(title: str) -> str:
-    return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -28,12 +28,13 @@ from server.infill import router as infill_router
 from server.metrics import Metrics, MetricsMiddleware
 from server.ollama import router as ollama_router
 from server.openapi import document_schemas
+from server.playground import router as playground_router
 from server.protocol import ErrorBody
 from server.routes import router
 from server.settings import Settings
 
 log = logging.getLogger("slipstream.app")
-ROUTERS = (router, copilot_router, ollama_router, infill_router)  # every API the app serves, listed once
+ROUTERS = (router, copilot_router, ollama_router, infill_router, playground_router)  # every API the app serves, listed once
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] = os.environ, backend: Backend | None = None) -> FastAPI:

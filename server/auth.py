@@ -7,8 +7,9 @@ accepted in the header forms clients send: `Authorization: Bearer KEY` (OpenAI c
 Copilot plugin's completion calls), `Authorization: token KEY` (the Copilot plugin's call for a
 token), `X-API-Key: KEY` and `api-key: KEY`. Every configured key is compared in constant time
 (hmac.compare_digest, all of them, no early exit), so timing does not leak how much of a key matched
-or which key it was. Liveness, readiness and the API documents stay open (probes carry no key), and so does the Copilot
-agent's /telemetry, which holds nothing.
+or which key it was. Liveness, readiness and the API documents stay open (probes carry no key), and so do the Copilot
+agent's /telemetry and the playground's page and files (server/playground.py), which hold nothing: the page asks for
+the key and sends it on every API call.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from server.protocol import ErrorBody
 ENV_KEYS = "SLIPSTREAM_API_KEYS"
 ENV_KEYS_FILE = "SLIPSTREAM_API_KEYS_FILE"
 # /telemetry: the Copilot agent asks it for its (empty) experiment configuration without a bearer
-OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/telemetry"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/telemetry", "/"})
+OPEN_PREFIXES = ("/playground/",)
 
 
 class AuthConfigError(ValueError):
@@ -88,7 +90,8 @@ class APIKeyMiddleware:
         self.app, self.keys = app, keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or scope.get("method") == "OPTIONS":
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or scope.get("method") == "OPTIONS":
             await self.app(scope, receive, send)  # CORS preflights carry no credentials by design
             return
         presented = presented_key(Headers(scope=scope))

@@ -267,6 +267,7 @@ class ModelCard(BaseModel):
     precision: str
     context_length: int
     chat: bool = Field(description="Whether /v1/chat/completions serves this model (it has a chat template)")
+    fim: bool = Field(False, description="Whether the model fills in the middle: a completion's suffix goes into its prompt")
     ready: bool = Field(description="Whether requests are served now (in memory, or loaded by the first request)")
     status: ModelStatus = Field(description="ready: in memory; standby: exported, loaded by its first request (load = lazy)")
     prefix_cache_mb: int = Field(0, description="The model's prefix-cache budget (prefix_cache_mb; 0: off)")

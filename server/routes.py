@@ -64,6 +64,7 @@ async def models(request: Request) -> ModelList:
                 precision=manifest.precision if manifest else "unknown",
                 context_length=manifest.context_length if manifest else 0,
                 chat=bool(manifest and manifest.chat_template),
+                fim=bool(manifest and manifest.fim),
                 ready=status in SERVING,
                 status=status,
                 prefix_cache_mb=cache_mb,

@@ -333,7 +333,8 @@ async def _events(backend: Backend, job: Job) -> AsyncIterator[tuple[int, Delta 
                     raise
                 if isinstance(event, Usage):
                     clock.usage(event.prompt_tokens, event.completion_tokens)
-                    for key, add in (("prompt_tokens", event.prompt_tokens), ("completion_tokens", event.completion_tokens)):
+                    counts = (event.prompt_tokens, event.completion_tokens, event.cached_tokens)
+                    for key, add in zip(("prompt_tokens", "completion_tokens", "cached_tokens"), counts, strict=True):
                         job.access[key] = job.access.get(key, 0) + add
                 elif event.text:
                     clock.text(number * job.params.n + event.index)

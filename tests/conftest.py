@@ -72,8 +72,12 @@ def tiny_llama_checkpoint(tiny_llama_repo: Path) -> Path:
 @pytest.fixture(scope="session")
 def duo_repo(tiny_repo: Path, tiny_llama_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One store holding both tiny models."""
-    repository = tmp_path_factory.mktemp("duo_repository")
-    for source, name in ((tiny_llama_repo, TINY_LLAMA), (tiny_repo, TINY)):
+    return one_store(tmp_path_factory.mktemp("duo_repository"), (tiny_llama_repo, TINY_LLAMA), (tiny_repo, TINY))
+
+
+def one_store(repository: Path, *models: tuple[Path, str]) -> Path:
+    """Models of several stores (each a (repository, name)) copied into the one at `repository`."""
+    for source, name in models:
         shutil.copytree(source / name, repository / name)
     return repository
 
