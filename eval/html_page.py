@@ -28,7 +28,7 @@ body { margin: 2rem auto; max-width: 72rem; padding: 0 1rem; }
 h1, h2, h3 { line-height: 1.25; }
 h2 { border-top: 1px solid #d0d7de; padding-top: 1rem; margin-top: 2rem; }
 table { border-collapse: collapse; margin: 1rem 0; display: block; overflow-x: auto; }
-th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; }
+th, td { border: 1px solid #d0d7de; padding: 0.3rem 0.6rem; text-align: left; vertical-align: top; white-space: nowrap; }
 th { background: #f6f8fa; }
 tr:nth-child(even) td { background: #fbfcfd; }
 code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 90%; }

@@ -27,6 +27,7 @@ let keysRequired = false;
 let cards = new Map(); // model id -> its /v1/models entry
 let inflight = null; // the AbortController of the completion in flight
 let timer = null;
+let metrics = null; // the /metrics view, once the page knows whether it needs a key
 
 function say(text, isError = false) {
   ui.status.textContent = text;
@@ -37,18 +38,18 @@ function state(name) {
   ui.editorRoot.dataset.state = name;
 }
 
+// the completion in flight, if any, aborted (the server sees its client go and stops generating)
 function cancel() {
   clearTimeout(timer);
-  if (inflight) {
-    inflight.abort();
-    inflight = null;
-    state("cancelled");
-  }
+  if (!inflight) return false;
+  inflight.abort();
+  inflight = null;
+  return true;
 }
 
 const editor = new GhostEditor(ui.editorRoot, {
   onEdit() {
-    cancel();
+    state(cancel() ? "cancelled" : "typing");
     timer = setTimeout(complete, DEBOUNCE_MS);
   },
   onDismiss(why) {
@@ -94,6 +95,7 @@ async function complete() {
     inflight = null;
     show(timings(result), result.finish);
     state("done");
+    metrics.refresh();
   } catch (error) {
     if (controller.signal.aborted) return; // typing on, Escape, the cursor moved: said where it happened
     if (inflight === controller) inflight = null;
@@ -143,7 +145,7 @@ async function start() {
   keysRequired = config.keys_required;
   ui.keyField.hidden = !keysRequired;
   ui.key.value = apiKey();
-  const metrics = new MetricsView($("metrics-rows"), $("metrics-status"), () => ui.model.value, () => !keysRequired || apiKey());
+  metrics = new MetricsView($("metrics-rows"), $("metrics-status"), () => ui.model.value, () => !keysRequired || apiKey());
   const keyGiven = () => {
     if (ui.key.value.trim() === apiKey()) return;
     setApiKey(ui.key.value.trim());

@@ -60,15 +60,15 @@ function bytes(n) {
 // The rows the page shows, for one model (every model's when none is chosen): [id, label, text]
 export function summarise(samples, model) {
   const mine = (labels) => !model || labels.model === model;
-  const percentiles = (name) => [0.5, 0.9, 0.99].map((q) => ms(histogramQuantile(samples, name, q, mine))).join(" / ");
+  const percentiles = (name) => [0.5, 0.9, 0.99].map((q) => ms(histogramQuantile(samples, name, q, mine))).join(" ");
   const lookups = sum(samples, "slipstream_prefix_cache_lookups_total", mine);
   const hits = sum(samples, "slipstream_prefix_cache_hits_total", mine);
   const generations = (samples.get("slipstream_requests_total") || []).filter((s) => /completions|generate|chat|infill/.test(s.labels.route || ""));
   return [
     ["requests", "requests (all routes)", String(sum(samples, "slipstream_requests_total"))],
     ["generations", "completion requests", String(generations.reduce((t, s) => t + s.value, 0))],
-    ["ttft", "time to first token p50 / p90 / p99", percentiles("slipstream_time_to_first_token_seconds")],
-    ["itl", "inter-token p50 / p90 / p99", percentiles("slipstream_inter_token_seconds")],
+    ["ttft", "time to first token p50/90/99", percentiles("slipstream_time_to_first_token_seconds")],
+    ["itl", "inter-token p50/90/99", percentiles("slipstream_inter_token_seconds")],
     ["rows", "batch rows decoding", String(sum(samples, "slipstream_batch_rows", mine))],
     ["queue", "requests queued", String(sum(samples, "slipstream_queue_depth", mine))],
     ["hits", "prefix-cache hits / lookups", `${hits} / ${lookups}`],
