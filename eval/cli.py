@@ -192,7 +192,8 @@ def _report(args: argparse.Namespace) -> int:
     from eval.run_report import gather
 
     try:
-        print(f"report: {gather(args.runs)}")
+        page = gather(args.runs)
+        print(f"report: {page} and {page.with_suffix('.html')}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -342,6 +343,6 @@ def add_eval_commands(commands: argparse._SubParsersAction) -> None:
 
     add_perplexity_command(kinds)
 
-    rp = kinds.add_parser("report", help="one markdown page gathering every study of a run folder")
+    rp = kinds.add_parser("report", help="one page (index.md, index.html) gathering every study of a run folder")
     rp.add_argument("runs", type=Path)
     rp.set_defaults(run=_report)

@@ -34,7 +34,7 @@ def gather(root: Path) -> Path:
     for md, _ in found:
         write_study(md)
     lines = [f"# Evaluation run: {root.name}", "", *_runs(root), "Contents:", ""]
-    lines += [f"- [{_title(p)}](#{anchor(_title(p))}) (its page: [{_rel(p, root)}]({_rel(p, root)}))" for p, _ in found]
+    lines += [f"- [{_title(p)}](#{anchor(_title(p))}) (its own page: [{_rel(p, root)[: -len('.md')]}]({_rel(p, root)}))" for p, _ in found]
     for md, plots in found:
         lines += ["", "---", ""]
         lines += _demoted(md.read_text(), _title(md))

@@ -28,6 +28,7 @@ let cards = new Map(); // model id -> its /v1/models entry
 let inflight = null; // the AbortController of the completion in flight
 let timer = null;
 let metrics = null; // the /metrics view, once the page knows whether it needs a key
+let refusedKey = null; // the key the server refused last: not sent again until another is given
 
 function say(text, isError = false) {
   ui.status.textContent = text;
@@ -125,13 +126,16 @@ async function loadModels() {
       cards.set(card.id, card);
       const option = document.createElement("option");
       option.value = card.id;
-      option.textContent = `${card.id} (${card.precision}, ${card.context_length} ctx${card.fim ? ", fills in the middle" : ""})`;
+      const notes = [card.precision, `${card.context_length} ctx`, ...(card.fim ? ["fills in the middle"] : []), ...(card.ready ? [] : [card.status])];
+      option.textContent = `${card.id} (${notes.join(", ")})`;
       ui.model.append(option);
     }
     modelChosen();
     say(list.data.length ? "Ready: type, and pause." : "The server serves no model.", !list.data.length);
   } catch (error) {
-    say(error instanceof Refused && error.status === 401 ? `The server refused the key (${error.message})` : `/v1/models: ${error.message}`, true);
+    const refused = error instanceof Refused && error.status === 401;
+    if (refused) refusedKey = apiKey();
+    say(refused ? `The server refused the key (${error.message})` : `/v1/models: ${error.message}`, true);
   }
 }
 
@@ -145,7 +149,7 @@ async function start() {
   keysRequired = config.keys_required;
   ui.keyField.hidden = !keysRequired;
   ui.key.value = apiKey();
-  metrics = new MetricsView($("metrics-rows"), $("metrics-status"), () => ui.model.value, () => !keysRequired || apiKey());
+  metrics = new MetricsView($("metrics-rows"), $("metrics-status"), () => ui.model.value, () => !keysRequired || (apiKey() !== "" && apiKey() !== refusedKey));
   const keyGiven = () => {
     if (ui.key.value.trim() === apiKey()) return;
     setApiKey(ui.key.value.trim());
