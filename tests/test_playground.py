@@ -113,6 +113,22 @@ def test_the_ghost_text_is_the_completion_the_server_logged_and_tab_inserts_it(b
         assert watched.problems() == []
 
 
+def test_a_burst_of_keystrokes_asks_once_at_the_pause(browser: Browser, play_server: ServerProcess) -> None:
+    with watched_page(browser) as watched:
+        page = open_playground(watched, play_server, models=2)
+        page.select_option("#model", TINY_LLAMA)
+        page.fill("#max-tokens", "4")
+        page.locator("#code").fill("")
+        seen = len(completions_logged(play_server))
+        page.locator("#code").press_sequentially("def total(values):", delay=40)  # well inside the pause
+        settle(page)
+        time.sleep(0.5)
+        lines = completions_logged(play_server)[seen:]
+        assert [line["prompt"] for line in lines] == ["def total(values):"]
+        assert page.locator("#editor").get_attribute("data-requests") == "1"
+        assert watched.problems() == []
+
+
 def test_typing_on_cancels_the_request_in_flight(browser: Browser, bundled_server: ServerProcess) -> None:
     """Gemma-3-270M: a 400-token completion streams for seconds, long enough to type into."""
     with watched_page(browser) as watched:
