@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
-from server.backends.base import ModelFailed, ModelLoading
+from server.backends.base import ModelFailed, ModelLoading, ModelStatus
 from server.engine import Prompter
 from server.models import store
 
@@ -41,6 +42,20 @@ class PromptSides:
         if name not in self._loaded:
             raise ModelLoading(f"model {name!r} is still loading")
         return self._loaded[name]
+
+    def status(self, name: str, engine_has_it: bool) -> ModelStatus:
+        """failed (the prompt side cannot load), ready (loaded, and the engine elsewhere has the model), or loading."""
+        if self.failed(name):
+            return "failed"
+        return "ready" if self.loaded(name) and engine_has_it else "loading"
+
+    def acquire(self, name: str, engine_has_it: bool, why_not: Callable[[], str]) -> Prompter:
+        """The prompt side of a model whose engine takes requests now; else ModelFailed or ModelLoading (with
+        why_not(): what the backend knows of its engine)."""
+        prompter = self.get(name)
+        if not engine_has_it:
+            raise ModelLoading(why_not())
+        return prompter
 
     def manifest(self, name: str) -> store.Manifest | None:
         """The loaded manifest, else the store's (before loading), else None."""

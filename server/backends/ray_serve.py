@@ -21,7 +21,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from server.backends.base import BackendUnavailable, BatchLoad, ModelLoading, ModelStatus, Placement
+from server.backends.base import BackendUnavailable, BatchLoad, ModelStatus, Placement
 from server.backends.prompt_sides import PromptSides
 from server.engine import CacheStats, Delta, Prompt, Prompter, QueueFull, ReusePolicy, SamplingParams, Usage
 from server.models import store
@@ -91,23 +91,22 @@ class RayBackend:
 
     # --- models ---
 
+    def _running(self) -> bool:
+        return self._placement.replicas.get("RUNNING", 0) > 0
+
     def status(self, name: str) -> ModelStatus:
         """ready (a replica runs), loading (none yet), or failed (the model's prompt side cannot load)."""
-        if self._sides.failed(name):
-            return "failed"
-        if self._sides.loaded(name) and self._placement.replicas.get("RUNNING", 0) > 0:
-            return "ready"
-        return "loading"
+        return self._sides.status(name, self._running())
 
     @property
     def ready(self) -> bool:
         return all(self.status(n) == "ready" for n in self.names)
 
     async def acquire(self, name: str) -> Prompter:
-        prompter = self._sides.get(name)
-        if self.status(name) != "ready":
-            raise ModelLoading(f"no engine replica is running yet ({self._placement.status}: {self._placement.message or 'starting'})")
-        return prompter
+        placement = self._placement
+        return self._sides.acquire(
+            name, self._running(), lambda: f"no engine replica is running yet ({placement.status}: {placement.message or 'starting'})"
+        )
 
     def manifest(self, name: str) -> store.Manifest | None:
         return self._sides.manifest(name)

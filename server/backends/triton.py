@@ -23,7 +23,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.grpc.aio as grpc_aio
 from tritonclient.utils import InferenceServerException
 
-from server.backends.base import BackendUnavailable, BatchLoad, ModelLoading, ModelStatus, Placement
+from server.backends.base import BackendUnavailable, BatchLoad, ModelStatus, Placement
 from server.backends.prompt_sides import PromptSides
 from server.engine import CacheStats, Delta, Prompt, Prompter, ReusePolicy, SamplingParams, Usage
 from server.models import store
@@ -63,23 +63,19 @@ class TritonBackend:
         await self._poll()
         self._health = asyncio.create_task(self._watch())
 
+    def _serves(self, name: str) -> bool:
+        return any(name in models for models in self._has.values())
+
     def status(self, name: str) -> ModelStatus:
         """ready (a Triton server has it ready), loading (not yet: no server has it), or failed."""
-        if self._sides.failed(name):
-            return "failed"
-        if self._sides.loaded(name) and any(name in models for models in self._has.values()):
-            return "ready"
-        return "loading"
+        return self._sides.status(name, self._serves(name))
 
     @property
     def ready(self) -> bool:
         return all(self.status(n) == "ready" for n in self.names)
 
     async def acquire(self, name: str) -> Prompter:
-        prompter = self._sides.get(name)
-        if self.status(name) != "ready":
-            raise ModelLoading(f"no Triton server has model {name!r} ready: {self._why_not(name)}")
-        return prompter
+        return self._sides.acquire(name, self._serves(name), lambda: f"no Triton server has model {name!r} ready: {self._why_not(name)}")
 
     def manifest(self, name: str) -> store.Manifest | None:
         return self._sides.manifest(name)
