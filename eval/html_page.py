@@ -65,6 +65,11 @@ def write_study(markdown_file: Path) -> Path:
     return write_page(markdown_file, plots_of(markdown_file))
 
 
+def title_of(markdown: str, default: str) -> str:
+    """A markdown page's first level-one heading, else default."""
+    return next((line[2:].strip() for line in markdown.splitlines() if line.startswith("# ")), default)
+
+
 def anchor(title: str) -> str:
     """The id a heading gets (GitHub's rule for plain titles): what a contents link points at."""
     return re.sub(r"[^a-z0-9 -]", "", title.lower()).replace(" ", "-")
@@ -74,7 +79,7 @@ def write_page(markdown_file: Path, plots: Sequence[Path] = ()) -> Path:
     """markdown_file rendered, with plots (the files that exist) after it, into markdown_file's stem
     .html; returns its path. Images the markdown links to, relative to it, are inlined too."""
     text = markdown_file.read_text()
-    title = next((line[2:].strip() for line in text.splitlines() if line.startswith("# ")), markdown_file.stem)
+    title = title_of(text, markdown_file.stem)
     body = render(text, markdown_file.parent)
     for plot in plots:
         if plot.is_file():

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from eval.html_page import STUDIES, anchor, write_page, write_study
+from eval.html_page import STUDIES, anchor, title_of, write_page, write_study
 
 PAGE = "index.md"
 
@@ -72,8 +72,7 @@ def _runs(root: Path) -> list[str]:
 
 
 def _title(md: Path) -> str:
-    first = next((line for line in md.read_text().splitlines() if line.startswith("# ")), None)
-    return first[2:].strip() if first else md.stem
+    return title_of(md.read_text(), md.stem)
 
 
 def _demoted(text: str, title: str) -> list[str]:

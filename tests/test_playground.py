@@ -16,6 +16,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from testkit.browser import Watched, chromium, watched_page
 from tests.conftest import FIM_MODEL, TINY_LLAMA, ServerProcess, one_store
+from tests.test_metrics import scrape, value
 
 KEY = "playground-test-key-1"
 pytestmark = pytest.mark.timeout(300)
@@ -65,11 +66,6 @@ def settle(page: Page, state: str = "done") -> None:
     expect(page.locator("#editor")).to_have_attribute("data-state", state, timeout=30_000)
 
 
-def metric(server: ServerProcess, name: str) -> float:
-    text = httpx.get(f"{server.url}/metrics", timeout=10).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
-
-
 def test_the_ghost_text_is_the_completion_the_server_logged_and_tab_inserts_it(browser: Browser, play_server: ServerProcess) -> None:
     with watched_page(browser) as watched:
         page = open_playground(watched, play_server, models=2)
@@ -107,7 +103,7 @@ def test_the_ghost_text_is_the_completion_the_server_logged_and_tab_inserts_it(b
         assert page.locator("#code").input_value() == code + ghost
 
         # the server's numbers beside the editor, refreshed while typing: the tokens it generated
-        tokens = metric(play_server, 'slipstream_completion_tokens_total{model="tiny-llama"}')
+        tokens = value(scrape(play_server.url), "slipstream_completion_tokens_total", model=TINY_LLAMA)
         expect(page.locator("#m-tokens")).to_have_text(str(int(tokens)), timeout=10_000)
         assert re.fullmatch(r"[\d.]+ ms [\d.]+ ms [\d.]+ ms", page.locator("#m-ttft").text_content() or "")
         assert watched.problems() == []
@@ -135,12 +131,12 @@ def test_typing_on_cancels_the_request_in_flight(browser: Browser, bundled_serve
         page = open_playground(watched, bundled_server, models=2)
         page.select_option("#model", "gemma3-270m")
         page.fill("#max-tokens", "400")
-        cancelled = metric(bundled_server, 'slipstream_cancelled_requests_total{model="gemma3-270m"}')
+        cancelled = value(scrape(bundled_server.url), "slipstream_cancelled_requests_total", model="gemma3-270m")
         page.locator("#code").fill("def quicksort(items):\n")
         settle(page, "streaming")
         page.keyboard.type("    ")  # typing on: the stream is aborted at once, the next one asked for after the pause
         deadline = time.monotonic() + 10
-        while metric(bundled_server, 'slipstream_cancelled_requests_total{model="gemma3-270m"}') <= cancelled:
+        while value(scrape(bundled_server.url), "slipstream_cancelled_requests_total", model="gemma3-270m") <= cancelled:
             assert time.monotonic() < deadline, "the server never saw the request cancelled"
             time.sleep(0.1)
         expect(page.locator("#m-cancelled")).not_to_have_text(str(int(cancelled)), timeout=10_000)

@@ -34,14 +34,22 @@ export class Refused extends Error {
   }
 }
 
-export async function getJSON(path) {
+// Who can be told what went wrong: a refused key said as such, anything else with what was asked.
+export function describe(error, what) {
+  if (error instanceof Refused && error.status === 401) return `The server refused the key (${error.message})`;
+  return `${what}: ${error.message}`;
+}
+
+async function get(path) {
   const response = await fetch(path, { headers: authHeaders(), cache: "no-store" });
   if (!response.ok) throw new Refused(response.status, await errorMessage(response));
-  return response.json();
+  return response;
+}
+
+export async function getJSON(path) {
+  return (await get(path)).json();
 }
 
 export async function getText(path) {
-  const response = await fetch(path, { headers: authHeaders(), cache: "no-store" });
-  if (!response.ok) throw new Refused(response.status, await errorMessage(response));
-  return response.text();
+  return (await get(path)).text();
 }

@@ -1,6 +1,6 @@
 // The playground: completions at each pause as an editor plugin asks for them (debounced, the one in
 // flight cancelled at the next keystroke), shown as ghost text; the server's numbers beside them.
-import { apiKey, getJSON, Refused, setApiKey } from "./api.js";
+import { apiKey, describe, getJSON, Refused, setApiKey } from "./api.js";
 import { streamCompletion, timings } from "./completion.js";
 import { GhostEditor } from "./editor.js";
 import { MetricsView } from "./metrics.js";
@@ -102,7 +102,7 @@ async function complete() {
     if (inflight === controller) inflight = null;
     editor.clearGhost();
     state("error");
-    say(error instanceof Refused && error.status === 401 ? `The server refused the key (${error.message})` : `The request failed: ${error.message}`, true);
+    say(describe(error, "The request failed"), true);
   }
 }
 
@@ -135,7 +135,7 @@ async function loadModels() {
   } catch (error) {
     const refused = error instanceof Refused && error.status === 401;
     if (refused) refusedKey = apiKey();
-    say(refused ? `The server refused the key (${error.message})` : `/v1/models: ${error.message}`, true);
+    say(describe(error, "/v1/models"), true);
   }
 }
 

@@ -63,10 +63,10 @@ export function summarise(samples, model) {
   const percentiles = (name) => [0.5, 0.9, 0.99].map((q) => ms(histogramQuantile(samples, name, q, mine))).join(" ");
   const lookups = sum(samples, "slipstream_prefix_cache_lookups_total", mine);
   const hits = sum(samples, "slipstream_prefix_cache_hits_total", mine);
-  const generations = (samples.get("slipstream_requests_total") || []).filter((s) => /completions|generate|chat|infill/.test(s.labels.route || ""));
+  const generation = (labels) => /completions|generate|chat|infill/.test(labels.route || "");
   return [
     ["requests", "requests (all routes)", String(sum(samples, "slipstream_requests_total"))],
-    ["generations", "completion requests", String(generations.reduce((t, s) => t + s.value, 0))],
+    ["generations", "completion requests", String(sum(samples, "slipstream_requests_total", generation))],
     ["ttft", "time to first token p50/90/99", percentiles("slipstream_time_to_first_token_seconds")],
     ["itl", "inter-token p50/90/99", percentiles("slipstream_inter_token_seconds")],
     ["rows", "batch rows decoding", String(sum(samples, "slipstream_batch_rows", mine))],
